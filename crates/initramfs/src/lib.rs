@@ -1,0 +1,166 @@
+//! The runvm guest kernel and its initramfs.
+//!
+//! runvm boots a stock distribution kernel (Debian's `linux-image-cloud-amd64`,
+//! unpacked, never installed on the host) with an initramfs it generates
+//! itself: the static guest agent as `/init`, plus the kernel modules the
+//! guest needs (virtio, virtiofs, console, network, …) and a `load-order` file
+//! that tells the agent in which order to load them.
+//!
+//! - [`Kernel`] finds the kernel (installed one, or an explicit `RUNVM_KERNEL`).
+//! - [`resolve_modules`] turns `modules.dep` into a dependency-first load order.
+//! - [`build_initramfs`] writes the cpio archive.
+//! - [`ensure_initramfs`] caches archives keyed by agent, kernel and modules.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+mod archive;
+mod cache;
+mod kernel;
+mod modules;
+
+pub use archive::build_initramfs;
+pub use cache::ensure_initramfs;
+pub use kernel::Kernel;
+pub use modules::resolve_modules;
+
+/// The modules runvm's guest needs by default: PCI transport, console
+/// (agent channel), virtiofs (root filesystem), network, block and entropy.
+pub const DEFAULT_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_console",
+    "virtiofs",
+    "virtio_net",
+    "virtio_blk",
+    "virtio_rng",
+];
+
+/// Where the archive puts the kernel modules, and the name of the file listing
+/// them in load order (one file name per line). The guest agent reads
+/// `/lib/modules/load-order` and loads `/lib/modules/<name>` in that order.
+pub const GUEST_MODULES_DIR: &str = "/lib/modules";
+
+/// File name of the load-order list inside [`GUEST_MODULES_DIR`].
+pub const LOAD_ORDER_FILE: &str = "load-order";
+
+/// Everything that can go wrong finding a kernel or building an initramfs.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No `*/boot/vmlinuz-*` under the kernels directory.
+    #[error(
+        "no guest kernel found in {}: run `make install` (it unpacks Debian's \
+         linux-image-cloud-amd64 there) or set RUNVM_KERNEL to a vmlinuz file",
+        dir.display()
+    )]
+    NoKernel {
+        /// The directory that was searched.
+        dir: PathBuf,
+    },
+
+    /// An explicitly given kernel file does not exist.
+    #[error(
+        "guest kernel {} does not exist: set RUNVM_KERNEL to an existing vmlinuz file \
+         or unset it to use the installed kernel",
+        path.display()
+    )]
+    KernelNotFound {
+        /// The kernel path that was given.
+        path: PathBuf,
+    },
+
+    /// The kernel has a modules directory but its `modules.dep` is unreadable.
+    #[error(
+        "cannot read the kernel module index {}: {source}: generate it with `{}`",
+        path.display(),
+        depmod_hint(path)
+    )]
+    ModulesDep {
+        /// Path of the `modules.dep` file.
+        path: PathBuf,
+        /// Why it could not be read.
+        source: io::Error,
+    },
+
+    /// A requested module is neither in `modules.dep` nor built in.
+    #[error(
+        "kernel module {0} is neither in modules.dep nor built into the kernel: use a kernel \
+         that provides it (Debian's linux-image-cloud-amd64 does), and make sure `depmod` was \
+         run for it"
+    )]
+    ModuleNotFound(String),
+
+    /// The guest agent binary is missing.
+    #[error("guest agent {} not found: run `make install`", path.display())]
+    AgentMissing {
+        /// Where the agent was expected.
+        path: PathBuf,
+    },
+
+    /// Any other I/O failure.
+    #[error("cannot {what} {}: {source}", path.display())]
+    Io {
+        /// What was being done, e.g. "read kernel module".
+        what: String,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+
+    /// A module file is compressed, which the guest agent cannot load yet.
+    #[error(
+        "kernel module {} is compressed, which runvm does not support yet: use a kernel with \
+         uncompressed modules (Debian 12's linux-image-cloud-amd64), or decompress the modules \
+         and run `depmod` again",
+        .0.display()
+    )]
+    CompressedModule(PathBuf),
+}
+
+impl Error {
+    pub(crate) fn io(what: &str, path: &Path, source: io::Error) -> Self {
+        Error::Io {
+            what: what.to_owned(),
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// `depmod -b ROOT VERSION` for a `<root>/lib/modules/<version>/modules.dep` path.
+fn depmod_hint(modules_dep: &Path) -> String {
+    let version_dir = modules_dep.parent();
+    let version = version_dir
+        .and_then(Path::file_name)
+        .map(|v| v.to_string_lossy().into_owned());
+    let root = version_dir.and_then(|d| d.parent()?.parent()?.parent());
+    match (root, version) {
+        (Some(root), Some(version)) => {
+            let root = if root.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                root
+            };
+            format!("depmod -b {} {version}", root.display())
+        }
+        _ => "depmod -b ROOT VERSION".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modules_dep_error_names_depmod_command() {
+        let err = Error::ModulesDep {
+            path: PathBuf::from("/var/lib/runvm/kernel/x/lib/modules/6.1.0-9-cloud/modules.dep"),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        };
+        let msg = err.to_string();
+        assert!(
+            msg.contains("depmod -b /var/lib/runvm/kernel/x 6.1.0-9-cloud"),
+            "{msg}"
+        );
+    }
+}

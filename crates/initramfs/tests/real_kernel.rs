@@ -1,0 +1,55 @@
+//! Checks the resolver and archive builder against a real unpacked kernel,
+//! given as `RUNVM_TEST_KERNEL_ROOT=<root>` (with `<root>/boot/vmlinuz-<ver>`
+//! and `<root>/lib/modules/<ver>/modules.dep` from `depmod -b <root> <ver>`).
+
+use std::fs;
+use std::path::Path;
+
+use runvm_initramfs::{build_initramfs, resolve_modules, Kernel, DEFAULT_MODULES};
+
+#[test]
+fn default_modules_on_real_kernel() {
+    let Some(root) = std::env::var_os("RUNVM_TEST_KERNEL_ROOT") else {
+        println!("SKIP: RUNVM_TEST_KERNEL_ROOT is not set");
+        return;
+    };
+    let root = Path::new(&root);
+    let vmlinuz = fs::read_dir(root.join("boot"))
+        .expect("RUNVM_TEST_KERNEL_ROOT has no boot/ directory")
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .expect("RUNVM_TEST_KERNEL_ROOT has no boot/vmlinuz-*");
+    let kernel = Kernel::from_vmlinuz(&vmlinuz).unwrap();
+    assert!(kernel.has_modules(), "{kernel:?} has no modules directory");
+
+    let dep = fs::read_to_string(kernel.modules_dir.join("modules.dep"))
+        .expect("modules.dep missing: run depmod -b ROOT VERSION");
+    let builtin = fs::read_to_string(kernel.modules_dir.join("modules.builtin")).ok();
+    let order = resolve_modules(&dep, builtin.as_deref(), DEFAULT_MODULES).unwrap();
+    println!("load order for {}:", kernel.version);
+    for m in &order {
+        println!("  {m}");
+    }
+
+    // Every module's dependencies come earlier.
+    for (i, m) in order.iter().enumerate() {
+        let line = dep
+            .lines()
+            .find_map(|l| l.strip_prefix(m.as_str())?.strip_prefix(':'))
+            .unwrap();
+        for d in line.split_whitespace() {
+            let j = order.iter().position(|o| o == d).unwrap();
+            assert!(j < i, "{d} must precede {m}");
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join("agent");
+    fs::write(&agent, b"fake agent").unwrap();
+    let out = dir.path().join("initramfs.img");
+    build_initramfs(&kernel, &agent, DEFAULT_MODULES, &out).unwrap();
+    println!("initramfs: {} bytes", fs::metadata(&out).unwrap().len());
+}

@@ -1,0 +1,200 @@
+//! Per-container VM settings, read from `RUNVM_*` variables.
+//!
+//! Each setting is looked up first in the container's environment
+//! (`docker run -e RUNVM_ACCEL=tcg`) and then in the runtime's own
+//! environment (set for the whole Docker daemon). A malformed value is an
+//! error that names the variable, the value and what is accepted.
+
+use serde::{Deserialize, Serialize};
+
+/// Which accelerator the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelRequest {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// The accelerator QEMU uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+/// VM settings of one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmOptions {
+    pub accel: AccelRequest,
+    /// Explicit guest kernel (host path of a vmlinuz).
+    pub kernel: Option<String>,
+    /// Guest RAM in MiB, when set explicitly.
+    pub memory_mib: Option<u64>,
+    /// Number of vCPUs, when set explicitly.
+    pub cpus: Option<u32>,
+    /// Print the guest console and helper logs to the container's stderr.
+    pub debug: bool,
+}
+
+/// A `RUNVM_*` variable with a value runvm cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name}={value:?} is not valid: {expected}")]
+pub struct OptionError {
+    pub name: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
+impl VmOptions {
+    /// Reads the options from the container's `KEY=VALUE` environment,
+    /// falling back to `fallback` (the runtime's own environment).
+    pub fn from_env(
+        container_env: &[String],
+        fallback: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, OptionError> {
+        let get = |name: &str| -> Option<String> {
+            let prefix = format!("{name}=");
+            container_env
+                .iter()
+                .rev()
+                .find_map(|kv| kv.strip_prefix(&prefix).map(str::to_owned))
+                .or_else(|| fallback(name))
+        };
+        let accel = match get("RUNVM_ACCEL") {
+            None => AccelRequest::Auto,
+            Some(v) => match v.as_str() {
+                "" | "auto" => AccelRequest::Auto,
+                "kvm" => AccelRequest::Kvm,
+                "tcg" => AccelRequest::Tcg,
+                _ => {
+                    return Err(OptionError {
+                        name: "RUNVM_ACCEL",
+                        value: v,
+                        expected: "use RUNVM_ACCEL=kvm, RUNVM_ACCEL=tcg or RUNVM_ACCEL=auto",
+                    })
+                }
+            },
+        };
+        let kernel = get("RUNVM_KERNEL").filter(|v| !v.is_empty());
+        if let Some(k) = &kernel {
+            if !k.starts_with('/') {
+                return Err(OptionError {
+                    name: "RUNVM_KERNEL",
+                    value: k.clone(),
+                    expected: "give the absolute host path of a vmlinuz file",
+                });
+            }
+        }
+        let memory_mib = match get("RUNVM_MEMORY").filter(|v| !v.is_empty()) {
+            None => None,
+            Some(v) => Some(parse_size_mib(&v).ok_or(OptionError {
+                name: "RUNVM_MEMORY",
+                value: v,
+                expected: "give the guest RAM as a size such as 512m or 2g (at least 64m)",
+            })?),
+        };
+        let cpus = match get("RUNVM_CPUS").filter(|v| !v.is_empty()) {
+            None => None,
+            Some(v) => Some(
+                v.parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=255).contains(n))
+                    .ok_or(OptionError {
+                        name: "RUNVM_CPUS",
+                        value: v,
+                        expected: "give a whole number of vCPUs from 1 to 255",
+                    })?,
+            ),
+        };
+        let debug = match get("RUNVM_DEBUG").as_deref() {
+            None | Some("") | Some("0") | Some("false") => false,
+            Some("1") | Some("true") => true,
+            Some(v) => {
+                return Err(OptionError {
+                    name: "RUNVM_DEBUG",
+                    value: v.to_owned(),
+                    expected: "use RUNVM_DEBUG=1 or RUNVM_DEBUG=0",
+                })
+            }
+        };
+        Ok(Self {
+            accel,
+            kernel,
+            memory_mib,
+            cpus,
+            debug,
+        })
+    }
+}
+
+/// Parses `512m`, `2g`, `1024` (MiB), `1073741824b` into MiB.
+pub fn parse_size_mib(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let (num, mult): (&str, u64) = if let Some(n) = s.strip_suffix("gib").or(s.strip_suffix("gb")).or(s.strip_suffix('g')) {
+        (n, 1024)
+    } else if let Some(n) = s.strip_suffix("mib").or(s.strip_suffix("mb")).or(s.strip_suffix('m')) {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('b') {
+        let bytes: u64 = n.parse().ok()?;
+        return Some(bytes / (1024 * 1024)).filter(|m| *m >= 64);
+    } else {
+        (s.as_str(), 1)
+    };
+    let n: u64 = num.parse().ok()?;
+    n.checked_mul(mult).filter(|m| *m >= 64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn defaults_when_nothing_is_set() {
+        let o = VmOptions::from_env(&env(&["PATH=/bin"]), |_| None).unwrap();
+        assert_eq!(o.accel, AccelRequest::Auto);
+        assert_eq!(o.kernel, None);
+        assert!(!o.debug);
+    }
+
+    #[test]
+    fn container_env_wins_over_runtime_env() {
+        let o = VmOptions::from_env(&env(&["RUNVM_ACCEL=tcg"]), |n| {
+            (n == "RUNVM_ACCEL").then(|| "kvm".to_string())
+        })
+        .unwrap();
+        assert_eq!(o.accel, AccelRequest::Tcg);
+        let o = VmOptions::from_env(&[], |n| (n == "RUNVM_ACCEL").then(|| "kvm".to_string()))
+            .unwrap();
+        assert_eq!(o.accel, AccelRequest::Kvm);
+    }
+
+    #[test]
+    fn malformed_accel_names_variable_value_and_fix() {
+        let e = VmOptions::from_env(&env(&["RUNVM_ACCEL=warp"]), |_| None).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("RUNVM_ACCEL=\"warp\""), "{msg}");
+        assert!(msg.contains("RUNVM_ACCEL=tcg"), "{msg}");
+        assert!(!msg.contains('\n'));
+    }
+
+    #[test]
+    fn sizes_and_cpus() {
+        assert_eq!(parse_size_mib("512m"), Some(512));
+        assert_eq!(parse_size_mib("2G"), Some(2048));
+        assert_eq!(parse_size_mib("1024"), Some(1024));
+        assert_eq!(parse_size_mib("268435456b"), Some(256));
+        assert_eq!(parse_size_mib("10m"), None);
+        assert_eq!(parse_size_mib("lots"), None);
+        let o = VmOptions::from_env(&env(&["RUNVM_MEMORY=1g", "RUNVM_CPUS=3"]), |_| None).unwrap();
+        assert_eq!((o.memory_mib, o.cpus), (Some(1024), Some(3)));
+        assert!(VmOptions::from_env(&env(&["RUNVM_CPUS=0"]), |_| None).is_err());
+        assert!(VmOptions::from_env(&env(&["RUNVM_KERNEL=vmlinuz"]), |_| None).is_err());
+        assert!(VmOptions::from_env(&env(&["RUNVM_DEBUG=yes"]), |_| None).is_err());
+    }
+}

@@ -1,0 +1,26 @@
+//! The file the runtime writes for the supervisor (`/runvm/vm.json`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::options::Accel;
+use runvm_protocol::ContainerSpec;
+
+/// Everything the supervisor needs to boot the VM and start the workload.
+/// Paths are as seen inside the container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmConfig {
+    pub accel: Accel,
+    /// Why KVM is not used, when `accel` is TCG without the user asking.
+    pub accel_warning: Option<String>,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub qemu: String,
+    pub virtiofsd: String,
+    pub kernel: String,
+    pub initrd: String,
+    pub rootfs: String,
+    pub debug: bool,
+    /// The container as the guest must reproduce it (network is filled in
+    /// by the supervisor, which sees the container's interfaces).
+    pub container: ContainerSpec,
+}

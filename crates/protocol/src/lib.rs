@@ -1,0 +1,28 @@
+//! The host↔guest protocol of runvm.
+//!
+//! One virtio-serial port carries a yamux session (see [`session`]). The host
+//! side (the supervisor) is the yamux client and opens every stream; the guest
+//! agent is the server. Each stream starts with a [`StreamHeader`] frame that
+//! says what the stream is for:
+//!
+//! * a **control** stream carries [`HostMessage`]s one way and
+//!   [`GuestMessage`]s the other, as length-delimited JSON frames;
+//! * **stdin**, **stdout** and **stderr** streams carry raw bytes of one
+//!   process's standard stream; end of stream is end of file.
+//!
+//! The guest reports a process's exit only after that process's stdout and
+//! stderr streams have been written to the end and closed, so the host never
+//! loses output written just before exit.
+
+pub mod framing;
+pub mod messages;
+pub mod session;
+
+pub use framing::{FrameError, Framed};
+pub use messages::*;
+
+/// Name of the virtio-serial port that carries the yamux session.
+pub const AGENT_PORT_NAME: &str = "io.runvm.agent";
+
+/// virtiofs tag under which the container's root filesystem is exported.
+pub const ROOTFS_TAG: &str = "runvm-root";

@@ -1,0 +1,120 @@
+//! Messages exchanged on the host↔guest control streams.
+
+use serde::{Deserialize, Serialize};
+
+/// First frame of every stream the host opens: what the stream carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StreamHeader {
+    /// Control stream of one process: `process` is chosen by the host and
+    /// names the process in the stdio stream headers that follow.
+    Control { process: u32 },
+    /// Standard input of a process (host → guest bytes).
+    Stdin { process: u32 },
+    /// Standard output of a process, or its terminal output (guest → host).
+    Stdout { process: u32 },
+    /// Standard error of a process (guest → host).
+    Stderr { process: u32 },
+}
+
+/// A host-to-guest control message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HostMessage {
+    /// Boot-time setup plus the container's main process. Sent once, on the
+    /// first control stream.
+    StartContainer(Box<ContainerSpec>),
+    /// Deliver a signal to the process of this control stream.
+    Signal { signal: i32 },
+    /// The terminal of the process changed size.
+    Resize { rows: u16, cols: u16 },
+    /// The host has everything it needs: the guest may sync and power off.
+    Shutdown,
+}
+
+/// A guest-to-host control message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum GuestMessage {
+    /// The process runs, with this pid as seen by the agent.
+    Started { pid: i32 },
+    /// The process could not be started; `exit_code` is what a shell would
+    /// report (126 not executable, 127 not found, …).
+    StartFailed { message: String, exit_code: i32 },
+    /// The process ended and all its output has been sent. `status` is the
+    /// exit code as a container runtime reports it (128+signal if killed).
+    Exited { status: i32 },
+    /// Setup of the VM failed before the process could start.
+    SetupFailed { message: String },
+}
+
+/// Everything the guest needs to turn itself into the container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub hostname: Option<String>,
+    pub process: ProcessSpec,
+    pub interfaces: Vec<Interface>,
+    pub routes: Vec<Route>,
+    /// Filesystems the guest mounts itself (tmpfs and the like), in order.
+    pub mounts: Vec<GuestMount>,
+    /// Mount the root filesystem read-only.
+    pub readonly_root: bool,
+}
+
+/// The process to run: the parts of an OCI `process` object the guest needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ProcessSpec {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub terminal: bool,
+    /// Initial terminal size, when `terminal` is set.
+    pub console_size: Option<(u16, u16)>,
+    pub rlimits: Vec<Rlimit>,
+    pub umask: Option<u32>,
+    pub no_new_privileges: bool,
+}
+
+/// One resource limit, named as in the OCI spec (`RLIMIT_NOFILE`, …).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// A network interface of the container, to be reproduced in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interface {
+    pub name: String,
+    /// MAC address as `aa:bb:cc:dd:ee:ff`; the guest NIC has the same one.
+    pub mac: String,
+    pub mtu: u32,
+    /// Addresses in CIDR form, `172.17.0.2/16` or `fd00::2/64`.
+    pub addresses: Vec<String>,
+}
+
+/// A route of the container, to be reproduced in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// Destination in CIDR form; `0.0.0.0/0` or `::/0` for a default route.
+    pub destination: String,
+    pub gateway: Option<String>,
+    /// Name of the interface the route goes out of.
+    pub device: String,
+    pub metric: Option<u32>,
+}
+
+/// A filesystem the guest mounts itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestMount {
+    pub destination: String,
+    pub fstype: String,
+    pub source: String,
+    /// Mount options as in an OCI mount (`nosuid`, `size=65536k`, …).
+    pub options: Vec<String>,
+}
