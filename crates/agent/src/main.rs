@@ -1,1 +1,53 @@
-fn main() {}
+//! runvm's guest agent: the VM's PID 1.
+//!
+//! It loads the kernel modules the VM needs, opens the host channel, and
+//! waits for the supervisor to describe the container. Then it mounts the
+//! container's root filesystem (virtiofs), reproduces the container's
+//! hostname, network and mounts, and runs the workload in its own PID and
+//! mount namespaces, so that inside the VM the workload is PID 1 exactly as
+//! under runc. It relays stdio, signals and the exit status, reaps every
+//! zombie, and finally syncs and powers the VM off.
+
+mod early;
+mod error;
+mod mounts;
+mod network;
+mod process;
+mod reaper;
+mod server;
+
+use std::time::Duration;
+
+fn main() {
+    if std::process::id() != 1 {
+        eprintln!("runvm-agent: this program is the VM's init and must run as PID 1");
+        std::process::exit(2);
+    }
+    // A panic must not leave the VM hanging: report it and power off, which
+    // ends QEMU, which the supervisor reports as a VM failure.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("runvm-agent: internal error: {info}");
+        early::power_off();
+    }));
+    if let Err(e) = early::setup() {
+        eprintln!("runvm-agent: {e}");
+        early::power_off();
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runvm-agent: cannot start the async runtime: {e}");
+            early::power_off();
+        }
+    };
+    let result = rt.block_on(server::serve());
+    if let Err(e) = result {
+        eprintln!("runvm-agent: {e}");
+    }
+    rt.shutdown_timeout(Duration::from_millis(100));
+    early::power_off();
+}

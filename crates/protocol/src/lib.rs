@@ -15,6 +15,7 @@
 //! loses output written just before exit.
 
 pub mod framing;
+pub mod lookpath;
 pub mod messages;
 pub mod session;
 

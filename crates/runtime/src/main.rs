@@ -1,1 +1,179 @@
-fn main() {}
+//! runvm: a runc-compatible OCI runtime that runs each container as a
+//! lightweight VM. See the crate README and `../shared/DESIGN.md`.
+
+mod cli;
+mod create;
+mod docker;
+mod error;
+mod host;
+mod logging;
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use clap::Parser;
+
+use cli::Cli;
+use error::{Result, RuntimeError};
+use logging::Log;
+
+fn main() {
+    let cli = Cli::parse();
+    let log = Log {
+        path: cli.log.clone(),
+        json: cli.log_format.as_deref() == Some("json"),
+    };
+    match run(&cli, &log) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            let msg = match &e {
+                RuntimeError::Exec(_) => e.to_string(),
+                _ => format!("runvm: {e}"),
+            };
+            log.write("error", &msg);
+            if cli.log.is_some() {
+                eprintln!("{msg}");
+            }
+            std::process::exit(1);
+        }
+    }
+}
+
+/// The runtime runvm drives.
+fn runc_path(cli: &Cli) -> String {
+    if let Some(r) = &cli.runc {
+        return r.clone();
+    }
+    for p in ["/usr/sbin/runc", "/usr/bin/runc", "/usr/local/sbin/runc", "/usr/local/bin/runc"] {
+        if Path::new(p).is_file() {
+            return p.into();
+        }
+    }
+    "runc".into()
+}
+
+fn runc(cli: &Cli, verb_and_args: &[String]) -> Command {
+    let mut cmd = Command::new(runc_path(cli));
+    cmd.args(cli.runc_globals()).args(verb_and_args);
+    cmd
+}
+
+/// Replaces this process with runc.
+fn exec_runc(cli: &Cli, verb_and_args: &[String]) -> Result<i32> {
+    let err = runc(cli, verb_and_args).exec();
+    Err(RuntimeError::Spawn {
+        program: runc_path(cli),
+        source: err,
+    })
+}
+
+fn run(cli: &Cli, log: &Log) -> Result<i32> {
+    if cli.version {
+        println!("runvm version {}", env!("CARGO_PKG_VERSION"));
+        println!("spec: 1.0.2-dev");
+        return Ok(0);
+    }
+    let Some(verb) = cli.command.first() else {
+        return Err(RuntimeError::Usage(
+            "no command given: runvm takes runc's commands (create, start, state, kill, delete, exec, …) and check, docker-register, docker-unregister".into(),
+        ));
+    };
+    let args = &cli.command[1..];
+    match verb.as_str() {
+        "create" | "run" => create_or_run(cli, log, verb, args),
+        "checkpoint" | "restore" => Err(RuntimeError::Usage(format!(
+            "{verb} is not supported: a runvm container's state lives in its VM, which runc's CRIU checkpointing cannot capture; stop and start the container instead"
+        ))),
+        "check" => check(),
+        "docker-register" => docker_edit(args, true),
+        "docker-unregister" => docker_edit(args, false),
+        _ => exec_runc(cli, &cli.command),
+    }
+}
+
+fn create_or_run(cli: &Cli, log: &Log, verb: &str, args: &[String]) -> Result<i32> {
+    let parsed = cli::parse_create_args(args);
+    let bundle = PathBuf::from(parsed.bundle.clone().unwrap_or_else(|| ".".into()));
+    let prepared = create::prepare_bundle(&bundle, log)?;
+    if verb == "run" {
+        return exec_runc(cli, &cli.command);
+    }
+    let status = runc(cli, &cli.command).status().map_err(|source| RuntimeError::Spawn {
+        program: runc_path(cli),
+        source,
+    })?;
+    if !status.success() {
+        return Ok(status.code().unwrap_or(1));
+    }
+    // runc checks the program in `runc init` before `create` returns; with
+    // runvm the program runs in the guest, so check it here, the same way.
+    let pid = parsed
+        .pid_file
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    if let (Some(pid), Some(id)) = (pid, parsed.id.as_ref()) {
+        if let Err(e) = create::check_program(pid, &prepared.process) {
+            let _ = runc(cli, &["delete".into(), "--force".into(), id.clone()]).status();
+            return Err(e);
+        }
+    }
+    Ok(0)
+}
+
+/// `runvm check`: what runvm would use on this host, and whether it can.
+fn check() -> Result<i32> {
+    let install = host::Install::locate();
+    let mut ok = true;
+    let mut line = |what: &str, r: std::result::Result<String, String>| match r {
+        Ok(v) => println!("ok      {what}: {v}"),
+        Err(e) => {
+            ok = false;
+            println!("MISSING {what}: {e}");
+        }
+    };
+    let show = |r: Result<PathBuf>| r.map(|p| p.display().to_string()).map_err(|e| e.to_string());
+    line("supervisor", show(install.supervisor()));
+    line("guest agent", show(install.agent()));
+    line("virtiofsd", show(install.virtiofsd()));
+    line("qemu", show(install.qemu()));
+    line(
+        "guest kernel",
+        runvm_initramfs::Kernel::discover(&install.kernels_dir())
+            .map(|k| format!("{} ({})", k.vmlinuz.display(), k.version))
+            .map_err(|e| e.to_string()),
+    );
+    match host::decide_accel(runvm_config::AccelRequest::Auto, host::kvm_problem()) {
+        Ok((a, None)) => println!("ok      accelerator: {a:?}"),
+        Ok((a, Some(w))) => println!("warning accelerator: {a:?}: {w}"),
+        Err(e) => println!("MISSING accelerator: {e}"),
+    }
+    Ok(if ok { 0 } else { 1 })
+}
+
+/// `runvm docker-register [DAEMON_JSON]` / `docker-unregister`.
+fn docker_edit(args: &[String], add: bool) -> Result<i32> {
+    let path = PathBuf::from(args.first().map(String::as_str).unwrap_or("/etc/docker/daemon.json"));
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => return Err(RuntimeError::Read { path, source }),
+    };
+    let exe = std::env::current_exe().map_err(|source| RuntimeError::Read {
+        path: "/proc/self/exe".into(),
+        source,
+    })?;
+    let doc = if add {
+        docker::register(&text, "runvm", &exe.to_string_lossy(), &[])
+    } else {
+        docker::unregister(&text, "runvm")
+    }
+    .map_err(|e| RuntimeError::Usage(format!("{}: {e}", path.display())))?;
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let out = serde_json::to_string_pretty(&doc).expect("a Value serialises") + "\n";
+    std::fs::write(&path, out).map_err(|source| RuntimeError::Write { path, source })?;
+    Ok(0)
+}

@@ -1,1 +1,266 @@
-fn main() {}
+//! runvm's supervisor: PID 1 of a runvm container.
+//!
+//! It moves the container's network to tap devices, starts virtiofsd on the
+//! container's root filesystem and QEMU on runvm's kernel and initramfs,
+//! then hands the container to the guest agent over a virtio-serial port
+//! and relays stdio, signals, terminal size and finally the exit status.
+
+mod error;
+mod network;
+mod relay;
+mod vmm;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use error::{Result, SupervisorError};
+use runvm_config::{paths, VmConfig};
+use runvm_protocol::session::{read_frame, write_frame, Mode, Mux};
+use runvm_protocol::{GuestMessage, HostMessage, StreamHeader};
+
+/// Exit code when the VM itself fails (as opposed to the workload).
+const VM_FAILURE: i32 = 255;
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
+    let code = match rt {
+        Ok(rt) => match rt.block_on(supervise()) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("runvm: {e}");
+                VM_FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("runvm: cannot start the async runtime: {e}");
+            VM_FAILURE
+        }
+    };
+    // Exit at once: threads blocked reading stdin must not hold us up.
+    std::process::exit(code);
+}
+
+fn load_config() -> Result<VmConfig> {
+    let text = std::fs::read_to_string(paths::VM_CONFIG).map_err(|source| SupervisorError::Config {
+        path: paths::VM_CONFIG.into(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| SupervisorError::ConfigJson {
+        path: paths::VM_CONFIG.into(),
+        source,
+    })
+}
+
+/// Where a helper's stderr goes: the container's stderr when debugging,
+/// else a log file that is quoted if the helper fails.
+fn helper_log(cfg: &VmConfig, name: &str) -> Result<Stdio> {
+    if cfg.debug {
+        return Ok(Stdio::inherit());
+    }
+    let path = format!("{}/{name}.log", vmm::RUN_DIR);
+    let f = std::fs::File::create(&path).map_err(|e| SupervisorError::io(format!("create {path}"), e))?;
+    Ok(Stdio::from(f))
+}
+
+fn helper_log_tail(name: &str) -> String {
+    let text = std::fs::read_to_string(format!("{}/{name}.log", vmm::RUN_DIR)).unwrap_or_default();
+    let last: Vec<&str> = text.lines().rev().take(5).collect();
+    if last.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", last.into_iter().rev().collect::<Vec<_>>().join(" | "))
+    }
+}
+
+fn exited(child: &mut Child, program: &'static str) -> Result<()> {
+    match child.try_wait() {
+        Ok(Some(status)) => Err(SupervisorError::HelperDied {
+            program,
+            status: status.to_string(),
+            detail: helper_log_tail(program),
+        }),
+        _ => Ok(()),
+    }
+}
+
+async fn stop(child: &mut Child, grace: Duration) {
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
+}
+
+async fn supervise() -> Result<i32> {
+    let cfg = load_config()?;
+    let terminal = cfg.container.process.terminal;
+
+    // Signals first, so that none sent during boot is lost: they are queued
+    // until the workload runs.
+    let (sig_tx, mut sig_rx) = mpsc::unbounded_channel();
+    relay::forward_signals(sig_tx);
+    let mut winch = signal(SignalKind::window_change())
+        .map_err(|e| SupervisorError::io("watch the terminal size", e))?;
+    if terminal {
+        relay::make_raw();
+    }
+    if cfg.debug {
+        if let Some(w) = &cfg.accel_warning {
+            eprintln!("runvm: warning: {w}");
+        }
+    }
+
+    std::fs::create_dir_all(vmm::RUN_DIR)
+        .map_err(|e| SupervisorError::io(format!("create {}", vmm::RUN_DIR), e))?;
+    let (nics, routes) = network::capture().await?;
+
+    let mut virtiofsd = Command::new(&cfg.virtiofsd)
+        .args(vmm::virtiofsd_args(&cfg))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(helper_log(&cfg, "virtiofsd")?)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| SupervisorError::Spawn {
+            program: cfg.virtiofsd.clone(),
+            source,
+        })?;
+    vmm::wait_for_path(vmm::VIRTIOFS_SOCKET, "virtiofsd's socket", 20, || {
+        exited(&mut virtiofsd, "virtiofsd")
+    })
+    .await?;
+
+    let nic_args: Vec<vmm::NicArg> = nics
+        .iter()
+        .map(|n| vmm::NicArg {
+            mac: n.interface.mac.clone(),
+            tap_fd: std::os::fd::AsRawFd::as_raw_fd(&n.tap),
+        })
+        .collect();
+    let mut qemu = Command::new(&cfg.qemu)
+        .args(vmm::qemu_args(&cfg, &nic_args))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(helper_log(&cfg, "qemu")?)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| SupervisorError::Spawn {
+            program: cfg.qemu.clone(),
+            source,
+        })?;
+    let mut interfaces = Vec::new();
+    for n in nics {
+        interfaces.push(n.interface);
+        drop(n.tap); // QEMU has its own copy now
+    }
+    vmm::wait_for_path(vmm::AGENT_SOCKET, "QEMU's agent socket", 20, || exited(&mut qemu, "qemu")).await?;
+    let sock = tokio::net::UnixStream::connect(vmm::AGENT_SOCKET)
+        .await
+        .map_err(|e| SupervisorError::io("connect to QEMU's agent socket", e))?;
+    let (mux, _inbound) = Mux::start(sock, Mode::Client);
+
+    // stdio streams first, then the control stream that starts the process.
+    let stdin_s = mux.open_typed(&StreamHeader::Stdin { process: 0 }).await?;
+    let stdout_s = mux.open_typed(&StreamHeader::Stdout { process: 0 }).await?;
+    let stderr_s = if terminal {
+        None
+    } else {
+        Some(mux.open_typed(&StreamHeader::Stderr { process: 0 }).await?)
+    };
+    let control = mux.open_typed(&StreamHeader::Control { process: 0 }).await?;
+    let (mut crd, mut cwr) = tokio::io::split(control);
+    let mut spec = cfg.container.clone();
+    spec.interfaces = interfaces;
+    spec.routes = routes;
+    if terminal {
+        spec.process.console_size = relay::window_size().or(spec.process.console_size);
+    }
+    write_frame(&mut cwr, &HostMessage::StartContainer(Box::new(spec))).await?;
+
+    let out_done = relay::output(stdout_s, 1);
+    let err_done = stderr_s.map(|s| relay::output(s, 2));
+    relay::input(stdin_s);
+
+    let mut started = false;
+    let mut queued: Vec<i32> = Vec::new();
+    let mut wait_output = true;
+    let status = loop {
+        tokio::select! {
+            msg = read_frame::<_, GuestMessage>(&mut crd) => match msg {
+                Ok(GuestMessage::Started { .. }) => {
+                    started = true;
+                    for signal in queued.drain(..) {
+                        write_frame(&mut cwr, &HostMessage::Signal { signal }).await?;
+                    }
+                }
+                Ok(GuestMessage::Exited { status }) => break status,
+                Ok(GuestMessage::StartFailed { message, exit_code }) => {
+                    eprintln!("runvm: {message}");
+                    wait_output = false;
+                    break exit_code;
+                }
+                Ok(GuestMessage::SetupFailed { message }) => {
+                    eprintln!("runvm: the VM could not set up the container: {message}");
+                    wait_output = false;
+                    break VM_FAILURE;
+                }
+                Err(e) => {
+                    // The channel broke: the VM is going down.
+                    let st = tokio::time::timeout(Duration::from_secs(5), qemu.wait()).await;
+                    let how = match st {
+                        Ok(Ok(s)) => format!("QEMU exited: {s}"),
+                        _ => format!("channel error: {e}"),
+                    };
+                    report_vm_death(&how);
+                    return Ok(VM_FAILURE);
+                }
+            },
+            Some(signal) = sig_rx.recv() => {
+                if started {
+                    write_frame(&mut cwr, &HostMessage::Signal { signal }).await?;
+                } else {
+                    queued.push(signal);
+                }
+            }
+            _ = winch.recv(), if terminal => {
+                if let Some((rows, cols)) = relay::window_size() {
+                    write_frame(&mut cwr, &HostMessage::Resize { rows, cols }).await?;
+                }
+            }
+            st = qemu.wait() => {
+                let how = match st {
+                    Ok(s) => format!("QEMU exited: {s}"),
+                    Err(e) => format!("QEMU could not be waited for: {e}"),
+                };
+                report_vm_death(&how);
+                return Ok(VM_FAILURE);
+            }
+        }
+    };
+    if wait_output {
+        let _ = out_done.await;
+        if let Some(e) = err_done {
+            let _ = e.await;
+        }
+    }
+    let _ = write_frame(&mut cwr, &HostMessage::Shutdown).await;
+    let _ = cwr.flush().await;
+    stop(&mut qemu, Duration::from_secs(10)).await;
+    stop(&mut virtiofsd, Duration::from_secs(2)).await;
+    Ok(status)
+}
+
+fn report_vm_death(how: &str) {
+    let tail = vmm::console_tail(15);
+    let qemu_err = helper_log_tail("qemu");
+    eprintln!("runvm: the VM stopped before the workload finished ({how}){qemu_err}");
+    if !tail.is_empty() {
+        eprintln!("runvm: last guest console lines:\n{tail}");
+    }
+}

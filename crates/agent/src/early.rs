@@ -1,0 +1,88 @@
+//! Boot steps that happen before the host speaks: kernel filesystems,
+//! modules, and the host channel.
+
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::mount::MsFlags;
+
+use crate::error::{AgentError, Result};
+use crate::mounts::mount_fs;
+
+/// Where the initramfs keeps the modules and their load order.
+const MODULES_DIR: &str = "/lib/modules";
+const LOAD_ORDER: &str = "/lib/modules/load-order";
+
+/// Mounts the kernel filesystems of the initramfs and loads the modules.
+pub fn setup() -> Result<()> {
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
+    mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, None)?;
+    mount_fs("proc", "/proc", "proc", nosuid, None)?;
+    mount_fs("sysfs", "/sys", "sysfs", nosuid, None)?;
+    load_modules()?;
+    Ok(())
+}
+
+/// Loads the modules listed in the initramfs's load order, in that order.
+fn load_modules() -> Result<()> {
+    let Ok(order) = fs::read_to_string(LOAD_ORDER) else {
+        return Ok(()); // a kernel with everything built in
+    };
+    for name in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let path = Path::new(MODULES_DIR).join(name);
+        let file = fs::File::open(&path).map_err(|source| AgentError::Module {
+            module: name.to_owned(),
+            source,
+        })?;
+        match nix::kmod::finit_module(&file, c"", nix::kmod::ModuleInitFlags::empty()) {
+            Ok(()) | Err(nix::Error::EEXIST) => {}
+            Err(e) => {
+                return Err(AgentError::Module {
+                    module: name.to_owned(),
+                    source: e.into(),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Opens the virtio-serial port named `name`, waiting for the driver to
+/// create it.
+pub fn open_port(name: &'static str) -> Result<OwnedFd> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(entries) = fs::read_dir("/sys/class/virtio-ports") {
+            for e in entries.flatten() {
+                let port_name = fs::read_to_string(e.path().join("name")).unwrap_or_default();
+                if port_name.trim() == name {
+                    let dev = Path::new("/dev").join(e.file_name());
+                    if let Ok(f) = fs::OpenOptions::new().read(true).write(true).open(&dev) {
+                        return Ok(f.into());
+                    }
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(AgentError::NoPort(name));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Syncs the filesystems and powers the VM off. Never returns.
+pub fn power_off() -> ! {
+    nix::unistd::sync();
+    // SAFETY: kill(-1) signals every process but ourselves; there are no
+    // memory-safety preconditions.
+    unsafe {
+        libc::kill(-1, libc::SIGKILL);
+    }
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    // reboot() only returns on failure; PID 1 must not exit (that panics
+    // the kernel, which also ends the VM, so it is the last resort).
+    std::process::exit(1);
+}

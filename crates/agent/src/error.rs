@@ -1,0 +1,45 @@
+//! The agent's error type.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot mount {what} on {target}: {source}")]
+    Mount {
+        what: String,
+        target: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("cannot load kernel module {module}: {source}")]
+    Module {
+        module: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the host channel (virtio-serial port {0}) did not appear")]
+    NoPort(&'static str),
+    #[error("cannot {what}: {source}")]
+    Sys {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("network setup failed: {0}")]
+    Network(String),
+    #[error("host channel: {0}")]
+    Channel(#[from] runvm_protocol::FrameError),
+    #[error("the host closed the channel before starting the container")]
+    NoStart,
+}
+
+impl AgentError {
+    pub fn sys(what: impl Into<String>, source: impl Into<std::io::Error>) -> Self {
+        Self::Sys {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, AgentError>;

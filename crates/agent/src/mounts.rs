@@ -1,0 +1,148 @@
+//! Turning the virtiofs share into the container's root filesystem.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, MsFlags};
+
+use crate::error::{AgentError, Result};
+use runvm_protocol::GuestMount;
+
+/// Mounts a filesystem, creating the mount point if needed.
+pub fn mount_fs(source: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<()> {
+    let _ = fs::create_dir_all(target);
+    mount(Some(source), target, Some(fstype), flags, data).map_err(|source_err| AgentError::Mount {
+        what: format!("{fstype} ({source})"),
+        target: PathBuf::from(target),
+        source: source_err,
+    })
+}
+
+/// Mounts the container's root from virtiofs and makes it the agent's root.
+pub fn switch_to_container_root(tag: &str, readonly: bool) -> Result<()> {
+    let target = "/mnt/root";
+    let mut flags = MsFlags::empty();
+    if readonly {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    mount_fs(tag, target, "virtiofs", flags, None)?;
+    std::env::set_current_dir(target).map_err(|e| AgentError::sys("enter the root filesystem", e))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(|e| AgentError::Mount {
+        what: "the root filesystem".into(),
+        target: "/".into(),
+        source: e,
+    })?;
+    nix::unistd::chroot(".").map_err(|e| AgentError::sys("chroot into the root filesystem", e))?;
+    std::env::set_current_dir("/").map_err(|e| AgentError::sys("chdir to /", e))?;
+    Ok(())
+}
+
+/// Mounts what a container has besides its root: kernel filesystems, the
+/// device tree, and the tmpfs mounts the container asked for.
+pub fn mount_container_filesystems(extra: &[GuestMount]) -> Result<()> {
+    let hard = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
+    mount_fs("proc", "/proc", "proc", hard, None)?;
+    mount_fs("sysfs", "/sys", "sysfs", hard, None)?;
+    mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=755"))?;
+    mount_fs(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )?;
+    mount_fs("mqueue", "/dev/mqueue", "mqueue", hard, None)?;
+    // The unified cgroup hierarchy; a kernel without it just lacks the mount.
+    let _ = mount_fs("cgroup2", "/sys/fs/cgroup", "cgroup2", hard, None);
+    for (link, target) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+        ("/dev/core", "/proc/kcore"),
+    ] {
+        let _ = symlink(target, link);
+    }
+    // /dev/ptmx must be the one of our devpts instance.
+    let _ = fs::remove_file("/dev/ptmx");
+    let _ = symlink("pts/ptmx", "/dev/ptmx");
+    let mut have_shm = false;
+    for m in extra {
+        have_shm |= m.destination == "/dev/shm";
+        mount_guest(m)?;
+    }
+    if !have_shm {
+        mount_fs("shm", "/dev/shm", "tmpfs", hard, Some("mode=1777,size=65536k"))?;
+    }
+    Ok(())
+}
+
+/// Mounts one filesystem described with OCI mount options.
+pub fn mount_guest(m: &GuestMount) -> Result<()> {
+    let (flags, data) = parse_options(&m.options);
+    let data = (!data.is_empty()).then_some(data);
+    mount_fs(&m.source, &m.destination, &m.fstype, flags, data.as_deref())
+}
+
+/// Splits OCI mount options into mount flags and filesystem data.
+pub fn parse_options(options: &[String]) -> (MsFlags, String) {
+    let mut flags = MsFlags::empty();
+    let mut data: Vec<&str> = Vec::new();
+    for o in options {
+        let (set, clear) = match o.as_str() {
+            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
+            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
+            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
+            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
+            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
+            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
+            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
+            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
+            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
+            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
+            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
+            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
+            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
+            // Propagation and bind flags mean nothing for a fresh mount.
+            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "bind"
+            | "rbind" | "defaults" => (MsFlags::empty(), MsFlags::empty()),
+            "tmpcopyup" => (MsFlags::empty(), MsFlags::empty()),
+            other => {
+                data.push(other);
+                (MsFlags::empty(), MsFlags::empty())
+            }
+        };
+        flags = (flags | set) & !clear;
+    }
+    (flags, data.join(","))
+}
+
+/// Creates `dir` (and parents) if missing, as runc does for a process's cwd.
+pub fn ensure_dir(dir: &Path) {
+    let _ = fs::create_dir_all(dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_split_into_flags_and_data() {
+        let opts: Vec<String> = ["noexec", "nosuid", "nodev", "rprivate", "size=10m", "mode=1777"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (flags, data) = parse_options(&opts);
+        assert_eq!(flags, MsFlags::MS_NOEXEC | MsFlags::MS_NOSUID | MsFlags::MS_NODEV);
+        assert_eq!(data, "size=10m,mode=1777");
+    }
+
+    #[test]
+    fn later_options_win() {
+        let opts: Vec<String> = ["ro", "rw", "exec"].iter().map(|s| s.to_string()).collect();
+        let (flags, data) = parse_options(&opts);
+        assert_eq!(flags, MsFlags::empty());
+        assert!(data.is_empty());
+    }
+}

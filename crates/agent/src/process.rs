@@ -1,0 +1,308 @@
+//! Starting a process inside the container: namespaces, credentials,
+//! limits, working directory and stdio.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nix::sched::{unshare, CloneFlags};
+use runvm_protocol::lookpath::{look_path, path_of_env, FileInfo, LookPathError};
+use runvm_protocol::ProcessSpec;
+
+/// Why a process could not be started, with the exit code to report.
+#[derive(Debug)]
+pub struct StartError {
+    pub message: String,
+    pub exit_code: i32,
+}
+
+impl From<LookPathError> for StartError {
+    fn from(e: LookPathError) -> Self {
+        StartError {
+            exit_code: e.exit_code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The parent's ends of a started process's stdio.
+pub enum ParentStdio {
+    Pipes {
+        stdin: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    },
+    Pty {
+        master: OwnedFd,
+    },
+}
+
+/// Which namespaces the new process gets.
+pub enum Namespaces {
+    /// New PID and mount namespaces: the container's init.
+    NewContainer,
+}
+
+fn stat_in_root(p: &Path) -> io::Result<FileInfo> {
+    use std::os::unix::fs::PermissionsExt;
+    let m = std::fs::metadata(p)?;
+    Ok(FileInfo {
+        is_dir: m.is_dir(),
+        mode: m.permissions().mode(),
+    })
+}
+
+/// Everything the child needs after fork, prepared before it (no
+/// allocation happens between fork and exec).
+struct ChildSetup {
+    new_mount_ns: bool,
+    terminal: bool,
+    uid: u32,
+    gid: u32,
+    groups: Vec<libc::gid_t>,
+    umask: Option<u32>,
+    rlimits: Vec<(u32, libc::rlimit)>,
+    cwd: CString,
+    proc_src: CString,
+    proc_dir: CString,
+    proc_type: CString,
+    root: CString,
+}
+
+fn rlimit_resource(name: &str) -> Option<u32> {
+    Some(match name {
+        "RLIMIT_AS" => libc::RLIMIT_AS,
+        "RLIMIT_CORE" => libc::RLIMIT_CORE,
+        "RLIMIT_CPU" => libc::RLIMIT_CPU,
+        "RLIMIT_DATA" => libc::RLIMIT_DATA,
+        "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
+        "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
+        "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
+        "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
+        "RLIMIT_NICE" => libc::RLIMIT_NICE,
+        "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
+        "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
+        "RLIMIT_RSS" => libc::RLIMIT_RSS,
+        "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
+        "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
+        "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
+        "RLIMIT_STACK" => libc::RLIMIT_STACK,
+        _ => return None,
+    })
+}
+
+fn check(ret: libc::c_int) -> io::Result<()> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+impl ChildSetup {
+    /// Runs in the child between fork and exec.
+    ///
+    /// # Safety
+    /// Must only be called in a freshly forked child; it calls only
+    /// async-signal-safe functions on data prepared before the fork.
+    unsafe fn apply(&self) -> io::Result<()> {
+        // SAFETY (whole block): plain system calls on valid, NUL-terminated
+        // strings and initialised structures owned by `self`.
+        unsafe {
+            if self.new_mount_ns {
+                check(libc::unshare(libc::CLONE_NEWNS))?;
+                check(libc::mount(
+                    std::ptr::null(),
+                    self.root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ))?;
+                // A /proc that shows the new PID namespace.
+                check(libc::mount(
+                    self.proc_src.as_ptr(),
+                    self.proc_dir.as_ptr(),
+                    self.proc_type.as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    std::ptr::null(),
+                ))?;
+            }
+            check(libc::setsid())?;
+            if self.terminal {
+                check(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
+            }
+            check(libc::setgroups(self.groups.len(), self.groups.as_ptr()))?;
+            check(libc::setgid(self.gid))?;
+            check(libc::setuid(self.uid))?;
+            if let Some(mask) = self.umask {
+                libc::umask(mask as libc::mode_t);
+            }
+            for (res, lim) in &self.rlimits {
+                check(libc::setrlimit(*res as _, lim))?;
+            }
+            check(libc::chdir(self.cwd.as_ptr()))?;
+            // Signals the agent ignores or blocks must not stay so.
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        }
+        Ok(())
+    }
+}
+
+fn cstring(s: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in string"))
+}
+
+/// Starts `spec` with the given stdio. Returns the pid (as seen by the
+/// agent) and the parent's ends of stdio.
+///
+/// The new process becomes PID 1 of a new PID namespace when asked, so the
+/// workload sees itself as PID 1 and the kernel treats it as a namespace init
+/// (signals it has no handler for are ignored; its death ends the namespace),
+/// exactly as under runc.
+pub fn start(spec: &ProcessSpec, ns: Namespaces) -> Result<(i32, ParentStdio), StartError> {
+    let cwd = if spec.cwd.is_empty() { "/" } else { spec.cwd.as_str() };
+    crate::mounts::ensure_dir(Path::new(cwd));
+    let program = spec.args.first().ok_or(StartError {
+        message: "no command given".into(),
+        exit_code: 127,
+    })?;
+    let resolved: PathBuf = look_path(program, path_of_env(&spec.env), Path::new(cwd), stat_in_root)?;
+    let resolved = if resolved.is_absolute() {
+        resolved
+    } else {
+        Path::new(cwd).join(resolved)
+    };
+
+    let io_err = |what: &str, e: io::Error| StartError {
+        message: format!("{what}: {e}"),
+        exit_code: 126,
+    };
+    let setup = ChildSetup {
+        new_mount_ns: matches!(ns, Namespaces::NewContainer),
+        terminal: spec.terminal,
+        uid: spec.uid,
+        gid: spec.gid,
+        groups: spec.additional_gids.clone(),
+        umask: spec.umask,
+        rlimits: spec
+            .rlimits
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    rlimit_resource(&r.kind)?,
+                    libc::rlimit {
+                        rlim_cur: r.soft,
+                        rlim_max: r.hard,
+                    },
+                ))
+            })
+            .collect(),
+        cwd: cstring(cwd).map_err(|e| io_err("bad working directory", e))?,
+        proc_src: c"proc".to_owned(),
+        proc_dir: c"/proc".to_owned(),
+        proc_type: c"proc".to_owned(),
+        root: c"/".to_owned(),
+    };
+
+    let mut cmd = Command::new(&resolved);
+    cmd.arg0(program).args(&spec.args[1..]).env_clear();
+    for kv in &spec.env {
+        if let Some((k, v)) = kv.split_once('=') {
+            cmd.env(k, v);
+        }
+    }
+    let parent = if spec.terminal {
+        let winsize = spec.console_size.map(|(rows, cols)| nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        });
+        let pty = nix::pty::openpty(winsize.as_ref(), None)
+            .map_err(|e| io_err("cannot open a pseudo-terminal", e.into()))?;
+        let slave = pty.slave;
+        cmd.stdin(Stdio::from(slave.try_clone().map_err(|e| io_err("dup", e))?));
+        cmd.stdout(Stdio::from(slave.try_clone().map_err(|e| io_err("dup", e))?));
+        cmd.stderr(Stdio::from(slave));
+        ParentStdio::Pty { master: pty.master }
+    } else {
+        let (in_r, in_w) = pipe()?;
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        cmd.stdin(Stdio::from(in_r));
+        cmd.stdout(Stdio::from(out_w));
+        cmd.stderr(Stdio::from(err_w));
+        ParentStdio::Pipes {
+            stdin: in_w,
+            stdout: out_r,
+            stderr: err_r,
+        }
+    };
+    // SAFETY: `apply` only makes async-signal-safe system calls on data
+    // prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || setup.apply());
+    }
+
+    let new_pidns = matches!(ns, Namespaces::NewContainer);
+    // unshare(CLONE_NEWPID) applies to the children of the calling thread,
+    // so the fork must happen on a thread of its own that did the unshare.
+    let child = std::thread::spawn(move || -> io::Result<std::process::Child> {
+        if new_pidns {
+            unshare(CloneFlags::CLONE_NEWPID)?;
+        }
+        cmd.spawn()
+    })
+    .join()
+    .map_err(|_| StartError {
+        message: "the thread starting the process panicked".into(),
+        exit_code: 126,
+    })?;
+    let child = child.map_err(|e| StartError {
+        exit_code: match e.raw_os_error() {
+            Some(libc::ENOENT) => 127,
+            _ => 126,
+        },
+        message: format!(
+            "exec: \"{program}\": {}",
+            runvm_protocol::lookpath::go_errno_text(&e)
+        ),
+    })?;
+    // `Command` keeps the child's ends of stdio; they are dropped with it,
+    // so only the parent's ends stay open here.
+    let pid = child.id() as i32;
+    drop(child);
+    Ok((pid, parent))
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), StartError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| StartError {
+        message: format!("cannot create a pipe: {e}"),
+        exit_code: 126,
+    })
+}
+
+/// Sets the window size of a pty master.
+pub fn resize(master: RawFd, rows: u16, cols: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a `winsize` from a valid pointer.
+    unsafe {
+        libc::ioctl(master, libc::TIOCSWINSZ, &ws);
+    }
+}
+
+/// Keeps a duplicate of a pty master for resizing.
+pub fn dup_fd(fd: &OwnedFd) -> Option<OwnedFd> {
+    let _ = fd.as_raw_fd();
+    fd.try_clone().ok()
+}

@@ -1,0 +1,289 @@
+//! The agent's side of the host channel: accepts the streams the host
+//! opens, starts the container, relays stdio and signals, reports the exit.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::{oneshot, Notify};
+
+use crate::error::{AgentError, Result};
+use crate::process::{self, Namespaces, ParentStdio};
+use crate::reaper::Reaper;
+use crate::{early, mounts, network};
+use runvm_protocol::session::{read_frame, write_frame, FdStream, Mode, Mux, MuxStream};
+use runvm_protocol::{ContainerSpec, GuestMessage, HostMessage, StreamHeader, AGENT_PORT_NAME, ROOTFS_TAG};
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Kind {
+    Stdin,
+    Stdout,
+    Stderr,
+}
+
+/// Stdio streams that arrived, waiting for their process.
+#[derive(Default)]
+struct Streams {
+    map: Mutex<HashMap<(u32, Kind), MuxStream>>,
+    arrived: Notify,
+}
+
+impl Streams {
+    fn put(&self, process: u32, kind: Kind, s: MuxStream) {
+        self.map.lock().expect("streams lock").insert((process, kind), s);
+        self.arrived.notify_waiters();
+    }
+
+    async fn take(&self, process: u32, kind: Kind) -> Option<MuxStream> {
+        let wait = async {
+            loop {
+                let notified = self.arrived.notified();
+                if let Some(s) = self.map.lock().expect("streams lock").remove(&(process, kind)) {
+                    return s;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), wait).await.ok()
+    }
+}
+
+struct Agent {
+    reaper: Arc<Reaper>,
+    streams: Streams,
+    started: Mutex<bool>,
+    /// Fired when the host allows the VM to power off.
+    shutdown: Notify,
+}
+
+/// Runs until the container has ended and the host has acknowledged it.
+pub async fn serve() -> Result<()> {
+    let reaper = Reaper::start().map_err(|e| AgentError::sys("watch for child exits", e))?;
+    let port = tokio::task::spawn_blocking(|| early::open_port(AGENT_PORT_NAME))
+        .await
+        .map_err(|e| AgentError::sys("open the host channel", std::io::Error::other(e)))??;
+    let port = FdStream::new(port).map_err(|e| AgentError::sys("poll the host channel", e))?;
+    let (_mux, mut inbound) = Mux::start(port, Mode::Server);
+    let agent = Arc::new(Agent {
+        reaper,
+        streams: Streams::default(),
+        started: Mutex::new(false),
+        shutdown: Notify::new(),
+    });
+    let shutdown = agent.shutdown.notified();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            s = inbound.recv() => match s {
+                Some(s) => { tokio::spawn(handle_stream(agent.clone(), s)); }
+                None => return Ok(()), // the host went away
+            },
+            _ = &mut shutdown => return Ok(()),
+        }
+    }
+}
+
+async fn handle_stream(agent: Arc<Agent>, mut s: MuxStream) {
+    let header: StreamHeader = match read_frame(&mut s).await {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("runvm-agent: bad stream header: {e}");
+            return;
+        }
+    };
+    match header {
+        StreamHeader::Stdin { process } => agent.streams.put(process, Kind::Stdin, s),
+        StreamHeader::Stdout { process } => agent.streams.put(process, Kind::Stdout, s),
+        StreamHeader::Stderr { process } => agent.streams.put(process, Kind::Stderr, s),
+        StreamHeader::Control { process } => {
+            if let Err(e) = control(agent.clone(), process, s).await {
+                eprintln!("runvm-agent: {e}");
+            }
+        }
+    }
+}
+
+/// Sends one message on the control stream's write half.
+async fn send<W: AsyncWrite + Unpin>(w: &tokio::sync::Mutex<W>, msg: &GuestMessage) -> Result<()> {
+    let mut w = w.lock().await;
+    write_frame(&mut *w, msg).await?;
+    Ok(())
+}
+
+async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
+    let (mut rd, wr) = tokio::io::split(s);
+    let wr = tokio::sync::Mutex::new(wr);
+    let first: HostMessage = read_frame(&mut rd).await?;
+    let HostMessage::StartContainer(spec) = first else {
+        return Err(AgentError::NoStart);
+    };
+    {
+        let mut started = agent.started.lock().expect("started lock");
+        if *started {
+            return Err(AgentError::Network("container already started".into()));
+        }
+        *started = true;
+    }
+    if let Err(e) = prepare_container(&spec).await {
+        send(&wr, &GuestMessage::SetupFailed { message: e.to_string() }).await?;
+        wait_for_shutdown(&mut rd).await;
+        agent.shutdown.notify_one();
+        return Ok(());
+    }
+
+    let spawned = agent
+        .reaper
+        .spawn_and_expect(|| process::start(&spec.process, Namespaces::NewContainer));
+    let (workload_pid, exit_rx, stdio) = match spawned {
+        Ok(x) => x,
+        Err(e) => {
+            send(
+                &wr,
+                &GuestMessage::StartFailed {
+                    message: e.message,
+                    exit_code: e.exit_code,
+                },
+            )
+            .await?;
+            wait_for_shutdown(&mut rd).await;
+            agent.shutdown.notify_one();
+            return Ok(());
+        }
+    };
+
+    // Relays: output tasks are awaited before the exit is reported.
+    let mut outputs = Vec::new();
+    let mut pty_master: Option<OwnedFd> = None;
+    match stdio {
+        ParentStdio::Pipes { stdin, stdout, stderr } => {
+            let a = agent.clone();
+            tokio::spawn(async move {
+                if let Some(s) = a.streams.take(process, Kind::Stdin).await {
+                    relay_in(s, stdin).await;
+                }
+            });
+            for (fd, kind) in [(stdout, Kind::Stdout), (stderr, Kind::Stderr)] {
+                let a = agent.clone();
+                outputs.push(tokio::spawn(async move {
+                    let s = a.streams.take(process, kind).await;
+                    relay_out(fd, s).await;
+                }));
+            }
+        }
+        ParentStdio::Pty { master } => {
+            pty_master = process::dup_fd(&master);
+            match FdStream::pty_master(master) {
+                Ok(m) => {
+                    let (mut m_rd, m_wr) = tokio::io::split(m);
+                    let a = agent.clone();
+                    tokio::spawn(async move {
+                        if let Some(mut s) = a.streams.take(process, Kind::Stdin).await {
+                            let mut m_wr = m_wr;
+                            let _ = tokio::io::copy(&mut s, &mut m_wr).await;
+                        }
+                    });
+                    let a = agent.clone();
+                    outputs.push(tokio::spawn(async move {
+                        if let Some(mut s) = a.streams.take(process, Kind::Stdout).await {
+                            let _ = tokio::io::copy(&mut m_rd, &mut s).await;
+                            let _ = s.shutdown().await;
+                        }
+                    }));
+                }
+                Err(e) => eprintln!("runvm-agent: cannot poll the terminal: {e}"),
+            }
+        }
+    }
+    send(&wr, &GuestMessage::Started { pid: workload_pid }).await?;
+
+    let (done_tx, mut done_rx) = oneshot::channel::<()>();
+    let master_raw = pty_master.as_ref().map(|m| m.as_raw_fd());
+    let reader = tokio::spawn(async move {
+        let mut done_tx = Some(done_tx);
+        loop {
+            match read_frame::<_, HostMessage>(&mut rd).await {
+                Ok(HostMessage::Signal { signal }) => {
+                    // SAFETY: kill() has no memory-safety preconditions.
+                    unsafe {
+                        libc::kill(workload_pid, signal);
+                    }
+                }
+                Ok(HostMessage::Resize { rows, cols }) => {
+                    if let Some(fd) = master_raw {
+                        process::resize(fd, rows, cols);
+                    }
+                }
+                Ok(HostMessage::Shutdown) | Err(_) => {
+                    if let Some(tx) = done_tx.take() {
+                        let _ = tx.send(());
+                    }
+                    return;
+                }
+                Ok(HostMessage::StartContainer(_)) => {}
+            }
+        }
+    });
+    let status = exit_rx.await.unwrap_or(255);
+    for o in outputs {
+        let _ = o.await;
+    }
+    send(&wr, &GuestMessage::Exited { status }).await?;
+    let _ = tokio::time::timeout(Duration::from_secs(30), &mut done_rx).await;
+    reader.abort();
+    drop(pty_master);
+    agent.shutdown.notify_one();
+    Ok(())
+}
+
+/// Waits until the host says the VM may stop (or the host is gone).
+async fn wait_for_shutdown<R: tokio::io::AsyncRead + Unpin>(rd: &mut R) {
+    let wait = async {
+        loop {
+            match read_frame::<_, HostMessage>(rd).await {
+                Ok(HostMessage::Shutdown) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(30), wait).await;
+}
+
+/// The root, mounts, hostname and network of the container.
+async fn prepare_container(spec: &ContainerSpec) -> Result<()> {
+    mounts::switch_to_container_root(ROOTFS_TAG, spec.readonly_root)?;
+    mounts::mount_container_filesystems(&spec.mounts)?;
+    if let Some(h) = &spec.hostname {
+        nix::unistd::sethostname(h).map_err(|e| AgentError::sys("set the hostname", e))?;
+    }
+    network::configure(&spec.interfaces, &spec.routes).await?;
+    Ok(())
+}
+
+/// Copies host bytes to the process's stdin; end of stream closes it.
+async fn relay_in(mut s: MuxStream, fd: OwnedFd) {
+    let Ok(mut pipe) = tokio::net::unix::pipe::Sender::from_owned_fd(fd) else {
+        return;
+    };
+    let _ = tokio::io::copy(&mut s, &mut pipe).await;
+    // Dropping the pipe closes the process's stdin.
+}
+
+/// Copies a process's output pipe to its stream until the pipe's end, then
+/// closes the stream so the host sees end of file.
+async fn relay_out(fd: OwnedFd, s: Option<MuxStream>) {
+    let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+        return;
+    };
+    match s {
+        Some(mut s) => {
+            let _ = tokio::io::copy(&mut pipe, &mut s).await;
+            let _ = s.shutdown().await;
+        }
+        None => {
+            // No stream to write to: drain so the process never blocks.
+            let _ = tokio::io::copy(&mut pipe, &mut tokio::io::sink()).await;
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! The command line, as Docker and containerd call runc.
+//!
+//! runc's global flags are parsed (so they can be given to runc again,
+//! together with runvm's own `--runc`), and the verb with its arguments is
+//! kept as given: runvm rewrites the bundle for `create` and `run`, and
+//! passes every verb to runc unchanged.
+
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "runvm",
+    about = "An OCI runtime that runs containers as lightweight VMs (runc-compatible)",
+    disable_version_flag = true,
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    /// Root directory for storage of container state (passed to runc).
+    #[arg(long)]
+    pub root: Option<String>,
+    /// Log file (passed to runc; runvm logs there too).
+    #[arg(long)]
+    pub log: Option<String>,
+    /// Log format: text or json.
+    #[arg(long = "log-format", value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
+    /// Debug logging.
+    #[arg(long)]
+    pub debug: bool,
+    /// Use systemd to manage cgroups (passed to runc).
+    #[arg(long = "systemd-cgroup")]
+    pub systemd_cgroup: bool,
+    /// Path to criu (passed to runc).
+    #[arg(long)]
+    pub criu: Option<String>,
+    /// Rootless mode: true, false or auto (passed to runc).
+    #[arg(long)]
+    pub rootless: Option<String>,
+    /// The OCI runtime runvm drives (default: runc from the usual places).
+    #[arg(long, env = "RUNVM_RUNC")]
+    pub runc: Option<String>,
+    /// Print the version.
+    #[arg(short = 'v', long)]
+    pub version: bool,
+    /// The verb (create, start, state, kill, delete, exec, …) and its
+    /// arguments; runvm's own verbs are `check`, `docker-register` and
+    /// `docker-unregister`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+impl Cli {
+    /// runc's global flags, as given to us.
+    pub fn runc_globals(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        let mut opt = |name: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                a.push(format!("--{name}"));
+                a.push(v.clone());
+            }
+        };
+        opt("root", &self.root);
+        opt("log", &self.log);
+        opt("log-format", &self.log_format);
+        opt("criu", &self.criu);
+        opt("rootless", &self.rootless);
+        if self.debug {
+            a.push("--debug".into());
+        }
+        if self.systemd_cgroup {
+            a.push("--systemd-cgroup".into());
+        }
+        a
+    }
+}
+
+/// What `create` and `run` need from their arguments.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CreateArgs {
+    pub bundle: Option<String>,
+    pub pid_file: Option<String>,
+    pub id: Option<String>,
+}
+
+/// Picks `--bundle`/`-b`, `--pid-file` and the container id out of the
+/// arguments of `runc create`/`runc run` (flags may come as `--x v` or
+/// `--x=v`).
+pub fn parse_create_args(args: &[String]) -> CreateArgs {
+    // runc create/run flags that take a value.
+    const WITH_VALUE: &[&str] = &[
+        "--bundle",
+        "-b",
+        "--console-socket",
+        "--pid-file",
+        "--preserve-fds",
+    ];
+    let mut out = CreateArgs::default();
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if a.starts_with('-') => (f, Some(v.to_owned())),
+            _ => (a.as_str(), None),
+        };
+        if flag.starts_with('-') {
+            let takes = WITH_VALUE.contains(&flag);
+            let value = if takes && inline.is_none() {
+                i += 1;
+                args.get(i).cloned()
+            } else {
+                inline
+            };
+            match flag {
+                "--bundle" | "-b" => out.bundle = value,
+                "--pid-file" => out.pid_file = value,
+                _ => {}
+            }
+        } else {
+            out.id = Some(a.clone());
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn docker_style_invocation_parses() {
+        let cli = Cli::try_parse_from(v(&[
+            "runvm",
+            "--root",
+            "/var/run/docker/runtime-runc/moby",
+            "--log",
+            "/run/x/log.json",
+            "--log-format",
+            "json",
+            "--systemd-cgroup",
+            "create",
+            "--bundle",
+            "/run/x",
+            "--pid-file",
+            "/run/x/init.pid",
+            "--console-socket",
+            "/tmp/pty.sock",
+            "abc123",
+        ]))
+        .unwrap();
+        assert_eq!(cli.command[0], "create");
+        assert_eq!(
+            cli.runc_globals(),
+            v(&[
+                "--root",
+                "/var/run/docker/runtime-runc/moby",
+                "--log",
+                "/run/x/log.json",
+                "--log-format",
+                "json",
+                "--systemd-cgroup"
+            ])
+        );
+        let c = parse_create_args(&cli.command[1..]);
+        assert_eq!(c.bundle.as_deref(), Some("/run/x"));
+        assert_eq!(c.pid_file.as_deref(), Some("/run/x/init.pid"));
+        assert_eq!(c.id.as_deref(), Some("abc123"));
+    }
+
+    #[test]
+    fn equals_forms_and_short_bundle() {
+        let c = parse_create_args(&v(&["-b", "/b", "--pid-file=/p", "--no-pivot", "id1"]));
+        assert_eq!(
+            c,
+            CreateArgs {
+                bundle: Some("/b".into()),
+                pid_file: Some("/p".into()),
+                id: Some("id1".into())
+            }
+        );
+        let c = parse_create_args(&v(&["--bundle=/b2", "id2"]));
+        assert_eq!(c.bundle.as_deref(), Some("/b2"));
+    }
+
+    #[test]
+    fn verb_flags_are_not_taken_as_globals() {
+        let cli = Cli::try_parse_from(v(&["runvm", "kill", "--all", "abc", "KILL"])).unwrap();
+        assert_eq!(cli.command, v(&["kill", "--all", "abc", "KILL"]));
+        assert!(cli.runc_globals().is_empty());
+        let cli = Cli::try_parse_from(v(&["runvm", "--runc", "/opt/runc", "state", "x"])).unwrap();
+        assert_eq!(cli.runc.as_deref(), Some("/opt/runc"));
+        assert!(cli.runc_globals().is_empty());
+    }
+
+    #[test]
+    fn a_bad_log_format_is_refused() {
+        assert!(Cli::try_parse_from(v(&["runvm", "--log-format", "xml", "state", "x"])).is_err());
+    }
+}

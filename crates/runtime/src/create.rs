@@ -1,0 +1,155 @@
+//! `create` and `run`: turn Docker's bundle into a runvm bundle, let runc
+//! create the container, then check the workload's program the way runc
+//! would have, so errors (and Docker's exit codes) are runc's.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use runvm_config::rewrite::HostEntry;
+use runvm_config::{paths, rewrite_config, HostLayout, VmOptions};
+use runvm_initramfs::{ensure_initramfs, Kernel, DEFAULT_MODULES};
+use runvm_protocol::lookpath::{look_path, path_of_env, FileInfo};
+use serde_json::Value;
+
+use crate::error::{Result, RuntimeError};
+use crate::host::{self, Install};
+use crate::logging::Log;
+
+/// Name of runvm's directory inside a bundle (it becomes the root).
+pub const ROOT_DIR_NAME: &str = "runvm-root";
+
+/// What was prepared, for the checks after `runc create`.
+pub struct Prepared {
+    pub process: runvm_protocol::ProcessSpec,
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = fs::read_to_string(path).map_err(|source| RuntimeError::Read {
+        path: path.into(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| RuntimeError::Json {
+        path: path.into(),
+        source,
+    })
+}
+
+/// Writes `data` to `path` atomically (temp file + rename).
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("runvm-tmp");
+    let werr = |source| RuntimeError::Write {
+        path: path.into(),
+        source,
+    };
+    let mut f = fs::File::create(&tmp).map_err(werr)?;
+    f.write_all(data).map_err(werr)?;
+    f.sync_all().map_err(werr)?;
+    fs::rename(&tmp, path).map_err(werr)
+}
+
+/// Rewrites the bundle at `bundle` for runvm. Nothing is written unless
+/// every check passed, so a refused container leaves nothing behind.
+pub fn prepare_bundle(bundle: &Path, log: &Log) -> Result<Prepared> {
+    let config_path = bundle.join("config.json");
+    let config = read_json(&config_path)?;
+    let env: Vec<String> = config["process"]["env"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    let opts = VmOptions::from_env(&env, |k| std::env::var(k).ok())?;
+
+    let install = Install::locate();
+    let supervisor = install.supervisor()?;
+    let agent = install.agent()?;
+    let virtiofsd = install.virtiofsd()?;
+    let qemu = install.qemu()?;
+    let kernel = match &opts.kernel {
+        Some(k) => Kernel::from_vmlinuz(Path::new(k))?,
+        None => Kernel::discover(&install.kernels_dir())?,
+    };
+    let (accel, accel_warning) = host::decide_accel(opts.accel, host::kvm_problem())?;
+    if let Some(w) = &accel_warning {
+        log.write("warning", &format!("runvm: {w}"));
+    }
+    let initrd = ensure_initramfs(&kernel, &agent, DEFAULT_MODULES, &install.cache_dir())?;
+
+    // runc refuses a root path that goes through a symlink (/var/run is one).
+    let bundle_real = fs::canonicalize(bundle).map_err(|source| RuntimeError::Read {
+        path: bundle.into(),
+        source,
+    })?;
+    let new_root = bundle_real.join(ROOT_DIR_NAME);
+    let host_entries = host::host_entries();
+    let layout = HostLayout {
+        new_root: new_root.to_string_lossy().into_owned(),
+        host_entries: host_entries.clone(),
+        supervisor: supervisor.to_string_lossy().into_owned(),
+        virtiofsd: virtiofsd.to_string_lossy().into_owned(),
+        kernel: kernel.vmlinuz.to_string_lossy().into_owned(),
+        initrd: initrd.to_string_lossy().into_owned(),
+        qemu: qemu.to_string_lossy().into_owned(),
+        devices: host::devices(accel),
+        host_cpus: std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1),
+        accel,
+        accel_warning,
+    };
+    let rewritten = rewrite_config(config, &opts, &layout)?;
+
+    // The supervisor's root: mount points, merged-/usr symlinks, vm.json.
+    let _ = fs::remove_dir_all(&new_root);
+    let mk = |p: PathBuf| {
+        fs::create_dir_all(&p).map_err(|source| RuntimeError::Write { path: p, source })
+    };
+    for d in ["proc", "dev", "sys", "run", "tmp", "rootfs", "runvm/bin"] {
+        mk(new_root.join(d))?;
+    }
+    for e in &host_entries {
+        match e {
+            HostEntry::Bind(dir) => mk(new_root.join(dir.trim_start_matches('/')))?,
+            HostEntry::Symlink { path, target } => {
+                let link = new_root.join(path.trim_start_matches('/'));
+                symlink(target, &link).map_err(|source| RuntimeError::Write { path: link, source })?;
+            }
+        }
+    }
+    let vm_json = serde_json::to_vec_pretty(&rewritten.vm).expect("VmConfig serialises");
+    write_atomic(&new_root.join(paths::VM_CONFIG.trim_start_matches('/')), &vm_json)?;
+    let config_bytes = serde_json::to_vec(&rewritten.config).expect("a Value serialises");
+    write_atomic(&config_path, &config_bytes)?;
+    Ok(Prepared {
+        process: rewritten.vm.container.process,
+    })
+}
+
+/// Checks, inside the created container's root, that the workload's
+/// program can be executed, with runc's rules and wording.
+pub fn check_program(container_pid: i32, process: &runvm_protocol::ProcessSpec) -> Result<()> {
+    use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+    let root_path = format!("/proc/{container_pid}/root{}", paths::ROOTFS);
+    let root = match fs::File::open(&root_path) {
+        Ok(f) => f,
+        // The container is gone already; runc start will report it.
+        Err(_) => return Ok(()),
+    };
+    let stat = |p: &Path| -> std::io::Result<FileInfo> {
+        let rel = p.strip_prefix("/").unwrap_or(p);
+        let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+        let fd = openat2(&root, rel, OFlags::PATH | OFlags::CLOEXEC, Mode::empty(), ResolveFlags::IN_ROOT)?;
+        let st = rustix::fs::fstat(&fd)?;
+        Ok(FileInfo {
+            is_dir: rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory,
+            mode: st.st_mode,
+        })
+    };
+    let Some(program) = process.args.first() else {
+        return Ok(());
+    };
+    let cwd = if process.cwd.is_empty() { "/" } else { &process.cwd };
+    look_path(program, path_of_env(&process.env), Path::new(cwd), stat)
+        .map(|_| ())
+        .map_err(RuntimeError::Exec)
+}

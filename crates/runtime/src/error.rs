@@ -1,0 +1,53 @@
+//! The runtime's error type. Every message is one line that names the
+//! problem and, where the user can do something, the fix.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{0}")]
+    Option(#[from] runvm_config::options::OptionError),
+    #[error("{0}")]
+    Rewrite(#[from] runvm_config::RewriteError),
+    #[error("{0}")]
+    Kernel(#[from] runvm_initramfs::Error),
+    #[error("RUNVM_ACCEL=kvm was asked for but KVM is not available ({0}): load the kvm module and give the Docker host access to /dev/kvm, or use RUNVM_ACCEL=tcg")]
+    NoKvm(String),
+    #[error("{what} not found ({looked}): {fix}")]
+    Missing {
+        what: &'static str,
+        looked: String,
+        fix: &'static str,
+    },
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The workload cannot be executed; worded exactly as runc words it.
+    #[error("runc create failed: unable to start container process: {0}")]
+    Exec(runvm_protocol::lookpath::LookPathError),
+    #[error("{0}")]
+    Usage(String),
+}
+
+pub type Result<T> = std::result::Result<T, RuntimeError>;

@@ -1,0 +1,228 @@
+//! What runvm finds on the host: its own files, the guest kernel, QEMU,
+//! virtiofsd, devices, and whether KVM can be used.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use runvm_config::rewrite::{HostDevice, HostEntry};
+use runvm_config::{Accel, AccelRequest};
+
+use crate::error::{Result, RuntimeError};
+
+/// runvm's installation: binaries next to each other, data in one dir.
+#[derive(Debug, Clone)]
+pub struct Install {
+    /// Directory with runvm-supervisor, runvm-agent and (optionally) virtiofsd.
+    pub libexec: PathBuf,
+    /// Kernels (`kernel/`) and the initramfs cache (`cache/`).
+    pub data: PathBuf,
+}
+
+impl Install {
+    /// Locates the installation: `$RUNVM_LIBEXEC_DIR`, else
+    /// `<prefix>/lib/runvm` for `<prefix>/bin/runvm`, else the directory of
+    /// the runvm binary itself (a development build in `target/`).
+    pub fn locate() -> Self {
+        let data = std::env::var_os("RUNVM_DATA_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/runvm"));
+        if let Some(d) = std::env::var_os("RUNVM_LIBEXEC_DIR") {
+            return Self {
+                libexec: d.into(),
+                data,
+            };
+        }
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/local/bin/runvm"));
+        let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+        let prefixed = dir.parent().map(|p| p.join("lib/runvm")).unwrap_or_default();
+        let libexec = if prefixed.join("runvm-supervisor").exists() {
+            prefixed
+        } else {
+            dir
+        };
+        Self { libexec, data }
+    }
+
+    pub fn supervisor(&self) -> Result<PathBuf> {
+        existing(
+            "runvm's supervisor",
+            &[self.libexec.join("runvm-supervisor")],
+            "run `make install`",
+        )
+    }
+
+    pub fn agent(&self) -> Result<PathBuf> {
+        let mut c = vec![self.libexec.join("runvm-agent")];
+        // A development tree keeps the static agent under its target triple.
+        if let Some(p) = self.libexec.parent().and_then(Path::parent) {
+            c.push(p.join("x86_64-unknown-linux-gnu/release/runvm-agent"));
+        }
+        existing("runvm's guest agent", &c, "run `make install`")
+    }
+
+    pub fn virtiofsd(&self) -> Result<PathBuf> {
+        let mut c = Vec::new();
+        if let Some(p) = std::env::var_os("RUNVM_VIRTIOFSD") {
+            c.push(PathBuf::from(p));
+        }
+        c.push(self.libexec.join("virtiofsd"));
+        c.push("/usr/libexec/virtiofsd".into());
+        c.push("/usr/lib/qemu/virtiofsd".into());
+        c.push("/usr/local/bin/virtiofsd".into());
+        existing(
+            "virtiofsd",
+            &c,
+            "run `make install` (it installs virtiofsd with cargo) or set RUNVM_VIRTIOFSD",
+        )
+    }
+
+    pub fn qemu(&self) -> Result<PathBuf> {
+        let mut c = Vec::new();
+        if let Some(p) = std::env::var_os("RUNVM_QEMU") {
+            c.push(PathBuf::from(p));
+        }
+        c.push("/usr/bin/qemu-system-x86_64".into());
+        existing(
+            "QEMU",
+            &c,
+            "install it with `apt-get install qemu-system-x86` (or `make install`)",
+        )
+    }
+
+    pub fn kernels_dir(&self) -> PathBuf {
+        self.data.join("kernel")
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.data.join("cache")
+    }
+}
+
+fn existing(what: &'static str, candidates: &[PathBuf], fix: &'static str) -> Result<PathBuf> {
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| RuntimeError::Missing {
+            what,
+            looked: candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            fix,
+        })
+}
+
+/// The top-level entries of the host's root that QEMU and virtiofsd need:
+/// `/usr` and the library and binary directories (bound if they are real
+/// directories, reproduced if they are merged-/usr symlinks).
+pub fn host_entries() -> Vec<HostEntry> {
+    let mut out = vec![HostEntry::Bind("/usr".into())];
+    for p in ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"] {
+        match std::fs::symlink_metadata(p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                if let Ok(t) = std::fs::read_link(p) {
+                    out.push(HostEntry::Symlink {
+                        path: p.into(),
+                        target: t.to_string_lossy().into_owned(),
+                    });
+                }
+            }
+            Ok(m) if m.is_dir() => out.push(HostEntry::Bind(p.into())),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Character devices the supervisor needs: the tap device and KVM.
+pub fn devices(accel: Accel) -> Vec<HostDevice> {
+    let mut paths = vec!["/dev/net/tun"];
+    if accel == Accel::Kvm {
+        paths.push("/dev/kvm");
+    }
+    paths
+        .into_iter()
+        .filter_map(|p| {
+            let m = std::fs::metadata(p).ok()?;
+            if !m.file_type().is_char_device() {
+                return None;
+            }
+            let rdev = m.rdev();
+            Some(HostDevice {
+                path: p.into(),
+                major: libc::major(rdev) as i64,
+                minor: libc::minor(rdev) as i64,
+            })
+        })
+        .collect()
+}
+
+/// Why KVM cannot be used here, if it cannot.
+pub fn kvm_problem() -> Option<String> {
+    let dev = Path::new("/dev/kvm");
+    if !dev.exists() {
+        return Some("/dev/kvm does not exist".into());
+    }
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        return Some(
+            "/dev/kvm is PVM-based nested virtualisation, on which a stock kernel hangs at boot"
+                .into(),
+        );
+    }
+    match std::fs::OpenOptions::new().read(true).write(true).open(dev) {
+        Err(e) => Some(format!("/dev/kvm cannot be opened: {e}")),
+        Ok(f) => {
+            const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
+            // SAFETY: KVM_GET_API_VERSION takes no argument and only
+            // returns an integer.
+            let v = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), KVM_GET_API_VERSION, 0) };
+            (v != 12).then(|| format!("/dev/kvm answers KVM API version {v}, not 12"))
+        }
+    }
+}
+
+/// Picks the accelerator for a request: KVM when asked and present, or
+/// when usable in auto mode; TCG otherwise, with a warning when the user
+/// did not ask for it.
+pub fn decide_accel(req: AccelRequest, problem: Option<String>) -> Result<(Accel, Option<String>)> {
+    match (req, problem) {
+        (AccelRequest::Tcg, _) => Ok((Accel::Tcg, None)),
+        (AccelRequest::Kvm, Some(p)) if !Path::new("/dev/kvm").exists() => Err(RuntimeError::NoKvm(p)),
+        (AccelRequest::Kvm, _) => Ok((Accel::Kvm, None)),
+        (AccelRequest::Auto, None) => Ok((Accel::Kvm, None)),
+        (AccelRequest::Auto, Some(p)) => Ok((
+            Accel::Tcg,
+            Some(format!(
+                "KVM is not usable ({p}); running the VM under TCG software emulation, which is much slower; set RUNVM_ACCEL=tcg to silence this or RUNVM_ACCEL=kvm to force KVM"
+            )),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcg_when_asked_kvm_when_usable_warning_when_falling_back() {
+        assert_eq!(decide_accel(AccelRequest::Tcg, None).unwrap(), (Accel::Tcg, None));
+        assert_eq!(decide_accel(AccelRequest::Auto, None).unwrap(), (Accel::Kvm, None));
+        let (a, w) = decide_accel(AccelRequest::Auto, Some("no /dev/kvm".into())).unwrap();
+        assert_eq!(a, Accel::Tcg);
+        let w = w.unwrap();
+        assert!(w.contains("no /dev/kvm") && w.contains("RUNVM_ACCEL=tcg"));
+    }
+
+    #[test]
+    fn missing_things_name_what_where_and_the_fix() {
+        let e = existing("QEMU", &["/nonexistent/qemu".into()], "install it").unwrap_err();
+        assert_eq!(e.to_string(), "QEMU not found (/nonexistent/qemu): install it");
+    }
+
+    #[test]
+    fn usr_is_always_bound() {
+        assert_eq!(host_entries()[0], HostEntry::Bind("/usr".into()));
+    }
+}

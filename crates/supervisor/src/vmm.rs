@@ -1,0 +1,238 @@
+//! The helpers that make the VM: virtiofsd and QEMU, their command lines
+//! (pure functions, unit-tested) and their startup.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use runvm_config::{Accel, VmConfig};
+use runvm_protocol::{AGENT_PORT_NAME, ROOTFS_TAG};
+
+use crate::error::{Result, SupervisorError};
+
+pub const RUN_DIR: &str = runvm_config::paths::RUN_DIR;
+pub const VIRTIOFS_SOCKET: &str = "/run/runvm/virtiofs.sock";
+pub const AGENT_SOCKET: &str = "/run/runvm/agent.sock";
+pub const CONSOLE_LOG: &str = "/run/runvm/console.log";
+
+/// A NIC of the VM: its MAC and the tap descriptor QEMU inherits.
+pub struct NicArg {
+    pub mac: String,
+    pub tap_fd: i32,
+}
+
+/// virtiofsd's arguments: serve the container's root, shared with no
+/// sandbox of its own (the container is the sandbox), with O_PATH
+/// descriptors (file handles need CAP_DAC_READ_SEARCH on the host's
+/// filesystem and fail on overlayfs).
+pub fn virtiofsd_args(cfg: &VmConfig) -> Vec<String> {
+    vec![
+        format!("--socket-path={VIRTIOFS_SOCKET}"),
+        format!("--shared-dir={}", cfg.rootfs),
+        "--sandbox=none".into(),
+        "--inode-file-handles=never".into(),
+        "--cache=auto".into(),
+        "--announce-submounts".into(),
+        "--xattr".into(),
+        format!("--log-level={}", if cfg.debug { "info" } else { "error" }),
+    ]
+}
+
+/// The kernel command line.
+pub fn kernel_cmdline(cfg: &VmConfig) -> String {
+    let mut parts = vec![
+        "console=ttyS0",
+        "panic=-1",
+        "rdinit=/init",
+        "pci=lastbus=0",
+        "random.trust_cpu=on",
+        "8250.nr_uarts=1",
+    ];
+    if !cfg.debug {
+        parts.push("quiet");
+    }
+    parts.join(" ")
+}
+
+/// QEMU's arguments.
+pub fn qemu_args(cfg: &VmConfig, nics: &[NicArg]) -> Vec<String> {
+    let mem = cfg.memory_mib;
+    let mut a: Vec<String> = vec![
+        "-name".into(),
+        "runvm".into(),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-nographic".into(),
+        "-no-reboot".into(),
+        "-machine".into(),
+        "q35,memory-backend=mem".into(),
+    ];
+    match cfg.accel {
+        Accel::Kvm => a.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]),
+        Accel::Tcg => a.extend([
+            "-accel".into(),
+            "tcg,thread=multi,tb-size=64".into(),
+            "-cpu".into(),
+            "max".into(),
+        ]),
+    }
+    a.extend([
+        "-smp".into(),
+        cfg.vcpus.to_string(),
+        "-m".into(),
+        format!("{mem}M"),
+        // vhost-user-fs needs guest memory that virtiofsd can map.
+        "-object".into(),
+        format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+        "-kernel".into(),
+        cfg.kernel.clone(),
+        "-initrd".into(),
+        cfg.initrd.clone(),
+        "-append".into(),
+        kernel_cmdline(cfg),
+        "-chardev".into(),
+        format!("socket,id=vfs,path={VIRTIOFS_SOCKET}"),
+        "-device".into(),
+        format!("vhost-user-fs-pci,chardev=vfs,tag={ROOTFS_TAG},queue-size=1024"),
+        "-device".into(),
+        "virtio-serial-pci,id=vser".into(),
+        "-chardev".into(),
+        format!("socket,id=agent,path={AGENT_SOCKET},server=on,wait=off"),
+        "-device".into(),
+        format!("virtserialport,bus=vser.0,chardev=agent,name={AGENT_PORT_NAME}"),
+        "-device".into(),
+        "virtio-rng-pci".into(),
+        "-serial".into(),
+        if cfg.debug {
+            "file:/proc/self/fd/2".into()
+        } else {
+            format!("file:{CONSOLE_LOG}")
+        },
+    ]);
+    for (i, nic) in nics.iter().enumerate() {
+        a.push("-netdev".into());
+        a.push(format!("tap,id=net{i},fd={}", nic.tap_fd));
+        a.push("-device".into());
+        // No option ROM: the VM never boots from the network.
+        a.push(format!("virtio-net-pci,netdev=net{i},mac={},romfile=", nic.mac));
+    }
+    a
+}
+
+/// Waits until `path` exists, giving up after `secs` or when `alive`
+/// says the process that should create it is gone.
+pub async fn wait_for_path(
+    path: &str,
+    what: &'static str,
+    secs: u64,
+    mut alive: impl FnMut() -> std::result::Result<(), SupervisorError>,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !Path::new(path).exists() {
+        alive()?;
+        if Instant::now() > deadline {
+            return Err(SupervisorError::Timeout {
+                what,
+                secs,
+                detail: String::new(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
+}
+
+/// The last lines of the guest console, for error messages.
+pub fn console_tail(lines: usize) -> String {
+    let text = std::fs::read_to_string(CONSOLE_LOG).unwrap_or_default();
+    let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = all.len().saturating_sub(lines);
+    all[start..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runvm_protocol::{ContainerSpec, ProcessSpec};
+
+    fn cfg(accel: Accel) -> VmConfig {
+        VmConfig {
+            accel,
+            accel_warning: None,
+            vcpus: 2,
+            memory_mib: 512,
+            qemu: "/usr/bin/qemu-system-x86_64".into(),
+            virtiofsd: "/runvm/bin/virtiofsd".into(),
+            kernel: "/runvm/vmlinuz".into(),
+            initrd: "/runvm/initrd.img".into(),
+            rootfs: "/rootfs".into(),
+            debug: false,
+            container: ContainerSpec {
+                hostname: None,
+                process: ProcessSpec::default(),
+                interfaces: vec![],
+                routes: vec![],
+                mounts: vec![],
+                readonly_root: false,
+            },
+        }
+    }
+
+    fn pair<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn tcg_and_kvm_pick_matching_cpu_models() {
+        let a = qemu_args(&cfg(Accel::Tcg), &[]);
+        assert_eq!(pair(&a, "-accel"), ["tcg,thread=multi,tb-size=64"]);
+        assert_eq!(pair(&a, "-cpu"), ["max"]);
+        let a = qemu_args(&cfg(Accel::Kvm), &[]);
+        assert_eq!(pair(&a, "-accel"), ["kvm"]);
+        assert_eq!(pair(&a, "-cpu"), ["host"]);
+    }
+
+    #[test]
+    fn memory_is_shared_memfd_of_the_configured_size() {
+        let a = qemu_args(&cfg(Accel::Tcg), &[]);
+        assert_eq!(pair(&a, "-m"), ["512M"]);
+        assert_eq!(
+            pair(&a, "-object"),
+            ["memory-backend-memfd,id=mem,size=512M,share=on"]
+        );
+        assert_eq!(pair(&a, "-machine"), ["q35,memory-backend=mem"]);
+    }
+
+    #[test]
+    fn each_nic_gets_its_tap_fd_and_mac() {
+        let nics = [
+            NicArg { mac: "02:42:ac:11:00:02".into(), tap_fd: 7 },
+            NicArg { mac: "02:42:ac:12:00:02".into(), tap_fd: 9 },
+        ];
+        let a = qemu_args(&cfg(Accel::Tcg), &nics);
+        assert_eq!(pair(&a, "-netdev"), ["tap,id=net0,fd=7", "tap,id=net1,fd=9"]);
+        let devs = pair(&a, "-device");
+        assert!(devs.contains(&"virtio-net-pci,netdev=net1,mac=02:42:ac:12:00:02,romfile="));
+        assert!(devs
+            .iter()
+            .any(|d| d.starts_with("virtserialport") && d.ends_with(AGENT_PORT_NAME)));
+    }
+
+    #[test]
+    fn quiet_console_unless_debugging() {
+        let mut c = cfg(Accel::Tcg);
+        assert!(kernel_cmdline(&c).contains("quiet"));
+        assert!(pair(&qemu_args(&c, &[]), "-serial")[0].contains("console.log"));
+        c.debug = true;
+        assert!(!kernel_cmdline(&c).contains("quiet"));
+    }
+
+    #[test]
+    fn virtiofsd_serves_the_rootfs_without_its_own_sandbox() {
+        let a = virtiofsd_args(&cfg(Accel::Tcg));
+        assert!(a.contains(&"--shared-dir=/rootfs".to_string()));
+        assert!(a.contains(&"--sandbox=none".to_string()));
+    }
+}
