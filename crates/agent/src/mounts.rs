@@ -10,7 +10,13 @@ use crate::error::{AgentError, Result};
 use runvm_protocol::GuestMount;
 
 /// Mounts a filesystem, creating the mount point if needed.
-pub fn mount_fs(source: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<()> {
+pub fn mount_fs(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
     let _ = fs::create_dir_all(target);
     mount(Some(source), target, Some(fstype), flags, data).map_err(|source_err| AgentError::Mount {
         what: format!("{fstype} ({source})"),
@@ -27,11 +33,14 @@ pub fn switch_to_container_root(tag: &str, readonly: bool) -> Result<()> {
         flags |= MsFlags::MS_RDONLY;
     }
     mount_fs(tag, target, "virtiofs", flags, None)?;
-    std::env::set_current_dir(target).map_err(|e| AgentError::sys("enter the root filesystem", e))?;
-    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(|e| AgentError::Mount {
-        what: "the root filesystem".into(),
-        target: "/".into(),
-        source: e,
+    std::env::set_current_dir(target)
+        .map_err(|e| AgentError::sys("enter the root filesystem", e))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(|e| {
+        AgentError::Mount {
+            what: "the root filesystem".into(),
+            target: "/".into(),
+            source: e,
+        }
     })?;
     nix::unistd::chroot(".").map_err(|e| AgentError::sys("chroot into the root filesystem", e))?;
     std::env::set_current_dir("/").map_err(|e| AgentError::sys("chdir to /", e))?;
@@ -44,7 +53,13 @@ pub fn mount_container_filesystems(extra: &[GuestMount]) -> Result<()> {
     let hard = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
     mount_fs("proc", "/proc", "proc", hard, None)?;
     mount_fs("sysfs", "/sys", "sysfs", hard, None)?;
-    mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=755"))?;
+    mount_fs(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=755"),
+    )?;
     mount_fs(
         "devpts",
         "/dev/pts",
@@ -73,7 +88,13 @@ pub fn mount_container_filesystems(extra: &[GuestMount]) -> Result<()> {
         mount_guest(m)?;
     }
     if !have_shm {
-        mount_fs("shm", "/dev/shm", "tmpfs", hard, Some("mode=1777,size=65536k"))?;
+        mount_fs(
+            "shm",
+            "/dev/shm",
+            "tmpfs",
+            hard,
+            Some("mode=1777,size=65536k"),
+        )?;
     }
     Ok(())
 }
@@ -129,12 +150,22 @@ mod tests {
 
     #[test]
     fn options_split_into_flags_and_data() {
-        let opts: Vec<String> = ["noexec", "nosuid", "nodev", "rprivate", "size=10m", "mode=1777"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let opts: Vec<String> = [
+            "noexec",
+            "nosuid",
+            "nodev",
+            "rprivate",
+            "size=10m",
+            "mode=1777",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let (flags, data) = parse_options(&opts);
-        assert_eq!(flags, MsFlags::MS_NOEXEC | MsFlags::MS_NOSUID | MsFlags::MS_NODEV);
+        assert_eq!(
+            flags,
+            MsFlags::MS_NOEXEC | MsFlags::MS_NOSUID | MsFlags::MS_NODEV
+        );
         assert_eq!(data, "size=10m,mode=1777");
     }
 

@@ -38,7 +38,11 @@ fn format_mac(bytes: &[u8]) -> String {
 async fn links(handle: &Handle) -> Result<Vec<(u32, String, String)>> {
     let mut out = Vec::new();
     let mut stream = handle.link().get().execute();
-    while let Some(msg) = stream.try_next().await.map_err(|e| net_err("list links", e))? {
+    while let Some(msg) = stream
+        .try_next()
+        .await
+        .map_err(|e| net_err("list links", e))?
+    {
         let mut name = String::new();
         let mut mac = String::new();
         for a in &msg.attributes {
@@ -95,8 +99,8 @@ pub async fn configure(interfaces: &[Interface], routes: &[Route]) -> Result<()>
             .await
             .map_err(|e| net_err(&format!("set the MTU of {}", iface.name), e))?;
         for a in &iface.addresses {
-            let (ip, len) = parse_cidr(a)
-                .ok_or_else(|| AgentError::Network(format!("bad address {a}")))?;
+            let (ip, len) =
+                parse_cidr(a).ok_or_else(|| AgentError::Network(format!("bad address {a}")))?;
             handle
                 .address()
                 .add(*index, ip, len)
@@ -117,8 +121,9 @@ pub async fn configure(interfaces: &[Interface], routes: &[Route]) -> Result<()>
         let Some(index) = index_of.get(&r.device) else {
             continue;
         };
-        let (dst, len) = parse_cidr(&r.destination)
-            .ok_or_else(|| AgentError::Network(format!("bad route destination {}", r.destination)))?;
+        let (dst, len) = parse_cidr(&r.destination).ok_or_else(|| {
+            AgentError::Network(format!("bad route destination {}", r.destination))
+        })?;
         let gw: Option<IpAddr> = match &r.gateway {
             Some(g) => Some(
                 g.parse()
@@ -142,7 +147,11 @@ pub async fn configure(interfaces: &[Interface], routes: &[Route]) -> Result<()>
             }
             (IpAddr::V4(d), None) => base.v4().destination_prefix(d, len).execute().await,
             (IpAddr::V6(d), Some(IpAddr::V6(g))) => {
-                base.v6().destination_prefix(d, len).gateway(g).execute().await
+                base.v6()
+                    .destination_prefix(d, len)
+                    .gateway(g)
+                    .execute()
+                    .await
             }
             (IpAddr::V6(d), None) => base.v6().destination_prefix(d, len).execute().await,
             _ => continue,
@@ -163,14 +172,23 @@ mod tests {
 
     #[test]
     fn cidr_parsing() {
-        assert_eq!(parse_cidr("172.17.0.2/16"), Some(("172.17.0.2".parse().unwrap(), 16)));
-        assert_eq!(parse_cidr("fd00::2/64"), Some(("fd00::2".parse().unwrap(), 64)));
+        assert_eq!(
+            parse_cidr("172.17.0.2/16"),
+            Some(("172.17.0.2".parse().unwrap(), 16))
+        );
+        assert_eq!(
+            parse_cidr("fd00::2/64"),
+            Some(("fd00::2".parse().unwrap(), 64))
+        );
         assert_eq!(parse_cidr("172.17.0.2/33"), None);
         assert_eq!(parse_cidr("172.17.0.2"), None);
     }
 
     #[test]
     fn macs_are_lower_case_hex() {
-        assert_eq!(format_mac(&[0x02, 0x42, 0xAC, 0x11, 0, 2]), "02:42:ac:11:00:02");
+        assert_eq!(
+            format_mac(&[0x02, 0x42, 0xAC, 0x11, 0, 2]),
+            "02:42:ac:11:00:02"
+        );
     }
 }

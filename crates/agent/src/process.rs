@@ -165,13 +165,22 @@ fn cstring(s: &str) -> io::Result<CString> {
 /// (signals it has no handler for are ignored; its death ends the namespace),
 /// exactly as under runc.
 pub fn start(spec: &ProcessSpec, ns: Namespaces) -> Result<(i32, ParentStdio), StartError> {
-    let cwd = if spec.cwd.is_empty() { "/" } else { spec.cwd.as_str() };
+    let cwd = if spec.cwd.is_empty() {
+        "/"
+    } else {
+        spec.cwd.as_str()
+    };
     crate::mounts::ensure_dir(Path::new(cwd));
     let program = spec.args.first().ok_or(StartError {
         message: "no command given".into(),
         exit_code: 127,
     })?;
-    let resolved: PathBuf = look_path(program, path_of_env(&spec.env), Path::new(cwd), stat_in_root)?;
+    let resolved: PathBuf = look_path(
+        program,
+        path_of_env(&spec.env),
+        Path::new(cwd),
+        stat_in_root,
+    )?;
     let resolved = if resolved.is_absolute() {
         resolved
     } else {
@@ -226,8 +235,12 @@ pub fn start(spec: &ProcessSpec, ns: Namespaces) -> Result<(i32, ParentStdio), S
         let pty = nix::pty::openpty(winsize.as_ref(), None)
             .map_err(|e| io_err("cannot open a pseudo-terminal", e.into()))?;
         let slave = pty.slave;
-        cmd.stdin(Stdio::from(slave.try_clone().map_err(|e| io_err("dup", e))?));
-        cmd.stdout(Stdio::from(slave.try_clone().map_err(|e| io_err("dup", e))?));
+        cmd.stdin(Stdio::from(
+            slave.try_clone().map_err(|e| io_err("dup", e))?,
+        ));
+        cmd.stdout(Stdio::from(
+            slave.try_clone().map_err(|e| io_err("dup", e))?,
+        ));
         cmd.stderr(Stdio::from(slave));
         ParentStdio::Pty { master: pty.master }
     } else {

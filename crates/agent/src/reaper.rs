@@ -9,7 +9,6 @@ use nix::unistd::Pid;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
 
-
 /// Reaps children on SIGCHLD; statuses are kept until claimed.
 pub struct Reaper {
     slots: Mutex<HashMap<i32, oneshot::Sender<i32>>>,

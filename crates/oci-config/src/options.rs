@@ -132,9 +132,17 @@ impl VmOptions {
 /// Parses `512m`, `2g`, `1024` (MiB), `1073741824b` into MiB.
 pub fn parse_size_mib(s: &str) -> Option<u64> {
     let s = s.trim().to_ascii_lowercase();
-    let (num, mult): (&str, u64) = if let Some(n) = s.strip_suffix("gib").or(s.strip_suffix("gb")).or(s.strip_suffix('g')) {
+    let (num, mult): (&str, u64) = if let Some(n) = s
+        .strip_suffix("gib")
+        .or(s.strip_suffix("gb"))
+        .or(s.strip_suffix('g'))
+    {
         (n, 1024)
-    } else if let Some(n) = s.strip_suffix("mib").or(s.strip_suffix("mb")).or(s.strip_suffix('m')) {
+    } else if let Some(n) = s
+        .strip_suffix("mib")
+        .or(s.strip_suffix("mb"))
+        .or(s.strip_suffix('m'))
+    {
         (n, 1)
     } else if let Some(n) = s.strip_suffix('b') {
         let bytes: u64 = n.parse().ok()?;
@@ -169,8 +177,8 @@ mod tests {
         })
         .unwrap();
         assert_eq!(o.accel, AccelRequest::Tcg);
-        let o = VmOptions::from_env(&[], |n| (n == "RUNVM_ACCEL").then(|| "kvm".to_string()))
-            .unwrap();
+        let o =
+            VmOptions::from_env(&[], |n| (n == "RUNVM_ACCEL").then(|| "kvm".to_string())).unwrap();
         assert_eq!(o.accel, AccelRequest::Kvm);
     }
 

@@ -112,7 +112,10 @@ pub enum RewriteError {
     Option(#[from] crate::options::OptionError),
 }
 
-fn obj<'a>(v: &'a mut Value, field: &'static str) -> Result<&'a mut Map<String, Value>, RewriteError> {
+fn obj<'a>(
+    v: &'a mut Value,
+    field: &'static str,
+) -> Result<&'a mut Map<String, Value>, RewriteError> {
     v.as_object_mut().ok_or(RewriteError::Malformed {
         field,
         why: "not an object".into(),
@@ -149,7 +152,10 @@ pub fn rewrite_config(
             why: "missing or not a string".into(),
         })?
         .to_owned();
-    let readonly_root = root.get("readonly").and_then(Value::as_bool).unwrap_or(false);
+    let readonly_root = root
+        .get("readonly")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     root.insert("path".into(), json!(host.new_root));
     root.insert("readonly".into(), json!(true));
 
@@ -169,13 +175,13 @@ pub fn rewrite_config(
     top.insert("mounts".into(), Value::Array(mounts));
 
     // --- process becomes the supervisor
-    let process = top.get_mut("process").ok_or(RewriteError::Missing("process"))?;
+    let process = top
+        .get_mut("process")
+        .ok_or(RewriteError::Missing("process"))?;
     rewrite_process(obj(process, "process")?);
 
     // --- linux: devices, resources
-    let linux = top
-        .entry("linux")
-        .or_insert_with(|| json!({}));
+    let linux = top.entry("linux").or_insert_with(|| json!({}));
     let linux = obj(linux, "linux")?;
     add_devices(linux, &host.devices)?;
     let limit_mib = grow_memory_limit(linux)?;
@@ -189,7 +195,10 @@ pub fn rewrite_config(
     let ann = top.entry("annotations").or_insert_with(|| json!({}));
     obj(ann, "annotations")?.insert(paths::ANNOTATION.into(), json!("1"));
 
-    let hostname = top.get("hostname").and_then(Value::as_str).map(str::to_owned);
+    let hostname = top
+        .get("hostname")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let memory_mib = opts.memory_mib.or(limit_mib).unwrap_or(DEFAULT_MEMORY_MIB);
     if memory_mib < MIN_MEMORY_MIB {
         return Err(RewriteError::MemoryTooSmall { mib: memory_mib });
@@ -226,10 +235,12 @@ fn guest_process(p: &Value) -> Result<ProcessSpec, RewriteError> {
             Some(Value::Array(a)) => a
                 .iter()
                 .map(|s| {
-                    s.as_str().map(str::to_owned).ok_or(RewriteError::Malformed {
-                        field,
-                        why: "contains a non-string".into(),
-                    })
+                    s.as_str()
+                        .map(str::to_owned)
+                        .ok_or(RewriteError::Malformed {
+                            field,
+                            why: "contains a non-string".into(),
+                        })
                 })
                 .collect(),
             Some(_) => Err(RewriteError::Malformed {
@@ -250,7 +261,12 @@ fn guest_process(p: &Value) -> Result<ProcessSpec, RewriteError> {
     let additional_gids = user
         .and_then(|u| u.get("additionalGids"))
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_u64).map(|n| n as u32).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_u64)
+                .map(|n| n as u32)
+                .collect()
+        })
         .unwrap_or_default();
     let rlimits = p
         .get("rlimits")
@@ -348,18 +364,32 @@ fn rewrite_mounts(
                 why: "missing or not a string".into(),
             })?
             .to_owned();
-        let kind = m.get("type").and_then(Value::as_str).unwrap_or("").to_owned();
+        let kind = m
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
         let options: Vec<String> = m
             .get("options")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|o| o.as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|o| o.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default();
         if dest == "/dev/shm" {
             // The guest has its own /dev/shm; give it the size Docker chose.
             let opts = if kind == "tmpfs" {
                 options.clone()
             } else {
-                vec!["nosuid".into(), "nodev".into(), "noexec".into(), "mode=1777".into(), "size=65536k".into()]
+                vec![
+                    "nosuid".into(),
+                    "nodev".into(),
+                    "noexec".into(),
+                    "mode=1777".into(),
+                    "size=65536k".into(),
+                ]
             };
             guest.push(GuestMount {
                 destination: dest.clone(),
@@ -406,7 +436,11 @@ fn rewrite_process(p: &mut Map<String, Value>) {
         .get("capabilities")
         .and_then(|c| c.get("bounding"))
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
     for c in SUPERVISOR_CAPS {
         if !caps.iter().any(|x| x == c) {
@@ -429,7 +463,10 @@ fn add_devices(linux: &mut Map<String, Value>, devices: &[HostDevice]) -> Result
         why: "not an array".into(),
     })?;
     for d in devices {
-        if !list.iter().any(|x| x.get("path").and_then(Value::as_str) == Some(&d.path)) {
+        if !list
+            .iter()
+            .any(|x| x.get("path").and_then(Value::as_str) == Some(&d.path))
+        {
             list.push(json!({
                 "path": d.path, "type": "c", "major": d.major, "minor": d.minor,
                 "fileMode": 0o660, "uid": 0, "gid": 0

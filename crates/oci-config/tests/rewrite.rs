@@ -55,22 +55,40 @@ fn everything_runvm_does_not_own_passes_through() {
     orig["x-vendor"] = json!({"a": [1, 2, {"b": null}]});
     orig["process"]["x-extra"] = json!(true);
     orig["linux"]["x-extra"] = json!("keep me");
-    let out = rewrite_config(orig.clone(), &opts(&[]), &host()).unwrap().config;
+    let out = rewrite_config(orig.clone(), &opts(&[]), &host())
+        .unwrap()
+        .config;
     for key in orig.as_object().unwrap().keys() {
         assert!(out.get(key).is_some(), "top-level {key} was dropped");
     }
-    for key in ["seccomp", "maskedPaths", "readonlyPaths", "namespaces", "cgroupsPath", "sysctl", "x-extra"] {
+    for key in [
+        "seccomp",
+        "maskedPaths",
+        "readonlyPaths",
+        "namespaces",
+        "cgroupsPath",
+        "sysctl",
+        "x-extra",
+    ] {
         assert_eq!(out["linux"][key], orig["linux"][key], "linux.{key} changed");
     }
     assert_eq!(out["hooks"], orig["hooks"]);
     assert_eq!(out["x-vendor"], orig["x-vendor"]);
     assert_eq!(out["process"]["x-extra"], json!(true));
-    assert_eq!(out["process"]["oomScoreAdj"], orig["process"]["oomScoreAdj"]);
+    assert_eq!(
+        out["process"]["oomScoreAdj"],
+        orig["process"]["oomScoreAdj"]
+    );
     assert_eq!(out["process"]["terminal"], orig["process"]["terminal"]);
     assert_eq!(out["hostname"], orig["hostname"]);
     // Key order of the untouched parts is kept (serde_json preserve_order).
     let ok: Vec<_> = orig.as_object().unwrap().keys().collect();
-    let nk: Vec<_> = out.as_object().unwrap().keys().filter(|k| ok.contains(k)).collect();
+    let nk: Vec<_> = out
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| ok.contains(k))
+        .collect();
     assert_eq!(ok, nk);
     // And the result is plain JSON that parses back to itself.
     let text = serde_json::to_string_pretty(&out).unwrap();
@@ -80,7 +98,9 @@ fn everything_runvm_does_not_own_passes_through() {
 #[test]
 fn root_becomes_runvm_dir_with_image_root_mounted_first() {
     let orig = fixture("docker-20.10-default.json");
-    let out = rewrite_config(orig.clone(), &opts(&[]), &host()).unwrap().config;
+    let out = rewrite_config(orig.clone(), &opts(&[]), &host())
+        .unwrap()
+        .config;
     assert_eq!(out["root"]["path"], "/run/bundle/runvm/root");
     assert_eq!(out["root"]["readonly"], true);
     let first = &out["mounts"][0];
@@ -89,7 +109,10 @@ fn root_becomes_runvm_dir_with_image_root_mounted_first() {
     assert_eq!(first["options"], json!(["rbind", "rprivate"]));
     let usr = mount(&out, "/usr").unwrap();
     assert!(usr["options"].as_array().unwrap().contains(&json!("ro")));
-    assert_eq!(mount(&out, "/runvm/vmlinuz").unwrap()["source"], "/var/lib/runvm/kernel/boot/vmlinuz");
+    assert_eq!(
+        mount(&out, "/runvm/vmlinuz").unwrap()["source"],
+        "/var/lib/runvm/kernel/boot/vmlinuz"
+    );
 }
 
 #[test]
@@ -97,10 +120,27 @@ fn docker_mounts_move_under_rootfs_and_tmpfs_goes_to_the_guest() {
     let orig = fixture("docker-20.10-full.json");
     let r = rewrite_config(orig.clone(), &opts(&[]), &host()).unwrap();
     let out = &r.config;
-    for kept in ["/proc", "/dev", "/dev/pts", "/sys", "/sys/fs/cgroup", "/dev/mqueue", "/dev/shm"] {
-        assert!(mount(out, kept).is_some(), "{kept} must stay for the supervisor");
+    for kept in [
+        "/proc",
+        "/dev",
+        "/dev/pts",
+        "/sys",
+        "/sys/fs/cgroup",
+        "/dev/mqueue",
+        "/dev/shm",
+    ] {
+        assert!(
+            mount(out, kept).is_some(),
+            "{kept} must stay for the supervisor"
+        );
     }
-    for moved in ["/data", "/hosttmp", "/etc/resolv.conf", "/etc/hostname", "/etc/hosts"] {
+    for moved in [
+        "/data",
+        "/hosttmp",
+        "/etc/resolv.conf",
+        "/etc/hostname",
+        "/etc/hosts",
+    ] {
         assert!(mount(out, moved).is_none(), "{moved} must move");
         let m = mount(out, &format!("/rootfs{moved}")).unwrap();
         let o = mount(&orig, moved).unwrap();
@@ -109,10 +149,20 @@ fn docker_mounts_move_under_rootfs_and_tmpfs_goes_to_the_guest() {
     }
     assert!(mount(out, "/scratch").is_none());
     assert!(mount(out, "/rootfs/scratch").is_none());
-    let scratch = r.vm.container.mounts.iter().find(|m| m.destination == "/scratch").unwrap();
+    let scratch =
+        r.vm.container
+            .mounts
+            .iter()
+            .find(|m| m.destination == "/scratch")
+            .unwrap();
     assert_eq!(scratch.fstype, "tmpfs");
     assert!(scratch.options.contains(&"size=10m".to_string()));
-    let shm = r.vm.container.mounts.iter().find(|m| m.destination == "/dev/shm").unwrap();
+    let shm =
+        r.vm.container
+            .mounts
+            .iter()
+            .find(|m| m.destination == "/dev/shm")
+            .unwrap();
     assert!(shm.options.contains(&"size=67108864".to_string()));
 }
 
@@ -128,7 +178,10 @@ fn the_process_becomes_the_supervisor_and_the_original_goes_to_the_guest() {
     for set in ["bounding", "effective", "permitted"] {
         let caps = p["capabilities"][set].as_array().unwrap();
         assert!(caps.contains(&json!("CAP_NET_ADMIN")));
-        assert!(caps.contains(&json!("CAP_AUDIT_WRITE")), "Docker's own caps are kept");
+        assert!(
+            caps.contains(&json!("CAP_AUDIT_WRITE")),
+            "Docker's own caps are kept"
+        );
     }
     let g = &r.vm.container.process;
     assert_eq!(g.args, vec!["sleep", "30"]);
@@ -180,7 +233,9 @@ fn devices_are_added_once_with_cgroup_rules() {
     let devs = out["linux"]["devices"].as_array().unwrap();
     assert_eq!(devs.iter().filter(|d| d["path"] == "/dev/kvm").count(), 1);
     let rules = out["linux"]["resources"]["devices"].as_array().unwrap();
-    assert!(rules.iter().any(|r| r["major"] == 10 && r["minor"] == 232 && r["allow"] == true));
+    assert!(rules
+        .iter()
+        .any(|r| r["major"] == 10 && r["minor"] == 232 && r["allow"] == true));
     // The rule comes after Docker's deny-all, so it takes effect.
     assert_eq!(rules[0]["allow"], false);
 }
@@ -196,5 +251,8 @@ fn a_second_rewrite_is_refused() {
 #[test]
 fn not_an_oci_config_is_a_clear_error() {
     let e = rewrite_config(json!({"root": {"path": "/x"}}), &opts(&[]), &host()).unwrap_err();
-    assert_eq!(e.to_string(), "config.json has no \"process\" object; it is not an OCI runtime config");
+    assert_eq!(
+        e.to_string(),
+        "config.json has no \"process\" object; it is not an OCI runtime config"
+    );
 }

@@ -184,8 +184,8 @@ mod tests {
             mounts: vec![],
             readonly_root: false,
         };
-        let json = serde_json::to_string(&HostMessage::StartContainer(Box::new(spec.clone())))
-            .unwrap();
+        let json =
+            serde_json::to_string(&HostMessage::StartContainer(Box::new(spec.clone()))).unwrap();
         let back: HostMessage = serde_json::from_str(&json).unwrap();
         assert_eq!(back, HostMessage::StartContainer(Box::new(spec)));
     }

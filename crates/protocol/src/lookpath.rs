@@ -131,10 +131,34 @@ mod tests {
 
     fn fs() -> impl Fn(&Path) -> io::Result<FileInfo> {
         let mut m = HashMap::new();
-        m.insert("/bin/sh", FileInfo { is_dir: false, mode: 0o755 });
-        m.insert("/etc", FileInfo { is_dir: true, mode: 0o755 });
-        m.insert("/etc/passwd", FileInfo { is_dir: false, mode: 0o644 });
-        m.insert("/work/run.sh", FileInfo { is_dir: false, mode: 0o700 });
+        m.insert(
+            "/bin/sh",
+            FileInfo {
+                is_dir: false,
+                mode: 0o755,
+            },
+        );
+        m.insert(
+            "/etc",
+            FileInfo {
+                is_dir: true,
+                mode: 0o755,
+            },
+        );
+        m.insert(
+            "/etc/passwd",
+            FileInfo {
+                is_dir: false,
+                mode: 0o644,
+            },
+        );
+        m.insert(
+            "/work/run.sh",
+            FileInfo {
+                is_dir: false,
+                mode: 0o700,
+            },
+        );
         move |p: &Path| {
             m.get(p.to_str().unwrap())
                 .copied()
@@ -151,7 +175,10 @@ mod tests {
     #[test]
     fn messages_and_exit_codes_match_runc() {
         let e = look_path("nonexist", "/usr/bin:/bin", Path::new("/"), fs()).unwrap_err();
-        assert_eq!(e.to_string(), r#"exec: "nonexist": executable file not found in $PATH"#);
+        assert_eq!(
+            e.to_string(),
+            r#"exec: "nonexist": executable file not found in $PATH"#
+        );
         assert_eq!(e.exit_code(), 127);
         let e = look_path("/etc", "/bin", Path::new("/"), fs()).unwrap_err();
         assert_eq!(e.to_string(), r#"exec: "/etc": permission denied"#);

@@ -129,7 +129,10 @@ pub async fn write_frame<W: AsyncWrite + Unpin, M: Serialize>(
 ) -> Result<(), FrameError> {
     let body = serde_json::to_vec(msg).map_err(FrameError::Encode)?;
     let len = u32::try_from(body.len()).map_err(|_| {
-        FrameError::Io(io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))
+        FrameError::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "frame too large",
+        ))
     })?;
     let mut buf = Vec::with_capacity(4 + body.len());
     buf.extend_from_slice(&len.to_be_bytes());
@@ -245,7 +248,9 @@ impl AsyncWrite for FdStream {
     ) -> Poll<io::Result<usize>> {
         loop {
             let mut guard = ready!(self.fd.poll_write_ready(cx))?;
-            match guard.try_io(|inner| nix::unistd::write(inner.get_ref(), buf).map_err(io::Error::from)) {
+            match guard
+                .try_io(|inner| nix::unistd::write(inner.get_ref(), buf).map_err(io::Error::from))
+            {
                 Ok(res) => return Poll::Ready(res),
                 Err(_would_block) => continue,
             }

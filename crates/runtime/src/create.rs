@@ -56,7 +56,11 @@ pub fn prepare_bundle(bundle: &Path, log: &Log) -> Result<Prepared> {
     let config = read_json(&config_path)?;
     let env: Vec<String> = config["process"]["env"]
         .as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
     let opts = VmOptions::from_env(&env, |k| std::env::var(k).ok())?;
 
@@ -112,12 +116,16 @@ pub fn prepare_bundle(bundle: &Path, log: &Log) -> Result<Prepared> {
             HostEntry::Bind(dir) => mk(new_root.join(dir.trim_start_matches('/')))?,
             HostEntry::Symlink { path, target } => {
                 let link = new_root.join(path.trim_start_matches('/'));
-                symlink(target, &link).map_err(|source| RuntimeError::Write { path: link, source })?;
+                symlink(target, &link)
+                    .map_err(|source| RuntimeError::Write { path: link, source })?;
             }
         }
     }
     let vm_json = serde_json::to_vec_pretty(&rewritten.vm).expect("VmConfig serialises");
-    write_atomic(&new_root.join(paths::VM_CONFIG.trim_start_matches('/')), &vm_json)?;
+    write_atomic(
+        &new_root.join(paths::VM_CONFIG.trim_start_matches('/')),
+        &vm_json,
+    )?;
     let config_bytes = serde_json::to_vec(&rewritten.config).expect("a Value serialises");
     write_atomic(&config_path, &config_bytes)?;
     Ok(Prepared {
@@ -137,18 +145,33 @@ pub fn check_program(container_pid: i32, process: &runvm_protocol::ProcessSpec) 
     };
     let stat = |p: &Path| -> std::io::Result<FileInfo> {
         let rel = p.strip_prefix("/").unwrap_or(p);
-        let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
-        let fd = openat2(&root, rel, OFlags::PATH | OFlags::CLOEXEC, Mode::empty(), ResolveFlags::IN_ROOT)?;
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        let fd = openat2(
+            &root,
+            rel,
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT,
+        )?;
         let st = rustix::fs::fstat(&fd)?;
         Ok(FileInfo {
-            is_dir: rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory,
+            is_dir: rustix::fs::FileType::from_raw_mode(st.st_mode)
+                == rustix::fs::FileType::Directory,
             mode: st.st_mode,
         })
     };
     let Some(program) = process.args.first() else {
         return Ok(());
     };
-    let cwd = if process.cwd.is_empty() { "/" } else { &process.cwd };
+    let cwd = if process.cwd.is_empty() {
+        "/"
+    } else {
+        &process.cwd
+    };
     look_path(program, path_of_env(&process.env), Path::new(cwd), stat)
         .map(|_| ())
         .map_err(RuntimeError::Exec)

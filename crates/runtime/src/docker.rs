@@ -5,9 +5,16 @@ use serde_json::{json, Map, Value};
 
 /// Adds (or updates) `runtimes.<name>` in a daemon.json document. An empty
 /// or missing file is an empty object. Returns the new document.
-pub fn register(daemon_json: &str, name: &str, path: &str, args: &[String]) -> Result<Value, String> {
+pub fn register(
+    daemon_json: &str,
+    name: &str,
+    path: &str,
+    args: &[String],
+) -> Result<Value, String> {
     let mut doc = parse(daemon_json)?;
-    let root = doc.as_object_mut().ok_or("daemon.json is not a JSON object")?;
+    let root = doc
+        .as_object_mut()
+        .ok_or("daemon.json is not a JSON object")?;
     let runtimes = root
         .entry("runtimes")
         .or_insert_with(|| Value::Object(Map::new()))
@@ -24,7 +31,9 @@ pub fn register(daemon_json: &str, name: &str, path: &str, args: &[String]) -> R
 /// Removes `runtimes.<name>`, and `runtimes` itself if it becomes empty.
 pub fn unregister(daemon_json: &str, name: &str) -> Result<Value, String> {
     let mut doc = parse(daemon_json)?;
-    let root = doc.as_object_mut().ok_or("daemon.json is not a JSON object")?;
+    let root = doc
+        .as_object_mut()
+        .ok_or("daemon.json is not a JSON object")?;
     let now_empty = match root.get_mut("runtimes").and_then(Value::as_object_mut) {
         Some(r) => {
             r.remove(name);
@@ -51,7 +60,8 @@ mod tests {
 
     #[test]
     fn register_keeps_every_other_setting() {
-        let before = r#"{"log-driver":"json-file","runtimes":{"other":{"path":"/x"}},"debug":true}"#;
+        let before =
+            r#"{"log-driver":"json-file","runtimes":{"other":{"path":"/x"}},"debug":true}"#;
         let after = register(before, "runvm", "/usr/local/bin/runvm", &[]).unwrap();
         assert_eq!(after["log-driver"], "json-file");
         assert_eq!(after["debug"], true);
@@ -68,7 +78,10 @@ mod tests {
         let twice = register(&once.to_string(), "runvm", "/p", &[]).unwrap();
         assert_eq!(once, twice);
         let with_args = register("{}", "runvm", "/p", &["--runc".into(), "/r".into()]).unwrap();
-        assert_eq!(with_args["runtimes"]["runvm"]["runtimeArgs"], json!(["--runc", "/r"]));
+        assert_eq!(
+            with_args["runtimes"]["runvm"]["runtimeArgs"],
+            json!(["--runc", "/r"])
+        );
     }
 
     #[test]

@@ -34,7 +34,10 @@ impl Install {
         }
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/local/bin/runvm"));
         let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-        let prefixed = dir.parent().map(|p| p.join("lib/runvm")).unwrap_or_default();
+        let prefixed = dir
+            .parent()
+            .map(|p| p.join("lib/runvm"))
+            .unwrap_or_default();
         let libexec = if prefixed.join("runvm-supervisor").exists() {
             prefixed
         } else {
@@ -177,7 +180,8 @@ pub fn kvm_problem() -> Option<String> {
             const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
             // SAFETY: KVM_GET_API_VERSION takes no argument and only
             // returns an integer.
-            let v = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), KVM_GET_API_VERSION, 0) };
+            let v =
+                unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), KVM_GET_API_VERSION, 0) };
             (v != 12).then(|| format!("/dev/kvm answers KVM API version {v}, not 12"))
         }
     }
@@ -207,8 +211,14 @@ mod tests {
 
     #[test]
     fn tcg_when_asked_kvm_when_usable_warning_when_falling_back() {
-        assert_eq!(decide_accel(AccelRequest::Tcg, None).unwrap(), (Accel::Tcg, None));
-        assert_eq!(decide_accel(AccelRequest::Auto, None).unwrap(), (Accel::Kvm, None));
+        assert_eq!(
+            decide_accel(AccelRequest::Tcg, None).unwrap(),
+            (Accel::Tcg, None)
+        );
+        assert_eq!(
+            decide_accel(AccelRequest::Auto, None).unwrap(),
+            (Accel::Kvm, None)
+        );
         let (a, w) = decide_accel(AccelRequest::Auto, Some("no /dev/kvm".into())).unwrap();
         assert_eq!(a, Accel::Tcg);
         let w = w.unwrap();
@@ -218,7 +228,10 @@ mod tests {
     #[test]
     fn missing_things_name_what_where_and_the_fix() {
         let e = existing("QEMU", &["/nonexistent/qemu".into()], "install it").unwrap_err();
-        assert_eq!(e.to_string(), "QEMU not found (/nonexistent/qemu): install it");
+        assert_eq!(
+            e.to_string(),
+            "QEMU not found (/nonexistent/qemu): install it"
+        );
     }
 
     #[test]

@@ -44,7 +44,10 @@ impl Log {
             serde_json::json!({"level": level, "msg": msg, "time": timestamp(SystemTime::now())})
                 .to_string()
         } else {
-            format!("time=\"{}\" level={level} msg={msg:?}", timestamp(SystemTime::now()))
+            format!(
+                "time=\"{}\" level={level} msg={msg:?}",
+                timestamp(SystemTime::now())
+            )
         };
         match &self.path {
             Some(p) => {

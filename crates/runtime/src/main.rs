@@ -45,7 +45,12 @@ fn runc_path(cli: &Cli) -> String {
     if let Some(r) = &cli.runc {
         return r.clone();
     }
-    for p in ["/usr/sbin/runc", "/usr/bin/runc", "/usr/local/sbin/runc", "/usr/local/bin/runc"] {
+    for p in [
+        "/usr/sbin/runc",
+        "/usr/bin/runc",
+        "/usr/local/sbin/runc",
+        "/usr/local/bin/runc",
+    ] {
         if Path::new(p).is_file() {
             return p.into();
         }
@@ -99,10 +104,12 @@ fn create_or_run(cli: &Cli, log: &Log, verb: &str, args: &[String]) -> Result<i3
     if verb == "run" {
         return exec_runc(cli, &cli.command);
     }
-    let status = runc(cli, &cli.command).status().map_err(|source| RuntimeError::Spawn {
-        program: runc_path(cli),
-        source,
-    })?;
+    let status = runc(cli, &cli.command)
+        .status()
+        .map_err(|source| RuntimeError::Spawn {
+            program: runc_path(cli),
+            source,
+        })?;
     if !status.success() {
         return Ok(status.code().unwrap_or(1));
     }
@@ -133,7 +140,10 @@ fn check() -> Result<i32> {
             println!("MISSING {what}: {e}");
         }
     };
-    let show = |r: Result<PathBuf>| r.map(|p| p.display().to_string()).map_err(|e| e.to_string());
+    let show = |r: Result<PathBuf>| {
+        r.map(|p| p.display().to_string())
+            .map_err(|e| e.to_string())
+    };
     line("supervisor", show(install.supervisor()));
     line("guest agent", show(install.agent()));
     line("virtiofsd", show(install.virtiofsd()));
@@ -154,7 +164,11 @@ fn check() -> Result<i32> {
 
 /// `runvm docker-register [DAEMON_JSON]` / `docker-unregister`.
 fn docker_edit(args: &[String], add: bool) -> Result<i32> {
-    let path = PathBuf::from(args.first().map(String::as_str).unwrap_or("/etc/docker/daemon.json"));
+    let path = PathBuf::from(
+        args.first()
+            .map(String::as_str)
+            .unwrap_or("/etc/docker/daemon.json"),
+    );
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),

@@ -49,10 +49,11 @@ fn main() {
 }
 
 fn load_config() -> Result<VmConfig> {
-    let text = std::fs::read_to_string(paths::VM_CONFIG).map_err(|source| SupervisorError::Config {
-        path: paths::VM_CONFIG.into(),
-        source,
-    })?;
+    let text =
+        std::fs::read_to_string(paths::VM_CONFIG).map_err(|source| SupervisorError::Config {
+            path: paths::VM_CONFIG.into(),
+            source,
+        })?;
     serde_json::from_str(&text).map_err(|source| SupervisorError::ConfigJson {
         path: paths::VM_CONFIG.into(),
         source,
@@ -66,7 +67,8 @@ fn helper_log(cfg: &VmConfig, name: &str) -> Result<Stdio> {
         return Ok(Stdio::inherit());
     }
     let path = format!("{}/{name}.log", vmm::RUN_DIR);
-    let f = std::fs::File::create(&path).map_err(|e| SupervisorError::io(format!("create {path}"), e))?;
+    let f = std::fs::File::create(&path)
+        .map_err(|e| SupervisorError::io(format!("create {path}"), e))?;
     Ok(Stdio::from(f))
 }
 
@@ -76,7 +78,10 @@ fn helper_log_tail(name: &str) -> String {
     if last.is_empty() {
         String::new()
     } else {
-        format!(": {}", last.into_iter().rev().collect::<Vec<_>>().join(" | "))
+        format!(
+            ": {}",
+            last.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        )
     }
 }
 
@@ -159,7 +164,10 @@ async fn supervise() -> Result<i32> {
         interfaces.push(n.interface);
         drop(n.tap); // QEMU has its own copy now
     }
-    vmm::wait_for_path(vmm::AGENT_SOCKET, "QEMU's agent socket", 20, || exited(&mut qemu, "qemu")).await?;
+    vmm::wait_for_path(vmm::AGENT_SOCKET, "QEMU's agent socket", 20, || {
+        exited(&mut qemu, "qemu")
+    })
+    .await?;
     let sock = tokio::net::UnixStream::connect(vmm::AGENT_SOCKET)
         .await
         .map_err(|e| SupervisorError::io("connect to QEMU's agent socket", e))?;
@@ -173,7 +181,9 @@ async fn supervise() -> Result<i32> {
     } else {
         Some(mux.open_typed(&StreamHeader::Stderr { process: 0 }).await?)
     };
-    let control = mux.open_typed(&StreamHeader::Control { process: 0 }).await?;
+    let control = mux
+        .open_typed(&StreamHeader::Control { process: 0 })
+        .await?;
     let (mut crd, mut cwr) = tokio::io::split(control);
     let mut spec = cfg.container.clone();
     spec.interfaces = interfaces;

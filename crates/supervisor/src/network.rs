@@ -37,7 +37,10 @@ fn err(what: &str, e: impl std::fmt::Display) -> SupervisorError {
 }
 
 fn mac_string(m: &[u8]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
@@ -138,7 +141,11 @@ pub async fn capture() -> Result<(Vec<Nic>, Vec<Route>)> {
             .get()
             .set_link_index_filter(link.index)
             .execute();
-        while let Some(msg) = stream.try_next().await.map_err(|e| err("list addresses", e))? {
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|e| err("list addresses", e))?
+        {
             let ip = msg.attributes.iter().find_map(|a| match a {
                 AddressAttribute::Address(ip) => Some(*ip),
                 _ => None,
@@ -230,12 +237,16 @@ fn open_tap(name: &str) -> Result<OwnedFd> {
     for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
         *d = s as libc::c_char;
     }
-    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+    req.ifr_ifru.ifru_flags =
+        (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
     // SAFETY: TUNSETIFF reads an `ifreq` from a valid pointer to an
     // initialised structure.
     let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF as _, &req) };
     if rc < 0 {
-        return Err(err(&format!("create tap {name}"), std::io::Error::last_os_error()));
+        return Err(err(
+            &format!("create tap {name}"),
+            std::io::Error::last_os_error(),
+        ));
     }
     let fd = OwnedFd::from(file);
     // SAFETY: F_SETFD on a descriptor we own.

@@ -167,10 +167,23 @@ mod tests {
     #[test]
     fn forwarded_signals_cover_the_usual_ones_and_skip_the_unforwardable() {
         let s = forwarded_signals();
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2, libc::SIGQUIT] {
+        for sig in [
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGHUP,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+            libc::SIGQUIT,
+        ] {
             assert!(s.contains(&sig));
         }
-        for sig in [libc::SIGKILL, libc::SIGSTOP, libc::SIGCHLD, libc::SIGWINCH, libc::SIGSEGV] {
+        for sig in [
+            libc::SIGKILL,
+            libc::SIGSTOP,
+            libc::SIGCHLD,
+            libc::SIGWINCH,
+            libc::SIGSEGV,
+        ] {
             assert!(!s.contains(&sig));
         }
         assert!(s.contains(&libc::SIGRTMIN()));

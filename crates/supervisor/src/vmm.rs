@@ -113,7 +113,10 @@ pub fn qemu_args(cfg: &VmConfig, nics: &[NicArg]) -> Vec<String> {
         a.push(format!("tap,id=net{i},fd={}", nic.tap_fd));
         a.push("-device".into());
         // No option ROM: the VM never boots from the network.
-        a.push(format!("virtio-net-pci,netdev=net{i},mac={},romfile=", nic.mac));
+        a.push(format!(
+            "virtio-net-pci,netdev=net{i},mac={},romfile=",
+            nic.mac
+        ));
     }
     a
 }
@@ -208,11 +211,20 @@ mod tests {
     #[test]
     fn each_nic_gets_its_tap_fd_and_mac() {
         let nics = [
-            NicArg { mac: "02:42:ac:11:00:02".into(), tap_fd: 7 },
-            NicArg { mac: "02:42:ac:12:00:02".into(), tap_fd: 9 },
+            NicArg {
+                mac: "02:42:ac:11:00:02".into(),
+                tap_fd: 7,
+            },
+            NicArg {
+                mac: "02:42:ac:12:00:02".into(),
+                tap_fd: 9,
+            },
         ];
         let a = qemu_args(&cfg(Accel::Tcg), &nics);
-        assert_eq!(pair(&a, "-netdev"), ["tap,id=net0,fd=7", "tap,id=net1,fd=9"]);
+        assert_eq!(
+            pair(&a, "-netdev"),
+            ["tap,id=net0,fd=7", "tap,id=net1,fd=9"]
+        );
         let devs = pair(&a, "-device");
         assert!(devs.contains(&"virtio-net-pci,netdev=net1,mac=02:42:ac:12:00:02,romfile="));
         assert!(devs

@@ -1,0 +1,68 @@
+# runvm — run containers as lightweight VMs.
+#
+#   make demo       install what is missing, register runvm with Docker, run a VM
+#   make test       install what is missing and run every test (unit, e2e, differential)
+#   make bench      boot-time and memory figures against runc and bare QEMU
+#   make install    build and install runvm, QEMU, virtiofsd, the guest kernel
+#   make uninstall  remove runvm and its Docker registration
+#
+# Every target is idempotent.
+
+SHELL := /bin/bash
+PREFIX ?= /usr/local
+LIBEXEC := $(PREFIX)/lib/runvm
+DATA ?= /var/lib/runvm
+TARGET := x86_64-unknown-linux-gnu
+AGENT := target/$(TARGET)/release/runvm-agent
+export RUNVM_PREFIX := $(PREFIX)
+
+.PHONY: all build deps install uninstall demo test unit e2e lint bench images
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+# The guest agent is a static binary (it is /init of the initramfs); the
+# host binaries link dynamically against the host's libc.
+build:
+	cargo build --release --locked -p runvm -p runvm-supervisor
+	RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked -p runvm-agent --target $(TARGET)
+
+install: deps build
+	@install -d $(PREFIX)/bin $(LIBEXEC)
+	install -m 0755 target/release/runvm $(PREFIX)/bin/runvm
+	install -m 0755 target/release/runvm-supervisor $(AGENT) $(LIBEXEC)/
+	@scripts/install-virtiofsd.sh
+	@scripts/install-kernel.sh
+	@scripts/ensure-docker.sh --register
+	@$(PREFIX)/bin/runvm check
+
+uninstall:
+	-@if [ -x $(PREFIX)/bin/runvm ]; then $(PREFIX)/bin/runvm docker-unregister /etc/docker/daemon.json; fi
+	-@pid=$$(pidof dockerd) && kill -HUP $$pid || true
+	rm -f $(PREFIX)/bin/runvm
+	rm -rf $(LIBEXEC) $(DATA)
+
+images: install
+	@scripts/build-test-images.sh
+
+demo: images
+	@echo "host kernel:  $$(uname -r)"
+	@echo -n "guest kernel: " && docker run --rm --runtime=runvm runvm-test/busybox uname -r
+	@docker run --rm --runtime=runvm runvm-test/busybox sh -c 'echo "hello from a VM: $$(cat /proc/cpuinfo | grep -m1 "model name")"'
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+unit:
+	cargo test --workspace --locked --exclude runvm-e2e
+
+e2e: images
+	RUNVM_E2E=1 cargo test --locked -p runvm-e2e -- --test-threads=2
+
+test: images lint unit e2e
+
+bench: images
+	@scripts/bench.sh

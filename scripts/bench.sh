@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# runvm's benchmark: figures and ratios, never pass/fail.
+#
+#  1. wall time of `docker run --rm IMG true` under runc and under runvm;
+#  2. the floor: a bare QEMU boot of the same kernel + initramfs, with the
+#     same machine options, until the guest agent is ready (the agent is
+#     started with `runvm.probe`, prints "runvm-agent: ready" once it has
+#     opened the host channel, and powers off);
+#  3. host memory (PSS) of QEMU + virtiofsd + supervisor for one idle
+#     container, against its guest RAM.
+# Medians with min-max over N runs (default 5): this machine is shared and
+# noisy, single times mean little.
+. "$(dirname "$0")/lib.sh"
+N="${BENCH_RUNS:-5}"
+IMG=runvm-test/busybox
+
+now() { date +%s.%N; }
+stats() { # prints "median min max" of the numbers on stdin
+    sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f %.3f %.3f\n", m, a[1], a[NR]}'
+}
+time_cmd() { local t0 t1; t0=$(now); "$@" >/dev/null 2>&1; t1=$(now); echo "$t1 - $t0" | bc -l; }
+
+declare -A MED
+measure() { # name, command...
+    local name=$1; shift
+    local samples=()
+    "$@" >/dev/null 2>&1 || true # warm-up (page cache, initramfs cache)
+    for _ in $(seq 1 "$N"); do samples+=("$(time_cmd "$@")"); done
+    read -r med min max < <(printf '%s\n' "${samples[@]}" | stats)
+    MED[$name]=$med
+    printf '%-34s median %7.3f s   (min %.3f, max %.3f, n=%d)\n' "$name" "$med" "$min" "$max" "$N"
+}
+
+command -v bc >/dev/null || apt_install bc
+
+echo "== runvm benchmark ($(nproc) cores, $(uname -r), accelerator: $(runvm check | awk '/accelerator/ {print $3}' | tr -d :))"
+measure "docker run true (runc)" docker run --rm --runtime=runc "$IMG" true
+measure "docker run true (runvm)" docker run --rm --runtime=runvm "$IMG" true
+
+# The floor: QEMU with runvm's machine options, no Docker, no virtiofs.
+KERNEL=$(ls "$RUNVM_DATA"/kernel/*/boot/vmlinuz-* | sort -V | tail -1)
+INITRD=$(ls -t "$RUNVM_DATA"/cache/initramfs-*.img | head -1)
+ACCEL="tcg,thread=multi,tb-size=64"; CPU=max
+if runvm check | grep -q "ok      accelerator: Kvm"; then ACCEL=kvm; CPU=host; fi
+bare_qemu() {
+    local dir; dir=$(mktemp -d)
+    qemu-system-x86_64 -nodefaults -no-user-config -nographic -no-reboot \
+        -machine q35,memory-backend=mem -accel "$ACCEL" -cpu "$CPU" -smp "$(nproc)" -m 512M \
+        -object memory-backend-memfd,id=mem,size=512M,share=on \
+        -kernel "$KERNEL" -initrd "$INITRD" \
+        -append "console=ttyS0 panic=-1 rdinit=/init pci=lastbus=0 random.trust_cpu=on 8250.nr_uarts=1 quiet runvm.probe" \
+        -device virtio-serial-pci,id=vser \
+        -chardev "socket,id=agent,path=$dir/agent.sock,server=on,wait=off" \
+        -device virtserialport,bus=vser.0,chardev=agent,name=io.runvm.agent \
+        -device virtio-rng-pci -serial stdio | grep -m1 -q "runvm-agent: ready"
+    rm -rf "$dir"
+}
+measure "bare QEMU boot to agent ready" bare_qemu
+
+echo
+printf 'ratio runvm / runc        %6.1fx\n' "$(echo "${MED[docker run true (runvm)]} / ${MED[docker run true (runc)]}" | bc -l)"
+printf 'ratio runvm / QEMU floor  %6.2fx   (runvm adds %.2f s to the bare boot)\n' \
+    "$(echo "${MED[docker run true (runvm)]} / ${MED[bare QEMU boot to agent ready]}" | bc -l)" \
+    "$(echo "${MED[docker run true (runvm)]} - ${MED[bare QEMU boot to agent ready]}" | bc -l)"
+
+# Memory of one idle container.
+echo
+name=runvm-bench-mem-$$
+docker run -d --rm --name "$name" --runtime=runvm "$IMG" sh -c 'echo up; sleep 600' >/dev/null
+for _ in $(seq 1 60); do docker logs "$name" 2>/dev/null | grep -q up && break; sleep 1; done
+sleep 2
+pss_kib() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup" 2>/dev/null || echo 0; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+total_pss=0; total_rss=0
+for pid in $(docker top "$name" -eo pid | tail -n +2); do
+    comm=$(cat "/proc/$pid/comm" 2>/dev/null || true)
+    case "$comm" in
+        qemu-system-x86*|virtiofsd|runvm-superviso*)
+            p=$(pss_kib "$pid"); r=$(rss_kib "$pid")
+            printf '  %-22s PSS %7d KiB   RSS %7d KiB\n' "$comm" "$p" "$r"
+            total_pss=$((total_pss + p)); total_rss=$((total_rss + r)) ;;
+    esac
+done
+guest_mib=$(grep -o '"memory_mib": [0-9]*' "/proc/$(docker inspect -f '{{.State.Pid}}' "$name")/root/runvm/vm.json" | awk '{print $2}')
+docker rm -f "$name" >/dev/null
+printf 'idle container host memory: PSS %d MiB (RSS %d MiB) for a guest of %d MiB RAM: %.0f%% of guest RAM\n' \
+    $((total_pss / 1024)) $((total_rss / 1024)) "$guest_mib" "$(echo "$total_pss / 1024 * 100 / $guest_mib" | bc -l)"
