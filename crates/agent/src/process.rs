@@ -44,6 +44,9 @@ pub enum ParentStdio {
 pub enum Namespaces {
     /// New PID and mount namespaces: the container's init.
     NewContainer,
+    /// The PID and mount namespaces of this process (the container's init):
+    /// an exec.
+    Join(i32),
 }
 
 fn stat_in_root(p: &Path) -> io::Result<FileInfo> {
@@ -59,6 +62,8 @@ fn stat_in_root(p: &Path) -> io::Result<FileInfo> {
 /// allocation happens between fork and exec).
 struct ChildSetup {
     new_mount_ns: bool,
+    /// Mount namespace to join (opened before the fork).
+    join_mount_ns: Option<OwnedFd>,
     terminal: bool,
     uid: u32,
     gid: u32,
@@ -109,9 +114,13 @@ impl ChildSetup {
     /// Must only be called in a freshly forked child; it calls only
     /// async-signal-safe functions on data prepared before the fork.
     unsafe fn apply(&self) -> io::Result<()> {
-        // SAFETY (whole block): plain system calls on valid, NUL-terminated
-        // strings and initialised structures owned by `self`.
+        // SAFETY: plain system calls on valid, NUL-terminated strings and
+        // initialised structures owned by `self`; the caller guarantees we
+        // run in a freshly forked child.
         unsafe {
+            if let Some(fd) = &self.join_mount_ns {
+                check(libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNS))?;
+            }
             if self.new_mount_ns {
                 check(libc::unshare(libc::CLONE_NEWNS))?;
                 check(libc::mount(
@@ -191,8 +200,18 @@ pub fn start(spec: &ProcessSpec, ns: Namespaces) -> Result<(i32, ParentStdio), S
         message: format!("{what}: {e}"),
         exit_code: 126,
     };
+    let open_ns = |pid: i32, kind: &str| -> Result<OwnedFd, StartError> {
+        std::fs::File::open(format!("/proc/{pid}/ns/{kind}"))
+            .map(OwnedFd::from)
+            .map_err(|e| io_err("the container is not running", e))
+    };
+    let (join_mount_ns, join_pid_ns) = match ns {
+        Namespaces::Join(pid) => (Some(open_ns(pid, "mnt")?), Some(open_ns(pid, "pid")?)),
+        Namespaces::NewContainer => (None, None),
+    };
     let setup = ChildSetup {
         new_mount_ns: matches!(ns, Namespaces::NewContainer),
+        join_mount_ns,
         terminal: spec.terminal,
         uid: spec.uid,
         gid: spec.gid,
@@ -268,6 +287,9 @@ pub fn start(spec: &ProcessSpec, ns: Namespaces) -> Result<(i32, ParentStdio), S
     let child = std::thread::spawn(move || -> io::Result<std::process::Child> {
         if new_pidns {
             unshare(CloneFlags::CLONE_NEWPID)?;
+        }
+        if let Some(fd) = &join_pid_ns {
+            nix::sched::setns(fd, CloneFlags::CLONE_NEWPID)?;
         }
         cmd.spawn()
     })

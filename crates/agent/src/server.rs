@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
 use crate::error::{AgentError, Result};
 use crate::process::{self, Namespaces, ParentStdio};
@@ -41,6 +41,13 @@ impl Streams {
         self.arrived.notify_waiters();
     }
 
+    fn take_now(&self, process: u32, kind: Kind) -> Option<MuxStream> {
+        self.map
+            .lock()
+            .expect("streams lock")
+            .remove(&(process, kind))
+    }
+
     async fn take(&self, process: u32, kind: Kind) -> Option<MuxStream> {
         let wait = async {
             loop {
@@ -66,6 +73,9 @@ struct Agent {
     reaper: Arc<Reaper>,
     streams: Streams,
     started: Mutex<bool>,
+    /// The container's init (the workload), once started; execs that
+    /// arrive earlier (`docker exec` right after `docker run -d`) wait.
+    init_pid: tokio::sync::watch::Sender<Option<i32>>,
     /// Fired when the host allows the VM to power off.
     shutdown: Notify,
 }
@@ -89,6 +99,7 @@ pub async fn serve() -> Result<()> {
         reaper,
         streams: Streams::default(),
         started: Mutex::new(false),
+        init_pid: tokio::sync::watch::channel(None).0,
         shutdown: Notify::new(),
     });
     let shutdown = agent.shutdown.notified();
@@ -134,49 +145,100 @@ async fn send<W: AsyncWrite + Unpin>(w: &tokio::sync::Mutex<W>, msg: &GuestMessa
 async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
     let (mut rd, wr) = tokio::io::split(s);
     let wr = tokio::sync::Mutex::new(wr);
-    let first: HostMessage = read_frame(&mut rd).await?;
-    let HostMessage::StartContainer(spec) = first else {
-        return Err(AgentError::NoStart);
-    };
-    {
-        let mut started = agent.started.lock().expect("started lock");
-        if *started {
-            return Err(AgentError::Network("container already started".into()));
+    match read_frame::<_, HostMessage>(&mut rd).await? {
+        HostMessage::StartContainer(spec) => {
+            {
+                let mut started = agent.started.lock().expect("started lock");
+                if *started {
+                    return Err(AgentError::NoStart);
+                }
+                *started = true;
+            }
+            if let Err(e) = prepare_container(&spec).await {
+                send(
+                    &wr,
+                    &GuestMessage::SetupFailed {
+                        message: e.to_string(),
+                    },
+                )
+                .await?;
+            } else {
+                run_process(&agent, process, &spec.process, None, &mut rd, &wr).await?;
+            }
+            // The container is over: wait for the host's go-ahead, then stop.
+            wait_for_shutdown(&mut rd).await;
+            agent.shutdown.notify_one();
+            Ok(())
         }
-        *started = true;
+        HostMessage::Exec(spec) => {
+            let mut rx = agent.init_pid.subscribe();
+            let init =
+                match tokio::time::timeout(Duration::from_secs(120), rx.wait_for(Option::is_some))
+                    .await
+                {
+                    Ok(Ok(pid)) => *pid,
+                    _ => None,
+                };
+            let Some(init) = init else {
+                send(
+                    &wr,
+                    &GuestMessage::StartFailed {
+                        message: "the container is not running".into(),
+                        exit_code: 126,
+                    },
+                )
+                .await?;
+                return Ok(());
+            };
+            run_process(&agent, process, &spec, Some(init), &mut rd, &wr).await
+        }
+        _ => Err(AgentError::NoStart),
     }
-    if let Err(e) = prepare_container(&spec).await {
-        send(
-            &wr,
-            &GuestMessage::SetupFailed {
-                message: e.to_string(),
-            },
-        )
-        .await?;
-        wait_for_shutdown(&mut rd).await;
-        agent.shutdown.notify_one();
-        return Ok(());
-    }
+}
 
-    let spawned = agent
-        .reaper
-        .spawn_and_expect(|| process::start(&spec.process, Namespaces::NewContainer));
-    let (workload_pid, exit_rx, stdio) = match spawned {
+/// Starts one process (the container's init when `join` is None, else an
+/// exec joining the init's namespaces), relays its stdio and signals, and
+/// reports its exit once its output is drained.
+async fn run_process<R, W>(
+    agent: &Arc<Agent>,
+    process: u32,
+    spec: &runvm_protocol::ProcessSpec,
+    join: Option<i32>,
+    rd: &mut R,
+    wr: &tokio::sync::Mutex<W>,
+) -> Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let ns = match join {
+        None => Namespaces::NewContainer,
+        Some(pid) => Namespaces::Join(pid),
+    };
+    let spawned = agent.reaper.spawn_and_expect(|| process::start(spec, ns));
+    let (pid, exit_rx, stdio) = match spawned {
         Ok(x) => x,
         Err(e) => {
-            send(
-                &wr,
+            // Nobody will write to the stdio streams: close them so the
+            // host's relays end.
+            for kind in [Kind::Stdout, Kind::Stderr] {
+                if let Some(mut s) = agent.streams.take_now(process, kind) {
+                    let _ = s.shutdown().await;
+                }
+            }
+            return send(
+                wr,
                 &GuestMessage::StartFailed {
                     message: e.message,
                     exit_code: e.exit_code,
                 },
             )
-            .await?;
-            wait_for_shutdown(&mut rd).await;
-            agent.shutdown.notify_one();
-            return Ok(());
+            .await;
         }
     };
+    if join.is_none() {
+        agent.init_pid.send_replace(Some(pid));
+    }
 
     // Relays: output tasks are awaited before the exit is reported.
     let mut outputs = Vec::new();
@@ -205,11 +267,10 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
             pty_master = process::dup_fd(&master);
             match FdStream::pty_master(master) {
                 Ok(m) => {
-                    let (mut m_rd, m_wr) = tokio::io::split(m);
+                    let (mut m_rd, mut m_wr) = tokio::io::split(m);
                     let a = agent.clone();
                     tokio::spawn(async move {
                         if let Some(mut s) = a.streams.take(process, Kind::Stdin).await {
-                            let mut m_wr = m_wr;
                             let _ = tokio::io::copy(&mut s, &mut m_wr).await;
                         }
                     });
@@ -225,18 +286,16 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
             }
         }
     }
-    send(&wr, &GuestMessage::Started { pid: workload_pid }).await?;
+    send(wr, &GuestMessage::Started { pid }).await?;
 
-    let (done_tx, mut done_rx) = oneshot::channel::<()>();
     let master_raw = pty_master.as_ref().map(|m| m.as_raw_fd());
-    let reader = tokio::spawn(async move {
-        let mut done_tx = Some(done_tx);
+    let commands = async {
         loop {
-            match read_frame::<_, HostMessage>(&mut rd).await {
+            match read_frame::<_, HostMessage>(rd).await {
                 Ok(HostMessage::Signal { signal }) => {
                     // SAFETY: kill() has no memory-safety preconditions.
                     unsafe {
-                        libc::kill(workload_pid, signal);
+                        libc::kill(pid, signal);
                     }
                 }
                 Ok(HostMessage::Resize { rows, cols }) => {
@@ -244,26 +303,21 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
                         process::resize(fd, rows, cols);
                     }
                 }
-                Ok(HostMessage::Shutdown) | Err(_) => {
-                    if let Some(tx) = done_tx.take() {
-                        let _ = tx.send(());
-                    }
-                    return;
-                }
-                Ok(HostMessage::StartContainer(_)) => {}
+                Ok(_) => {}
+                // The host went away; keep waiting for the exit anyway.
+                Err(_) => std::future::pending::<()>().await,
             }
         }
-    });
-    let status = exit_rx.await.unwrap_or(255);
+    };
+    let status = tokio::select! {
+        s = exit_rx => s.unwrap_or(255),
+        _ = commands => unreachable!("the command loop never ends"),
+    };
     for o in outputs {
         let _ = o.await;
     }
-    send(&wr, &GuestMessage::Exited { status }).await?;
-    let _ = tokio::time::timeout(Duration::from_secs(30), &mut done_rx).await;
-    reader.abort();
     drop(pty_master);
-    agent.shutdown.notify_one();
-    Ok(())
+    send(wr, &GuestMessage::Exited { status }).await
 }
 
 /// Waits until the host says the VM may stop (or the host is gone).

@@ -11,7 +11,7 @@ pub mod rewrite;
 pub mod vmconfig;
 
 pub use options::{Accel, AccelRequest, VmOptions};
-pub use rewrite::{rewrite_config, HostLayout, RewriteError, Rewritten};
+pub use rewrite::{rewrite_config, rewrite_exec_process, HostLayout, RewriteError, Rewritten};
 pub use vmconfig::VmConfig;
 
 /// Where the supervisor finds things inside the container.
@@ -27,6 +27,8 @@ pub mod paths {
     pub const VIRTIOFSD: &str = "/runvm/bin/virtiofsd";
     /// Sockets and logs of the helpers (a private tmpfs).
     pub const RUN_DIR: &str = "/run/runvm";
+    /// Environment variable that carries an exec's process to the client.
+    pub const EXEC_SPEC_ENV: &str = "RUNVM_EXEC_SPEC";
     /// Annotation set on a rewritten config, so a second rewrite is refused.
     pub const ANNOTATION: &str = "io.runvm.rewritten";
 }

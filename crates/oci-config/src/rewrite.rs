@@ -227,8 +227,8 @@ pub fn rewrite_config(
     Ok(Rewritten { config, vm })
 }
 
-/// Extracts the parts of the OCI process the guest needs.
-fn guest_process(p: &Value) -> Result<ProcessSpec, RewriteError> {
+/// Extracts the parts of an OCI process object the guest needs.
+pub fn guest_process(p: &Value) -> Result<ProcessSpec, RewriteError> {
     let strings = |v: Option<&Value>, field: &'static str| -> Result<Vec<String>, RewriteError> {
         match v {
             None | Some(Value::Null) => Ok(Vec::new()),
@@ -527,4 +527,28 @@ fn cpu_limit(linux: &Map<String, Value>) -> Option<u32> {
         };
     }
     (n > 0).then_some(n)
+}
+
+/// Rewrites an exec's process object (runc's `--process` file) so that runc
+/// runs the exec client, which hands the original process to the guest.
+/// Returns the new process object and the original, as the guest needs it.
+pub fn rewrite_exec_process(mut process: Value) -> Result<(Value, ProcessSpec), RewriteError> {
+    let spec = guest_process(&process)?;
+    let p = obj(&mut process, "process")?;
+    let spec_json = serde_json::to_string(&spec).map_err(|e| RewriteError::Malformed {
+        field: "process",
+        why: e.to_string(),
+    })?;
+    p.insert("args".into(), json!([paths::SUPERVISOR, "exec"]));
+    p.insert(
+        "env".into(),
+        json!([
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            format!("{}={spec_json}", paths::EXEC_SPEC_ENV)
+        ]),
+    );
+    p.insert("cwd".into(), json!("/"));
+    p.insert("user".into(), json!({"uid": 0, "gid": 0}));
+    p.remove("rlimits");
+    Ok((process, spec))
 }

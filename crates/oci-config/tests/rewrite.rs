@@ -256,3 +256,37 @@ fn not_an_oci_config_is_a_clear_error() {
         "config.json has no \"process\" object; it is not an OCI runtime config"
     );
 }
+
+#[test]
+fn an_exec_process_becomes_the_exec_client_carrying_the_original() {
+    let process = json!({
+        "terminal": true,
+        "consoleSize": {"height": 30, "width": 100},
+        "user": {"uid": 1000, "gid": 1000, "additionalGids": [10]},
+        "args": ["sh", "-c", "echo hi"],
+        "env": ["PATH=/bin", "A=1"],
+        "cwd": "/tmp",
+        "capabilities": {"bounding": ["CAP_KILL"]},
+        "x-future-field": 42
+    });
+    let (out, spec) = rewrite_exec_process(process).unwrap();
+    assert_eq!(out["args"], json!(["/runvm/bin/runvm-supervisor", "exec"]));
+    assert_eq!(out["user"], json!({"uid": 0, "gid": 0}));
+    assert_eq!(out["terminal"], true);
+    assert_eq!(out["consoleSize"]["height"], 30);
+    assert_eq!(out["x-future-field"], 42);
+    let env = out["env"].as_array().unwrap();
+    let carried = env
+        .iter()
+        .find_map(|e| e.as_str().unwrap().strip_prefix("RUNVM_EXEC_SPEC="))
+        .unwrap();
+    let back: runvm_protocol::ProcessSpec = serde_json::from_str(carried).unwrap();
+    assert_eq!(back, spec);
+    assert_eq!(spec.args, ["sh", "-c", "echo hi"]);
+    assert_eq!(
+        (spec.uid, spec.gid, spec.additional_gids.clone()),
+        (1000, 1000, vec![10])
+    );
+    assert_eq!(spec.console_size, Some((30, 100)));
+    assert_eq!(spec.cwd, "/tmp");
+}

@@ -24,6 +24,9 @@ pub enum HostMessage {
     /// Boot-time setup plus the container's main process. Sent once, on the
     /// first control stream.
     StartContainer(Box<ContainerSpec>),
+    /// Run another process in the running container (`docker exec`). Sent
+    /// as the first message of its own control stream.
+    Exec(Box<ProcessSpec>),
     /// Deliver a signal to the process of this control stream.
     Signal { signal: i32 },
     /// The terminal of the process changed size.

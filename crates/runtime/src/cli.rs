@@ -123,8 +123,88 @@ pub fn parse_create_args(args: &[String]) -> CreateArgs {
     out
 }
 
+/// What `exec` needs from its arguments.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ExecArgs {
+    pub process: Option<String>,
+    pub id: Option<String>,
+    /// Arguments after the id: the command, when no `--process` is given.
+    pub command: Vec<String>,
+}
+
+/// Picks `--process`/`-p` and the container id out of `runc exec`'s
+/// arguments.
+pub fn parse_exec_args(args: &[String]) -> ExecArgs {
+    // runc exec flags that take a value.
+    const WITH_VALUE: &[&str] = &[
+        "--console-socket",
+        "--cwd",
+        "--env",
+        "-e",
+        "--user",
+        "-u",
+        "--additional-gids",
+        "-g",
+        "--process",
+        "-p",
+        "--pid-file",
+        "--process-label",
+        "--apparmor",
+        "--cap",
+        "-c",
+        "--preserve-fds",
+        "--cgroup",
+    ];
+    let mut out = ExecArgs::default();
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        if out.id.is_some() {
+            out.command.push(a.clone());
+        } else if a.starts_with('-') {
+            let (flag, inline) = match a.split_once('=') {
+                Some((f, v)) => (f, Some(v.to_owned())),
+                None => (a.as_str(), None),
+            };
+            let value = if WITH_VALUE.contains(&flag) && inline.is_none() {
+                i += 1;
+                args.get(i).cloned()
+            } else {
+                inline
+            };
+            if flag == "--process" || flag == "-p" {
+                out.process = value;
+            }
+        } else {
+            out.id = Some(a.clone());
+        }
+        i += 1;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn containerd_style_exec_parses() {
+        let e = parse_exec_args(&v(&[
+            "--process",
+            "/tmp/runc-process1",
+            "--console-socket",
+            "/tmp/sock",
+            "--detach",
+            "--pid-file",
+            "/run/x.pid",
+            "cid",
+        ]));
+        assert_eq!(e.process.as_deref(), Some("/tmp/runc-process1"));
+        assert_eq!(e.id.as_deref(), Some("cid"));
+        assert!(e.command.is_empty());
+        let e = parse_exec_args(&v(&["-t", "cid", "ls", "-l"]));
+        assert_eq!(e.id.as_deref(), Some("cid"));
+        assert_eq!(e.command, v(&["ls", "-l"]));
+    }
+
     use super::*;
 
     fn v(s: &[&str]) -> Vec<String> {

@@ -28,7 +28,7 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             let msg = match &e {
-                RuntimeError::Exec(_) => e.to_string(),
+                RuntimeError::Exec(_) | RuntimeError::ExecInContainer(_) => e.to_string(),
                 _ => format!("runvm: {e}"),
             };
             log.write("error", &msg);
@@ -87,6 +87,7 @@ fn run(cli: &Cli, log: &Log) -> Result<i32> {
     let args = &cli.command[1..];
     match verb.as_str() {
         "create" | "run" => create_or_run(cli, log, verb, args),
+        "exec" => exec(cli, args),
         "checkpoint" | "restore" => Err(RuntimeError::Usage(format!(
             "{verb} is not supported: a runvm container's state lives in its VM, which runc's CRIU checkpointing cannot capture; stop and start the container instead"
         ))),
@@ -127,6 +128,44 @@ fn create_or_run(cli: &Cli, log: &Log, verb: &str, args: &[String]) -> Result<i3
         }
     }
     Ok(0)
+}
+
+/// `exec`: the process runs in the guest, through the exec client that runc
+/// starts in the container. The program is checked first, the way runc
+/// checks it, so that failures read (and exit) exactly as under runc.
+fn exec(cli: &Cli, args: &[String]) -> Result<i32> {
+    let parsed = cli::parse_exec_args(args);
+    let (Some(process_path), Some(id)) = (parsed.process.as_ref(), parsed.id.as_ref()) else {
+        return Err(RuntimeError::Usage(
+            "runvm exec needs --process FILE and a container id (as containerd calls it); a command line exec is not supported".into(),
+        ));
+    };
+    let path = PathBuf::from(process_path);
+    let text = std::fs::read_to_string(&path).map_err(|source| RuntimeError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let process: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| RuntimeError::Json {
+            path: path.clone(),
+            source,
+        })?;
+    let (rewritten, spec) = runvm_config::rewrite_exec_process(process)?;
+    if let Some(pid) = container_pid(cli, id) {
+        if let Err(RuntimeError::Exec(e)) = create::check_program(pid, &spec) {
+            return Err(RuntimeError::ExecInContainer(e));
+        }
+    }
+    let bytes = serde_json::to_vec(&rewritten).expect("a Value serialises");
+    std::fs::write(&path, bytes).map_err(|source| RuntimeError::Write { path, source })?;
+    exec_runc(cli, &cli.command)
+}
+
+/// The host pid of a container's init, from `runc state`.
+fn container_pid(cli: &Cli, id: &str) -> Option<i32> {
+    let out = runc(cli, &["state".into(), id.into()]).output().ok()?;
+    let state: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    state["pid"].as_i64().filter(|p| *p > 0).map(|p| p as i32)
 }
 
 /// `runvm check`: what runvm would use on this host, and whether it can.

@@ -6,8 +6,10 @@
 //! and relays stdio, signals, terminal size and finally the exit status.
 
 mod error;
+mod exec;
 mod network;
 mod relay;
+mod session;
 mod vmm;
 
 use std::process::Stdio;
@@ -15,13 +17,12 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
-use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use error::{Result, SupervisorError};
 use runvm_config::{paths, VmConfig};
-use runvm_protocol::session::{read_frame, write_frame, Mode, Mux};
-use runvm_protocol::{GuestMessage, HostMessage, StreamHeader};
+use runvm_protocol::session::{write_frame, Mode, Mux};
+use runvm_protocol::HostMessage;
 
 /// Exit code when the VM itself fails (as opposed to the workload).
 const VM_FAILURE: i32 = 255;
@@ -32,7 +33,13 @@ fn main() {
         .enable_all()
         .build();
     let code = match rt {
-        Ok(rt) => match rt.block_on(supervise()) {
+        Ok(rt) => match rt.block_on(async {
+            if std::env::args().nth(1).as_deref() == Some("exec") {
+                exec::client().await
+            } else {
+                supervise().await
+            }
+        }) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("runvm: {e}");
@@ -108,10 +115,8 @@ async fn supervise() -> Result<i32> {
 
     // Signals first, so that none sent during boot is lost: they are queued
     // until the workload runs.
-    let (sig_tx, mut sig_rx) = mpsc::unbounded_channel();
+    let (sig_tx, sig_rx) = mpsc::unbounded_channel();
     relay::forward_signals(sig_tx);
-    let mut winch = signal(SignalKind::window_change())
-        .map_err(|e| SupervisorError::io("watch the terminal size", e))?;
     if terminal {
         relay::make_raw();
     }
@@ -123,6 +128,12 @@ async fn supervise() -> Result<i32> {
 
     std::fs::create_dir_all(vmm::RUN_DIR)
         .map_err(|e| SupervisorError::io(format!("create {}", vmm::RUN_DIR), e))?;
+    // Execs may arrive while the VM boots: listen now, serve once ready.
+    let (agent_tx, agent_rx) = watch::channel(None);
+    let listener = tokio::net::UnixListener::bind(exec::EXEC_SOCKET)
+        .map_err(|e| SupervisorError::io(format!("listen on {}", exec::EXEC_SOCKET), e))?;
+    tokio::spawn(exec::serve(listener, agent_rx));
+
     let (nics, routes) = network::capture().await?;
 
     let mut virtiofsd = Command::new(&cfg.virtiofsd)
@@ -173,94 +184,46 @@ async fn supervise() -> Result<i32> {
         .map_err(|e| SupervisorError::io("connect to QEMU's agent socket", e))?;
     let (mux, _inbound) = Mux::start(sock, Mode::Client);
 
-    // stdio streams first, then the control stream that starts the process.
-    let stdin_s = mux.open_typed(&StreamHeader::Stdin { process: 0 }).await?;
-    let stdout_s = mux.open_typed(&StreamHeader::Stdout { process: 0 }).await?;
-    let stderr_s = if terminal {
-        None
-    } else {
-        Some(mux.open_typed(&StreamHeader::Stderr { process: 0 }).await?)
-    };
-    let control = mux
-        .open_typed(&StreamHeader::Control { process: 0 })
-        .await?;
-    let (mut crd, mut cwr) = tokio::io::split(control);
     let mut spec = cfg.container.clone();
     spec.interfaces = interfaces;
     spec.routes = routes;
     if terminal {
         spec.process.console_size = relay::window_size().or(spec.process.console_size);
     }
-    write_frame(&mut cwr, &HostMessage::StartContainer(Box::new(spec))).await?;
-
-    let out_done = relay::output(stdout_s, 1);
-    let err_done = stderr_s.map(|s| relay::output(s, 2));
-    relay::input(stdin_s);
-
-    let mut started = false;
-    let mut queued: Vec<i32> = Vec::new();
-    let mut wait_output = true;
-    let status = loop {
-        tokio::select! {
-            msg = read_frame::<_, GuestMessage>(&mut crd) => match msg {
-                Ok(GuestMessage::Started { .. }) => {
-                    started = true;
-                    for signal in queued.drain(..) {
-                        write_frame(&mut cwr, &HostMessage::Signal { signal }).await?;
-                    }
-                }
-                Ok(GuestMessage::Exited { status }) => break status,
-                Ok(GuestMessage::StartFailed { message, exit_code }) => {
-                    eprintln!("runvm: {message}");
-                    wait_output = false;
-                    break exit_code;
-                }
-                Ok(GuestMessage::SetupFailed { message }) => {
-                    eprintln!("runvm: the VM could not set up the container: {message}");
-                    wait_output = false;
-                    break VM_FAILURE;
-                }
-                Err(e) => {
-                    // The channel broke: the VM is going down.
-                    let st = tokio::time::timeout(Duration::from_secs(5), qemu.wait()).await;
-                    let how = match st {
-                        Ok(Ok(s)) => format!("QEMU exited: {s}"),
-                        _ => format!("channel error: {e}"),
-                    };
-                    report_vm_death(&how);
-                    return Ok(VM_FAILURE);
-                }
-            },
-            Some(signal) = sig_rx.recv() => {
-                if started {
-                    write_frame(&mut cwr, &HostMessage::Signal { signal }).await?;
-                } else {
-                    queued.push(signal);
-                }
-            }
-            _ = winch.recv(), if terminal => {
-                if let Some((rows, cols)) = relay::window_size() {
-                    write_frame(&mut cwr, &HostMessage::Resize { rows, cols }).await?;
-                }
-            }
-            st = qemu.wait() => {
-                let how = match st {
-                    Ok(s) => format!("QEMU exited: {s}"),
-                    Err(e) => format!("QEMU could not be waited for: {e}"),
-                };
-                report_vm_death(&how);
-                return Ok(VM_FAILURE);
-            }
+    // Execs go to the agent from now on; the agent queues them until the
+    // container runs.
+    let _ = agent_tx.send(Some(mux.clone()));
+    let vm_gone = async {
+        match qemu.wait().await {
+            Ok(s) => format!("QEMU exited: {s}"),
+            Err(e) => format!("QEMU could not be waited for: {e}"),
         }
     };
-    if wait_output {
-        let _ = out_done.await;
-        if let Some(e) = err_done {
-            let _ = e.await;
+    let (outcome, mut control) = session::run(
+        &mux,
+        HostMessage::StartContainer(Box::new(spec)),
+        terminal,
+        sig_rx,
+        vm_gone,
+    )
+    .await?;
+    let status = match outcome {
+        session::Outcome::Exited(status) => status,
+        session::Outcome::StartFailed { message, exit_code } => {
+            eprintln!("runvm: {message}");
+            exit_code
         }
-    }
-    let _ = write_frame(&mut cwr, &HostMessage::Shutdown).await;
-    let _ = cwr.flush().await;
+        session::Outcome::SetupFailed(message) => {
+            eprintln!("runvm: the VM could not set up the container: {message}");
+            VM_FAILURE
+        }
+        session::Outcome::Lost { why, .. } => {
+            report_vm_death(&why);
+            return Ok(VM_FAILURE);
+        }
+    };
+    let _ = write_frame(&mut control, &HostMessage::Shutdown).await;
+    let _ = control.flush().await;
     stop(&mut qemu, Duration::from_secs(10)).await;
     stop(&mut virtiofsd, Duration::from_secs(2)).await;
     Ok(status)
