@@ -63,6 +63,17 @@ printf 'ratio runvm / QEMU floor  %6.2fx   (runvm adds %.2f s to the bare boot)\
     "$(echo "${MED[docker run true (runvm)]} / ${MED[bare QEMU boot to agent ready]}" | bc -l)" \
     "$(echo "${MED[docker run true (runvm)]} - ${MED[bare QEMU boot to agent ready]}" | bc -l)"
 
+# docker exec latency, against a running container of each runtime.
+echo
+for rt in runc runvm; do
+    c=runvm-bench-exec-$rt-$$
+    docker run -d --rm --name "$c" --runtime=$rt "$IMG" sh -c 'echo up; sleep 600' >/dev/null
+    for _ in $(seq 1 60); do docker logs "$c" 2>/dev/null | grep -q up && break; sleep 1; done
+    measure "docker exec true ($rt)" docker exec "$c" true
+    docker rm -f "$c" >/dev/null
+done
+printf 'ratio exec runvm / runc   %6.2fx\n' "$(echo "${MED[docker exec true (runvm)]} / ${MED[docker exec true (runc)]}" | bc -l)"
+
 # Memory of one idle container.
 echo
 name=runvm-bench-mem-$$

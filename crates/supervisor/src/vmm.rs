@@ -144,9 +144,35 @@ pub async fn wait_for_path(
     Ok(())
 }
 
+/// Removes terminal escape sequences and control characters (the BIOS
+/// clears the screen on the serial console).
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // ESC [ params final-byte
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for d in chars.by_ref() {
+                    if ('@'..='~').contains(&d) {
+                        break;
+                    }
+                }
+            } else {
+                chars.next(); // a two-character sequence such as ESC c
+            }
+        } else if c == '\n' || c == '\t' || !c.is_control() {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The last lines of the guest console, for error messages.
 pub fn console_tail(lines: usize) -> String {
-    let text = std::fs::read_to_string(CONSOLE_LOG).unwrap_or_default();
+    let raw = std::fs::read(CONSOLE_LOG).unwrap_or_default();
+    let text = printable(&String::from_utf8_lossy(&raw));
     let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let start = all.len().saturating_sub(lines);
     all[start..].join("\n")
@@ -239,6 +265,14 @@ mod tests {
         assert!(pair(&qemu_args(&c, &[]), "-serial")[0].contains("console.log"));
         c.debug = true;
         assert!(!kernel_cmdline(&c).contains("quiet"));
+    }
+
+    #[test]
+    fn console_text_loses_escape_sequences() {
+        assert_eq!(
+            printable("\x1bc\x1b[?7l\x1b[2J\x1b[0mSeaBIOS 1.16\r\nBooting\n"),
+            "SeaBIOS 1.16\nBooting\n"
+        );
     }
 
     #[test]
