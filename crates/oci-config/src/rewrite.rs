@@ -183,6 +183,21 @@ pub fn rewrite_config(
     // --- linux: devices, resources
     let linux = top.entry("linux").or_insert_with(|| json!({}));
     let linux = obj(linux, "linux")?;
+    // Only a network namespace made for this container (no "path") is taken
+    // over. With --network host Docker names the host's namespace by path,
+    // and with --network container:X another container's: their interfaces
+    // must never be touched.
+    let own_network = linux
+        .get("namespaces")
+        .and_then(Value::as_array)
+        .is_some_and(|ns| {
+            ns.iter().any(|n| {
+                n.get("type").and_then(Value::as_str) == Some("network")
+                    && n.get("path")
+                        .and_then(Value::as_str)
+                        .is_none_or(str::is_empty)
+            })
+        });
     add_devices(linux, &host.devices)?;
     let limit_mib = grow_memory_limit(linux)?;
     let cpus = opts
@@ -215,6 +230,7 @@ pub fn rewrite_config(
         initrd: paths::INITRD.into(),
         rootfs: paths::ROOTFS.into(),
         debug: opts.debug,
+        own_network,
         container: ContainerSpec {
             hostname,
             process: guest_process,

@@ -20,6 +20,11 @@ pub struct VmConfig {
     pub initrd: String,
     pub rootfs: String,
     pub debug: bool,
+    /// The container has a network namespace of its own whose interfaces
+    /// move into the VM. False with `--network host`: the supervisor then
+    /// leaves the host's interfaces alone and the VM has loopback only.
+    #[serde(default)]
+    pub own_network: bool,
     /// The container as the guest must reproduce it (network is filled in
     /// by the supervisor, which sees the container's interfaces).
     pub container: ContainerSpec,

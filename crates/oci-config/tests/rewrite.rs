@@ -290,3 +290,31 @@ fn an_exec_process_becomes_the_exec_client_carrying_the_original() {
     assert_eq!(spec.console_size, Some((30, 100)));
     assert_eq!(spec.cwd, "/tmp");
 }
+
+#[test]
+fn only_a_private_network_namespace_is_taken_over() {
+    let r = rewrite_config(fixture("docker-20.10-default.json"), &opts(&[]), &host()).unwrap();
+    assert!(r.vm.own_network);
+    let mut host_net = fixture("docker-20.10-default.json");
+    host_net["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|n| n["type"] != "network");
+    let r = rewrite_config(host_net, &opts(&[]), &host()).unwrap();
+    assert!(
+        !r.vm.own_network,
+        "no network namespace: the host's interfaces"
+    );
+    // What Docker 20.10 writes for --network host / container:X.
+    let mut joined = fixture("docker-20.10-default.json");
+    for n in joined["linux"]["namespaces"].as_array_mut().unwrap() {
+        if n["type"] == "network" {
+            n["path"] = json!("/proc/4211/ns/net");
+        }
+    }
+    let r = rewrite_config(joined, &opts(&[]), &host()).unwrap();
+    assert!(
+        !r.vm.own_network,
+        "a joined namespace must never be taken over"
+    );
+}

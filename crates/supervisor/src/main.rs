@@ -134,7 +134,11 @@ async fn supervise() -> Result<i32> {
         .map_err(|e| SupervisorError::io(format!("listen on {}", exec::EXEC_SOCKET), e))?;
     tokio::spawn(exec::serve(listener, agent_rx));
 
-    let (nics, routes) = network::capture().await?;
+    let (nics, routes) = if cfg.own_network {
+        network::capture().await?
+    } else {
+        (Vec::new(), Vec::new())
+    };
 
     let mut virtiofsd = Command::new(&cfg.virtiofsd)
         .args(vmm::virtiofsd_args(&cfg))

@@ -195,6 +195,7 @@ mod tests {
             initrd: "/runvm/initrd.img".into(),
             rootfs: "/rootfs".into(),
             debug: false,
+            own_network: true,
             container: ContainerSpec {
                 hostname: None,
                 process: ProcessSpec::default(),
