@@ -27,7 +27,8 @@ deps:
 # host binaries link dynamically against the host's libc.
 build:
 	cargo build --release --locked -p runvm -p runvm-supervisor
-	RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked -p runvm-agent --target $(TARGET)
+	CARGO_PROFILE_RELEASE_LTO=fat RUSTFLAGS="-C target-feature=+crt-static" \
+		cargo build --release --locked -p runvm-agent --target $(TARGET)
 
 install: deps build
 	@install -d $(PREFIX)/bin $(LIBEXEC)
