@@ -8,6 +8,7 @@
 //! under runc. It relays stdio, signals and the exit status, reaps every
 //! zombie, and finally syncs and powers the VM off.
 
+mod caps;
 mod early;
 mod error;
 mod mounts;

@@ -58,6 +58,29 @@ fn stat_in_root(p: &Path) -> io::Result<FileInfo> {
     })
 }
 
+/// A NULL-terminated array of pointers into `CString`s owned by the same
+/// `ChildSetup`, for execve.
+struct PtrArray(Vec<*const libc::c_char>);
+
+impl PtrArray {
+    fn of(strings: &[CString]) -> Self {
+        PtrArray(
+            strings
+                .iter()
+                .map(|a| a.as_ptr())
+                .chain([std::ptr::null()])
+                .collect(),
+        )
+    }
+}
+
+// SAFETY: the pointers refer to heap buffers of `CString`s that live in the
+// same `ChildSetup` and are never mutated; moving the struct to another
+// thread moves those owners along, and the buffers do not move.
+unsafe impl Send for PtrArray {}
+// SAFETY: as above; the data is only ever read.
+unsafe impl Sync for PtrArray {}
+
 /// Everything the child needs after fork, prepared before it (no
 /// allocation happens between fork and exec).
 struct ChildSetup {
@@ -70,7 +93,19 @@ struct ChildSetup {
     groups: Vec<libc::gid_t>,
     umask: Option<u32>,
     rlimits: Vec<(u32, libc::rlimit)>,
+    /// Inherited limits: applied best-effort.
+    soft_rlimits: Vec<(u32, libc::rlimit)>,
+    caps: Option<crate::caps::Masks>,
+    no_new_privileges: bool,
     cwd: CString,
+    /// What to execute, prepared before the fork: execve is called from the
+    /// child directly so that the environment keeps its order (std's
+    /// `Command` sorts it).
+    path: CString,
+    argv: Vec<CString>,
+    argv_ptrs: PtrArray,
+    envp: Vec<CString>,
+    envp_ptrs: PtrArray,
     proc_src: CString,
     proc_dir: CString,
     proc_type: CString,
@@ -143,23 +178,58 @@ impl ChildSetup {
             if self.terminal {
                 check(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
             }
-            check(libc::setgroups(self.groups.len(), self.groups.as_ptr()))?;
-            check(libc::setgid(self.gid))?;
-            check(libc::setuid(self.uid))?;
-            if let Some(mask) = self.umask {
-                libc::umask(mask as libc::mode_t);
+            // Limits first, while still privileged (raising a hard limit
+            // needs CAP_SYS_RESOURCE).
+            for (res, lim) in &self.soft_rlimits {
+                libc::setrlimit(*res as _, lim);
             }
             for (res, lim) in &self.rlimits {
                 check(libc::setrlimit(*res as _, lim))?;
             }
+            if let Some(m) = &self.caps {
+                check(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0))?;
+                crate::caps::drop_bounding(m)?;
+            }
+            check(libc::setgroups(self.groups.len(), self.groups.as_ptr()))?;
+            check(libc::setgid(self.gid))?;
+            check(libc::setuid(self.uid))?;
+            if let Some(m) = &self.caps {
+                crate::caps::apply_sets(m)?;
+            }
+            if let Some(mask) = self.umask {
+                libc::umask(mask as libc::mode_t);
+            }
             check(libc::chdir(self.cwd.as_ptr()))?;
+            if self.no_new_privileges {
+                check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+            }
             // Signals the agent ignores or blocks must not stay so.
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
             libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            libc::execve(
+                self.path.as_ptr(),
+                self.argv_ptrs.0.as_ptr(),
+                self.envp_ptrs.0.as_ptr(),
+            );
+            // Only reached when execve failed.
+            Err(io::Error::last_os_error())
         }
-        Ok(())
     }
+}
+
+/// The home directory of `uid` in the container's /etc/passwd, or "/".
+fn home_of(uid: u32) -> String {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 6 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[5].to_owned())
+        })
+        .next()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "/".into())
 }
 
 fn cstring(s: &str) -> io::Result<CString> {
@@ -200,6 +270,22 @@ pub fn start(spec: &ProcessSpec, ns: Namespaces) -> Result<(i32, ParentStdio), S
         message: format!("{what}: {e}"),
         exit_code: 126,
     };
+    let argv: Vec<CString> = spec
+        .args
+        .iter()
+        .map(|a| cstring(a))
+        .collect::<io::Result<_>>()
+        .map_err(|e| io_err("an argument contains a NUL byte", e))?;
+    let mut env = spec.env.clone();
+    if !env.iter().any(|kv| kv.starts_with("HOME=")) {
+        // As runc: HOME from the user's passwd entry, else "/".
+        env.push(format!("HOME={}", home_of(spec.uid)));
+    }
+    let envp: Vec<CString> = env
+        .iter()
+        .map(|a| cstring(a))
+        .collect::<io::Result<_>>()
+        .map_err(|e| io_err("an environment variable contains a NUL byte", e))?;
     let open_ns = |pid: i32, kind: &str| -> Result<OwnedFd, StartError> {
         std::fs::File::open(format!("/proc/{pid}/ns/{kind}"))
             .map(OwnedFd::from)
@@ -230,20 +316,41 @@ pub fn start(spec: &ProcessSpec, ns: Namespaces) -> Result<(i32, ParentStdio), S
                 ))
             })
             .collect(),
+        soft_rlimits: spec
+            .inherited_rlimits
+            .iter()
+            .filter(|r| !spec.rlimits.iter().any(|x| x.kind == r.kind))
+            .filter_map(|r| {
+                Some((
+                    rlimit_resource(&r.kind)?,
+                    libc::rlimit {
+                        rlim_cur: r.soft,
+                        rlim_max: r.hard,
+                    },
+                ))
+            })
+            .collect(),
+        caps: spec.capabilities.as_ref().map(crate::caps::Masks::new),
+        no_new_privileges: spec.no_new_privileges,
         cwd: cstring(cwd).map_err(|e| io_err("bad working directory", e))?,
+        path: cstring(&resolved.to_string_lossy()).map_err(|e| io_err("bad program path", e))?,
+        argv,
+        argv_ptrs: PtrArray(Vec::new()),
+        envp,
+        envp_ptrs: PtrArray(Vec::new()),
         proc_src: c"proc".to_owned(),
         proc_dir: c"/proc".to_owned(),
         proc_type: c"proc".to_owned(),
         root: c"/".to_owned(),
     };
 
+    let mut setup = setup;
+    setup.argv_ptrs = PtrArray::of(&setup.argv);
+    setup.envp_ptrs = PtrArray::of(&setup.envp);
+    // `Command` forks and wires stdio; the child's own execve (in
+    // `ChildSetup::apply`) runs the program.
     let mut cmd = Command::new(&resolved);
-    cmd.arg0(program).args(&spec.args[1..]).env_clear();
-    for kv in &spec.env {
-        if let Some((k, v)) = kv.split_once('=') {
-            cmd.env(k, v);
-        }
-    }
+    cmd.arg0(program).env_clear();
     let parent = if spec.terminal {
         let winsize = spec.console_size.map(|(rows, cols)| nix::pty::Winsize {
             ws_row: rows,

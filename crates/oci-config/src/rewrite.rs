@@ -23,7 +23,7 @@ use serde_json::{json, Map, Value};
 use crate::options::{Accel, VmOptions};
 use crate::paths;
 use crate::vmconfig::VmConfig;
-use runvm_protocol::{ContainerSpec, GuestMount, ProcessSpec, Rlimit};
+use runvm_protocol::{Capabilities, ContainerSpec, GuestMount, ProcessSpec, Rlimit};
 
 /// Host memory that QEMU, virtiofsd and the supervisor need on top of the
 /// guest RAM (QEMU's TCG translation cache alone is 64 MiB).
@@ -312,7 +312,21 @@ pub fn guest_process(p: &Value) -> Result<ProcessSpec, RewriteError> {
             c.get("width")?.as_u64()? as u16,
         ))
     });
+    let capabilities = match p.get("capabilities") {
+        None | Some(Value::Null) => None,
+        Some(c) => {
+            let set = |k: &'static str| strings(c.get(k), "process.capabilities");
+            Some(Capabilities {
+                bounding: set("bounding")?,
+                effective: set("effective")?,
+                permitted: set("permitted")?,
+                inheritable: set("inheritable")?,
+                ambient: set("ambient")?,
+            })
+        }
+    };
     Ok(ProcessSpec {
+        capabilities,
         args,
         env: strings(p.get("env"), "process.env")?,
         cwd: p
@@ -326,6 +340,7 @@ pub fn guest_process(p: &Value) -> Result<ProcessSpec, RewriteError> {
         terminal: p.get("terminal").and_then(Value::as_bool).unwrap_or(false),
         console_size,
         rlimits,
+        inherited_rlimits: Vec::new(),
         umask: num(user.and_then(|u| u.get("umask"))),
         no_new_privileges: p
             .get("noNewPrivileges")

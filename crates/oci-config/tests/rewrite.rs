@@ -193,6 +193,16 @@ fn the_process_becomes_the_supervisor_and_the_original_goes_to_the_guest() {
     assert_eq!(g.rlimits[0].kind, "RLIMIT_NOFILE");
     assert_eq!((g.rlimits[0].soft, g.rlimits[0].hard), (1024, 2048));
     assert_eq!(r.vm.container.hostname.as_deref(), Some("myhost"));
+    let caps = g.capabilities.as_ref().unwrap();
+    assert!(caps.bounding.contains(&"CAP_AUDIT_WRITE".to_string()));
+    assert!(
+        !caps.bounding.contains(&"CAP_NET_ADMIN".to_string()),
+        "the guest gets Docker's set, not the supervisor's"
+    );
+    assert!(
+        caps.effective.is_empty(),
+        "Docker gives a non-root user no effective caps"
+    );
 }
 
 #[test]

@@ -77,8 +77,28 @@ pub struct ProcessSpec {
     /// Initial terminal size, when `terminal` is set.
     pub console_size: Option<(u16, u16)>,
     pub rlimits: Vec<Rlimit>,
+    /// Limits the process inherits when `rlimits` does not set them: under
+    /// runc a process inherits the runtime's own limits, so the host side
+    /// sends its own here. Applied best-effort (the guest kernel may cap
+    /// some of them).
+    #[serde(default)]
+    pub inherited_rlimits: Vec<Rlimit>,
     pub umask: Option<u32>,
     pub no_new_privileges: bool,
+    /// Capability sets by name (`CAP_CHOWN`, …); `None` leaves the process
+    /// with every capability, as an OCI process without the field would.
+    #[serde(default)]
+    pub capabilities: Option<Capabilities>,
+}
+
+/// The capability sets of a process, as in the OCI spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Capabilities {
+    pub bounding: Vec<String>,
+    pub effective: Vec<String>,
+    pub permitted: Vec<String>,
+    pub inheritable: Vec<String>,
+    pub ambient: Vec<String>,
 }
 
 /// One resource limit, named as in the OCI spec (`RLIMIT_NOFILE`, …).

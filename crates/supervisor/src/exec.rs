@@ -128,6 +128,7 @@ pub async fn client() -> Result<i32> {
     let (sig_tx, sig_rx) = mpsc::unbounded_channel();
     relay::forward_signals(sig_tx);
     let mut spec = spec;
+    spec.inherited_rlimits = session::own_rlimits();
     if terminal {
         spec.console_size = relay::window_size().or(spec.console_size);
     }

@@ -191,6 +191,7 @@ async fn supervise() -> Result<i32> {
     let mut spec = cfg.container.clone();
     spec.interfaces = interfaces;
     spec.routes = routes;
+    spec.process.inherited_rlimits = session::own_rlimits();
     if terminal {
         spec.process.console_size = relay::window_size().or(spec.process.console_size);
     }

@@ -1,0 +1,214 @@
+//! Capability names and the system calls that apply capability sets.
+
+use runvm_protocol::Capabilities;
+
+/// Capability names in kernel order (index = capability number).
+const NAMES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// The highest capability number the running kernel knows.
+pub fn last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(NAMES.len() as u32 - 1)
+}
+
+/// A set of capability names as a bit mask; unknown names are ignored, as
+/// runc ignores capabilities its kernel does not know.
+pub fn mask(names: &[String]) -> u64 {
+    names
+        .iter()
+        .filter_map(|n| NAMES.iter().position(|k| k == n))
+        .fold(0, |m, i| m | (1u64 << i))
+}
+
+/// Capability sets as masks, prepared before the fork.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Masks {
+    pub bounding: u64,
+    pub effective: u64,
+    pub permitted: u64,
+    pub inheritable: u64,
+    pub ambient: u64,
+    pub last_cap: u32,
+}
+
+impl Masks {
+    pub fn new(c: &Capabilities) -> Self {
+        Self {
+            bounding: mask(&c.bounding),
+            effective: mask(&c.effective),
+            permitted: mask(&c.permitted),
+            inheritable: mask(&c.inheritable),
+            ambient: mask(&c.ambient),
+            last_cap: last_cap(),
+        }
+    }
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+fn check(ret: libc::c_long) -> std::io::Result<()> {
+    if ret < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Drops every capability outside the bounding set. Must run before the
+/// uid changes (it needs CAP_SETPCAP).
+///
+/// # Safety
+/// Only system calls; safe to call between fork and exec.
+pub unsafe fn drop_bounding(m: &Masks) -> std::io::Result<()> {
+    for cap in 0..=m.last_cap {
+        if m.bounding & (1u64 << cap) == 0 {
+            // SAFETY: prctl with integer arguments only.
+            let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+            check(rc as libc::c_long)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets the effective, permitted and inheritable sets, then raises the
+/// ambient ones. Runs after the uid change (with keep-caps set before it).
+///
+/// # Safety
+/// Only system calls on stack data; safe to call between fork and exec.
+pub unsafe fn apply_sets(m: &Masks) -> std::io::Result<()> {
+    let header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [
+        CapData {
+            effective: m.effective as u32,
+            permitted: m.permitted as u32,
+            inheritable: m.inheritable as u32,
+        },
+        CapData {
+            effective: (m.effective >> 32) as u32,
+            permitted: (m.permitted >> 32) as u32,
+            inheritable: (m.inheritable >> 32) as u32,
+        },
+    ];
+    // SAFETY: capset reads a header and two data structs from valid memory.
+    check(unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) })?;
+    for cap in 0..=m.last_cap {
+        if m.ambient & (1u64 << cap) != 0 {
+            // SAFETY: prctl with integer arguments only. A capability that is
+            // not permitted and inheritable cannot be ambient; runc ignores
+            // that error too.
+            unsafe {
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                    cap as libc::c_ulong,
+                    0,
+                    0,
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_to_kernel_numbers() {
+        assert_eq!(mask(&["CAP_CHOWN".into()]), 1);
+        assert_eq!(
+            mask(&["CAP_KILL".into(), "CAP_SETGID".into()]),
+            (1 << 5) | (1 << 6)
+        );
+        assert_eq!(mask(&["CAP_SYS_ADMIN".into()]), 1 << 21);
+        assert_eq!(mask(&["CAP_CHECKPOINT_RESTORE".into()]), 1 << 40);
+        assert_eq!(mask(&["CAP_NOT_A_THING".into()]), 0);
+    }
+
+    #[test]
+    fn dockers_default_set_is_the_mask_docker_shows() {
+        // `grep CapBnd /proc/self/status` in a default runc container.
+        let docker: Vec<String> = [
+            "CAP_CHOWN",
+            "CAP_DAC_OVERRIDE",
+            "CAP_FSETID",
+            "CAP_FOWNER",
+            "CAP_MKNOD",
+            "CAP_NET_RAW",
+            "CAP_SETGID",
+            "CAP_SETUID",
+            "CAP_SETFCAP",
+            "CAP_SETPCAP",
+            "CAP_NET_BIND_SERVICE",
+            "CAP_SYS_CHROOT",
+            "CAP_KILL",
+            "CAP_AUDIT_WRITE",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(mask(&docker), 0xa80425fb);
+    }
+}

@@ -1,0 +1,62 @@
+//! Two containers on the default bridge talk to each other (acceptance item
+//! 8, networking part).
+
+use std::time::Duration;
+
+use runvm_e2e::*;
+
+/// A listens on 8080 and answers `hi-from-a`; B pings A by IP and connects.
+/// Returns what B printed.
+fn pair(runtime: &str) -> Run {
+    let _slots = (runtime == "runvm").then(|| vm_slots(2));
+    let a = Container::new(&format!("net-a-{runtime}"));
+    docker(
+        &[
+            "run",
+            "-d",
+            "--name",
+            &a.name,
+            &format!("--runtime={runtime}"),
+            IMAGE,
+            "sh",
+            "-c",
+            "echo up; nc -l -p 8080 -e echo hi-from-a",
+        ],
+        None,
+    )
+    .assert_code(0, &format!("{runtime}: docker run -d (A)"));
+    a.wait_for_log("up", Duration::from_secs(60));
+    let ip = a.inspect("{{.NetworkSettings.IPAddress}}");
+    assert!(
+        ip.parse::<std::net::Ipv4Addr>().is_ok(),
+        "{runtime}: A has no IP address: {ip:?}"
+    );
+    // `up` is printed just before nc listens: retry the connection a little.
+    let script = format!(
+        "ping -c 1 -W 5 {ip} >/dev/null && echo ping-ok && \
+         for i in 1 2 3 4 5 6 7 8 9 10; do nc {ip} 8080 </dev/null 2>/dev/null && break; sleep 1; done"
+    );
+    let b = run_one(runtime, &[], &[IMAGE, "sh", "-c", &script], None);
+    let a_code = a.wait_exit();
+    assert_eq!(
+        a_code, 0,
+        "{runtime}: A's exit code after serving one client"
+    );
+    b
+}
+
+#[test]
+fn containers_reach_each_other_by_ip() {
+    if !e2e_enabled() {
+        return;
+    }
+    let runc = pair("runc");
+    let runvm = pair("runvm");
+    assert_eq!(
+        runvm.stdout_str(),
+        "ping-ok\nhi-from-a\n",
+        "B under runvm:\n{}",
+        runvm.describe()
+    );
+    assert_same(&runc, &runvm, "B's output");
+}

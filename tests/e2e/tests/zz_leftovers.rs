@@ -1,0 +1,48 @@
+//! Runs last: after every other test, no container of the tests, no QEMU,
+//! virtiofsd or supervisor process and no runvm tap device may be left
+//! (acceptance item 9).
+//!
+//! Assumptions: cargo runs the test binaries of a package one after another,
+//! in alphabetical order of their names, so this binary (`zz_…`) runs after
+//! all the others have finished and removed their containers. (Tests inside
+//! one binary run in parallel threads, which is why this is a binary of its
+//! own and not a test next to the others.) And nothing else runs runvm
+//! containers on the machine meanwhile (e.g. a second run of this suite):
+//! their VMs would count as leftovers.
+
+use std::time::Duration;
+
+use runvm_e2e::*;
+
+#[test]
+fn nothing_left_behind() {
+    if !e2e_enabled() {
+        return;
+    }
+    // Poll: a container's removal may lag its `docker run --rm` a little.
+    let start = std::time::Instant::now();
+    let left = loop {
+        let ours = docker(
+            &[
+                "ps",
+                "-a",
+                "--filter",
+                "name=runvm-e2e-",
+                "--format",
+                "{{.Names}} {{.Status}}",
+            ],
+            None,
+        );
+        ours.assert_code(0, "docker ps -a");
+        let left = ours.stdout_str();
+        if left.trim().is_empty() || start.elapsed() > Duration::from_secs(30) {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        left.trim().is_empty(),
+        "containers of the tests are left:\n{left}"
+    );
+    assert_no_leftovers("after all end-to-end tests", Duration::from_secs(30));
+}
