@@ -480,6 +480,16 @@ pub fn strip_cr(bytes: &[u8]) -> Vec<u8> {
     bytes.iter().copied().filter(|b| *b != b'\r').collect()
 }
 
+/// `n` random bytes from /dev/urandom.
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut data = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut data))
+        .expect("read /dev/urandom");
+    data
+}
+
 /// Hex SHA-256 of `data`.
 pub fn sha256_hex(data: &[u8]) -> String {
     Sha256::digest(data)

@@ -1,18 +1,8 @@
 //! Standard input and bulk data in both directions (acceptance item 4).
 
-use std::io::Read;
-
 use runvm_e2e::*;
 
 const BULK: usize = 20_000_000;
-
-fn random_bytes(n: usize) -> Vec<u8> {
-    let mut data = vec![0u8; n];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut data))
-        .expect("read /dev/urandom");
-    data
-}
 
 #[test]
 fn stdin_is_echoed() {
