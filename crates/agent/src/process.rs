@@ -134,6 +134,17 @@ fn rlimit_resource(name: &str) -> Option<u32> {
     })
 }
 
+/// An OCI rlimit as setrlimit takes it; unknown names are skipped.
+fn native_rlimit(r: &runvm_protocol::Rlimit) -> Option<(u32, libc::rlimit)> {
+    Some((
+        rlimit_resource(&r.kind)?,
+        libc::rlimit {
+            rlim_cur: r.soft,
+            rlim_max: r.hard,
+        },
+    ))
+}
+
 fn check(ret: libc::c_int) -> io::Result<()> {
     if ret == -1 {
         Err(io::Error::last_os_error())
@@ -303,32 +314,12 @@ pub fn start(spec: &ProcessSpec, ns: Namespaces) -> Result<(i32, ParentStdio), S
         gid: spec.gid,
         groups: spec.additional_gids.clone(),
         umask: spec.umask,
-        rlimits: spec
-            .rlimits
-            .iter()
-            .filter_map(|r| {
-                Some((
-                    rlimit_resource(&r.kind)?,
-                    libc::rlimit {
-                        rlim_cur: r.soft,
-                        rlim_max: r.hard,
-                    },
-                ))
-            })
-            .collect(),
+        rlimits: spec.rlimits.iter().filter_map(native_rlimit).collect(),
         soft_rlimits: spec
             .inherited_rlimits
             .iter()
             .filter(|r| !spec.rlimits.iter().any(|x| x.kind == r.kind))
-            .filter_map(|r| {
-                Some((
-                    rlimit_resource(&r.kind)?,
-                    libc::rlimit {
-                        rlim_cur: r.soft,
-                        rlim_max: r.hard,
-                    },
-                ))
-            })
+            .filter_map(native_rlimit)
             .collect(),
         caps: spec.capabilities.as_ref().map(crate::caps::Masks::new),
         no_new_privileges: spec.no_new_privileges,

@@ -82,9 +82,51 @@ pub struct CreateArgs {
     pub id: Option<String>,
 }
 
+/// A verb's arguments split the way runc's CLI library splits them: flags
+/// (`--x v`, `--x=v`, or a bare switch) up to the first positional
+/// argument, then the positionals.
+struct Scanned {
+    flags: Vec<(String, Option<String>)>,
+    positionals: Vec<String>,
+}
+
+fn scan(args: &[String], with_value: &[&str]) -> Scanned {
+    let mut out = Scanned {
+        flags: Vec::new(),
+        positionals: Vec::new(),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if !out.positionals.is_empty() || !a.starts_with('-') {
+            out.positionals.push(a.clone());
+            continue;
+        }
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
+            None => (a.clone(), None),
+        };
+        let value = if inline.is_none() && with_value.contains(&flag.as_str()) {
+            it.next().cloned()
+        } else {
+            inline
+        };
+        out.flags.push((flag, value));
+    }
+    out
+}
+
+impl Scanned {
+    fn value(&self, names: &[&str]) -> Option<String> {
+        self.flags
+            .iter()
+            .rev()
+            .find(|(f, _)| names.contains(&f.as_str()))
+            .and_then(|(_, v)| v.clone())
+    }
+}
+
 /// Picks `--bundle`/`-b`, `--pid-file` and the container id out of the
-/// arguments of `runc create`/`runc run` (flags may come as `--x v` or
-/// `--x=v`).
+/// arguments of `runc create`/`runc run`.
 pub fn parse_create_args(args: &[String]) -> CreateArgs {
     // runc create/run flags that take a value.
     const WITH_VALUE: &[&str] = &[
@@ -94,33 +136,12 @@ pub fn parse_create_args(args: &[String]) -> CreateArgs {
         "--pid-file",
         "--preserve-fds",
     ];
-    let mut out = CreateArgs::default();
-    let mut i = 0;
-    while i < args.len() {
-        let a = &args[i];
-        let (flag, inline) = match a.split_once('=') {
-            Some((f, v)) if a.starts_with('-') => (f, Some(v.to_owned())),
-            _ => (a.as_str(), None),
-        };
-        if flag.starts_with('-') {
-            let takes = WITH_VALUE.contains(&flag);
-            let value = if takes && inline.is_none() {
-                i += 1;
-                args.get(i).cloned()
-            } else {
-                inline
-            };
-            match flag {
-                "--bundle" | "-b" => out.bundle = value,
-                "--pid-file" => out.pid_file = value,
-                _ => {}
-            }
-        } else {
-            out.id = Some(a.clone());
-        }
-        i += 1;
+    let s = scan(args, WITH_VALUE);
+    CreateArgs {
+        bundle: s.value(&["--bundle", "-b"]),
+        pid_file: s.value(&["--pid-file"]),
+        id: s.positionals.first().cloned(),
     }
-    out
 }
 
 /// What `exec` needs from its arguments.
@@ -155,32 +176,12 @@ pub fn parse_exec_args(args: &[String]) -> ExecArgs {
         "--preserve-fds",
         "--cgroup",
     ];
-    let mut out = ExecArgs::default();
-    let mut i = 0;
-    while i < args.len() {
-        let a = &args[i];
-        if out.id.is_some() {
-            out.command.push(a.clone());
-        } else if a.starts_with('-') {
-            let (flag, inline) = match a.split_once('=') {
-                Some((f, v)) => (f, Some(v.to_owned())),
-                None => (a.as_str(), None),
-            };
-            let value = if WITH_VALUE.contains(&flag) && inline.is_none() {
-                i += 1;
-                args.get(i).cloned()
-            } else {
-                inline
-            };
-            if flag == "--process" || flag == "-p" {
-                out.process = value;
-            }
-        } else {
-            out.id = Some(a.clone());
-        }
-        i += 1;
+    let s = scan(args, WITH_VALUE);
+    ExecArgs {
+        process: s.value(&["--process", "-p"]),
+        id: s.positionals.first().cloned(),
+        command: s.positionals.iter().skip(1).cloned().collect(),
     }
-    out
 }
 
 #[cfg(test)]

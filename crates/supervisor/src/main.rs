@@ -79,6 +79,22 @@ fn helper_log(cfg: &VmConfig, name: &str) -> Result<Stdio> {
     Ok(Stdio::from(f))
 }
 
+/// Starts virtiofsd or QEMU: no stdin or stdout, stderr to its log, and
+/// killed if the supervisor goes away.
+fn spawn_helper(cfg: &VmConfig, program: &str, args: Vec<String>, name: &str) -> Result<Child> {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(helper_log(cfg, name)?)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| SupervisorError::Spawn {
+            program: program.to_owned(),
+            source,
+        })
+}
+
 fn helper_log_tail(name: &str) -> String {
     let text = std::fs::read_to_string(format!("{}/{name}.log", vmm::RUN_DIR)).unwrap_or_default();
     let last: Vec<&str> = text.lines().rev().take(5).collect();
@@ -140,17 +156,7 @@ async fn supervise() -> Result<i32> {
         (Vec::new(), Vec::new())
     };
 
-    let mut virtiofsd = Command::new(&cfg.virtiofsd)
-        .args(vmm::virtiofsd_args(&cfg))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(helper_log(&cfg, "virtiofsd")?)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| SupervisorError::Spawn {
-            program: cfg.virtiofsd.clone(),
-            source,
-        })?;
+    let mut virtiofsd = spawn_helper(&cfg, &cfg.virtiofsd, vmm::virtiofsd_args(&cfg), "virtiofsd")?;
     vmm::wait_for_path(vmm::VIRTIOFS_SOCKET, "virtiofsd's socket", 20, || {
         exited(&mut virtiofsd, "virtiofsd")
     })
@@ -163,17 +169,7 @@ async fn supervise() -> Result<i32> {
             tap_fd: std::os::fd::AsRawFd::as_raw_fd(&n.tap),
         })
         .collect();
-    let mut qemu = Command::new(&cfg.qemu)
-        .args(vmm::qemu_args(&cfg, &nic_args))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(helper_log(&cfg, "qemu")?)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| SupervisorError::Spawn {
-            program: cfg.qemu.clone(),
-            source,
-        })?;
+    let mut qemu = spawn_helper(&cfg, &cfg.qemu, vmm::qemu_args(&cfg, &nic_args), "qemu")?;
     let mut interfaces = Vec::new();
     for n in nics {
         interfaces.push(n.interface);
