@@ -11,7 +11,10 @@ pub mod rewrite;
 pub mod vmconfig;
 
 pub use options::{Accel, AccelRequest, VmOptions};
-pub use rewrite::{rewrite_config, rewrite_exec_process, HostLayout, RewriteError, Rewritten};
+pub use rewrite::{
+    rewrite_config, rewrite_exec_process, rewrite_update_resources, HostLayout, RewriteError,
+    Rewritten,
+};
 pub use vmconfig::VmConfig;
 
 /// Where the supervisor finds things inside the container.

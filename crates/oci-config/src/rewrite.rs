@@ -534,18 +534,39 @@ fn grow_memory_limit(linux: &mut Map<String, Value>) -> Result<Option<u64>, Rewr
     else {
         return Ok(None);
     };
-    let limit = mem.get("limit").and_then(Value::as_i64).filter(|l| *l > 0);
-    let Some(limit) = limit else { return Ok(None) };
+    let Some(limit) = add_memory_overhead(mem) else {
+        return Ok(None);
+    };
+    let mib = limit / (1024 * 1024);
+    if mib < MIN_MEMORY_MIB {
+        return Err(RewriteError::MemoryTooSmall { mib });
+    }
+    Ok(Some(mib))
+}
+
+/// Adds the VM overhead to a memory resource object's `limit` and `swap`
+/// (when set); returns the user's limit in bytes.
+fn add_memory_overhead(mem: &mut Map<String, Value>) -> Option<u64> {
+    let limit = mem
+        .get("limit")
+        .and_then(Value::as_i64)
+        .filter(|l| *l > 0)?;
     let overhead = (VM_OVERHEAD_MIB * 1024 * 1024) as i64;
     mem.insert("limit".into(), json!(limit + overhead));
     if let Some(swap) = mem.get("swap").and_then(Value::as_i64).filter(|s| *s > 0) {
         mem.insert("swap".into(), json!(swap + overhead));
     }
-    let mib = (limit as u64) / (1024 * 1024);
-    if mib < MIN_MEMORY_MIB {
-        return Err(RewriteError::MemoryTooSmall { mib });
+    Some(limit as u64)
+}
+
+/// Rewrites the resources of `runc update` (`docker update -m`): the cgroup
+/// limit keeps room for QEMU above the memory the user gives. (The guest's
+/// RAM stays what it booted with.)
+pub fn rewrite_update_resources(mut resources: Value) -> Value {
+    if let Some(mem) = resources.get_mut("memory").and_then(Value::as_object_mut) {
+        add_memory_overhead(mem);
     }
-    Ok(Some(mib))
+    resources
 }
 
 /// vCPUs from a CPU quota (`--cpus`) or a cpuset (`--cpuset-cpus`).

@@ -332,3 +332,22 @@ fn only_a_private_network_namespace_is_taken_over() {
         "a joined namespace must never be taken over"
     );
 }
+
+#[test]
+fn docker_update_keeps_room_for_qemu() {
+    let overhead = (rewrite::VM_OVERHEAD_MIB * 1024 * 1024) as i64;
+    let r = rewrite_update_resources(json!({
+        "memory": {"limit": 536870912, "swap": 1073741824},
+        "cpu": {"shares": 512},
+        "x-other": true
+    }));
+    assert_eq!(r["memory"]["limit"], json!(536870912 + overhead));
+    assert_eq!(r["memory"]["swap"], json!(1073741824 + overhead));
+    assert_eq!(r["cpu"]["shares"], 512);
+    assert_eq!(r["x-other"], true);
+    let unlimited = rewrite_update_resources(json!({"memory": {"limit": 0}, "pids": {"limit": 5}}));
+    assert_eq!(
+        unlimited,
+        json!({"memory": {"limit": 0}, "pids": {"limit": 5}})
+    );
+}

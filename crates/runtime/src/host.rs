@@ -57,8 +57,8 @@ impl Install {
     pub fn agent(&self) -> Result<PathBuf> {
         let mut c = vec![self.libexec.join("runvm-agent")];
         // A development tree keeps the static agent under its target triple.
-        if let Some(p) = self.libexec.parent().and_then(Path::parent) {
-            c.push(p.join("x86_64-unknown-linux-gnu/release/runvm-agent"));
+        if let Some(target) = self.libexec.parent() {
+            c.push(target.join("x86_64-unknown-linux-gnu/release/runvm-agent"));
         }
         existing("runvm's guest agent", &c, "run `make install`")
     }
@@ -69,8 +69,10 @@ impl Install {
             c.push(PathBuf::from(p));
         }
         c.push(self.libexec.join("virtiofsd"));
+        c.push("/usr/local/lib/runvm/virtiofsd".into());
+        // Debian 13 packages the Rust virtiofsd here. (Debian 12's
+        // /usr/lib/qemu/virtiofsd is the old C one, with other options.)
         c.push("/usr/libexec/virtiofsd".into());
-        c.push("/usr/lib/qemu/virtiofsd".into());
         c.push("/usr/local/bin/virtiofsd".into());
         existing(
             "virtiofsd",

@@ -88,6 +88,7 @@ fn run(cli: &Cli, log: &Log) -> Result<i32> {
     match verb.as_str() {
         "create" | "run" => create_or_run(cli, log, verb, args),
         "exec" => exec(cli, args),
+        "update" => update(cli, args),
         "checkpoint" | "restore" => Err(RuntimeError::Usage(format!(
             "{verb} is not supported: a runvm container's state lives in its VM, which runc's CRIU checkpointing cannot capture; stop and start the container instead"
         ))),
@@ -159,6 +160,54 @@ fn exec(cli: &Cli, args: &[String]) -> Result<i32> {
     let bytes = serde_json::to_vec(&rewritten).expect("a Value serialises");
     std::fs::write(&path, bytes).map_err(|source| RuntimeError::Write { path, source })?;
     exec_runc(cli, &cli.command)
+}
+
+/// `update`: the memory limit keeps room for QEMU. containerd passes the
+/// resources as JSON (`--resources -` on stdin, or a file); other forms go
+/// to runc unchanged.
+fn update(cli: &Cli, args: &[String]) -> Result<i32> {
+    let pos = args.iter().position(|a| a == "--resources" || a == "-r");
+    let Some(source) = pos.and_then(|p| args.get(p + 1)) else {
+        return exec_runc(cli, &cli.command);
+    };
+    let text = if source == "-" {
+        let mut t = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).map_err(|source| {
+            RuntimeError::Read {
+                path: "stdin".into(),
+                source,
+            }
+        })?;
+        t
+    } else {
+        std::fs::read_to_string(source).map_err(|e| RuntimeError::Read {
+            path: source.into(),
+            source: e,
+        })?
+    };
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| RuntimeError::Json {
+        path: source.into(),
+        source: e,
+    })?;
+    let rewritten = runvm_config::rewrite_update_resources(json);
+    let mut cmd = runc(cli, &[]);
+    let mut new_args = vec!["update".to_string()];
+    new_args.extend(args.iter().cloned());
+    let p = pos.expect("found above") + 1;
+    new_args[p + 1] = "-".into();
+    cmd.args(&new_args).stdin(std::process::Stdio::piped());
+    let mut child = cmd.spawn().map_err(|source| RuntimeError::Spawn {
+        program: runc_path(cli),
+        source,
+    })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = std::io::Write::write_all(&mut stdin, rewritten.to_string().as_bytes());
+    }
+    let status = child.wait().map_err(|source| RuntimeError::Spawn {
+        program: runc_path(cli),
+        source,
+    })?;
+    Ok(status.code().unwrap_or(1))
 }
 
 /// The host pid of a container's init, from `runc state`.

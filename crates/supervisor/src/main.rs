@@ -79,6 +79,19 @@ fn helper_log(cfg: &VmConfig, name: &str) -> Result<Stdio> {
     Ok(Stdio::from(f))
 }
 
+/// Clears close-on-exec so a helper inherits `fd`.
+fn inheritable(fd: i32) -> Result<()> {
+    // SAFETY: F_SETFD on a descriptor this process owns.
+    let rc = unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+    if rc < 0 {
+        return Err(SupervisorError::io(
+            "clear close-on-exec",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
 /// Starts virtiofsd or QEMU: no stdin or stdout, stderr to its log, and
 /// killed if the supervisor goes away.
 fn spawn_helper(cfg: &VmConfig, program: &str, args: Vec<String>, name: &str) -> Result<Child> {
@@ -105,17 +118,6 @@ fn helper_log_tail(name: &str) -> String {
             ": {}",
             last.into_iter().rev().collect::<Vec<_>>().join(" | ")
         )
-    }
-}
-
-fn exited(child: &mut Child, program: &'static str) -> Result<()> {
-    match child.try_wait() {
-        Ok(Some(status)) => Err(SupervisorError::HelperDied {
-            program,
-            status: status.to_string(),
-            detail: helper_log_tail(program),
-        }),
-        _ => Ok(()),
     }
 }
 
@@ -156,11 +158,22 @@ async fn supervise() -> Result<i32> {
         (Vec::new(), Vec::new())
     };
 
-    let mut virtiofsd = spawn_helper(&cfg, &cfg.virtiofsd, vmm::virtiofsd_args(&cfg), "virtiofsd")?;
-    vmm::wait_for_path(vmm::VIRTIOFS_SOCKET, "virtiofsd's socket", 20, || {
-        exited(&mut virtiofsd, "virtiofsd")
-    })
-    .await?;
+    // Both sockets listen before the helpers start: nobody ever connects
+    // to a socket that is not ready.
+    let vfs_listener = std::os::unix::net::UnixListener::bind(vmm::VIRTIOFS_SOCKET)
+        .map_err(|e| SupervisorError::io(format!("listen on {}", vmm::VIRTIOFS_SOCKET), e))?;
+    let vfs_fd = std::os::fd::AsRawFd::as_raw_fd(&vfs_listener);
+    inheritable(vfs_fd)?;
+    let agent_listener = tokio::net::UnixListener::bind(vmm::AGENT_SOCKET)
+        .map_err(|e| SupervisorError::io(format!("listen on {}", vmm::AGENT_SOCKET), e))?;
+
+    let mut virtiofsd = spawn_helper(
+        &cfg,
+        &cfg.virtiofsd,
+        vmm::virtiofsd_args(&cfg, vfs_fd),
+        "virtiofsd",
+    )?;
+    drop(vfs_listener); // virtiofsd has it
 
     let nic_args: Vec<vmm::NicArg> = nics
         .iter()
@@ -175,13 +188,32 @@ async fn supervise() -> Result<i32> {
         interfaces.push(n.interface);
         drop(n.tap); // QEMU has its own copy now
     }
-    vmm::wait_for_path(vmm::AGENT_SOCKET, "QEMU's agent socket", 20, || {
-        exited(&mut qemu, "qemu")
-    })
-    .await?;
-    let sock = tokio::net::UnixStream::connect(vmm::AGENT_SOCKET)
-        .await
-        .map_err(|e| SupervisorError::io("connect to QEMU's agent socket", e))?;
+    let sock = tokio::select! {
+        accepted = agent_listener.accept() => {
+            accepted.map_err(|e| SupervisorError::io("accept QEMU's agent connection", e))?.0
+        }
+        _ = tokio::time::sleep(Duration::from_secs(30)) => {
+            return Err(SupervisorError::Timeout {
+                what: "QEMU's connection to the agent socket",
+                secs: 30,
+                detail: helper_log_tail("qemu"),
+            });
+        }
+        st = qemu.wait() => {
+            return Err(SupervisorError::HelperDied {
+                program: "qemu",
+                status: st.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+                detail: helper_log_tail("qemu"),
+            });
+        }
+        st = virtiofsd.wait() => {
+            return Err(SupervisorError::HelperDied {
+                program: "virtiofsd",
+                status: st.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+                detail: helper_log_tail("virtiofsd"),
+            });
+        }
+    };
     let (mux, _inbound) = Mux::start(sock, Mode::Client);
 
     let mut spec = cfg.container.clone();

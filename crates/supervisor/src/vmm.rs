@@ -1,13 +1,8 @@
 //! The helpers that make the VM: virtiofsd and QEMU, their command lines
 //! (pure functions, unit-tested) and their startup.
 
-use std::path::Path;
-use std::time::{Duration, Instant};
-
 use runvm_config::{Accel, VmConfig};
 use runvm_protocol::{AGENT_PORT_NAME, ROOTFS_TAG};
-
-use crate::error::{Result, SupervisorError};
 
 pub const RUN_DIR: &str = runvm_config::paths::RUN_DIR;
 pub const VIRTIOFS_SOCKET: &str = "/run/runvm/virtiofs.sock";
@@ -24,9 +19,12 @@ pub struct NicArg {
 /// sandbox of its own (the container is the sandbox), with O_PATH
 /// descriptors (file handles need CAP_DAC_READ_SEARCH on the host's
 /// filesystem and fail on overlayfs).
-pub fn virtiofsd_args(cfg: &VmConfig) -> Vec<String> {
+///
+/// The supervisor makes the listening socket itself and hands it over as
+/// `listen_fd`, so QEMU can never try to connect before virtiofsd listens.
+pub fn virtiofsd_args(cfg: &VmConfig, listen_fd: i32) -> Vec<String> {
     vec![
-        format!("--socket-path={VIRTIOFS_SOCKET}"),
+        format!("--fd={listen_fd}"),
         format!("--shared-dir={}", cfg.rootfs),
         "--sandbox=none".into(),
         "--inode-file-handles=never".into(),
@@ -96,7 +94,8 @@ pub fn qemu_args(cfg: &VmConfig, nics: &[NicArg]) -> Vec<String> {
         "-device".into(),
         "virtio-serial-pci,id=vser".into(),
         "-chardev".into(),
-        format!("socket,id=agent,path={AGENT_SOCKET},server=on,wait=off"),
+        // QEMU connects to the supervisor, which listens before QEMU starts.
+        format!("socket,id=agent,path={AGENT_SOCKET}"),
         "-device".into(),
         format!("virtserialport,bus=vser.0,chardev=agent,name={AGENT_PORT_NAME}"),
         "-device".into(),
@@ -119,29 +118,6 @@ pub fn qemu_args(cfg: &VmConfig, nics: &[NicArg]) -> Vec<String> {
         ));
     }
     a
-}
-
-/// Waits until `path` exists, giving up after `secs` or when `alive`
-/// says the process that should create it is gone.
-pub async fn wait_for_path(
-    path: &str,
-    what: &'static str,
-    secs: u64,
-    mut alive: impl FnMut() -> std::result::Result<(), SupervisorError>,
-) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !Path::new(path).exists() {
-        alive()?;
-        if Instant::now() > deadline {
-            return Err(SupervisorError::Timeout {
-                what,
-                secs,
-                detail: String::new(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    Ok(())
 }
 
 /// Removes terminal escape sequences and control characters (the BIOS
@@ -278,7 +254,8 @@ mod tests {
 
     #[test]
     fn virtiofsd_serves_the_rootfs_without_its_own_sandbox() {
-        let a = virtiofsd_args(&cfg(Accel::Tcg));
+        let a = virtiofsd_args(&cfg(Accel::Tcg), 5);
+        assert!(a.contains(&"--fd=5".to_string()));
         assert!(a.contains(&"--shared-dir=/rootfs".to_string()));
         assert!(a.contains(&"--sandbox=none".to_string()));
     }
