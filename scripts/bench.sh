@@ -40,12 +40,13 @@ measure "docker run true (runvm)" docker run --rm --runtime=runvm "$IMG" true
 # The floor: QEMU with runvm's machine options, no Docker, no virtiofs.
 KERNEL=$(ls "$RUNVM_DATA"/kernel/*/boot/vmlinuz-* | sort -V | tail -1)
 INITRD=$(ls -t "$RUNVM_DATA"/cache/initramfs-*.img | head -1)
-ACCEL="tcg,thread=multi,tb-size=64"; CPU=max
+# The same machine as runvm's default VM.
+ACCEL="tcg,thread=multi,tb-size=64"; CPU=max; SMP=$(nproc)
 if runvm check | grep -q "ok      accelerator: Kvm"; then ACCEL=kvm; CPU=host; fi
 bare_qemu() {
     local dir; dir=$(mktemp -d)
     qemu-system-x86_64 -nodefaults -no-user-config -nographic -no-reboot \
-        -machine q35,memory-backend=mem -accel "$ACCEL" -cpu "$CPU" -smp "$(nproc)" -m 512M \
+        -machine q35,memory-backend=mem -accel "$ACCEL" -cpu "$CPU" -smp "$SMP" -m 512M \
         -object memory-backend-memfd,id=mem,size=512M,share=on \
         -kernel "$KERNEL" -initrd "$INITRD" \
         -append "console=ttyS0 panic=-1 rdinit=/init pci=lastbus=0 random.trust_cpu=on 8250.nr_uarts=1 quiet runvm.probe" \
