@@ -13,6 +13,7 @@
 use std::cell::Cell;
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
@@ -784,6 +785,131 @@ pub fn assert_no_leftovers(what: &str, timeout: Duration) {
             );
         }
         thread::sleep(Duration::from_millis(500));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A terminal driver, for interactive sessions and window-size changes
+// ---------------------------------------------------------------------------
+
+/// A program running on a pseudo-terminal this test owns, the way a user's
+/// terminal runs `docker run -it`: input is typed into the master, output
+/// read from it, and resizing the master sends the program SIGWINCH.
+pub struct PtySession {
+    master: std::fs::File,
+    child: std::process::Child,
+    seen: String,
+}
+
+impl PtySession {
+    /// Starts `program args` on a new terminal of `rows` x `cols`.
+    pub fn spawn(program: &str, args: &[&str], rows: u16, cols: u16) -> Self {
+        use std::os::unix::process::CommandExt;
+        let ws = nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = nix::pty::openpty(Some(&ws), None).expect("openpty");
+        let slave = pty.slave;
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::from(slave.try_clone().expect("dup")))
+            .stdout(Stdio::from(slave.try_clone().expect("dup")))
+            .stderr(Stdio::from(slave));
+        // SAFETY: setsid and ioctl(TIOCSCTTY) are async-signal-safe system
+        // calls on the child's own stdin; nothing is allocated.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn on a pty");
+        let master = std::fs::File::from(pty.master);
+        // Non-blocking reads, so `read_until` can time out.
+        let flags =
+            nix::fcntl::fcntl(master.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).expect("F_GETFL");
+        let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(master.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))
+            .expect("F_SETFL");
+        PtySession {
+            master,
+            child,
+            seen: String::new(),
+        }
+    }
+
+    /// Types `text`.
+    pub fn type_text(&mut self, text: &str) {
+        use std::io::Write;
+        self.master
+            .write_all(text.as_bytes())
+            .expect("write to the pty");
+    }
+
+    /// Changes the terminal size (the program gets SIGWINCH).
+    pub fn resize(&self, rows: u16, cols: u16) {
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads a `winsize` from a valid pointer.
+        let rc = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        assert_eq!(rc, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+    }
+
+    /// Reads output until `needle` has appeared since the last call;
+    /// panics with everything seen after `timeout`.
+    pub fn read_until(&mut self, needle: &str, timeout: Duration) {
+        use std::io::Read;
+        let deadline = std::time::Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(at) = self.seen.find(needle) {
+                self.seen.drain(..at + needle.len());
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "`{needle}` did not appear on the terminal; it showed: {:?}",
+                self.seen
+            );
+            match self.master.read(&mut buf) {
+                Ok(0) => std::thread::sleep(Duration::from_millis(20)),
+                Ok(n) => self.seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                // EIO: the program closed the terminal.
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// Waits for the program to exit; returns its exit code.
+    pub fn wait(mut self, timeout: Duration) -> i32 {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                return st.code().unwrap_or(-1);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "the terminal session did not end; it showed: {:?}",
+                    self.seen
+                );
+            }
+            // Keep draining output so the program never blocks on a full pty.
+            let _ = std::io::Read::read(&mut self.master, &mut [0u8; 4096]);
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! `docker run -t` (acceptance item 5).
 
+use std::time::Duration;
+
 use runvm_e2e::*;
 
 /// Runs `cmd` inside `script`, so that the docker client has a real terminal
@@ -88,4 +90,83 @@ fn tty_bytes_same_as_runc() {
         "{}",
         runvm.describe()
     );
+}
+
+/// An interactive shell on a terminal: typed commands run, and a window
+/// resize reaches the workload (`stty size` follows), for `docker run -it`
+/// and `docker exec -it`, under runc and runvm alike.
+#[test]
+fn interactive_shell_follows_window_resizes() {
+    if !e2e_enabled() {
+        return;
+    }
+    let _slots = vm_slots(1);
+    for runtime in ["runc", "runvm"] {
+        let rt = format!("--runtime={runtime}");
+        let name = unique_name(&format!("resize-{runtime}"));
+        let _guard = Container::adopt(&name);
+        let mut s = PtySession::spawn(
+            "docker",
+            &["run", "-it", "--rm", "--name", &name, &rt, IMAGE, "sh"],
+            24,
+            80,
+        );
+        resize_round(&mut s, runtime, "run");
+        s.type_text("exit 5\r");
+        assert_eq!(
+            s.wait(Duration::from_secs(60)),
+            5,
+            "{runtime}: docker run -it exit code"
+        );
+
+        let c = Container::new(&format!("resize-exec-{runtime}"));
+        docker(
+            &[
+                "run",
+                "-d",
+                "--name",
+                &c.name,
+                &rt,
+                IMAGE,
+                "sh",
+                "-c",
+                "echo up; exec sleep 600",
+            ],
+            None,
+        )
+        .assert_code(0, "docker run -d");
+        c.wait_for_log("up", Duration::from_secs(90));
+        let mut s = PtySession::spawn("docker", &["exec", "-it", &c.name, "sh"], 24, 80);
+        resize_round(&mut s, runtime, "exec");
+        s.type_text("exit 6\r");
+        assert_eq!(
+            s.wait(Duration::from_secs(60)),
+            6,
+            "{runtime}: docker exec -it exit code"
+        );
+    }
+}
+
+fn resize_round(s: &mut PtySession, runtime: &str, how: &str) {
+    eprintln!("[{runtime} {how}] waiting for the shell");
+    s.type_text("echo READY$((1+1))\r");
+    s.read_until("READY2", Duration::from_secs(120));
+    s.type_text("stty size\r");
+    s.read_until("24 80", Duration::from_secs(30));
+    s.resize(30, 100);
+    // Docker relays the new size asynchronously: ask until it shows.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        s.type_text("stty size\r");
+        let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            s.read_until("30 100", Duration::from_secs(2))
+        }));
+        if got.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{runtime} {how}: the resize never reached the shell"
+        );
+    }
 }
