@@ -60,3 +60,35 @@ fn containers_reach_each_other_by_ip() {
     );
     assert_same(&runc, &runvm, "B's output");
 }
+
+/// With `--network host` the VM must leave the host's interfaces alone (it
+/// gets loopback only): the host's addresses, routes and qdiscs are the same
+/// before and after.
+#[test]
+fn host_network_is_never_taken_over() {
+    if !e2e_enabled() {
+        return;
+    }
+    let _slot = vm_slots(1);
+    let snapshot = || {
+        // Containers that other tests start meanwhile add and remove veths.
+        let r = host_sh("{ ip -o addr; ip route; ip -6 route; tc qdisc show; } | grep -v veth");
+        r.assert_code(0, "host network snapshot");
+        r.stdout_str()
+    };
+    let before = snapshot();
+    let r = run_one(
+        "runvm",
+        &["--network", "host"],
+        &[IMAGE, "sh", "-c", "ip -o link | cut -d: -f2"],
+        None,
+    );
+    r.assert_code(0, "docker run --network host");
+    assert_eq!(
+        r.stdout_str().trim(),
+        "lo",
+        "the VM gets loopback only:\n{}",
+        r.describe()
+    );
+    assert_eq!(snapshot(), before, "the host's network changed");
+}
