@@ -597,6 +597,18 @@ impl Container {
         }
     }
 
+    /// Starts `docker run -d --name <fresh name> --runtime=<runtime> <args>`
+    /// (`args`: run options, then image and command) and panics if Docker
+    /// refuses it. The container is removed when the guard drops.
+    pub fn run_detached(tag: &str, runtime: &str, args: &[&str]) -> Self {
+        let c = Container::new(tag);
+        let rt = format!("--runtime={runtime}");
+        let mut all = vec!["run", "-d", "--name", c.name.as_str(), rt.as_str()];
+        all.extend_from_slice(args);
+        docker(&all, None).assert_code(0, &format!("{runtime}: docker run -d {}", args.join(" ")));
+        c
+    }
+
     /// Takes care of removing the container called `name`.
     pub fn adopt(name: &str) -> Self {
         Container {

@@ -8,12 +8,10 @@ const BOOT: Duration = Duration::from_secs(90);
 
 /// A running container of `runtime`, ready for execs.
 fn running(runtime: &str, extra: &[&str]) -> Container {
-    let c = Container::new(&format!("exec-{runtime}"));
-    let rt = format!("--runtime={runtime}");
-    let mut args = vec!["run", "-d", "--name", &c.name, &rt, "-h", "samehost"];
+    let mut args = vec!["-h", "samehost"];
     args.extend_from_slice(extra);
     args.extend([IMAGE, "sh", "-c", "echo up; exec sleep 600"]);
-    docker(&args, None).assert_code(0, &format!("{runtime}: docker run -d"));
+    let c = Container::run_detached(&format!("exec-{runtime}"), runtime, &args);
     c.wait_for_log("up", BOOT);
     c
 }
@@ -218,21 +216,7 @@ fn exec_right_after_run_waits_for_the_vm() {
         return;
     }
     let _slots = vm_slots(1);
-    let c = Container::new("exec-early");
-    docker(
-        &[
-            "run",
-            "-d",
-            "--name",
-            &c.name,
-            "--runtime=runvm",
-            IMAGE,
-            "sleep",
-            "600",
-        ],
-        None,
-    )
-    .assert_code(0, "docker run -d");
+    let c = Container::run_detached("exec-early", "runvm", &[IMAGE, "sleep", "600"]);
     let r = docker(&["exec", &c.name, "echo", "early"], None);
     r.assert_code(0, "exec while the VM boots");
     assert_eq!(r.stdout_str(), "early\n");
@@ -245,23 +229,11 @@ fn execs_end_when_the_workload_exits() {
     }
     let _slots = vm_slots(1);
     let outcome = |runtime: &str| {
-        let c = Container::new(&format!("exec-end-{runtime}"));
-        let rt = format!("--runtime={runtime}");
-        docker(
-            &[
-                "run",
-                "-d",
-                "--name",
-                &c.name,
-                &rt,
-                IMAGE,
-                "sh",
-                "-c",
-                "echo up; sleep 8",
-            ],
-            None,
-        )
-        .assert_code(0, "docker run -d");
+        let c = Container::run_detached(
+            &format!("exec-end-{runtime}"),
+            runtime,
+            &[IMAGE, "sh", "-c", "echo up; sleep 8"],
+        );
         c.wait_for_log("up", BOOT);
         let start = Instant::now();
         let r = docker(&["exec", &c.name, "sleep", "100"], None);
@@ -295,18 +267,8 @@ fn healthcheck_reports_healthy_and_unhealthy() {
         "runvm-test/unhealthy",
         "FROM runvm-test/busybox\nHEALTHCHECK --interval=2s --timeout=10s --retries=2 CMD test -f /tmp/never\nCMD [\"sleep\", \"600\"]\n",
     );
-    let good = Container::new("healthy");
-    let bad = Container::new("unhealthy");
-    for (c, img) in [
-        (&good, "runvm-test/healthy"),
-        (&bad, "runvm-test/unhealthy"),
-    ] {
-        docker(
-            &["run", "-d", "--name", &c.name, "--runtime=runvm", img],
-            None,
-        )
-        .assert_code(0, "docker run -d");
-    }
+    let good = Container::run_detached("healthy", "runvm", &["runvm-test/healthy"]);
+    let bad = Container::run_detached("unhealthy", "runvm", &["runvm-test/unhealthy"]);
     for (c, want) in [(&good, "healthy"), (&bad, "unhealthy")] {
         poll_until(
             &format!("{} to be {want}", c.name),

@@ -9,23 +9,17 @@ const BOOT: Duration = Duration::from_secs(60);
 /// Runs the trap scenario under `runtime`; returns (stdout logs, stderr logs,
 /// exit code, duration of `docker stop`).
 fn trap_scenario(runtime: &str) -> (String, String, i32, Duration) {
-    let c = Container::new(&format!("trap-{runtime}"));
     let _slot = (runtime == "runvm").then(|| vm_slots(1));
-    docker(
+    let c = Container::run_detached(
+        &format!("trap-{runtime}"),
+        runtime,
         &[
-            "run",
-            "-d",
-            "--name",
-            &c.name,
-            &format!("--runtime={runtime}"),
             IMAGE,
             "sh",
             "-c",
             r#"trap "echo got TERM; exit 7" TERM; trap "echo got USR1" USR1; echo ready; while :; do sleep 1; done"#,
         ],
-        None,
-    )
-    .assert_code(0, &format!("{runtime}: docker run -d"));
+    );
     c.wait_for_log("ready", BOOT);
     docker(&["kill", "-s", "USR1", &c.name], None).assert_code(0, "docker kill -s USR1");
     c.wait_for_log("got USR1", Duration::from_secs(30));
@@ -66,22 +60,12 @@ fn signals_and_stop() {
 }
 
 fn start_again(runtime: &str) -> (String, String) {
-    let c = Container::new(&format!("restart-{runtime}"));
     let _slot = (runtime == "runvm").then(|| vm_slots(1));
-    docker(
-        &[
-            "run",
-            "-d",
-            "--name",
-            &c.name,
-            &format!("--runtime={runtime}"),
-            IMAGE,
-            "echo",
-            "a line",
-        ],
-        None,
-    )
-    .assert_code(0, "docker run -d");
+    let c = Container::run_detached(
+        &format!("restart-{runtime}"),
+        runtime,
+        &[IMAGE, "echo", "a line"],
+    );
     assert_eq!(c.wait_exit(), 0, "first run's exit code");
     let again = docker(&["start", "-a", &c.name], None);
     again.assert_code(0, "docker start -a");
@@ -131,25 +115,19 @@ fn rm_removes_the_container() {
 
 /// `docker exec` into a running container: output, exit code, environment.
 fn exec_scenario(runtime: &str) -> Vec<Run> {
-    let c = Container::new(&format!("exec-{runtime}"));
     let _slot = (runtime == "runvm").then(|| vm_slots(1));
-    docker(
+    let c = Container::run_detached(
+        &format!("exec-{runtime}"),
+        runtime,
         &[
-            "run",
-            "-d",
-            "--name",
-            &c.name,
             "-h",
             "samehost",
-            &format!("--runtime={runtime}"),
             IMAGE,
             "sh",
             "-c",
             "echo ready; exec sleep 600",
         ],
-        None,
-    )
-    .assert_code(0, "docker run -d");
+    );
     c.wait_for_log("ready", BOOT);
     let runs = vec![
         docker(

@@ -9,22 +9,16 @@ use runvm_e2e::*;
 /// Returns what B printed.
 fn pair(runtime: &str) -> Run {
     let _slots = (runtime == "runvm").then(|| vm_slots(2));
-    let a = Container::new(&format!("net-a-{runtime}"));
-    docker(
+    let a = Container::run_detached(
+        &format!("net-a-{runtime}"),
+        runtime,
         &[
-            "run",
-            "-d",
-            "--name",
-            &a.name,
-            &format!("--runtime={runtime}"),
             IMAGE,
             "sh",
             "-c",
             "echo up; nc -l -p 8080 -e echo hi-from-a",
         ],
-        None,
-    )
-    .assert_code(0, &format!("{runtime}: docker run -d (A)"));
+    );
     a.wait_for_log("up", Duration::from_secs(60));
     let ip = a.inspect("{{.NetworkSettings.IPAddress}}");
     assert!(

@@ -119,22 +119,11 @@ fn interactive_shell_follows_window_resizes() {
             "{runtime}: docker run -it exit code"
         );
 
-        let c = Container::new(&format!("resize-exec-{runtime}"));
-        docker(
-            &[
-                "run",
-                "-d",
-                "--name",
-                &c.name,
-                &rt,
-                IMAGE,
-                "sh",
-                "-c",
-                "echo up; exec sleep 600",
-            ],
-            None,
-        )
-        .assert_code(0, "docker run -d");
+        let c = Container::run_detached(
+            &format!("resize-exec-{runtime}"),
+            runtime,
+            &[IMAGE, "sh", "-c", "echo up; exec sleep 600"],
+        );
         c.wait_for_log("up", Duration::from_secs(90));
         let mut s = PtySession::spawn("docker", &["exec", "-it", &c.name, "sh"], 24, 80);
         resize_round(&mut s, runtime, "exec");
