@@ -29,8 +29,10 @@ pub enum AgentError {
     Network(String),
     #[error("host channel: {0}")]
     Channel(#[from] runvm_protocol::FrameError),
-    #[error("the host closed the channel before starting the container")]
-    NoStart,
+    #[error("the host asked to start the container a second time")]
+    AlreadyStarted,
+    #[error("a control stream began with a message other than a start or an exec")]
+    UnexpectedRequest,
 }
 
 impl AgentError {

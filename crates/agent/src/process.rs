@@ -433,9 +433,3 @@ pub fn resize(master: RawFd, rows: u16, cols: u16) {
         libc::ioctl(master, libc::TIOCSWINSZ, &ws);
     }
 }
-
-/// Keeps a duplicate of a pty master for resizing.
-pub fn dup_fd(fd: &OwnedFd) -> Option<OwnedFd> {
-    let _ = fd.as_raw_fd();
-    fd.try_clone().ok()
-}

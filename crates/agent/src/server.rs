@@ -150,7 +150,7 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
             {
                 let mut started = agent.started.lock().expect("started lock");
                 if *started {
-                    return Err(AgentError::NoStart);
+                    return Err(AgentError::AlreadyStarted);
                 }
                 *started = true;
             }
@@ -192,7 +192,7 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
             };
             run_process(&agent, process, &spec, Some(init), &mut rd, &wr).await
         }
-        _ => Err(AgentError::NoStart),
+        _ => Err(AgentError::UnexpectedRequest),
     }
 }
 
@@ -219,9 +219,9 @@ where
     let (pid, exit_rx, stdio) = match spawned {
         Ok(x) => x,
         Err(e) => {
-            // Nobody will write to the stdio streams: close them so the
-            // host's relays end.
-            for kind in [Kind::Stdout, Kind::Stderr] {
+            // No process will use the stdio streams: close them so the
+            // host's relays end and none lingers in the registry.
+            for kind in [Kind::Stdin, Kind::Stdout, Kind::Stderr] {
                 if let Some(mut s) = agent.streams.take_now(process, kind) {
                     let _ = s.shutdown().await;
                 }
@@ -264,7 +264,8 @@ where
             }
         }
         ParentStdio::Pty { master } => {
-            pty_master = process::dup_fd(&master);
+            // A duplicate kept for resizing.
+            pty_master = master.try_clone().ok();
             match FdStream::pty_master(master) {
                 Ok(m) => {
                     let (mut m_rd, mut m_wr) = tokio::io::split(m);

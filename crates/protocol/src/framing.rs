@@ -1,14 +1,13 @@
 //! Length-delimited JSON frames on a byte stream.
 //!
 //! A frame is a 4-byte big-endian length followed by that many bytes of
-//! JSON. The codec is tokio-util's `LengthDelimitedCodec`; this module only
-//! adds (de)serialisation and a size limit.
+//! JSON. Frames are read with exact reads and no buffering, so a stream can
+//! carry a header frame and then go on as raw bytes (stdio streams do).
 
-use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use std::io;
+
 use serde::{de::DeserializeOwned, Serialize};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::{self, LengthDelimitedCodec};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Largest control frame accepted (a container spec with a large
 /// environment fits many times over).
@@ -27,53 +26,47 @@ pub enum FrameError {
     Closed,
 }
 
-/// A byte stream carrying JSON frames.
-pub struct Framed<T> {
-    inner: codec::Framed<T, LengthDelimitedCodec>,
+/// Writes one frame (4-byte big-endian length + JSON) without buffering.
+pub async fn write_frame<W: AsyncWrite + Unpin, M: Serialize>(
+    w: &mut W,
+    msg: &M,
+) -> Result<(), FrameError> {
+    let body = serde_json::to_vec(msg).map_err(FrameError::Encode)?;
+    let len = u32::try_from(body.len()).map_err(|_| {
+        FrameError::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "frame too large",
+        ))
+    })?;
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(&body);
+    w.write_all(&buf).await?;
+    w.flush().await?;
+    Ok(())
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> Framed<T> {
-    pub fn new(io: T) -> Self {
-        let codec = LengthDelimitedCodec::builder()
-            .max_frame_length(MAX_FRAME)
-            .new_codec();
-        Self {
-            inner: codec::Framed::new(io, codec),
-        }
+/// Reads exactly one frame, and not a byte more, so that the stream can go
+/// on as raw data afterwards.
+pub async fn read_frame<R: AsyncRead + Unpin, M: DeserializeOwned>(
+    r: &mut R,
+) -> Result<M, FrameError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
+        Err(e) => return Err(e.into()),
     }
-
-    /// Sends one message and flushes it.
-    pub async fn send<M: Serialize>(&mut self, msg: &M) -> Result<(), FrameError> {
-        let bytes = serde_json::to_vec(msg).map_err(FrameError::Encode)?;
-        self.inner.send(Bytes::from(bytes)).await?;
-        Ok(())
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the {MAX_FRAME}-byte limit"),
+        )));
     }
-
-    /// Receives one message; `Ok(None)` at a clean end of stream.
-    pub async fn recv<M: DeserializeOwned>(&mut self) -> Result<Option<M>, FrameError> {
-        match self.inner.next().await {
-            None => Ok(None),
-            Some(frame) => {
-                let frame = frame?;
-                serde_json::from_slice(&frame)
-                    .map(Some)
-                    .map_err(FrameError::Decode)
-            }
-        }
-    }
-
-    /// Receives one message, treating end of stream as an error.
-    pub async fn expect<M: DeserializeOwned>(&mut self) -> Result<M, FrameError> {
-        self.recv().await?.ok_or(FrameError::Closed)
-    }
-
-    /// Gives back the byte stream. Bytes already read past the last frame
-    /// are returned too, so nothing is lost when the stream goes on as raw
-    /// data after a header.
-    pub fn into_parts(self) -> (T, bytes::BytesMut) {
-        let parts = self.inner.into_parts();
-        (parts.io, parts.read_buf)
-    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    serde_json::from_slice(&body).map_err(FrameError::Decode)
 }
 
 #[cfg(test)]
@@ -83,32 +76,35 @@ mod tests {
 
     #[tokio::test]
     async fn round_trip_over_a_duplex_pipe() {
-        let (a, b) = tokio::io::duplex(64);
-        let mut a = Framed::new(a);
-        let mut b = Framed::new(b);
-        let sent = HostMessage::Resize { rows: 24, cols: 80 };
+        let (mut a, mut b) = tokio::io::duplex(64);
         let writer = tokio::spawn(async move {
-            a.send(&sent).await.unwrap();
-            a.send(&HostMessage::Signal { signal: 15 }).await.unwrap();
+            write_frame(&mut a, &HostMessage::Resize { rows: 24, cols: 80 })
+                .await
+                .unwrap();
+            write_frame(&mut a, &HostMessage::Signal { signal: 15 })
+                .await
+                .unwrap();
         });
-        let got: HostMessage = b.expect().await.unwrap();
+        let got: HostMessage = read_frame(&mut b).await.unwrap();
         assert_eq!(got, HostMessage::Resize { rows: 24, cols: 80 });
-        let got: HostMessage = b.expect().await.unwrap();
+        let got: HostMessage = read_frame(&mut b).await.unwrap();
         assert_eq!(got, HostMessage::Signal { signal: 15 });
         writer.await.unwrap();
-        assert!(b.recv::<HostMessage>().await.unwrap().is_none());
+        assert!(matches!(
+            read_frame::<_, HostMessage>(&mut b).await,
+            Err(FrameError::Closed)
+        ));
     }
 
     #[tokio::test]
     async fn wire_format_is_big_endian_length_then_json() {
-        let (a, mut b) = tokio::io::duplex(1024);
-        let mut a = Framed::new(a);
-        a.send(&GuestMessage::Exited { status: 7 }).await.unwrap();
-        drop(a);
-        let mut buf = Vec::new();
-        tokio::io::AsyncReadExt::read_to_end(&mut b, &mut buf)
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        write_frame(&mut a, &GuestMessage::Exited { status: 7 })
             .await
             .unwrap();
+        drop(a);
+        let mut buf = Vec::new();
+        b.read_to_end(&mut buf).await.unwrap();
         let json = br#"{"type":"exited","status":7}"#;
         assert_eq!(&buf[..4], &(json.len() as u32).to_be_bytes());
         assert_eq!(&buf[4..], json);
@@ -116,42 +112,44 @@ mod tests {
 
     #[tokio::test]
     async fn garbage_is_a_decode_error_and_eof_mid_stream_is_closed() {
-        let (a, b) = tokio::io::duplex(1024);
-        let mut raw = codec::Framed::new(a, LengthDelimitedCodec::new());
-        raw.send(Bytes::from_static(b"not json")).await.unwrap();
-        drop(raw);
-        let mut b = Framed::new(b);
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        let junk = b"not json";
+        a.write_all(&(junk.len() as u32).to_be_bytes())
+            .await
+            .unwrap();
+        a.write_all(junk).await.unwrap();
+        drop(a);
         assert!(matches!(
-            b.recv::<GuestMessage>().await,
+            read_frame::<_, GuestMessage>(&mut b).await,
             Err(FrameError::Decode(_))
         ));
         assert!(matches!(
-            b.expect::<GuestMessage>().await,
+            read_frame::<_, GuestMessage>(&mut b).await,
             Err(FrameError::Closed)
         ));
     }
 
     #[tokio::test]
     async fn raw_bytes_after_a_header_are_kept() {
-        let (a, b) = tokio::io::duplex(1024);
-        let writer = tokio::spawn(async move {
-            let mut a = Framed::new(a);
-            a.send(&StreamHeader::Stdout { process: 3 }).await.unwrap();
-            let (mut io, _) = a.into_parts();
-            tokio::io::AsyncWriteExt::write_all(&mut io, b"raw output")
-                .await
-                .unwrap();
-        });
-        writer.await.unwrap();
-        let mut b = Framed::new(b);
-        let h: StreamHeader = b.expect().await.unwrap();
-        assert_eq!(h, StreamHeader::Stdout { process: 3 });
-        let (mut io, rest) = b.into_parts();
-        let mut all = rest.to_vec();
-        tokio::io::AsyncReadExt::read_to_end(&mut io, &mut all)
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        write_frame(&mut a, &StreamHeader::Stdout { process: 3 })
             .await
             .unwrap();
+        a.write_all(b"raw output").await.unwrap();
+        drop(a);
+        let h: StreamHeader = read_frame(&mut b).await.unwrap();
+        assert_eq!(h, StreamHeader::Stdout { process: 3 });
+        let mut all = Vec::new();
+        b.read_to_end(&mut all).await.unwrap();
         assert_eq!(all, b"raw output");
+    }
+
+    #[tokio::test]
+    async fn oversized_frame_is_refused() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&(u32::MAX).to_be_bytes()).await.unwrap();
+        let r: Result<StreamHeader, _> = read_frame(&mut b).await;
+        assert!(matches!(r, Err(FrameError::Io(_))));
     }
 
     #[test]

@@ -6,11 +6,12 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::Serialize;
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::framing::{FrameError, MAX_FRAME};
+use crate::framing::FrameError;
+pub use crate::framing::{read_frame, write_frame};
 
 use futures::future::poll_fn;
 use std::collections::VecDeque;
@@ -120,49 +121,6 @@ fn tracing_like_log(msg: &str) {
     if std::env::var_os("RUNVM_MUX_DEBUG").is_some() {
         eprintln!("runvm: {msg}");
     }
-}
-
-/// Writes one frame (4-byte big-endian length + JSON) without buffering.
-pub async fn write_frame<W: AsyncWrite + Unpin, M: Serialize>(
-    w: &mut W,
-    msg: &M,
-) -> Result<(), FrameError> {
-    let body = serde_json::to_vec(msg).map_err(FrameError::Encode)?;
-    let len = u32::try_from(body.len()).map_err(|_| {
-        FrameError::Io(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "frame too large",
-        ))
-    })?;
-    let mut buf = Vec::with_capacity(4 + body.len());
-    buf.extend_from_slice(&len.to_be_bytes());
-    buf.extend_from_slice(&body);
-    w.write_all(&buf).await?;
-    w.flush().await?;
-    Ok(())
-}
-
-/// Reads exactly one frame, and not a byte more, so that the stream can go
-/// on as raw data afterwards.
-pub async fn read_frame<R: AsyncRead + Unpin, M: DeserializeOwned>(
-    r: &mut R,
-) -> Result<M, FrameError> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
-        Err(e) => return Err(e.into()),
-    }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(FrameError::Io(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds the {MAX_FRAME}-byte limit"),
-        )));
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
-    serde_json::from_slice(&body).map_err(FrameError::Decode)
 }
 
 /// A non-blocking file descriptor (virtio-serial port, pty master, pipe)
@@ -275,29 +233,7 @@ mod tests {
     use super::*;
     use crate::messages::StreamHeader;
     use std::time::Duration;
-
-    #[tokio::test]
-    async fn read_frame_leaves_following_bytes_in_the_stream() {
-        let (mut a, mut b) = tokio::io::duplex(1024);
-        write_frame(&mut a, &StreamHeader::Stdin { process: 1 })
-            .await
-            .unwrap();
-        a.write_all(b"payload").await.unwrap();
-        drop(a);
-        let h: StreamHeader = read_frame(&mut b).await.unwrap();
-        assert_eq!(h, StreamHeader::Stdin { process: 1 });
-        let mut rest = Vec::new();
-        b.read_to_end(&mut rest).await.unwrap();
-        assert_eq!(rest, b"payload");
-    }
-
-    #[tokio::test]
-    async fn oversized_frame_is_refused() {
-        let (mut a, mut b) = tokio::io::duplex(64);
-        a.write_all(&(u32::MAX).to_be_bytes()).await.unwrap();
-        let r: Result<StreamHeader, _> = read_frame(&mut b).await;
-        assert!(matches!(r, Err(FrameError::Io(_))));
-    }
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn yamux_over_a_socketpair_carries_typed_streams_and_large_data() {
