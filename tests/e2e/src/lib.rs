@@ -102,9 +102,10 @@ fn check_prerequisites() -> Result<(), String> {
             info.stderr_str().trim()
         ));
     }
-    if !info.stdout_str().contains("\"runvm\"") {
+    let name = runvm_runtime();
+    if !info.stdout_str().contains(&format!("\"{name}\"")) {
         return Err(format!(
-            "the Docker daemon has no runtime named runvm (runtimes: {}); run `make install`, \
+            "the Docker daemon has no runtime named {name} (runtimes: {}); run `make install`, \
              which registers it",
             info.stdout_str().trim()
         ));
@@ -328,10 +329,32 @@ fn shorten(s: &str) -> String {
     }
 }
 
+/// The Docker runtime name the tests call "runvm": `RUNVM_E2E_RUNTIME` when
+/// set (a development build registered under a name of its own, next to the
+/// installed one), else `runvm`.
+pub fn runvm_runtime() -> String {
+    std::env::var("RUNVM_E2E_RUNTIME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "runvm".to_string())
+}
+
 /// Runs the `docker` CLI. (/usr/local/bin/docker may be newer than the daemon:
-/// it negotiates the API version.)
+/// it negotiates the API version.) `--runtime=runvm` means
+/// [`runvm_runtime`].
 pub fn docker(args: &[&str], stdin: Option<&[u8]>) -> Run {
-    run_cmd("docker", args, stdin, COMMAND_TIMEOUT)
+    let runtime = format!("--runtime={}", runvm_runtime());
+    let args: Vec<&str> = args
+        .iter()
+        .map(|a| {
+            if *a == "--runtime=runvm" {
+                runtime.as_str()
+            } else {
+                a
+            }
+        })
+        .collect();
+    run_cmd("docker", &args, stdin, COMMAND_TIMEOUT)
 }
 
 /// Runs a host shell command line with `sh -c`.

@@ -32,8 +32,9 @@ fn tty_size_and_output() {
     }
     let name = Container::new("tty");
     let cmd = format!(
-        "docker run --rm -t --name {} --runtime=runvm {IMAGE} sh -c 'tty; stty size; echo tty-echo-ok'",
-        name.name
+        "docker run --rm -t --name {} --runtime={} {IMAGE} sh -c 'tty; stty size; echo tty-echo-ok'",
+        name.name,
+        runvm_runtime()
     );
     let (run, text) = {
         let _slot = vm_slots(1);
@@ -102,7 +103,11 @@ fn interactive_shell_follows_window_resizes() {
     }
     let _slots = vm_slots(1);
     for runtime in ["runc", "runvm"] {
-        let rt = format!("--runtime={runtime}");
+        let rt = if runtime == "runvm" {
+            format!("--runtime={}", runvm_runtime())
+        } else {
+            format!("--runtime={runtime}")
+        };
         let name = unique_name(&format!("resize-{runtime}"));
         let _guard = Container::adopt(&name);
         let mut s = PtySession::spawn(
