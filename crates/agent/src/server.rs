@@ -336,7 +336,11 @@ async fn wait_for_shutdown<R: tokio::io::AsyncRead + Unpin>(rd: &mut R) {
 
 /// The root, mounts, hostname and network of the container.
 async fn prepare_container(spec: &ContainerSpec) -> Result<()> {
-    mounts::switch_to_container_root(ROOTFS_TAG, spec.readonly_root)?;
+    // A `--read-only` root is read-only on the host side (the supervisor's
+    // /rootfs mount), where virtiofsd enforces it. Mounting the share
+    // read-only here would also make every volume read-only: the guest
+    // kernel gives virtiofs submounts the flags of the mount above them.
+    mounts::switch_to_container_root(ROOTFS_TAG, false)?;
     mounts::mount_container_filesystems(&spec.mounts)?;
     if let Some(h) = &spec.hostname {
         nix::unistd::sethostname(h).map_err(|e| AgentError::sys("set the hostname", e))?;

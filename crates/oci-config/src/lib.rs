@@ -28,6 +28,12 @@ pub mod paths {
     pub const INITRD: &str = "/runvm/initrd.img";
     pub const SUPERVISOR: &str = "/runvm/bin/runvm-supervisor";
     pub const VIRTIOFSD: &str = "/runvm/bin/virtiofsd";
+    /// Where runc mounts Docker's bind mounts (`/runvm/mnt/<n>`) before
+    /// they are moved to their destinations inside [`ROOTFS`]: runc never
+    /// resolves a destination the image could redirect.
+    pub const STAGING_DIR: &str = "/runvm/mnt";
+    /// Written (on the host) once the staged mounts are in place.
+    pub const MOUNTS_PLACED: &str = "/runvm/mounts-placed";
     /// Sockets and logs of the helpers (a private tmpfs).
     pub const RUN_DIR: &str = "/run/runvm";
     /// Environment variable that carries an exec's process to the client.

@@ -7,9 +7,13 @@
 //!   binaries, the kernel and initramfs, and the image's root filesystem
 //!   mounted at [`paths::ROOTFS`]. The guest sees only that last one, through
 //!   virtiofs, so none of runvm's files are visible to the workload.
-//! * Docker's bind mounts (volumes, `/etc/hosts`, `/etc/resolv.conf`, …) move
-//!   under [`paths::ROOTFS`] so virtiofs serves them to the guest at their
-//!   usual place. tmpfs mounts are made by the guest itself. The kernel
+//! * Docker's bind mounts (volumes, `/etc/hosts`, `/etc/resolv.conf`, …) are
+//!   mounted by runc at staging points in runvm's root
+//!   ([`paths::STAGING_DIR`]), and moved from there to their destinations
+//!   inside [`paths::ROOTFS`] by `runvm-mounts`, which resolves every
+//!   destination inside the image root: an image's symlink can never make
+//!   runc mount a volume over runvm's own files. virtiofs serves them to the
+//!   guest at their usual place. tmpfs mounts are made by the guest itself. The kernel
 //!   filesystems (`/proc`, `/sys`, `/dev`…) stay where they are, for the
 //!   supervisor.
 //! * The process becomes the supervisor, running as root with the
@@ -23,6 +27,7 @@ use serde_json::{json, Map, Value};
 use crate::options::{Accel, VmOptions};
 use crate::paths;
 use crate::vmconfig::VmConfig;
+use runvm_mounts::StagedMount;
 use runvm_protocol::{Capabilities, ContainerSpec, GuestMount, ProcessSpec, Rlimit};
 
 /// Host memory that QEMU, virtiofsd and the supervisor need on top of the
@@ -171,7 +176,7 @@ pub fn rewrite_config(
             })
         }
     };
-    let (mounts, guest_mounts) = rewrite_mounts(orig_mounts, &orig_root, readonly_root, host)?;
+    let (mounts, guest_mounts, staged_mounts) = rewrite_mounts(orig_mounts, &orig_root, host)?;
     top.insert("mounts".into(), Value::Array(mounts));
 
     // --- process becomes the supervisor
@@ -234,6 +239,7 @@ pub fn rewrite_config(
         rootfs: paths::ROOTFS.into(),
         debug: opts.debug,
         own_network,
+        staged_mounts,
         container: ContainerSpec {
             hostname,
             process: guest_process,
@@ -359,16 +365,22 @@ fn bind(dest: &str, source: &str, ro: bool) -> Value {
     json!({"destination": dest, "type": "bind", "source": source, "options": options})
 }
 
+/// The new mount list, the mounts the guest makes itself, and the mounts
+/// staged for `runvm-mounts` to place.
+type RewrittenMounts = (Vec<Value>, Vec<GuestMount>, Vec<StagedMount>);
+
 fn rewrite_mounts(
     orig: Vec<Value>,
     orig_root: &str,
-    readonly_root: bool,
     host: &HostLayout,
-) -> Result<(Vec<Value>, Vec<GuestMount>), RewriteError> {
+) -> Result<RewrittenMounts, RewriteError> {
     let mut mounts = Vec::new();
     let mut guest = Vec::new();
-    // The image's root first, so Docker's mounts can go on top of it.
-    mounts.push(bind(paths::ROOTFS, orig_root, readonly_root));
+    let mut staged = Vec::new();
+    // The image's root first. It stays writable until the staged mounts are
+    // placed (their mount points may have to be created); `--read-only` is
+    // applied after that.
+    mounts.push(bind(paths::ROOTFS, orig_root, false));
     for e in &host.host_entries {
         if let HostEntry::Bind(dir) = e {
             let mut m = bind(dir, dir, true);
@@ -446,13 +458,23 @@ fn rewrite_mounts(
                 options,
             });
         } else {
+            if !dest.starts_with('/') {
+                return Err(RewriteError::Malformed {
+                    field: "mounts[].destination",
+                    why: format!("{dest:?} is not an absolute path"),
+                });
+            }
             let mut m = m;
-            let new_dest = format!("{}{}", paths::ROOTFS, dest);
-            obj(&mut m, "mounts[]")?.insert("destination".into(), json!(new_dest));
+            let staging = format!("{}/{}", paths::STAGING_DIR, staged.len());
+            obj(&mut m, "mounts[]")?.insert("destination".into(), json!(staging));
             mounts.push(m);
+            staged.push(StagedMount {
+                staging,
+                destination: dest,
+            });
         }
     }
-    Ok((mounts, guest))
+    Ok((mounts, guest, staged))
 }
 
 fn rewrite_process(p: &mut Map<String, Value>) {

@@ -25,6 +25,10 @@ pub struct VmConfig {
     /// leaves the host's interfaces alone and the VM has loopback only.
     #[serde(default)]
     pub own_network: bool,
+    /// Docker's bind mounts, staged by runc inside runvm's root, to be moved
+    /// to their destinations inside `rootfs` (see `runvm-mounts`).
+    #[serde(default)]
+    pub staged_mounts: Vec<runvm_mounts::StagedMount>,
     /// The container as the guest must reproduce it (network is filled in
     /// by the supervisor, which sees the container's interfaces).
     pub container: ContainerSpec,

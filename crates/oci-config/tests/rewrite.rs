@@ -116,7 +116,7 @@ fn root_becomes_runvm_dir_with_image_root_mounted_first() {
 }
 
 #[test]
-fn docker_mounts_move_under_rootfs_and_tmpfs_goes_to_the_guest() {
+fn docker_mounts_are_staged_in_runvms_root_and_tmpfs_goes_to_the_guest() {
     let orig = fixture("docker-20.10-full.json");
     let r = rewrite_config(orig.clone(), &opts(&[]), &host()).unwrap();
     let out = &r.config;
@@ -142,13 +142,51 @@ fn docker_mounts_move_under_rootfs_and_tmpfs_goes_to_the_guest() {
         "/etc/hosts",
     ] {
         assert!(mount(out, moved).is_none(), "{moved} must move");
-        let m = mount(out, &format!("/rootfs{moved}")).unwrap();
+        let staged: Vec<_> =
+            r.vm.staged_mounts
+                .iter()
+                .filter(|s| s.destination == moved)
+                .collect();
+        assert_eq!(staged.len(), 1, "{moved} staged once");
+        assert!(
+            staged[0].staging.starts_with("/runvm/mnt/"),
+            "{:?}",
+            staged[0]
+        );
+        let m = mount(out, &staged[0].staging).unwrap();
         let o = mount(&orig, moved).unwrap();
         assert_eq!(m["source"], o["source"]);
         assert_eq!(m["options"], o["options"]);
     }
+    // runc never resolves a destination the image could redirect: every
+    // mount it makes is a kernel filesystem, runvm's own, or a staging point.
+    for m in out["mounts"].as_array().unwrap() {
+        let d = m["destination"].as_str().unwrap();
+        assert!(
+            !d.starts_with("/rootfs/"),
+            "runc would resolve {d} through the image"
+        );
+    }
+    // Staging points are distinct and in Docker's order (parents first).
+    let order: Vec<&str> =
+        r.vm.staged_mounts
+            .iter()
+            .map(|s| s.destination.as_str())
+            .collect();
+    let in_orig: Vec<&str> = orig["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["destination"].as_str().unwrap())
+        .filter(|d| order.contains(d))
+        .collect();
+    assert_eq!(order, in_orig);
     assert!(mount(out, "/scratch").is_none());
-    assert!(mount(out, "/rootfs/scratch").is_none());
+    assert!(!r
+        .vm
+        .staged_mounts
+        .iter()
+        .any(|s| s.destination == "/scratch"));
     let scratch =
         r.vm.container
             .mounts
@@ -346,4 +384,28 @@ fn docker_update_keeps_room_for_qemu() {
         unlimited,
         json!({"memory": {"limit": 0}, "pids": {"limit": 5}})
     );
+}
+
+#[test]
+fn a_relative_mount_destination_is_refused() {
+    let mut orig = fixture("docker-20.10-default.json");
+    orig["mounts"].as_array_mut().unwrap().push(
+        json!({"destination": "data", "type": "bind", "source": "/srv", "options": ["rbind"]}),
+    );
+    let e = rewrite_config(orig, &opts(&[]), &host()).unwrap_err();
+    assert!(
+        e.to_string().contains("\"data\" is not an absolute path"),
+        "{e}"
+    );
+}
+
+#[test]
+fn read_only_root_is_applied_after_the_mounts_are_placed() {
+    let mut orig = fixture("docker-20.10-default.json");
+    orig["root"]["readonly"] = json!(true);
+    let r = rewrite_config(orig, &opts(&[]), &host()).unwrap();
+    let first = &r.config["mounts"][0];
+    assert_eq!(first["destination"], "/rootfs");
+    assert!(!first["options"].as_array().unwrap().contains(&json!("ro")));
+    assert!(r.vm.container.readonly_root);
 }

@@ -20,9 +20,14 @@ use crate::logging::Log;
 /// Name of runvm's directory inside a bundle (it becomes the root).
 pub const ROOT_DIR_NAME: &str = "runvm-root";
 
-/// What was prepared, for the checks after `runc create`.
+/// What was prepared, for the steps after `runc create`.
 pub struct Prepared {
     pub process: runvm_protocol::ProcessSpec,
+    /// Docker's mounts, staged by runc, to be placed inside the image root.
+    pub staged_mounts: Vec<runvm_mounts::StagedMount>,
+    pub readonly_root: bool,
+    /// runvm's root directory on the host (the container's root).
+    pub new_root: PathBuf,
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -108,7 +113,16 @@ pub fn prepare_bundle(bundle: &Path, log: &Log) -> Result<Prepared> {
     let mk = |p: PathBuf| {
         fs::create_dir_all(&p).map_err(|source| RuntimeError::Write { path: p, source })
     };
-    for d in ["proc", "dev", "sys", "run", "tmp", "rootfs", "runvm/bin"] {
+    for d in [
+        "proc",
+        "dev",
+        "sys",
+        "run",
+        "tmp",
+        "rootfs",
+        "runvm/bin",
+        "runvm/mnt",
+    ] {
         mk(new_root.join(d))?;
     }
     for e in &host_entries {
@@ -130,7 +144,28 @@ pub fn prepare_bundle(bundle: &Path, log: &Log) -> Result<Prepared> {
     write_atomic(&config_path, &config_bytes)?;
     Ok(Prepared {
         process: rewritten.vm.container.process,
+        staged_mounts: rewritten.vm.staged_mounts,
+        readonly_root: rewritten.vm.container.readonly_root,
+        new_root,
     })
+}
+
+/// Moves Docker's staged mounts to their destinations inside the image
+/// root of the created (not yet started) container whose init is `pid`,
+/// makes the root read-only when asked, and tells the supervisor it is
+/// done. Every destination is resolved inside the image root, so nothing
+/// the image ships or a guest left behind can send a mount elsewhere.
+pub fn place_mounts(pid: i32, prepared: &Prepared) -> Result<()> {
+    runvm_mounts::place_in_container(
+        pid,
+        paths::ROOTFS,
+        &prepared.staged_mounts,
+        prepared.readonly_root,
+    )?;
+    let marker = prepared
+        .new_root
+        .join(paths::MOUNTS_PLACED.trim_start_matches('/'));
+    write_atomic(&marker, b"1\n")
 }
 
 /// Checks, inside the created container's root, that the workload's

@@ -29,6 +29,8 @@ pub enum RuntimeError {
     Rewrite(#[from] runvm_config::RewriteError),
     #[error("{0}")]
     Kernel(#[from] runvm_initramfs::Error),
+    #[error("{0}")]
+    Mounts(#[from] runvm_mounts::MountError),
     #[error("RUNVM_ACCEL=kvm was asked for but KVM is not available ({0}): load the kvm module and give the Docker host access to /dev/kvm, or use RUNVM_ACCEL=tcg")]
     NoKvm(String),
     #[error("{what} not found ({looked}): {fix}")]

@@ -122,18 +122,26 @@ fn create_or_run(cli: &Cli, log: &Log, verb: &str, args: &[String]) -> Result<i3
         .as_ref()
         .and_then(|p| std::fs::read_to_string(p).ok())
         .and_then(|s| s.trim().parse::<i32>().ok());
-    if let (Some(pid), Some(id)) = (pid, parsed.id.as_ref()) {
-        if let Err(e) = create::check_program(pid, &prepared.process) {
-            let _ = runc(cli, &["delete".into(), "--force".into(), id.clone()]).status();
-            return Err(e);
-        }
+    let Some(id) = parsed.id.as_ref() else {
+        return Ok(0);
+    };
+    let pid = pid.or_else(|| container_pid(cli, id));
+    let after_create = || -> Result<()> {
+        let pid = pid.ok_or_else(|| {
+            RuntimeError::Usage(format!(
+                "cannot find the pid of container {id} after runc create"
+            ))
+        })?;
+        create::place_mounts(pid, &prepared)?;
+        create::check_program(pid, &prepared.process)
+    };
+    if let Err(e) = after_create() {
+        let _ = runc(cli, &["delete".into(), "--force".into(), id.clone()]).status();
+        return Err(e);
     }
     Ok(0)
 }
 
-/// `exec`: the process runs in the guest, through the exec client that runc
-/// starts in the container. The program is checked first, the way runc
-/// checks it, so that failures read (and exit) exactly as under runc.
 fn exec(cli: &Cli, args: &[String]) -> Result<i32> {
     let parsed = cli::parse_exec_args(args);
     let (Some(process_path), Some(id)) = (parsed.process.as_ref(), parsed.id.as_ref()) else {

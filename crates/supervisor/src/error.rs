@@ -14,6 +14,8 @@ pub enum SupervisorError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("{0}")]
+    Mounts(#[from] runvm_mounts::MountError),
     #[error("network setup failed: {0}")]
     Network(String),
     #[error("cannot start {program}: {source}")]

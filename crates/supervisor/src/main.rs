@@ -127,8 +127,24 @@ async fn stop(child: &mut Child, grace: Duration) {
     }
 }
 
+/// Places Docker's staged mounts inside the image root, unless the runtime
+/// already did after `runc create` (it always does, except under `runc
+/// run`, which has no step between creating and starting).
+fn place_mounts(cfg: &VmConfig) -> Result<()> {
+    if std::path::Path::new(paths::MOUNTS_PLACED).exists() {
+        return Ok(());
+    }
+    let root = std::path::Path::new(&cfg.rootfs);
+    runvm_mounts::place_all(root, &cfg.staged_mounts)?;
+    if cfg.container.readonly_root {
+        runvm_mounts::make_readonly(root)?;
+    }
+    Ok(())
+}
+
 async fn supervise() -> Result<i32> {
     let cfg = load_config()?;
+    place_mounts(&cfg)?;
     let terminal = cfg.container.process.terminal;
 
     // Signals first, so that none sent during boot is lost: they are queued

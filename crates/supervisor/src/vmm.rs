@@ -172,6 +172,7 @@ mod tests {
             rootfs: "/rootfs".into(),
             debug: false,
             own_network: true,
+            staged_mounts: vec![],
             container: ContainerSpec {
                 hostname: None,
                 process: ProcessSpec::default(),

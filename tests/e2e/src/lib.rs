@@ -689,6 +689,14 @@ impl Drop for Container {
     }
 }
 
+/// Builds `tag` from a Dockerfile text (no build context besides it).
+pub fn build_image(tag: &str, dockerfile: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile).expect("write Dockerfile");
+    let path = dir.path().to_str().expect("utf-8").to_string();
+    docker(&["build", "-q", "-t", tag, &path], None).assert_code(0, "docker build");
+}
+
 /// A named volume removed when the guard drops.
 pub struct Volume {
     pub name: String,

@@ -246,13 +246,6 @@ fn execs_end_when_the_workload_exits() {
     assert_eq!(outcome("runvm"), outcome("runc"));
 }
 
-fn build_image(tag: &str, dockerfile: &str) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("Dockerfile"), dockerfile).expect("write Dockerfile");
-    let path = dir.path().to_str().expect("utf-8").to_string();
-    docker(&["build", "-q", "-t", tag, &path], None).assert_code(0, "docker build");
-}
-
 #[test]
 fn healthcheck_reports_healthy_and_unhealthy() {
     if !e2e_enabled() {
