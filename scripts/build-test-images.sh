@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # Builds the local images the demo and the tests use (no registry needed).
+#
+# Each image carries a label with the hash of its recipe (this script and
+# the busybox binary it copies): an image built by an older recipe, or on a
+# machine with another busybox, is rebuilt, never trusted.
 . "$(dirname "$0")/lib.sh"
 need_root
-if ! docker image inspect runvm-test/busybox >/dev/null 2>&1; then
-    say "building image runvm-test/busybox from Debian's busybox-static"
+IMAGE=runvm-test/busybox
+recipe=$( { cat "$0"; sha256sum /bin/busybox; } | sha256sum | cut -c1-16)
+have=$(docker image inspect -f '{{index .Config.Labels "io.runvm.recipe"}}' "$IMAGE" 2>/dev/null || true)
+if [ "$have" != "$recipe" ]; then
+    say "building image $IMAGE from Debian's busybox-static (recipe $recipe)"
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' EXIT
-    mkdir -p "$tmp/bin" "$tmp/etc" "$tmp/tmp" "$tmp/root"
+    mkdir -p "$tmp/bin" "$tmp/etc" "$tmp/tmp" "$tmp/root" "$tmp/home/user"
     chmod 1777 "$tmp/tmp"
+    chown 1000:1000 "$tmp/home/user"
     cp /bin/busybox "$tmp/bin/busybox"
     for a in $(/bin/busybox --list); do
         [ "$a" = busybox ] || ln -s busybox "$tmp/bin/$a"
@@ -16,5 +24,6 @@ if ! docker image inspect runvm-test/busybox >/dev/null 2>&1; then
     printf 'root:x:0:\nusers:x:100:user\nuser:x:1000:\nnogroup:x:65534:\n' >"$tmp/etc/group"
     tar -C "$tmp" -c . | docker import \
         -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-        -c 'CMD ["sh"]' - runvm-test/busybox >/dev/null
+        -c "LABEL io.runvm.recipe=$recipe" \
+        -c 'CMD ["sh"]' - "$IMAGE" >/dev/null
 fi

@@ -47,11 +47,14 @@ fn home_from_passwd() {
     if !e2e_enabled() {
         return;
     }
-    // runc: HOME from the user's /etc/passwd entry, "/" if it has none.
+    // runc: HOME from the user's /etc/passwd entry, "/" if it has none
+    // (the image's recipe, scripts/build-test-images.sh, has root, nobody
+    // and user 1000 with /home/user).
     for (user, home) in [
         ("root", "/root"),
         ("nobody", "/nonexistent"),
-        ("1000:1000", "/"),
+        ("1000:1000", "/home/user"),
+        ("4242:4242", "/"),
     ] {
         let (runc, runvm) = run_both(
             &["-u", user],
@@ -107,9 +110,16 @@ fn identity_with_u() {
     if !e2e_enabled() {
         return;
     }
+    // user 1000 is in the image's passwd and group files; 4242 is not.
     let (runc, runvm) = run_both(&["-u", "1000:1000"], &[IMAGE, "id"], None);
     assert_same(&runc, &runvm, "-u 1000:1000 id");
-    assert_eq!(runvm.stdout_str(), "uid=1000 gid=1000 groups=1000\n");
+    assert_eq!(
+        runvm.stdout_str(),
+        "uid=1000(user) gid=1000(user) groups=1000(user)\n"
+    );
+    let (runc, runvm) = run_both(&["-u", "4242:4242"], &[IMAGE, "id"], None);
+    assert_same(&runc, &runvm, "-u 4242:4242 id");
+    assert_eq!(runvm.stdout_str(), "uid=4242 gid=4242 groups=4242\n");
 }
 
 #[test]
