@@ -125,7 +125,10 @@ pub fn build_initramfs(
 }
 
 /// The resolved module files as (file name, full path), in load order.
-fn module_files(kernel: &Kernel, wanted: &[&str]) -> Result<Vec<(String, PathBuf)>, Error> {
+pub(crate) fn module_files(
+    kernel: &Kernel,
+    wanted: &[&str],
+) -> Result<Vec<(String, PathBuf)>, Error> {
     if wanted.is_empty() || !kernel.has_modules() {
         return Ok(Vec::new());
     }
@@ -143,10 +146,32 @@ fn module_files(kernel: &Kernel, wanted: &[&str]) -> Result<Vec<(String, PathBuf
 
     let resolved = crate::resolve_modules(&dep, builtin.as_deref(), wanted)?;
     let mut files = Vec::with_capacity(resolved.len());
+    // modules.dep is data, not trusted paths: a kernel tree (one shipped in
+    // an image, say) may name `/etc/shadow` or `../../x`, or hold a symlink
+    // that leaves the tree. Every module must be a plain relative path that
+    // stays inside the kernel's module directory once resolved.
+    let tree = fs::canonicalize(&kernel.modules_dir)
+        .map_err(|e| Error::io("resolve", &kernel.modules_dir, e))?;
+    let outside = |rel: &str| Error::ModuleOutsideTree {
+        path: rel.to_owned(),
+        dir: kernel.modules_dir.clone(),
+    };
+    if let Some(bad) = resolved.iter().find(|rel| {
+        !Path::new(rel)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+    }) {
+        return Err(outside(bad));
+    }
     for rel in resolved {
         let path = kernel.modules_dir.join(&rel);
         if [".xz", ".zst", ".gz"].iter().any(|s| rel.ends_with(s)) {
             return Err(Error::CompressedModule(path));
+        }
+        match fs::canonicalize(&path) {
+            Ok(real) if real.starts_with(&tree) => {}
+            Ok(_) => return Err(outside(&rel)),
+            Err(e) => return Err(Error::io("read kernel module", &path, e)),
         }
         let file_name = rel.rsplit('/').next().unwrap_or(&rel).to_owned();
         files.push((file_name, path));
@@ -376,6 +401,29 @@ pub(crate) mod tests {
             matches!(err, Error::CompressedModule(ref p) if p.ends_with("fuse.ko.xz")),
             "{err}"
         );
+        assert!(!out.exists());
+
+        // Paths that leave the module tree, by name or by symlink.
+        for evil in ["/etc/shadow", "../../../../etc/passwd", "kernel/../../x.ko"] {
+            fs::write(
+                &dep,
+                text.replace("kernel/fs/fuse/fuse.ko:", &format!("{evil}:"))
+                    .replace(" kernel/fs/fuse/fuse.ko", &format!(" {evil}")),
+            )
+            .unwrap();
+            let err = build_initramfs(&kernel, &agent, &["virtiofs"], &out).unwrap_err();
+            assert!(
+                matches!(err, Error::ModuleOutsideTree { .. }),
+                "{evil}: {err}"
+            );
+            assert!(!out.exists());
+        }
+        let link = kernel.modules_dir.join("kernel/fs/fuse/fuse.ko");
+        fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
+        fs::write(&dep, &text).unwrap();
+        let err = build_initramfs(&kernel, &agent, &["virtiofs"], &out).unwrap_err();
+        assert!(matches!(err, Error::ModuleOutsideTree { .. }), "{err}");
         assert!(!out.exists());
 
         fs::remove_file(&dep).unwrap();

@@ -18,52 +18,115 @@ const KEY_LEN: usize = 16;
 /// Temporary files older than this are leftovers of crashed builders.
 const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
 
+/// A cached initramfs, held with a shared lock: while it is held, no other
+/// runvm process prunes the file (the lock must be kept until runc has
+/// bind-mounted the file into the container; after that the mount pins it).
+#[derive(Debug)]
+pub struct Initramfs {
+    pub path: PathBuf,
+    lock: File,
+}
+
+impl Initramfs {
+    /// The descriptor that holds the lock (to pass it on to a process that
+    /// takes over, such as runc under `runvm run`).
+    pub fn lock_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.lock.as_fd()
+    }
+}
+
 /// Returns the cached initramfs for (`kernel`, `agent`, `wanted_modules`),
-/// building it first if it is missing.
+/// building it first if it is missing, locked against pruning.
 ///
-/// The path is `<cache_dir>/initramfs-<kernel version>-<key>.img`, where `<key>`
-/// is the first 16 hex digits of the SHA-256 of the agent's bytes, the kernel
-/// version, the wanted module names and an archive format version. `cache_dir`
-/// is created if needed. Concurrent callers are safe: archives are renamed
-/// into place atomically, so a racing builder at worst does the work twice.
-/// After a build, other `initramfs-<kernel version>-*.img` files (built for
-/// other agents or module lists) are removed, best-effort.
+/// The path is `<cache_dir>/initramfs-<kernel version>-<key>.img`, where
+/// `<key>` is the first 16 hex digits of the SHA-256 of the agent's bytes,
+/// the kernel image's bytes, the module files' bytes and names, and an
+/// archive format version: a kernel or agent replaced in place (same
+/// version string, other content) never reuses a stale archive. The kernel
+/// is checked (module paths stay in its tree) before anything is written.
+/// Concurrent callers are safe: archives are renamed into place atomically,
+/// so a racing builder at worst does the work twice. After a build, other
+/// `initramfs-<kernel version>-*.img` files are removed unless another
+/// runvm process holds them.
 pub fn ensure_initramfs(
     kernel: &Kernel,
     agent: &Path,
     wanted_modules: &[&str],
     cache_dir: &Path,
-) -> Result<PathBuf, Error> {
-    let key = cache_key(kernel, agent, wanted_modules)?;
+) -> Result<Initramfs, Error> {
+    let modules = crate::archive::module_files(kernel, wanted_modules)?;
+    let key = cache_key(kernel, agent, &modules)?;
     let name = format!("initramfs-{}-{key}.img", kernel.version);
     let path = cache_dir.join(&name);
-    if path.is_file() {
-        return Ok(path);
+    // A pruner may remove the file between our look and our lock: then
+    // build it again (twice is plenty; a third miss is a real problem).
+    for _ in 0..3 {
+        if let Some(lock) = lock_shared(&path)? {
+            return Ok(Initramfs { path, lock });
+        }
+        fs::create_dir_all(cache_dir)
+            .map_err(|e| Error::io("create initramfs cache directory", cache_dir, e))?;
+        build_initramfs(kernel, agent, wanted_modules, &path)?;
+        remove_stale(cache_dir, &kernel.version, &name);
     }
-    fs::create_dir_all(cache_dir)
-        .map_err(|e| Error::io("create initramfs cache directory", cache_dir, e))?;
-    build_initramfs(kernel, agent, wanted_modules, &path)?;
-    remove_stale(cache_dir, &kernel.version, &name);
-    Ok(path)
+    Err(Error::io(
+        "keep",
+        &path,
+        io::Error::other("the archive was removed again after each build"),
+    ))
 }
 
-fn cache_key(kernel: &Kernel, agent: &Path, wanted_modules: &[&str]) -> Result<String, Error> {
-    let mut file = File::open(agent).map_err(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
+/// Opens `path` and takes a shared lock on it; `None` if it does not exist
+/// (or was removed while we waited for the lock).
+fn lock_shared(path: &Path) -> Result<Option<File>, Error> {
+    use std::os::unix::fs::MetadataExt;
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("open", path, e)),
+    };
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockShared)
+        .map_err(|e| Error::io("lock", path, e.into()))?;
+    let held = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+    match fs::metadata(path) {
+        Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => Ok(Some(file)),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("stat", path, e)),
+    }
+}
+
+/// Adds a separator and the bytes of the file at `path` to `hasher`.
+fn hash_file(hasher: &mut Sha256, path: &Path, what: &str) -> Result<(), Error> {
+    let mut file = File::open(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound && what == "read guest agent" {
             Error::AgentMissing {
-                path: agent.to_owned(),
+                path: path.to_owned(),
             }
         } else {
-            Error::io("read guest agent", agent, e)
+            Error::io(what, path, e)
         }
     })?;
+    hasher.update([0]);
+    io::copy(&mut file, hasher).map_err(|e| Error::io(what, path, e))?;
+    Ok(())
+}
+
+fn cache_key(
+    kernel: &Kernel,
+    agent: &Path,
+    modules: &[(String, PathBuf)],
+) -> Result<String, Error> {
     let mut hasher = Sha256::new();
-    io::copy(&mut file, &mut hasher).map_err(|e| Error::io("read guest agent", agent, e))?;
-    for part in [
-        kernel.version.as_str(),
-        &wanted_modules.join(","),
-        FORMAT_VERSION,
-    ] {
+    hash_file(&mut hasher, agent, "read guest agent")?;
+    hash_file(&mut hasher, &kernel.vmlinuz, "read guest kernel")?;
+    for (name, path) in modules {
+        hash_file(&mut hasher, path, "read kernel module")?;
+        hasher.update([0]);
+        hasher.update(name.as_bytes());
+    }
+    for part in [kernel.version.as_str(), FORMAT_VERSION] {
         hasher.update([0]);
         hasher.update(part.as_bytes());
     }
@@ -103,8 +166,20 @@ fn remove_stale(cache_dir: &Path, version: &str, keep: &str) {
             false
         };
         if stale {
-            let _ = fs::remove_file(entry.path());
+            remove_unless_held(&entry.path());
         }
+    }
+}
+
+/// Removes `path` unless a runvm process holds it (see [`Initramfs`]).
+/// The exclusive lock is held across the unlink, so a process that gets its
+/// shared lock afterwards sees the file gone and builds it again.
+fn remove_unless_held(path: &Path) {
+    let Ok(file) = File::open(path) else {
+        return;
+    };
+    if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok() {
+        let _ = fs::remove_file(path);
     }
 }
 
@@ -123,7 +198,9 @@ mod tests {
         fs::write(&agent, b"agent v1").unwrap();
         let cache = dir.path().join("cache/initramfs");
 
-        let first = ensure_initramfs(&kernel, &agent, WANTED, &cache).unwrap();
+        let first = ensure_initramfs(&kernel, &agent, WANTED, &cache)
+            .unwrap()
+            .path;
         let name = first.file_name().unwrap().to_str().unwrap().to_owned();
         assert!(
             name.starts_with("initramfs-6.1.0-56-cloud-amd64-"),
@@ -143,12 +220,16 @@ mod tests {
         fs::write(&not_ours, b"x").unwrap();
 
         std::thread::sleep(Duration::from_millis(20));
-        let second = ensure_initramfs(&kernel, &agent, WANTED, &cache).unwrap();
+        let second = ensure_initramfs(&kernel, &agent, WANTED, &cache)
+            .unwrap()
+            .path;
         assert_eq!(first, second);
         assert_eq!(fs::metadata(&second).unwrap().modified().unwrap(), mtime);
 
         fs::write(&agent, b"agent v2").unwrap();
-        let third = ensure_initramfs(&kernel, &agent, WANTED, &cache).unwrap();
+        let third = ensure_initramfs(&kernel, &agent, WANTED, &cache)
+            .unwrap()
+            .path;
         assert_ne!(first, third);
         assert_eq!(read_archive(&third).1["init"].2, b"agent v2");
         assert!(!first.exists(), "stale archive for the same kernel kept");
@@ -156,8 +237,38 @@ mod tests {
         assert!(not_ours.exists());
 
         // The module list is part of the key too.
-        let fourth = ensure_initramfs(&kernel, &agent, &["virtiofs"], &cache).unwrap();
+        let fourth = ensure_initramfs(&kernel, &agent, &["virtiofs"], &cache)
+            .unwrap()
+            .path;
         assert_ne!(third, fourth);
+
+        // So is the kernel's content, even under the same version string.
+        let fifth = ensure_initramfs(&kernel, &agent, WANTED, &cache).unwrap();
+        fs::write(&kernel.vmlinuz, b"MZ another kernel, same version").unwrap();
+        let sixth = ensure_initramfs(&kernel, &agent, WANTED, &cache).unwrap();
+        assert_ne!(fifth.path, sixth.path);
+        // An archive another runvm process holds is not pruned.
+        assert!(fifth.path.exists(), "a held archive was pruned");
+        drop(fifth);
+        fs::write(&kernel.vmlinuz, b"MZ a third kernel").unwrap();
+        let seventh = ensure_initramfs(&kernel, &agent, WANTED, &cache).unwrap();
+        assert!(sixth.path.exists(), "held");
+        assert_ne!(seventh.path, sixth.path);
+    }
+
+    #[test]
+    fn a_kernel_whose_modules_leave_its_tree_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = fake_kernel(&dir.path().join("k"), "6.1.0-9");
+        let agent = dir.path().join("agent");
+        fs::write(&agent, b"agent").unwrap();
+        let dep = kernel.modules_dir.join("modules.dep");
+        let text = fs::read_to_string(&dep).unwrap();
+        fs::write(&dep, text.replace("kernel/fs/fuse/fuse.ko", "/etc/shadow")).unwrap();
+        let cache = dir.path().join("cache");
+        let err = ensure_initramfs(&kernel, &agent, WANTED, &cache).unwrap_err();
+        assert!(matches!(err, Error::ModuleOutsideTree { .. }), "{err}");
+        assert!(!cache.exists(), "something was written to the cache");
     }
 
     #[test]

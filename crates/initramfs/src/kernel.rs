@@ -33,49 +33,87 @@ impl Kernel {
     ///
     /// Errors with [`Error::NoKernel`] if there is none.
     pub fn discover(kernels_dir: &Path) -> Result<Kernel, Error> {
-        let no_kernel = || Error::NoKernel {
+        let mut best: Option<Kernel> = None;
+        for k in Self::all_in_store(kernels_dir)? {
+            if best
+                .as_ref()
+                .is_none_or(|b| compare_versions(&k.version, &b.version) == Ordering::Greater)
+            {
+                best = Some(k);
+            }
+        }
+        best.ok_or_else(|| Error::NoKernel {
             dir: kernels_dir.to_owned(),
-        };
+        })
+    }
+
+    /// Every kernel of the store: `<kernels_dir>/<name>/boot/vmlinuz-<ver>`,
+    /// in the order of their directory names.
+    pub fn all_in_store(kernels_dir: &Path) -> Result<Vec<Kernel>, Error> {
         let entries = match fs::read_dir(kernels_dir) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(no_kernel()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(Error::io("list kernels directory", kernels_dir, e)),
         };
-
-        let mut best: Option<Kernel> = None;
         let mut roots: Vec<PathBuf> = entries.filter_map(|e| Some(e.ok()?.path())).collect();
         // Deterministic choice if two roots hold the same version.
         roots.sort();
+        let mut out = Vec::new();
         for root in roots {
             let Ok(boot) = fs::read_dir(root.join("boot")) else {
                 continue;
             };
-            for entry in boot.filter_map(Result::ok) {
-                let name = entry.file_name();
-                let Some(version) = name.to_str().and_then(|n| n.strip_prefix("vmlinuz-")) else {
-                    continue;
-                };
-                if version.is_empty() || !entry.path().is_file() {
-                    continue;
-                }
-                if best
-                    .as_ref()
-                    .is_some_and(|b| compare_versions(version, &b.version) != Ordering::Greater)
-                {
-                    continue;
-                }
-                best = Some(Kernel {
-                    modules_dir: root.join("lib/modules").join(version),
-                    vmlinuz: entry.path(),
-                    version: version.to_owned(),
-                    root: root.clone(),
-                });
-            }
+            let mut found: Vec<Kernel> = boot
+                .filter_map(Result::ok)
+                .filter_map(|entry| {
+                    let name = entry.file_name();
+                    let version = name.to_str()?.strip_prefix("vmlinuz-")?;
+                    (!version.is_empty() && entry.path().is_file()).then(|| Kernel {
+                        modules_dir: root.join("lib/modules").join(version),
+                        vmlinuz: entry.path(),
+                        version: version.to_owned(),
+                        root: root.clone(),
+                    })
+                })
+                .collect();
+            found.sort_by(|a, b| compare_versions(&a.version, &b.version));
+            out.extend(found);
         }
-        best.ok_or_else(no_kernel)
+        Ok(out)
     }
 
-    /// A kernel at an explicit vmlinuz path (the `RUNVM_KERNEL` override).
+    /// The kernel called `name` in the store (`RUNVM_KERNEL`): the store
+    /// directory of that name, or the kernel of that version. A name never
+    /// names a path: it is a plain file name (no `/`, not `.` or `..`), so
+    /// nothing outside the store can be picked.
+    pub fn from_store(kernels_dir: &Path, name: &str) -> Result<Kernel, Error> {
+        let plain = !name.is_empty()
+            && name != "."
+            && name != ".."
+            && !name.contains('/')
+            && !name.contains('\0');
+        let all = Self::all_in_store(kernels_dir)?;
+        let by_dir = all
+            .iter()
+            .filter(|k| plain && k.root.file_name().is_some_and(|n| n == name))
+            .max_by(|a, b| compare_versions(&a.version, &b.version));
+        let by_version = all.iter().find(|k| plain && k.version == name);
+        by_dir
+            .or(by_version)
+            .cloned()
+            .ok_or_else(|| Error::KernelNotInStore {
+                name: name.to_owned(),
+                dir: kernels_dir.to_owned(),
+                available: all
+                    .iter()
+                    .map(|k| k.version.clone())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// A kernel at an explicit vmlinuz path, for trusted callers (tests,
+    /// tools). Container settings pick kernels with [`Kernel::from_store`].
     ///
     /// The version comes from the file name `vmlinuz-<ver>` (any other file
     /// name, e.g. `bzImage`, is used whole as the version) and modules from
@@ -197,6 +235,29 @@ mod tests {
             dir.path().join("a/lib/modules/6.1.0-56-cloud-amd64")
         );
         assert!(k.has_modules());
+    }
+
+    #[test]
+    fn from_store_picks_by_directory_or_version_and_never_a_path() {
+        let dir = tempfile::tempdir().unwrap();
+        fake_kernel(dir.path(), "cloud", "6.1.0-56-cloud-amd64");
+        fake_kernel(dir.path(), "tiny", "6.1.0-tiny");
+        assert_eq!(
+            Kernel::from_store(dir.path(), "tiny").unwrap().version,
+            "6.1.0-tiny"
+        );
+        assert_eq!(
+            Kernel::from_store(dir.path(), "6.1.0-56-cloud-amd64")
+                .unwrap()
+                .root,
+            dir.path().join("cloud")
+        );
+        for bad in ["/etc/shadow", "..", ".", "", "cloud/../tiny", "nope"] {
+            let e = Kernel::from_store(dir.path(), bad).unwrap_err();
+            assert!(matches!(e, Error::KernelNotInStore { .. }), "{bad}: {e}");
+            let msg = e.to_string();
+            assert!(msg.contains("6.1.0-tiny") && !msg.contains('\n'), "{msg}");
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ mod kernel;
 mod modules;
 
 pub use archive::build_initramfs;
-pub use cache::ensure_initramfs;
+pub use cache::{ensure_initramfs, Initramfs};
 pub use kernel::Kernel;
 pub use modules::resolve_modules;
 
@@ -67,6 +67,26 @@ pub enum Error {
         /// The kernel path that was given.
         path: PathBuf,
     },
+
+    /// `RUNVM_KERNEL` names no kernel of the store.
+    #[error(
+        "RUNVM_KERNEL={name:?} is not a kernel in runvm's kernel store {}: give one of: {available}",
+        dir.display()
+    )]
+    KernelNotInStore {
+        name: String,
+        dir: PathBuf,
+        /// The versions the store has, comma-separated.
+        available: String,
+    },
+
+    /// `modules.dep` names a module outside the kernel's module tree.
+    #[error(
+        "the kernel's modules.dep names {path:?}, which is not inside its module directory {}: \
+         refusing the kernel; regenerate modules.dep with depmod",
+        dir.display()
+    )]
+    ModuleOutsideTree { path: String, dir: PathBuf },
 
     /// The kernel has a modules directory but its `modules.dep` is unreadable.
     #[error(

@@ -28,7 +28,7 @@ pub enum Accel {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmOptions {
     pub accel: AccelRequest,
-    /// Explicit guest kernel (host path of a vmlinuz).
+    /// Explicit guest kernel: a name in runvm's kernel store.
     pub kernel: Option<String>,
     /// Guest RAM in MiB, when set explicitly.
     pub memory_mib: Option<u64>,
@@ -77,13 +77,15 @@ impl VmOptions {
                 }
             },
         };
+        // A kernel is picked by name from runvm's kernel store, never by
+        // path: the variable may come from the image's ENV.
         let kernel = get("RUNVM_KERNEL").filter(|v| !v.is_empty());
         if let Some(k) = &kernel {
-            if !k.starts_with('/') {
+            if !is_kernel_name(k) {
                 return Err(OptionError {
                     name: "RUNVM_KERNEL",
                     value: k.clone(),
-                    expected: "give the absolute host path of a vmlinuz file",
+                    expected: "give the name of a kernel in runvm's kernel store (/var/lib/runvm/kernel; `runvm check` lists them), not a path",
                 });
             }
         }
@@ -127,6 +129,14 @@ impl VmOptions {
             debug,
         })
     }
+}
+
+/// A kernel name: letters, digits and `._+-`, not starting with a dot.
+fn is_kernel_name(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
 }
 
 /// Parses `512m`, `2g`, `1024` (MiB), `1073741824b` into MiB.
@@ -202,7 +212,14 @@ mod tests {
         let o = VmOptions::from_env(&env(&["RUNVM_MEMORY=1g", "RUNVM_CPUS=3"]), |_| None).unwrap();
         assert_eq!((o.memory_mib, o.cpus), (Some(1024), Some(3)));
         assert!(VmOptions::from_env(&env(&["RUNVM_CPUS=0"]), |_| None).is_err());
-        assert!(VmOptions::from_env(&env(&["RUNVM_KERNEL=vmlinuz"]), |_| None).is_err());
+        for bad in ["/etc/shadow", "../kernel", "a/b", ".hidden", "x y"] {
+            let e =
+                VmOptions::from_env(&env(&[&format!("RUNVM_KERNEL={bad}")]), |_| None).unwrap_err();
+            assert!(e.to_string().contains("kernel store"), "{e}");
+        }
+        let o =
+            VmOptions::from_env(&env(&["RUNVM_KERNEL=6.1.0-56-cloud-amd64"]), |_| None).unwrap();
+        assert_eq!(o.kernel.as_deref(), Some("6.1.0-56-cloud-amd64"));
         assert!(VmOptions::from_env(&env(&["RUNVM_DEBUG=yes"]), |_| None).is_err());
     }
 }

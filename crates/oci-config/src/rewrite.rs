@@ -91,6 +91,9 @@ pub struct HostLayout {
     pub qemu: String,
     pub devices: Vec<HostDevice>,
     pub host_cpus: u32,
+    /// The host's memory (MemTotal) in MiB: the most guest RAM a container
+    /// without a memory limit may ask for.
+    pub host_memory_mib: u64,
     pub accel: Accel,
     pub accel_warning: Option<String>,
 }
@@ -113,6 +116,12 @@ pub enum RewriteError {
     AlreadyRewritten,
     #[error("the container's memory limit ({mib} MiB) is too small for a VM: give --memory {MIN_MEMORY_MIB}m or more")]
     MemoryTooSmall { mib: u64 },
+    #[error("{variable} asks for {want}, more than {limit}: lower {variable} or raise the limit")]
+    AboveLimit {
+        variable: &'static str,
+        want: String,
+        limit: String,
+    },
     #[error("{0}")]
     Option(#[from] crate::options::OptionError),
 }
@@ -208,11 +217,25 @@ pub fn rewrite_config(
     // Without a limit the VM gets every host CPU, as a runc container sees
     // them all. (Under TCG on an idle 2-core host this also boots faster:
     // 5.3 s against 5.8 s with one vCPU, medians of 3.)
-    let cpus = opts
-        .cpus
-        .or_else(|| cpu_limit(linux))
-        .unwrap_or(host.host_cpus)
-        .max(1);
+    // RUNVM_CPUS and RUNVM_MEMORY may come from the image's ENV: they may
+    // lower what the engine granted, never raise it.
+    let cpu_cap = cpu_limit(linux);
+    if let Some(want) = opts.cpus {
+        let cap = cpu_cap.unwrap_or(host.host_cpus);
+        if want > cap {
+            return Err(RewriteError::AboveLimit {
+                variable: "RUNVM_CPUS",
+                want: format!("{want} vCPUs"),
+                limit: match cpu_cap {
+                    Some(c) => {
+                        format!("the container's CPU limit ({c}, from --cpus or --cpuset-cpus)")
+                    }
+                    None => format!("this host's {} CPUs", host.host_cpus),
+                },
+            });
+        }
+    }
+    let cpus = opts.cpus.or(cpu_cap).unwrap_or(host.host_cpus).max(1);
 
     // --- annotations
     let ann = top.entry("annotations").or_insert_with(|| json!({}));
@@ -222,6 +245,19 @@ pub fn rewrite_config(
         .get("hostname")
         .and_then(Value::as_str)
         .map(str::to_owned);
+    if let Some(want) = opts.memory_mib {
+        let cap = limit_mib.unwrap_or(host.host_memory_mib);
+        if want > cap {
+            return Err(RewriteError::AboveLimit {
+                variable: "RUNVM_MEMORY",
+                want: format!("{want} MiB of guest RAM"),
+                limit: match limit_mib {
+                    Some(l) => format!("the container's memory limit ({l} MiB, from --memory)"),
+                    None => format!("this host's {} MiB of memory", host.host_memory_mib),
+                },
+            });
+        }
+    }
     let memory_mib = opts.memory_mib.or(limit_mib).unwrap_or(DEFAULT_MEMORY_MIB);
     if memory_mib < MIN_MEMORY_MIB {
         return Err(RewriteError::MemoryTooSmall { mib: memory_mib });

@@ -30,6 +30,7 @@ fn host() -> HostLayout {
             minor: 232,
         }],
         host_cpus: 2,
+        host_memory_mib: 4096,
         accel: Accel::Tcg,
         accel_warning: None,
     }
@@ -408,4 +409,36 @@ fn read_only_root_is_applied_after_the_mounts_are_placed() {
     assert_eq!(first["destination"], "/rootfs");
     assert!(!first["options"].as_array().unwrap().contains(&json!("ro")));
     assert!(r.vm.container.readonly_root);
+}
+
+#[test]
+fn runvm_memory_and_cpus_may_lower_the_engines_limits_never_raise_them() {
+    let mut orig = fixture("docker-20.10-default.json");
+    orig["linux"]["resources"]["memory"] = json!({"limit": 300 * 1024 * 1024});
+    orig["linux"]["resources"]["cpu"] = json!({"quota": 100000, "period": 100000});
+    // Lower: fine.
+    let r = rewrite_config(
+        orig.clone(),
+        &opts(&["RUNVM_MEMORY=200m", "RUNVM_CPUS=1"]),
+        &host(),
+    )
+    .unwrap();
+    assert_eq!((r.vm.memory_mib, r.vm.vcpus), (200, 1));
+    // Raise: refused, one line naming the variable and the limit.
+    let e = rewrite_config(orig.clone(), &opts(&["RUNVM_MEMORY=4g"]), &host()).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("RUNVM_MEMORY") && msg.contains("300 MiB") && !msg.contains('\n'),
+        "{msg}"
+    );
+    let e = rewrite_config(orig, &opts(&["RUNVM_CPUS=2"]), &host()).unwrap_err();
+    assert!(e.to_string().contains("RUNVM_CPUS"), "{e}");
+    // Without engine limits, the host is the limit.
+    let orig = fixture("docker-20.10-default.json");
+    let e = rewrite_config(orig.clone(), &opts(&["RUNVM_MEMORY=64g"]), &host()).unwrap_err();
+    assert!(e.to_string().contains("4096 MiB"), "{e}");
+    let e = rewrite_config(orig.clone(), &opts(&["RUNVM_CPUS=3"]), &host()).unwrap_err();
+    assert!(e.to_string().contains("2 CPUs"), "{e}");
+    let r = rewrite_config(orig, &opts(&["RUNVM_MEMORY=1g", "RUNVM_CPUS=2"]), &host()).unwrap();
+    assert_eq!((r.vm.memory_mib, r.vm.vcpus), (1024, 2));
 }

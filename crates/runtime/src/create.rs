@@ -28,6 +28,8 @@ pub struct Prepared {
     pub readonly_root: bool,
     /// runvm's root directory on the host (the container's root).
     pub new_root: PathBuf,
+    /// The initramfs, locked against pruning until runc has mounted it.
+    pub initrd: runvm_initramfs::Initramfs,
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -75,7 +77,7 @@ pub fn prepare_bundle(bundle: &Path, log: &Log) -> Result<Prepared> {
     let virtiofsd = install.virtiofsd()?;
     let qemu = install.qemu()?;
     let kernel = match &opts.kernel {
-        Some(k) => Kernel::from_vmlinuz(Path::new(k))?,
+        Some(name) => Kernel::from_store(&install.kernels_dir(), name)?,
         None => Kernel::discover(&install.kernels_dir())?,
     };
     let (accel, accel_warning) = host::decide_accel(opts.accel, host::kvm_problem())?;
@@ -97,12 +99,13 @@ pub fn prepare_bundle(bundle: &Path, log: &Log) -> Result<Prepared> {
         supervisor: supervisor.to_string_lossy().into_owned(),
         virtiofsd: virtiofsd.to_string_lossy().into_owned(),
         kernel: kernel.vmlinuz.to_string_lossy().into_owned(),
-        initrd: initrd.to_string_lossy().into_owned(),
+        initrd: initrd.path.to_string_lossy().into_owned(),
         qemu: qemu.to_string_lossy().into_owned(),
         devices: host::devices(accel),
         host_cpus: std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1),
+        host_memory_mib: host::memory_mib(),
         accel,
         accel_warning,
     };
@@ -147,6 +150,7 @@ pub fn prepare_bundle(bundle: &Path, log: &Log) -> Result<Prepared> {
         staged_mounts: rewritten.vm.staged_mounts,
         readonly_root: rewritten.vm.container.readonly_root,
         new_root,
+        initrd,
     })
 }
 

@@ -141,6 +141,19 @@ pub fn host_entries() -> Vec<HostEntry> {
     out
 }
 
+/// The host's memory (MemTotal) in MiB; a large value if it cannot be read.
+pub fn memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kib| kib / 1024)
+        .unwrap_or(u64::MAX / (1024 * 1024))
+}
+
 /// Character devices the supervisor needs: the tap device and KVM.
 pub fn devices(accel: Accel) -> Vec<HostDevice> {
     let mut paths = vec!["/dev/net/tun"];

@@ -104,6 +104,12 @@ fn create_or_run(cli: &Cli, log: &Log, verb: &str, args: &[String]) -> Result<i3
     let bundle = PathBuf::from(parsed.bundle.clone().unwrap_or_else(|| ".".into()));
     let prepared = create::prepare_bundle(&bundle, log)?;
     if verb == "run" {
+        // runc takes over: it inherits the lock on the initramfs, which
+        // then lasts until runc has mounted it.
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&prepared.initrd.lock_fd());
+        // SAFETY: F_SETFD on a descriptor this process owns (held by
+        // `prepared`, alive until the exec).
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
         return exec_runc(cli, &cli.command);
     }
     let status = runc(cli, &cli.command)
@@ -250,6 +256,28 @@ fn check() -> Result<i32> {
             .map(|k| format!("{} ({})", k.vmlinuz.display(), k.version))
             .map_err(|e| e.to_string()),
     );
+    if let Ok(all) = runvm_initramfs::Kernel::all_in_store(&install.kernels_dir()) {
+        let names: Vec<String> = all
+            .iter()
+            .map(|k| {
+                let dir = k
+                    .root
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if dir == k.version {
+                    dir
+                } else {
+                    format!("{dir} ({})", k.version)
+                }
+            })
+            .collect();
+        println!(
+            "ok      kernel store {}: {} (pick one with RUNVM_KERNEL=<name>)",
+            install.kernels_dir().display(),
+            names.join(", ")
+        );
+    }
     match host::decide_accel(runvm_config::AccelRequest::Auto, host::kvm_problem()) {
         Ok((a, None)) => println!("ok      accelerator: {a:?}"),
         Ok((a, Some(w))) => println!("warning accelerator: {a:?}: {w}"),

@@ -1,7 +1,7 @@
 //! Bad `RUNVM_*` input fails `docker run` with one clear line and leaves
 //! nothing behind (acceptance item 10).
 //!
-//! One test only: this binary then never runs a VM of its own while it checks
+//! No test here boots a VM: this binary then never runs a VM of its own while it checks
 //! for leftovers (cargo runs test binaries one after another), so any QEMU,
 //! virtiofsd or supervisor process found is a leftover.
 
@@ -69,5 +69,69 @@ fn bad_runvm_options_fail_cleanly() {
     check_rejected(
         "RUNVM_KERNEL=/nonexistent/vmlinuz",
         &["/nonexistent/vmlinuz", "RUNVM_KERNEL"],
+    );
+    // A kernel is a name in runvm's store, never a host path.
+    check_rejected("RUNVM_KERNEL=/etc/shadow", &["/etc/shadow", "kernel store"]);
+    check_rejected(
+        "RUNVM_KERNEL=no-such-kernel",
+        &["no-such-kernel", "kernel store", "give one of"],
+    );
+    // More than the engine granted.
+    let c = Container::new("bad-memory");
+    let run = run_one(
+        "runvm",
+        &["--name", &c.name, "-m", "300m", "-e", "RUNVM_MEMORY=4g"],
+        &[IMAGE, "true"],
+        None,
+    );
+    run.assert_code(125, "RUNVM_MEMORY above --memory");
+    assert!(
+        run.stderr_str()
+            .lines()
+            .any(|l| l.contains("RUNVM_MEMORY") && l.contains("300 MiB")),
+        "{}",
+        run.describe()
+    );
+    assert_no_leftovers("RUNVM_MEMORY above --memory", Duration::from_secs(10));
+}
+
+/// A kernel in the store whose modules.dep names a path outside its tree is
+/// refused in one line, and nothing is written to the initramfs cache.
+#[test]
+fn a_kernel_whose_modules_leave_its_tree_is_refused() {
+    if !e2e_enabled() {
+        return;
+    }
+    let store = "/var/lib/runvm/kernel";
+    let cache = "/var/lib/runvm/cache";
+    let name = unique_name("evil-kernel");
+    struct Remove(String);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let root = format!("{store}/{name}");
+    let _guard = Remove(root.clone());
+    // A copy of the installed kernel whose modules.dep names /etc/shadow.
+    let setup = host_sh(&format!(
+        r#"set -e
+src=$(ls -d {store}/*/boot/vmlinuz-* | grep -v runvm-e2e | head -1)
+mods=$(dirname "$(dirname "$src")")/lib/modules/$(basename "$src" | sed s/vmlinuz-//)
+mkdir -p {root}/boot {root}/lib/modules/evil
+cp "$src" {root}/boot/vmlinuz-evil
+sed 's#^kernel/fs/fuse/fuse.ko:#/etc/shadow:#; s# kernel/fs/fuse/fuse.ko# /etc/shadow#g' \
+    "$mods/modules.dep" > {root}/lib/modules/evil/modules.dep
+grep -q /etc/shadow {root}/lib/modules/evil/modules.dep"#
+    ));
+    setup.assert_code(0, "set up a kernel with a hostile modules.dep");
+    let before = host_sh(&format!("ls -A {cache} 2>/dev/null | sort"));
+    let env = format!("RUNVM_KERNEL={name}");
+    check_rejected(&env, &["/etc/shadow", "modules.dep"]);
+    let after = host_sh(&format!("ls -A {cache} 2>/dev/null | sort"));
+    assert_eq!(
+        before.stdout_str(),
+        after.stdout_str(),
+        "the initramfs cache changed"
     );
 }
