@@ -38,27 +38,33 @@ pub const DEFAULT_MEMORY_MIB: u64 = 512;
 /// Smallest guest RAM that boots the distribution kernel.
 pub const MIN_MEMORY_MIB: u64 = 128;
 
-/// Capabilities the supervisor needs for itself and its helpers: tap and tc
-/// setup (NET_ADMIN), virtiofsd serving files as any owner (SYS_ADMIN for its
-/// setup, SETUID/SETGID/FSETID/CHOWN/FOWNER/DAC_*/MKNOD for file operations
-/// on the guest's behalf). CAP_SYS_RESOURCE is not asked for: some hosts
-/// (this project's CI among them) lack it in the bounding set.
+/// The host side's capabilities, whatever the container asked for (its own
+/// capabilities apply to the workload in the guest): tap and tc setup
+/// (NET_ADMIN); virtiofsd's file operations on the guest's behalf (CHOWN,
+/// DAC_OVERRIDE, FOWNER, FSETID, SETUID, SETGID, MKNOD, SETFCAP, and
+/// SETPCAP to trim its own set at start); starting QEMU under an
+/// unprivileged uid (SETUID, SETGID, CHOWN for its sockets) and signalling
+/// it (KILL). Nothing else: no SYS_ADMIN, no DAC_READ_SEARCH, no NET_RAW.
+/// CAP_SYS_RESOURCE is never asked for: some hosts (this project's CI
+/// among them) lack it in the bounding set.
 pub const SUPERVISOR_CAPS: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
     "CAP_FOWNER",
     "CAP_FSETID",
     "CAP_KILL",
     "CAP_MKNOD",
     "CAP_NET_ADMIN",
-    "CAP_NET_RAW",
     "CAP_SETGID",
     "CAP_SETUID",
     "CAP_SETFCAP",
     "CAP_SETPCAP",
-    "CAP_SYS_ADMIN",
 ];
+
+/// The capability `runc run` needs the supervisor to have on top: with no
+/// step between creating and starting, the supervisor places Docker's
+/// mounts itself (see `runvm-mounts`).
+pub const MOUNT_PLACEMENT_CAP: &str = "CAP_SYS_ADMIN";
 
 /// A host device the supervisor needs inside the container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -524,25 +530,39 @@ fn rewrite_process(p: &mut Map<String, Value>) {
     // The workload's limits apply in the guest; the supervisor keeps the
     // engine's defaults so QEMU is not starved of file descriptors.
     p.remove("rlimits");
-    let mut caps: Vec<String> = p
-        .get("capabilities")
-        .and_then(|c| c.get("bounding"))
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
-    for c in SUPERVISOR_CAPS {
-        if !caps.iter().any(|x| x == c) {
-            caps.push((*c).to_owned());
-        }
-    }
+    // The host side never gains privileges (the host's /usr is visible to
+    // it) and has exactly its own capabilities: --cap-add and --privileged
+    // are for the guest.
+    p.insert("noNewPrivileges".into(), json!(true));
+    set_capabilities(p, SUPERVISOR_CAPS);
+}
+
+/// Gives a process object exactly `caps` (bounding, effective, permitted;
+/// no inheritable or ambient ones).
+fn set_capabilities(p: &mut Map<String, Value>, caps: &[&str]) {
     p.insert(
         "capabilities".into(),
         json!({"bounding": caps, "effective": caps, "permitted": caps}),
     );
+}
+
+/// Adds [`MOUNT_PLACEMENT_CAP`] to a rewritten config's supervisor, for
+/// `runc run` (see there).
+pub fn grant_mount_placement(config: &mut Value) {
+    let Some(caps) = config
+        .get_mut("process")
+        .and_then(|p| p.get_mut("capabilities"))
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    for set in ["bounding", "effective", "permitted"] {
+        if let Some(list) = caps.get_mut(set).and_then(Value::as_array_mut) {
+            if !list.iter().any(|c| c == MOUNT_PLACEMENT_CAP) {
+                list.push(json!(MOUNT_PLACEMENT_CAP));
+            }
+        }
+    }
 }
 
 fn add_devices(linux: &mut Map<String, Value>, devices: &[HostDevice]) -> Result<(), RewriteError> {
@@ -663,5 +683,10 @@ pub fn rewrite_exec_process(mut process: Value) -> Result<(Value, ProcessSpec), 
     p.insert("cwd".into(), json!("/"));
     p.insert("user".into(), json!({"uid": 0, "gid": 0}));
     p.remove("rlimits");
+    // The exec client only talks to the supervisor's socket: it needs no
+    // capability on the host side, whatever `docker exec --privileged` or
+    // the container's capabilities say (those apply in the guest).
+    p.insert("noNewPrivileges".into(), json!(true));
+    set_capabilities(p, &[]);
     Ok((process, spec))
 }

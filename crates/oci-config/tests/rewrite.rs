@@ -216,12 +216,17 @@ fn the_process_becomes_the_supervisor_and_the_original_goes_to_the_guest() {
     assert!(p.get("rlimits").is_none());
     for set in ["bounding", "effective", "permitted"] {
         let caps = p["capabilities"][set].as_array().unwrap();
-        assert!(caps.contains(&json!("CAP_NET_ADMIN")));
-        assert!(
-            caps.contains(&json!("CAP_AUDIT_WRITE")),
-            "Docker's own caps are kept"
+        assert_eq!(
+            caps,
+            &runvm_config::rewrite::SUPERVISOR_CAPS
+                .iter()
+                .map(|c| json!(c))
+                .collect::<Vec<_>>(),
+            "the host side has runvm's set only, not Docker's"
         );
     }
+    assert!(p["capabilities"].get("ambient").is_none());
+    assert_eq!(p["noNewPrivileges"], true);
     let g = &r.vm.container.process;
     assert_eq!(g.args, vec!["sleep", "30"]);
     assert_eq!((g.uid, g.gid), (1000, 1000));
@@ -338,6 +343,68 @@ fn an_exec_process_becomes_the_exec_client_carrying_the_original() {
     );
     assert_eq!(spec.console_size, Some((30, 100)));
     assert_eq!(spec.cwd, "/tmp");
+    // The exec client has no capability on the host side; the exec's own
+    // capabilities travel to the guest.
+    for set in ["bounding", "effective", "permitted"] {
+        assert_eq!(out["capabilities"][set], json!([]), "{set}");
+    }
+    assert_eq!(out["noNewPrivileges"], true);
+    assert_eq!(spec.capabilities.unwrap().bounding, ["CAP_KILL"]);
+}
+
+#[test]
+fn privileged_and_cap_add_do_not_reach_the_host_side() {
+    let mut orig = fixture("docker-20.10-default.json");
+    let all = json!([
+        "CAP_SYS_ADMIN",
+        "CAP_SYS_MODULE",
+        "CAP_SYS_RAWIO",
+        "CAP_SYS_PTRACE"
+    ]);
+    for set in [
+        "bounding",
+        "effective",
+        "permitted",
+        "inheritable",
+        "ambient",
+    ] {
+        orig["process"]["capabilities"][set] = all.clone();
+    }
+    let mut r = rewrite_config(orig, &opts(&[]), &host()).unwrap();
+    let caps = &r.config["process"]["capabilities"];
+    for c in [
+        "CAP_SYS_ADMIN",
+        "CAP_SYS_MODULE",
+        "CAP_SYS_RAWIO",
+        "CAP_SYS_PTRACE",
+    ] {
+        assert!(
+            !caps["bounding"].as_array().unwrap().contains(&json!(c)),
+            "{c}"
+        );
+    }
+    assert_eq!(
+        r.vm.container
+            .process
+            .capabilities
+            .as_ref()
+            .unwrap()
+            .bounding,
+        [
+            "CAP_SYS_ADMIN",
+            "CAP_SYS_MODULE",
+            "CAP_SYS_RAWIO",
+            "CAP_SYS_PTRACE"
+        ]
+    );
+    // `runc run` only: the supervisor places the mounts itself.
+    runvm_config::rewrite::grant_mount_placement(&mut r.config);
+    for set in ["bounding", "effective", "permitted"] {
+        assert!(r.config["process"]["capabilities"][set]
+            .as_array()
+            .unwrap()
+            .contains(&json!("CAP_SYS_ADMIN")));
+    }
 }
 
 #[test]

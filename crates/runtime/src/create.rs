@@ -58,7 +58,9 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 
 /// Rewrites the bundle at `bundle` for runvm. Nothing is written unless
 /// every check passed, so a refused container leaves nothing behind.
-pub fn prepare_bundle(bundle: &Path, log: &Log) -> Result<Prepared> {
+/// `for_run`: the bundle is for `runc run`, which has no step between
+/// creating and starting; the supervisor then places the mounts itself.
+pub fn prepare_bundle(bundle: &Path, log: &Log, for_run: bool) -> Result<Prepared> {
     let config_path = bundle.join("config.json");
     let config = read_json(&config_path)?;
     let env: Vec<String> = config["process"]["env"]
@@ -109,7 +111,10 @@ pub fn prepare_bundle(bundle: &Path, log: &Log) -> Result<Prepared> {
         accel,
         accel_warning,
     };
-    let rewritten = rewrite_config(config, &opts, &layout)?;
+    let mut rewritten = rewrite_config(config, &opts, &layout)?;
+    if for_run {
+        runvm_config::rewrite::grant_mount_placement(&mut rewritten.config);
+    }
 
     // The supervisor's root: mount points, merged-/usr symlinks, vm.json.
     let _ = fs::remove_dir_all(&new_root);

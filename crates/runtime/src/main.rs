@@ -102,7 +102,7 @@ fn run(cli: &Cli, log: &Log) -> Result<i32> {
 fn create_or_run(cli: &Cli, log: &Log, verb: &str, args: &[String]) -> Result<i32> {
     let parsed = cli::parse_create_args(args);
     let bundle = PathBuf::from(parsed.bundle.clone().unwrap_or_else(|| ".".into()));
-    let prepared = create::prepare_bundle(&bundle, log)?;
+    let prepared = create::prepare_bundle(&bundle, log, verb == "run")?;
     if verb == "run" {
         // runc takes over: it inherits the lock on the initramfs, which
         // then lasts until runc has mounted it.
