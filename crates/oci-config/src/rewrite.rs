@@ -100,8 +100,30 @@ pub struct HostLayout {
     /// The host's memory (MemTotal) in MiB: the most guest RAM a container
     /// without a memory limit may ask for.
     pub host_memory_mib: u64,
+    /// The unprivileged uid and gid QEMU runs under (see [`qemu_ids`]).
+    pub qemu_ids: (u32, u32),
     pub accel: Accel,
     pub accel_warning: Option<String>,
+}
+
+/// First uid (and gid) of the range QEMU processes run under.
+pub const QEMU_ID_BASE: u32 = 0x7f00_0000;
+/// Size of that range.
+pub const QEMU_ID_SPAN: u32 = 0x00ff_ffff;
+
+/// The uid and gid QEMU runs under for the container whose bundle is
+/// `bundle`: one of its own, so that QEMUs of different containers share
+/// no uid, in a range far above ordinary users and the usual subordinate
+/// id ranges of rootless users (2130706432 to 2147483646).
+pub fn qemu_ids(bundle: &str) -> (u32, u32) {
+    // FNV-1a: a stable spread of bundle paths, nothing cryptographic needed.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bundle.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let id = QEMU_ID_BASE + (h % u64::from(QEMU_ID_SPAN)) as u32;
+    (id, id)
 }
 
 /// The result of a rewrite.
@@ -218,7 +240,7 @@ pub fn rewrite_config(
                         .is_none_or(str::is_empty)
             })
         });
-    add_devices(linux, &host.devices)?;
+    add_devices(linux, &host.devices, host.qemu_ids)?;
     let limit_mib = grow_memory_limit(linux)?;
     // Without a limit the VM gets every host CPU, as a runc container sees
     // them all. (Under TCG on an idle 2-core host this also boots faster:
@@ -282,6 +304,8 @@ pub fn rewrite_config(
         debug: opts.debug,
         own_network,
         staged_mounts,
+        qemu_uid: host.qemu_ids.0,
+        qemu_gid: host.qemu_ids.1,
         container: ContainerSpec {
             hostname,
             process: guest_process,
@@ -565,7 +589,13 @@ pub fn grant_mount_placement(config: &mut Value) {
     }
 }
 
-fn add_devices(linux: &mut Map<String, Value>, devices: &[HostDevice]) -> Result<(), RewriteError> {
+/// Adds runvm's devices. `/dev/kvm` belongs to QEMU's uid and gid, mode
+/// 0600: QEMU opens it, nothing else in the container can.
+fn add_devices(
+    linux: &mut Map<String, Value>,
+    devices: &[HostDevice],
+    qemu: (u32, u32),
+) -> Result<(), RewriteError> {
     if devices.is_empty() {
         return Ok(());
     }
@@ -579,9 +609,14 @@ fn add_devices(linux: &mut Map<String, Value>, devices: &[HostDevice]) -> Result
             .iter()
             .any(|x| x.get("path").and_then(Value::as_str) == Some(&d.path))
         {
+            let (uid, gid, mode) = if d.path == "/dev/kvm" {
+                (qemu.0, qemu.1, 0o600)
+            } else {
+                (0, 0, 0o600)
+            };
             list.push(json!({
                 "path": d.path, "type": "c", "major": d.major, "minor": d.minor,
-                "fileMode": 0o660, "uid": 0, "gid": 0
+                "fileMode": mode, "uid": uid, "gid": gid
             }));
         }
     }

@@ -25,6 +25,9 @@ pub struct VmConfig {
     /// leaves the host's interfaces alone and the VM has loopback only.
     #[serde(default)]
     pub own_network: bool,
+    /// QEMU's unprivileged uid and gid.
+    pub qemu_uid: u32,
+    pub qemu_gid: u32,
     /// Docker's bind mounts, staged by runc inside runvm's root, to be moved
     /// to their destinations inside `rootfs` (see `runvm-mounts`).
     #[serde(default)]

@@ -31,6 +31,7 @@ fn host() -> HostLayout {
         }],
         host_cpus: 2,
         host_memory_mib: 4096,
+        qemu_ids: (2130706500, 2130706500),
         accel: Accel::Tcg,
         accel_warning: None,
     }
@@ -508,4 +509,29 @@ fn runvm_memory_and_cpus_may_lower_the_engines_limits_never_raise_them() {
     assert!(e.to_string().contains("2 CPUs"), "{e}");
     let r = rewrite_config(orig, &opts(&["RUNVM_MEMORY=1g", "RUNVM_CPUS=2"]), &host()).unwrap();
     assert_eq!((r.vm.memory_mib, r.vm.vcpus), (1024, 2));
+}
+
+#[test]
+fn kvm_belongs_to_qemus_own_unprivileged_ids() {
+    let r = rewrite_config(fixture("docker-20.10-default.json"), &opts(&[]), &host()).unwrap();
+    let kvm = r.config["linux"]["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["path"] == "/dev/kvm")
+        .unwrap();
+    assert_eq!(
+        (kvm["uid"].as_u64(), kvm["gid"].as_u64()),
+        (Some(2130706500), Some(2130706500))
+    );
+    assert_eq!(kvm["fileMode"], 0o600);
+    assert_eq!((r.vm.qemu_uid, r.vm.qemu_gid), (2130706500, 2130706500));
+    let a =
+        runvm_config::rewrite::qemu_ids("/run/containerd/io.containerd.runtime.v2.task/moby/aaa");
+    let b =
+        runvm_config::rewrite::qemu_ids("/run/containerd/io.containerd.runtime.v2.task/moby/bbb");
+    assert_ne!(a, b);
+    for (uid, _) in [a, b] {
+        assert!((runvm_config::rewrite::QEMU_ID_BASE..i32::MAX as u32).contains(&uid));
+    }
 }

@@ -108,6 +108,7 @@ pub fn prepare_bundle(bundle: &Path, log: &Log, for_run: bool) -> Result<Prepare
             .map(|n| n.get() as u32)
             .unwrap_or(1),
         host_memory_mib: host::memory_mib(),
+        qemu_ids: runvm_config::rewrite::qemu_ids(&bundle_real.to_string_lossy()),
         accel,
         accel_warning,
     };

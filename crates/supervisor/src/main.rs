@@ -9,6 +9,7 @@ mod error;
 mod exec;
 mod network;
 mod relay;
+mod sandbox;
 mod session;
 mod vmm;
 
@@ -94,18 +95,24 @@ fn inheritable(fd: i32) -> Result<()> {
 
 /// Starts virtiofsd or QEMU: no stdin or stdout, stderr to its log, and
 /// killed if the supervisor goes away.
-fn spawn_helper(cfg: &VmConfig, program: &str, args: Vec<String>, name: &str) -> Result<Child> {
-    Command::new(program)
-        .args(args)
+fn spawn_helper(
+    cfg: &VmConfig,
+    program: &str,
+    args: Vec<String>,
+    name: &str,
+    confine: impl FnOnce(&mut Command),
+) -> Result<Child> {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(helper_log(cfg, name)?)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| SupervisorError::Spawn {
-            program: program.to_owned(),
-            source,
-        })
+        .kill_on_drop(true);
+    confine(&mut cmd);
+    cmd.spawn().map_err(|source| SupervisorError::Spawn {
+        program: program.to_owned(),
+        source,
+    })
 }
 
 fn helper_log_tail(name: &str) -> String {
@@ -188,6 +195,7 @@ async fn supervise() -> Result<i32> {
         &cfg.virtiofsd,
         vmm::virtiofsd_args(&cfg, vfs_fd),
         "virtiofsd",
+        |c| sandbox::bound_capabilities(c, sandbox::VIRTIOFSD_CAPS),
     )?;
     drop(vfs_listener); // virtiofsd has it
 
@@ -198,7 +206,28 @@ async fn supervise() -> Result<i32> {
             tap_fd: std::os::fd::AsRawFd::as_raw_fd(&n.tap),
         })
         .collect();
-    let mut qemu = spawn_helper(&cfg, &cfg.qemu, vmm::qemu_args(&cfg, &nic_args), "qemu")?;
+    // QEMU runs under its own unprivileged uid: it gets the sockets it
+    // connects to and its console file, and inherits only the taps.
+    let (quid, qgid) = (cfg.qemu_uid, cfg.qemu_gid);
+    if !cfg.debug {
+        std::fs::File::create(vmm::CONSOLE_LOG)
+            .map_err(|e| SupervisorError::io(format!("create {}", vmm::CONSOLE_LOG), e))?;
+    }
+    for path in [vmm::AGENT_SOCKET, vmm::VIRTIOFS_SOCKET]
+        .into_iter()
+        .chain((!cfg.debug).then_some(vmm::CONSOLE_LOG))
+    {
+        sandbox::give_to(path, quid, qgid)
+            .map_err(|e| SupervisorError::io(format!("give {path} to QEMU's uid {quid}"), e))?;
+    }
+    let tap_fds: Vec<i32> = nic_args.iter().map(|n| n.tap_fd).collect();
+    let mut qemu = spawn_helper(
+        &cfg,
+        &cfg.qemu,
+        vmm::qemu_args(&cfg, &nic_args),
+        "qemu",
+        |c| sandbox::run_unprivileged(c, quid, qgid, tap_fds),
+    )?;
     let mut interfaces = Vec::new();
     for n in nics {
         interfaces.push(n.interface);

@@ -224,8 +224,7 @@ async fn redirect(handle: &Handle, from: u32, to: u32) -> Result<()> {
     Ok(())
 }
 
-/// Creates a (non-persistent) tap device and returns its descriptor, with
-/// close-on-exec cleared so QEMU inherits it.
+/// Creates a (non-persistent) tap device and returns its descriptor.
 fn open_tap(name: &str) -> Result<OwnedFd> {
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -248,11 +247,7 @@ fn open_tap(name: &str) -> Result<OwnedFd> {
             std::io::Error::last_os_error(),
         ));
     }
-    let fd = OwnedFd::from(file);
-    // SAFETY: F_SETFD on a descriptor we own.
-    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) };
-    if rc < 0 {
-        return Err(err("clear close-on-exec", std::io::Error::last_os_error()));
-    }
-    Ok(fd)
+    // Close-on-exec stays set: only QEMU inherits it (see `sandbox`), never
+    // virtiofsd.
+    Ok(OwnedFd::from(file))
 }

@@ -100,6 +100,11 @@ pub fn qemu_args(cfg: &VmConfig, nics: &[NicArg]) -> Vec<String> {
         format!("virtserialport,bus=vser.0,chardev=agent,name={AGENT_PORT_NAME}"),
         "-device".into(),
         "virtio-rng-pci".into(),
+        // QEMU's own seccomp filter on top of runvm's: no obsolete system
+        // calls, no privilege changes, no new processes, no scheduler or
+        // resource-limit changes.
+        "-sandbox".into(),
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
         "-serial".into(),
         if cfg.debug {
             "file:/proc/self/fd/2".into()
@@ -173,6 +178,8 @@ mod tests {
             debug: false,
             own_network: true,
             staged_mounts: vec![],
+            qemu_uid: 2130706500,
+            qemu_gid: 2130706500,
             container: ContainerSpec {
                 hostname: None,
                 process: ProcessSpec::default(),
@@ -234,6 +241,15 @@ mod tests {
         assert!(devs
             .iter()
             .any(|d| d.starts_with("virtserialport") && d.ends_with(AGENT_PORT_NAME)));
+    }
+
+    #[test]
+    fn qemu_runs_its_own_sandbox() {
+        let a = qemu_args(&cfg(Accel::Tcg), &[]);
+        assert_eq!(
+            pair(&a, "-sandbox"),
+            ["on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
+        );
     }
 
     #[test]

@@ -149,3 +149,87 @@ fn a_mount_through_a_dangling_image_symlink_is_refused_in_one_line() {
     );
     assert!(lines[0].contains("mount at another path"), "{}", lines[0]);
 }
+
+/// The host-side processes of the running container `c` whose name is
+/// `comm`: those in its PID namespace.
+fn helpers_of(c: &Container, comm: &str) -> Vec<u32> {
+    let pid = c.inspect("{{.State.Pid}}");
+    let ns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).expect("container pid ns");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let name = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+        if name.trim_end().starts_with(comm)
+            && std::fs::read_link(format!("/proc/{p}/ns/pid"))
+                .ok()
+                .as_ref()
+                == Some(&ns)
+        {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn status_field(pid: u32, field: &str) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn qemu_is_unprivileged_and_only_qemu_holds_the_taps() {
+    if !e2e_enabled() {
+        return;
+    }
+    let _slot = vm_slots(1);
+    let c = Container::run_detached(
+        "helpers",
+        "runvm",
+        &[
+            "--cap-add",
+            "SYS_ADMIN",
+            IMAGE,
+            "sh",
+            "-c",
+            "echo up; sleep 600",
+        ],
+    );
+    c.wait_for_log("up", std::time::Duration::from_secs(120));
+    let qemu = helpers_of(&c, "qemu-system");
+    assert_eq!(qemu.len(), 1, "one QEMU in the container: {qemu:?}");
+    let uid = status_field(qemu[0], "Uid");
+    assert!(
+        uid.split_whitespace().all(|u| u != "0"),
+        "QEMU runs as root: Uid {uid}"
+    );
+    assert_eq!(status_field(qemu[0], "CapEff"), "0000000000000000");
+    assert_eq!(status_field(qemu[0], "CapPrm"), "0000000000000000");
+    assert_eq!(status_field(qemu[0], "NoNewPrivs"), "1");
+    let taps = |pid: u32| -> usize {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        std::fs::read_link(e.path())
+                            .is_ok_and(|t| t.to_string_lossy().contains("/dev/net/tun"))
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert!(taps(qemu[0]) >= 1, "QEMU holds the container's tap");
+    let vfs = helpers_of(&c, "virtiofsd");
+    assert_eq!(vfs.len(), 1, "one virtiofsd: {vfs:?}");
+    assert_eq!(taps(vfs[0]), 0, "virtiofsd holds a tap");
+    // --cap-add is for the guest: the host side never gets SYS_ADMIN (21).
+    for pid in helpers_of(&c, "runvm-superviso").into_iter().chain(vfs) {
+        let bnd = u64::from_str_radix(&status_field(pid, "CapBnd"), 16).expect("hex");
+        assert_eq!(bnd & (1 << 21), 0, "pid {pid} may hold CAP_SYS_ADMIN");
+    }
+}
