@@ -50,6 +50,7 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 now() { date +%s.%N; }
 elapsed() { echo "$(now) - $1" | bc -l; }
@@ -86,6 +87,10 @@ run_d() { # name [workload]: starts a detached container
 
 wait_up() { # name, deadline (epoch seconds)
     until docker logs "$1" 2>/dev/null | grep -q '^up$'; do
+        if [ "$(docker inspect -f '{{.State.Running}}' "$1" 2>/dev/null)" != true ]; then
+            fail "$1 ended before it was up: exit $(docker inspect -f '{{.State.ExitCode}}' "$1" 2>&1), log: $(docker logs "$1" 2>&1 | grep -m3 -iE 'panic|error|runvm:' | tr '\n' ' ' | head -c 400)"
+            return 1
+        fi
         if [ "$(date +%s)" -ge "$2" ]; then fail "$1 did not print 'up' in time"; return 1; fi
         sleep 1
     done
