@@ -3,6 +3,7 @@
 #   make demo       install what is missing, register runvm with Docker, run a VM
 #   make test       install what is missing and run every test (unit, e2e, differential)
 #   make bench      boot-time and memory figures against runc and bare QEMU
+#   make soak       many containers and lifecycles, then a table of leaks (slow)
 #   make install    build and install runvm, QEMU, virtiofsd, the guest kernel
 #   make uninstall  remove runvm and its Docker registration
 #
@@ -16,7 +17,7 @@ TARGET := x86_64-unknown-linux-gnu
 AGENT := target/$(TARGET)/release/runvm-agent
 export RUNVM_PREFIX := $(PREFIX)
 
-.PHONY: all build deps install uninstall demo test unit e2e lint bench images
+.PHONY: all build deps install uninstall demo test unit e2e lint bench soak images
 
 all: build
 
@@ -67,3 +68,7 @@ test: images lint unit e2e
 
 bench: images
 	@scripts/bench.sh
+
+# Not part of `test`: 20 concurrent VMs and 200 lifecycles take a while.
+soak: images
+	@scripts/soak.sh

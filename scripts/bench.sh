@@ -49,7 +49,7 @@ bare_qemu() {
         -machine q35,memory-backend=mem -accel "$ACCEL" -cpu "$CPU" -smp "$SMP" -m 512M \
         -object memory-backend-memfd,id=mem,size=512M,share=on \
         -kernel "$KERNEL" -initrd "$INITRD" \
-        -append "console=ttyS0 panic=-1 rdinit=/init pci=lastbus=0 random.trust_cpu=on 8250.nr_uarts=1 quiet runvm.probe" \
+        -append "console=ttyS0 panic=-1 rdinit=/init pci=lastbus=0 random.trust_cpu=on 8250.nr_uarts=1 no_timer_check quiet runvm.probe" \
         -device virtio-serial-pci,id=vser \
         -chardev "socket,id=agent,path=$dir/agent.sock,server=on,wait=off" \
         -device virtserialport,bus=vser.0,chardev=agent,name=io.runvm.agent \

@@ -553,7 +553,7 @@ fn rewrite_process(p: &mut Map<String, Value>) {
     p.insert("user".into(), json!({"uid": 0, "gid": 0}));
     // The workload's limits apply in the guest; the supervisor keeps the
     // engine's defaults so QEMU is not starved of file descriptors.
-    p.remove("rlimits");
+    p.shift_remove("rlimits");
     // The host side never gains privileges (the host's /usr is visible to
     // it) and has exactly its own capabilities: --cap-add and --privileged
     // are for the guest.
@@ -661,9 +661,11 @@ fn add_memory_overhead(mem: &mut Map<String, Value>) -> Option<u64> {
         .and_then(Value::as_i64)
         .filter(|l| *l > 0)?;
     let overhead = (VM_OVERHEAD_MIB * 1024 * 1024) as i64;
-    mem.insert("limit".into(), json!(limit + overhead));
+    // Saturating: a limit near i64::MAX (no real limit) must not wrap to a
+    // negative one.
+    mem.insert("limit".into(), json!(limit.saturating_add(overhead)));
     if let Some(swap) = mem.get("swap").and_then(Value::as_i64).filter(|s| *s > 0) {
-        mem.insert("swap".into(), json!(swap + overhead));
+        mem.insert("swap".into(), json!(swap.saturating_add(overhead)));
     }
     Some(limit as u64)
 }
@@ -687,12 +689,17 @@ fn cpu_limit(linux: &Map<String, Value>) -> Option<u32> {
         return Some((quota as u64).div_ceil(period) as u32);
     }
     let set = cpu.get("cpus").and_then(Value::as_str)?;
+    // A malformed set ("5-2", a count past u32) counts as no set.
     let mut n = 0u32;
     for part in set.split(',').filter(|s| !s.is_empty()) {
-        n += match part.split_once('-') {
-            Some((a, b)) => b.trim().parse::<u32>().ok()? + 1 - a.trim().parse::<u32>().ok()?,
+        let count = match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?);
+                b.checked_sub(a)?.checked_add(1)?
+            }
             None => 1,
         };
+        n = n.checked_add(count)?;
     }
     (n > 0).then_some(n)
 }
@@ -717,7 +724,7 @@ pub fn rewrite_exec_process(mut process: Value) -> Result<(Value, ProcessSpec), 
     );
     p.insert("cwd".into(), json!("/"));
     p.insert("user".into(), json!({"uid": 0, "gid": 0}));
-    p.remove("rlimits");
+    p.shift_remove("rlimits");
     // The exec client only talks to the supervisor's socket: it needs no
     // capability on the host side, whatever `docker exec --privileged` or
     // the container's capabilities say (those apply in the guest).
