@@ -179,6 +179,7 @@ mod tests {
                 routes: vec![],
                 mounts: vec![],
                 readonly_root: false,
+                ..Default::default()
             },
         }
     }
