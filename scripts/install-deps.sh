@@ -4,7 +4,8 @@
 need_root
 command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (1.85 or newer, e.g. with rustup) first"
 # qemu-system-x86: the VMM; docker.io: engine, containerd and runc;
-# libseccomp-dev, libcap-ng-dev, pkg-config: to build virtiofsd;
+# libseccomp-dev (with libseccomp2): runvm compiles seccomp profiles with it,
+# and virtiofsd's build needs it; libcap-ng-dev, pkg-config: to build virtiofsd;
 # kmod: depmod for the guest kernel's modules; busybox-static: test images;
 # iproute2, procps, util-linux (script): used by the tests.
 apt_install qemu-system-x86 docker.io runc libseccomp-dev libcap-ng-dev pkg-config \

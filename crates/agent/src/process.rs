@@ -1,5 +1,6 @@
-//! Starting a process inside the container: namespaces, credentials,
-//! limits, working directory and stdio.
+//! Starting a process inside the container: namespaces, confinement
+//! (masked and read-only paths, seccomp), credentials, limits, working
+//! directory and stdio.
 
 use std::ffi::CString;
 use std::io;
@@ -10,7 +11,7 @@ use std::process::{Command, Stdio};
 
 use nix::sched::{unshare, CloneFlags};
 use runvm_protocol::lookpath::{look_path, path_of_env, FileInfo, LookPathError};
-use runvm_protocol::ProcessSpec;
+use runvm_protocol::{ContainerSpec, ProcessSpec, SeccompFilter};
 
 /// Why a process could not be started, with the exit code to report.
 #[derive(Debug)]
@@ -38,6 +39,31 @@ pub enum ParentStdio {
     Pty {
         master: OwnedFd,
     },
+}
+
+/// The container's confinement beyond credentials, as runc applies it.
+/// The mount rules apply once, in the init's mount namespace (execs join
+/// it); the seccomp filter applies to the init and to every exec, as runc
+/// takes an exec's filter from the container's config.
+#[derive(Debug, Clone, Default)]
+pub struct Confinement {
+    pub masked_paths: Vec<String>,
+    pub readonly_paths: Vec<String>,
+    pub sysfs_readonly: bool,
+    pub cgroup_readonly: bool,
+    pub seccomp: Option<SeccompFilter>,
+}
+
+impl Confinement {
+    pub fn of(spec: &ContainerSpec) -> Self {
+        Confinement {
+            masked_paths: spec.masked_paths.clone(),
+            readonly_paths: spec.readonly_paths.clone(),
+            sysfs_readonly: spec.sysfs_readonly,
+            cgroup_readonly: spec.cgroup_readonly,
+            seccomp: spec.seccomp.clone(),
+        }
+    }
 }
 
 /// Which namespaces the new process gets.
@@ -110,6 +136,81 @@ struct ChildSetup {
     proc_dir: CString,
     proc_type: CString,
     root: CString,
+    /// Mount points remounted read-only (`/sys`, `/sys/fs/cgroup`).
+    remount_readonly: Vec<CString>,
+    readonly_paths: Vec<CString>,
+    masked_paths: Vec<CString>,
+    dev_null: CString,
+    tmpfs: CString,
+    seccomp: Option<Seccomp>,
+}
+
+/// A seccomp filter in the kernel's layout, prepared before the fork.
+struct Seccomp {
+    program: Vec<libc::sock_filter>,
+    flags: u32,
+}
+
+impl Seccomp {
+    fn new(f: &SeccompFilter) -> Result<Self, StartError> {
+        // The kernel refuses an empty program or one over BPF_MAXINSNS.
+        if f.program.is_empty() || f.program.len() > 4096 {
+            return Err(StartError {
+                message: format!(
+                    "the container's seccomp filter has {} instructions: not loadable",
+                    f.program.len()
+                ),
+                exit_code: 126,
+            });
+        }
+        Ok(Seccomp {
+            program: f
+                .program
+                .iter()
+                .map(|i| libc::sock_filter {
+                    code: i.code(),
+                    jt: i.jt(),
+                    jf: i.jf(),
+                    k: i.k(),
+                })
+                .collect(),
+            flags: f.flags,
+        })
+    }
+
+    /// Installs the filter on the calling thread.
+    ///
+    /// # Safety
+    /// Only system calls on data owned by `self`; safe between fork and
+    /// exec.
+    unsafe fn install(&self) -> io::Result<()> {
+        let prog = libc::sock_fprog {
+            len: self.program.len() as libc::c_ushort,
+            filter: self.program.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: `prog` points to `len` initialised instructions that
+        // outlive the call; the kernel copies them.
+        unsafe {
+            // As runc: prctl when there are no flags, seccomp(2) otherwise.
+            if self.flags == 0 {
+                check(libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                    &prog as *const libc::sock_fprog,
+                    0,
+                    0,
+                ))
+            } else {
+                let rc = libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER as libc::c_ulong,
+                    self.flags as libc::c_ulong,
+                    &prog as *const libc::sock_fprog,
+                );
+                check(if rc < 0 { -1 } else { 0 })
+            }
+        }
+    }
 }
 
 fn rlimit_resource(name: &str) -> Option<u32> {
@@ -153,7 +254,97 @@ fn check(ret: libc::c_int) -> io::Result<()> {
     }
 }
 
+/// The mount flags a bind remount must keep (runc's `readonlyPath`).
+///
+/// # Safety
+/// Only a system call on a NUL-terminated path; safe between fork and exec.
+unsafe fn locked_flags(path: &CString) -> io::Result<libc::c_ulong> {
+    // SAFETY: statfs writes into a zeroed struct we own.
+    unsafe {
+        let mut st: libc::statfs64 = std::mem::zeroed();
+        check(libc::statfs64(path.as_ptr(), &mut st))?;
+        Ok(st.f_flags as libc::c_ulong & (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC))
+    }
+}
+
+/// Makes a mount point read-only in this mount namespace.
+///
+/// # Safety
+/// Only system calls on NUL-terminated paths; safe between fork and exec.
+unsafe fn remount_readonly(path: &CString) -> io::Result<()> {
+    // SAFETY: as above.
+    unsafe {
+        let flags = locked_flags(path)?;
+        check(libc::mount(
+            path.as_ptr(),
+            path.as_ptr(),
+            std::ptr::null(),
+            flags | libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+            std::ptr::null(),
+        ))
+    }
+}
+
 impl ChildSetup {
+    /// runc's `readonlyPath`: bind the path onto itself, then remount the
+    /// bind read-only. A path that does not exist is skipped.
+    ///
+    /// # Safety
+    /// Only system calls; safe between fork and exec.
+    unsafe fn readonly_path(&self, path: &CString) -> io::Result<()> {
+        // SAFETY: NUL-terminated strings owned by `self`.
+        unsafe {
+            let rc = libc::mount(
+                path.as_ptr(),
+                path.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            );
+            if rc == -1 {
+                let e = io::Error::last_os_error();
+                return match e.raw_os_error() {
+                    Some(libc::ENOENT) => Ok(()),
+                    _ => Err(e),
+                };
+            }
+            remount_readonly(path)
+        }
+    }
+
+    /// runc's `maskPath`: `/dev/null` over a file, an empty read-only tmpfs
+    /// over a directory; a path that does not exist is skipped.
+    ///
+    /// # Safety
+    /// Only system calls; safe between fork and exec.
+    unsafe fn mask_path(&self, path: &CString) -> io::Result<()> {
+        // SAFETY: NUL-terminated strings owned by `self`.
+        unsafe {
+            let rc = libc::mount(
+                self.dev_null.as_ptr(),
+                path.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            );
+            if rc == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::ENOENT) => Ok(()),
+                Some(libc::ENOTDIR) => check(libc::mount(
+                    self.tmpfs.as_ptr(),
+                    path.as_ptr(),
+                    self.tmpfs.as_ptr(),
+                    libc::MS_RDONLY,
+                    std::ptr::null(),
+                )),
+                _ => Err(e),
+            }
+        }
+    }
+
     /// Runs in the child between fork and exec.
     ///
     /// # Safety
@@ -184,6 +375,23 @@ impl ChildSetup {
                     libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                     std::ptr::null(),
                 ))?;
+                // The container's read-only kernel filesystems, then its
+                // read-only and masked paths, in runc's order. They live in
+                // this mount namespace, which every exec joins.
+                for p in &self.remount_readonly {
+                    match remount_readonly(p) {
+                        // Not a mount point (no cgroup2 in this kernel):
+                        // nothing of its own to protect.
+                        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                        r => r?,
+                    }
+                }
+                for p in &self.readonly_paths {
+                    self.readonly_path(p)?;
+                }
+                for p in &self.masked_paths {
+                    self.mask_path(p)?;
+                }
             }
             check(libc::setsid())?;
             if self.terminal {
@@ -196,6 +404,15 @@ impl ChildSetup {
             }
             for (res, lim) in &self.rlimits {
                 check(libc::setrlimit(*res as _, lim))?;
+            }
+            if self.no_new_privileges {
+                check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+            }
+            // runc's order: without no-new-privileges installing a filter
+            // needs CAP_SYS_ADMIN, so it goes in before the capabilities
+            // are dropped; with it, as the last step before execve.
+            if let (Some(f), false) = (&self.seccomp, self.no_new_privileges) {
+                f.install()?;
             }
             if let Some(m) = &self.caps {
                 check(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0))?;
@@ -211,8 +428,8 @@ impl ChildSetup {
                 libc::umask(mask as libc::mode_t);
             }
             check(libc::chdir(self.cwd.as_ptr()))?;
-            if self.no_new_privileges {
-                check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+            if let (Some(f), true) = (&self.seccomp, self.no_new_privileges) {
+                f.install()?;
             }
             // Signals the agent ignores or blocks must not stay so.
             let mut set: libc::sigset_t = std::mem::zeroed();
@@ -254,7 +471,11 @@ fn cstring(s: &str) -> io::Result<CString> {
 /// workload sees itself as PID 1 and the kernel treats it as a namespace init
 /// (signals it has no handler for are ignored; its death ends the namespace),
 /// exactly as under runc.
-pub fn start(spec: &ProcessSpec, ns: Namespaces) -> Result<(i32, ParentStdio), StartError> {
+pub fn start(
+    spec: &ProcessSpec,
+    ns: Namespaces,
+    confinement: &Confinement,
+) -> Result<(i32, ParentStdio), StartError> {
     let cwd = if spec.cwd.is_empty() {
         "/"
     } else {
@@ -302,12 +523,36 @@ pub fn start(spec: &ProcessSpec, ns: Namespaces) -> Result<(i32, ParentStdio), S
             .map(OwnedFd::from)
             .map_err(|e| io_err("the container is not running", e))
     };
+    let paths = |list: &[String]| -> Result<Vec<CString>, StartError> {
+        list.iter()
+            .map(|p| cstring(p).map_err(|e| io_err("a masked or read-only path", e)))
+            .collect()
+    };
+    let new_container = matches!(ns, Namespaces::NewContainer);
+    // Mount rules only for the init: an exec joins its mount namespace.
+    let (masked_paths, readonly_paths, remount_readonly) = if new_container {
+        let mut ro = Vec::new();
+        if confinement.sysfs_readonly {
+            ro.push(c"/sys".to_owned());
+        }
+        if confinement.cgroup_readonly {
+            ro.push(c"/sys/fs/cgroup".to_owned());
+        }
+        (
+            paths(&confinement.masked_paths)?,
+            paths(&confinement.readonly_paths)?,
+            ro,
+        )
+    } else {
+        (Vec::new(), Vec::new(), Vec::new())
+    };
+    let seccomp = confinement.seccomp.as_ref().map(Seccomp::new).transpose()?;
     let (join_mount_ns, join_pid_ns) = match ns {
         Namespaces::Join(pid) => (Some(open_ns(pid, "mnt")?), Some(open_ns(pid, "pid")?)),
         Namespaces::NewContainer => (None, None),
     };
     let setup = ChildSetup {
-        new_mount_ns: matches!(ns, Namespaces::NewContainer),
+        new_mount_ns: new_container,
         join_mount_ns,
         terminal: spec.terminal,
         uid: spec.uid,
@@ -333,6 +578,12 @@ pub fn start(spec: &ProcessSpec, ns: Namespaces) -> Result<(i32, ParentStdio), S
         proc_dir: c"/proc".to_owned(),
         proc_type: c"proc".to_owned(),
         root: c"/".to_owned(),
+        remount_readonly,
+        readonly_paths,
+        masked_paths,
+        dev_null: c"/dev/null".to_owned(),
+        tmpfs: c"tmpfs".to_owned(),
+        seccomp,
     };
 
     let mut setup = setup;

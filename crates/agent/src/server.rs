@@ -10,7 +10,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::error::{AgentError, Result};
-use crate::process::{self, Namespaces, ParentStdio};
+use crate::process::{self, Confinement, Namespaces, ParentStdio};
 use crate::reaper::Reaper;
 use crate::{early, mounts, network};
 use runvm_protocol::session::{read_frame, write_frame, FdStream, Mode, Mux, MuxStream};
@@ -76,6 +76,9 @@ struct Agent {
     /// The container's init (the workload), once started; execs that
     /// arrive earlier (`docker exec` right after `docker run -d`) wait.
     init_pid: tokio::sync::watch::Sender<Option<i32>>,
+    /// The container's confinement, set before its init starts; execs get
+    /// its seccomp filter.
+    confinement: std::sync::OnceLock<Arc<Confinement>>,
     /// Fired when the host allows the VM to power off.
     shutdown: Notify,
 }
@@ -100,6 +103,7 @@ pub async fn serve() -> Result<()> {
         streams: Streams::default(),
         started: Mutex::new(false),
         init_pid: tokio::sync::watch::channel(None).0,
+        confinement: std::sync::OnceLock::new(),
         shutdown: Notify::new(),
     });
     let shutdown = agent.shutdown.notified();
@@ -163,6 +167,7 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
                 )
                 .await?;
             } else {
+                let _ = agent.confinement.set(Arc::new(Confinement::of(&spec)));
                 run_process(&agent, process, &spec.process, None, &mut rd, &wr).await?;
             }
             // The container is over: wait for the host's go-ahead, then stop.
@@ -215,7 +220,12 @@ where
         None => Namespaces::NewContainer,
         Some(pid) => Namespaces::Join(pid),
     };
-    let spawned = agent.reaper.spawn_and_expect(|| process::start(spec, ns));
+    // Set before the init starts, so an exec (which waits for the init)
+    // always finds it.
+    let confinement = agent.confinement.get().cloned().unwrap_or_default();
+    let spawned = agent
+        .reaper
+        .spawn_and_expect(|| process::start(spec, ns, &confinement));
     let (pid, exit_rx, stdio) = match spawned {
         Ok(x) => x,
         Err(e) => {

@@ -6,8 +6,10 @@
 //! preserved), never through a typed model: whatever a container engine puts
 //! in it that runvm does not know about passes through untouched.
 
+pub mod host_seccomp;
 pub mod options;
 pub mod rewrite;
+pub mod seccomp;
 pub mod vmconfig;
 
 pub use options::{Accel, AccelRequest, VmOptions};

@@ -21,6 +21,13 @@
 //! * `/dev/kvm` and `/dev/net/tun` are made available and the memory limit
 //!   grows by the VM's overhead, so QEMU is not OOM-killed when the guest
 //!   uses all the RAM the user gave the container.
+//! * The container's confinement moves to the guest: its seccomp profile is
+//!   compiled for the agent to install on the workload and every exec, and
+//!   its masked and read-only paths and read-only `/sys` travel in the
+//!   [`ContainerSpec`]. `linux.seccomp` itself becomes runvm's own profile
+//!   ([`crate::host_seccomp`]), which confines the supervisor, QEMU and
+//!   virtiofsd whatever the container asked for (`--privileged` and
+//!   `seccomp=unconfined` included).
 
 use serde_json::{json, Map, Value};
 
@@ -152,6 +159,10 @@ pub enum RewriteError {
     },
     #[error("{0}")]
     Option(#[from] crate::options::OptionError),
+    /// The container's seccomp profile cannot be compiled (the message of a
+    /// [`crate::seccomp::SeccompError`]).
+    #[error("{0}")]
+    Seccomp(String),
 }
 
 fn obj<'a>(
@@ -213,6 +224,8 @@ pub fn rewrite_config(
             })
         }
     };
+    let sysfs_readonly = mount_is_readonly(&orig_mounts, "/sys");
+    let cgroup_readonly = mount_is_readonly(&orig_mounts, "/sys/fs/cgroup");
     let (mounts, guest_mounts, staged_mounts) = rewrite_mounts(orig_mounts, &orig_root, host)?;
     top.insert("mounts".into(), Value::Array(mounts));
 
@@ -240,6 +253,16 @@ pub fn rewrite_config(
                         .is_none_or(str::is_empty)
             })
         });
+    // Confinement: the container's for the guest, runvm's own for the
+    // host side. The masked and read-only paths stay for the supervisor's
+    // container too.
+    let masked_paths = string_list(linux.get("maskedPaths"), "linux.maskedPaths")?;
+    let readonly_paths = string_list(linux.get("readonlyPaths"), "linux.readonlyPaths")?;
+    let seccomp = match linux.get("seccomp") {
+        None => None,
+        Some(p) => crate::seccomp::compile(p).map_err(|e| RewriteError::Seccomp(e.to_string()))?,
+    };
+    linux.insert("seccomp".into(), crate::host_seccomp::profile());
     add_devices(linux, &host.devices, host.qemu_ids)?;
     let limit_mib = grow_memory_limit(linux)?;
     // Without a limit the VM gets every host CPU, as a runc container sees
@@ -313,6 +336,11 @@ pub fn rewrite_config(
             routes: Vec::new(),
             mounts: guest_mounts,
             readonly_root,
+            masked_paths,
+            readonly_paths,
+            sysfs_readonly,
+            cgroup_readonly,
+            seccomp,
         },
     };
     Ok(Rewritten { config, vm })
@@ -415,6 +443,45 @@ pub fn guest_process(p: &Value) -> Result<ProcessSpec, RewriteError> {
             .and_then(Value::as_bool)
             .unwrap_or(false),
     })
+}
+
+/// A list of strings (`null` or absent: empty).
+fn string_list(v: Option<&Value>, field: &'static str) -> Result<Vec<String>, RewriteError> {
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|s| {
+                s.as_str()
+                    .map(str::to_owned)
+                    .ok_or(RewriteError::Malformed {
+                        field,
+                        why: "contains a non-string".into(),
+                    })
+            })
+            .collect(),
+        Some(_) => Err(RewriteError::Malformed {
+            field,
+            why: "not an array".into(),
+        }),
+    }
+}
+
+/// Whether the last mount at `dest` is read-only (its last `ro`/`rw`
+/// option wins); false when there is none.
+fn mount_is_readonly(mounts: &[Value], dest: &str) -> bool {
+    mounts
+        .iter()
+        .rfind(|m| m.get("destination").and_then(Value::as_str) == Some(dest))
+        .and_then(|m| m.get("options"))
+        .and_then(Value::as_array)
+        .and_then(|o| {
+            o.iter()
+                .filter_map(Value::as_str)
+                .rfind(|o| *o == "ro" || *o == "rw")
+                .map(|o| o == "ro")
+        })
+        .unwrap_or(false)
 }
 
 fn is_kernel_fs_destination(dest: &str) -> bool {
@@ -586,6 +653,17 @@ pub fn grant_mount_placement(config: &mut Value) {
                 list.push(json!(MOUNT_PLACEMENT_CAP));
             }
         }
+    }
+    // And the system calls placing takes (libpathrs opens a private procfs
+    // with the new mount API), which runvm's host profile otherwise denies.
+    if let Some(rules) = config
+        .pointer_mut("/linux/seccomp/syscalls")
+        .and_then(Value::as_array_mut)
+    {
+        rules.push(json!({
+            "names": ["mount", "move_mount", "open_tree", "fsopen", "fsconfig", "fsmount", "mount_setattr"],
+            "action": "SCMP_ACT_ALLOW",
+        }));
     }
 }
 

@@ -63,8 +63,8 @@ fn everything_runvm_does_not_own_passes_through() {
     for key in orig.as_object().unwrap().keys() {
         assert!(out.get(key).is_some(), "top-level {key} was dropped");
     }
+    // (linux.seccomp is runvm's own: see below.)
     for key in [
-        "seccomp",
         "maskedPaths",
         "readonlyPaths",
         "namespaces",
@@ -534,4 +534,94 @@ fn kvm_belongs_to_qemus_own_unprivileged_ids() {
     for (uid, _) in [a, b] {
         assert!((runvm_config::rewrite::QEMU_ID_BASE..i32::MAX as u32).contains(&uid));
     }
+}
+
+#[test]
+fn runvms_profile_goes_to_the_host_side_and_the_containers_to_the_guest() {
+    let orig = fixture("docker-20.10-default.json");
+    assert!(orig["linux"]["seccomp"].is_object());
+    let r = rewrite_config(orig.clone(), &opts(&[]), &host()).unwrap();
+    // runc installs runvm's own profile on the supervisor...
+    assert_eq!(r.config["linux"]["seccomp"], host_seccomp::profile());
+    assert_ne!(r.config["linux"]["seccomp"], orig["linux"]["seccomp"]);
+    // ... and the guest gets the container's, compiled.
+    let guest = r.vm.container.seccomp.as_ref().expect("a guest filter");
+    assert_eq!(
+        *guest,
+        seccomp::compile(&orig["linux"]["seccomp"])
+            .unwrap()
+            .unwrap()
+    );
+    // The key keeps its place in linux.
+    let keys =
+        |v: &Value| -> Vec<String> { v["linux"].as_object().unwrap().keys().cloned().collect() };
+    let pos = |v: &Value| keys(v).iter().position(|k| k == "seccomp");
+    assert_eq!(pos(&orig), pos(&r.config));
+}
+
+#[test]
+fn unconfined_and_privileged_containers_still_get_runvms_profile_on_the_host() {
+    // seccomp=unconfined and --privileged: Docker writes no linux.seccomp,
+    // no masked or read-only paths, and a read-write /sys.
+    let mut orig = fixture("docker-20.10-default.json");
+    let linux = orig["linux"].as_object_mut().unwrap();
+    linux.remove("seccomp");
+    linux.remove("maskedPaths");
+    linux.remove("readonlyPaths");
+    for m in orig["mounts"].as_array_mut().unwrap() {
+        if m["destination"] == "/sys" || m["destination"] == "/sys/fs/cgroup" {
+            let opts = m["options"].as_array_mut().unwrap();
+            opts.retain(|o| o != "ro");
+            opts.push(json!("rw"));
+        }
+    }
+    let r = rewrite_config(orig, &opts(&[]), &host()).unwrap();
+    assert_eq!(r.config["linux"]["seccomp"], host_seccomp::profile());
+    let c = &r.vm.container;
+    assert!(c.seccomp.is_none());
+    assert!(c.masked_paths.is_empty() && c.readonly_paths.is_empty());
+    assert!(!c.sysfs_readonly && !c.cgroup_readonly);
+}
+
+#[test]
+fn masked_and_readonly_paths_and_read_only_sys_travel_to_the_guest() {
+    let orig = fixture("docker-20.10-default.json");
+    let r = rewrite_config(orig.clone(), &opts(&[]), &host()).unwrap();
+    let c = &r.vm.container;
+    let list = |k: &str| -> Vec<String> {
+        orig["linux"][k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(c.masked_paths, list("maskedPaths"));
+    assert!(c.masked_paths.contains(&"/proc/kcore".to_owned()));
+    assert_eq!(c.readonly_paths, list("readonlyPaths"));
+    assert!(c.readonly_paths.contains(&"/proc/sys".to_owned()));
+    assert!(c.sysfs_readonly && c.cgroup_readonly);
+    // They stay in place for the supervisor's container too.
+    assert_eq!(
+        r.config["linux"]["maskedPaths"],
+        orig["linux"]["maskedPaths"]
+    );
+    assert_eq!(
+        r.config["linux"]["readonlyPaths"],
+        orig["linux"]["readonlyPaths"]
+    );
+    // And survive the trip to the supervisor in vm.json.
+    let vm: VmConfig = serde_json::from_str(&serde_json::to_string(&r.vm).unwrap()).unwrap();
+    assert_eq!(vm, r.vm);
+}
+
+#[test]
+fn a_profile_runvm_cannot_apply_fails_create_naming_the_field() {
+    let mut orig = fixture("docker-20.10-default.json");
+    orig["linux"]["seccomp"]["listenerPath"] = json!("/run/seccomp-agent.sock");
+    let e = rewrite_config(orig, &opts(&[]), &host())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("linux.seccomp.listenerPath"), "{e}");
+    assert!(!e.contains('\n'), "{e}");
 }

@@ -181,9 +181,19 @@ mod tests {
             }],
             mounts: vec![],
             readonly_root: false,
+            masked_paths: vec!["/proc/kcore".into()],
+            readonly_paths: vec!["/proc/sys".into()],
+            sysfs_readonly: true,
+            cgroup_readonly: true,
+            seccomp: Some(SeccompFilter {
+                program: vec![SockFilter(0x06, 0, 0, 0x7fff_0000)],
+                flags: 0,
+            }),
         };
         let json =
             serde_json::to_string(&HostMessage::StartContainer(Box::new(spec.clone()))).unwrap();
+        // A BPF instruction travels as a compact [code, jt, jf, k] array.
+        assert!(json.contains(r#""program":[[6,0,0,2147418112]]"#), "{json}");
         let back: HostMessage = serde_json::from_str(&json).unwrap();
         assert_eq!(back, HostMessage::StartContainer(Box::new(spec)));
     }

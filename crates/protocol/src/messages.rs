@@ -52,7 +52,7 @@ pub enum GuestMessage {
 }
 
 /// Everything the guest needs to turn itself into the container.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct ContainerSpec {
     pub hostname: Option<String>,
     pub process: ProcessSpec,
@@ -62,6 +62,56 @@ pub struct ContainerSpec {
     pub mounts: Vec<GuestMount>,
     /// Mount the root filesystem read-only.
     pub readonly_root: bool,
+    /// Paths hidden from the workload, as runc hides `linux.maskedPaths`:
+    /// a file gets `/dev/null` bound over it, a directory an empty
+    /// read-only tmpfs.
+    #[serde(default)]
+    pub masked_paths: Vec<String>,
+    /// Paths bound onto themselves read-only (`linux.readonlyPaths`).
+    #[serde(default)]
+    pub readonly_paths: Vec<String>,
+    /// `/sys` is read-only (Docker's sysfs mount has `ro` unless
+    /// `--privileged`).
+    #[serde(default)]
+    pub sysfs_readonly: bool,
+    /// `/sys/fs/cgroup` is read-only (likewise).
+    #[serde(default)]
+    pub cgroup_readonly: bool,
+    /// The container's seccomp filter (`linux.seccomp`, compiled on the
+    /// host), installed on the workload and on every exec; `None` when the
+    /// container is unconfined.
+    #[serde(default)]
+    pub seccomp: Option<SeccompFilter>,
+}
+
+/// A compiled seccomp filter, ready for `seccomp(2)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeccompFilter {
+    /// The classic BPF program, one `struct sock_filter` per instruction.
+    pub program: Vec<SockFilter>,
+    /// `SECCOMP_FILTER_FLAG_*` bits to install the filter with.
+    #[serde(default)]
+    pub flags: u32,
+}
+
+/// One classic BPF instruction (`struct sock_filter`), sent as the array
+/// `[code, jt, jf, k]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SockFilter(pub u16, pub u8, pub u8, pub u32);
+
+impl SockFilter {
+    pub fn code(&self) -> u16 {
+        self.0
+    }
+    pub fn jt(&self) -> u8 {
+        self.1
+    }
+    pub fn jf(&self) -> u8 {
+        self.2
+    }
+    pub fn k(&self) -> u32 {
+        self.3
+    }
 }
 
 /// The process to run: the parts of an OCI `process` object the guest needs.

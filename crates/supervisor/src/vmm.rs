@@ -191,6 +191,7 @@ mod tests {
                 routes: vec![],
                 mounts: vec![],
                 readonly_root: false,
+                ..Default::default()
             },
         }
     }
