@@ -231,6 +231,19 @@ pub fn place_all(root: &Path, mounts: &[StagedMount]) -> Result<(), MountError> 
     Ok(())
 }
 
+/// Creates the directories `dirs` inside `root` (mount points of the
+/// filesystems the guest mounts itself, such as `--tmpfs`), resolved inside
+/// it, before a `--read-only` root makes that impossible. Best-effort: a
+/// path that cannot be made is reported by the guest's mount.
+pub fn make_mountpoints(root: &Path, dirs: &[String]) {
+    let Ok(r) = Root::open(root) else {
+        return;
+    };
+    for d in dirs {
+        let _ = r.mkdir_all(d, &fs::Permissions::from_mode(0o755));
+    }
+}
+
 /// Makes the mount at `root` read-only (`--read-only`). Done after the
 /// mounts are placed, because placing may create their mount points.
 pub fn make_readonly(root: &Path) -> Result<(), MountError> {
@@ -240,8 +253,8 @@ pub fn make_readonly(root: &Path) -> Result<(), MountError> {
 
 /// Places the mounts from the host: enters the mount namespace of the
 /// container whose init is `pid` (created by runc, not yet started) in a
-/// child process, and runs [`place_all`] and, when asked, [`make_readonly`]
-/// on `root` there.
+/// child process, and runs [`place_all`] and, when asked, creates
+/// `guest_mountpoints` and runs [`make_readonly`] on `root` there.
 ///
 /// The calling process must be single-threaded (setns into a mount
 /// namespace requires it, and so does a safe fork); it is checked.
@@ -250,6 +263,7 @@ pub fn place_in_container(
     root: &str,
     mounts: &[StagedMount],
     readonly: bool,
+    guest_mountpoints: &[String],
 ) -> Result<(), MountError> {
     use nix::sys::wait::{waitpid, WaitStatus};
     use nix::unistd::{fork, ForkResult};
@@ -276,6 +290,7 @@ pub fn place_in_container(
                 .and_then(|()| place_all(Path::new(root), mounts))
                 .and_then(|()| {
                     if readonly {
+                        make_mountpoints(Path::new(root), guest_mountpoints);
                         make_readonly(Path::new(root))
                     } else {
                         Ok(())

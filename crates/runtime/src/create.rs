@@ -26,6 +26,9 @@ pub struct Prepared {
     /// Docker's mounts, staged by runc, to be placed inside the image root.
     pub staged_mounts: Vec<runvm_mounts::StagedMount>,
     pub readonly_root: bool,
+    /// Where the guest mounts filesystems of its own (`--tmpfs`): created
+    /// before a read-only root is made read-only.
+    pub guest_mountpoints: Vec<String>,
     /// runvm's root directory on the host (the container's root).
     pub new_root: PathBuf,
     /// The initramfs, locked against pruning until runc has mounted it.
@@ -155,6 +158,13 @@ pub fn prepare_bundle(bundle: &Path, log: &Log, for_run: bool) -> Result<Prepare
         process: rewritten.vm.container.process,
         staged_mounts: rewritten.vm.staged_mounts,
         readonly_root: rewritten.vm.container.readonly_root,
+        guest_mountpoints: rewritten
+            .vm
+            .container
+            .mounts
+            .iter()
+            .map(|m| m.destination.clone())
+            .collect(),
         new_root,
         initrd,
     })
@@ -171,6 +181,7 @@ pub fn place_mounts(pid: i32, prepared: &Prepared) -> Result<()> {
         paths::ROOTFS,
         &prepared.staged_mounts,
         prepared.readonly_root,
+        &prepared.guest_mountpoints,
     )?;
     let marker = prepared
         .new_root

@@ -144,6 +144,13 @@ fn place_mounts(cfg: &VmConfig) -> Result<()> {
     let root = std::path::Path::new(&cfg.rootfs);
     runvm_mounts::place_all(root, &cfg.staged_mounts)?;
     if cfg.container.readonly_root {
+        let dirs: Vec<String> = cfg
+            .container
+            .mounts
+            .iter()
+            .map(|m| m.destination.clone())
+            .collect();
+        runvm_mounts::make_mountpoints(root, &dirs);
         runvm_mounts::make_readonly(root)?;
     }
     Ok(())

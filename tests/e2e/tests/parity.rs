@@ -317,3 +317,26 @@ fn capabilities() {
     assert_same(&runc, &runvm, "mount without CAP_SYS_ADMIN");
     assert_eq!(runvm.stdout, b"denied\n");
 }
+
+#[test]
+fn read_only_root_with_a_new_tmpfs_and_a_volume() {
+    if !e2e_enabled() {
+        return;
+    }
+    // The tmpfs mount point does not exist in the image: it must be made
+    // before the root becomes read-only; the volume stays writable.
+    let vol = Volume::create("ro-root");
+    let mount = format!("{}:/data", vol.name);
+    let (runc, runvm) = run_both(
+        &["--read-only", "--tmpfs", "/newtmp", "-v", &mount],
+        &[
+            IMAGE,
+            "sh",
+            "-c",
+            "touch /newtmp/a && echo tmpfs-ok; touch /data/b && echo volume-ok; touch /x; echo root=$?",
+        ],
+        None,
+    );
+    assert_same(&runc, &runvm, "--read-only with --tmpfs and a volume");
+    assert_eq!(runvm.stdout_str(), "tmpfs-ok\nvolume-ok\nroot=1\n");
+}
