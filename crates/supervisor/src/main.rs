@@ -29,8 +29,11 @@ use runvm_protocol::HostMessage;
 const VM_FAILURE: i32 = 255;
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the supervisor drops its capabilities once the VM runs,
+    // and capabilities belong to threads, so no runtime thread may exist
+    // before that (the stdio relays' threads start later and inherit the
+    // reduced sets). Its work is relaying bytes; one thread is plenty.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();
     let code = match rt {
@@ -235,6 +238,10 @@ async fn supervise() -> Result<i32> {
         "qemu",
         |c| sandbox::run_unprivileged(c, quid, qgid, tap_fds),
     )?;
+    // Both helpers run: from here on the supervisor needs no privilege but
+    // stopping QEMU, which runs under another uid.
+    sandbox::drop_own_capabilities(sandbox::SUPERVISOR_KEEPS)
+        .map_err(|e| SupervisorError::io("drop capabilities", std::io::Error::other(e)))?;
     let mut interfaces = Vec::new();
     for n in nics {
         interfaces.push(n.interface);

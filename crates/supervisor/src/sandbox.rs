@@ -125,6 +125,45 @@ pub fn bound_capabilities(cmd: &mut Command, keep: &'static [u32]) {
     }
 }
 
+/// What the supervisor keeps once the VM runs: CAP_KILL, to stop QEMU (which
+/// runs under another uid) if it does not stop by itself.
+pub const SUPERVISOR_KEEPS: &[caps::Capability] = &[caps::Capability::CAP_KILL];
+
+/// Why the supervisor could not drop its capabilities.
+#[derive(Debug, thiserror::Error)]
+pub enum DropError {
+    #[error("the supervisor has {0} threads; its capabilities can only be dropped while it has one (capabilities are per thread)")]
+    Threads(usize),
+    #[error("cannot drop the supervisor's capabilities: {0}")]
+    Caps(#[from] caps::errors::CapsError),
+}
+
+/// Drops every capability of the calling process except `keep`, from every
+/// set, bounding set included. Capabilities belong to threads, so this is
+/// only done while the process has a single thread (checked): threads
+/// started afterwards inherit the reduced sets.
+pub fn drop_own_capabilities(keep: &[caps::Capability]) -> Result<(), DropError> {
+    let threads = std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    if threads != 1 {
+        return Err(DropError::Threads(threads));
+    }
+    let keep: caps::CapsHashSet = keep.iter().copied().collect();
+    for cap in caps::all() {
+        if !keep.contains(&cap) && caps::has_cap(None, caps::CapSet::Bounding, cap)? {
+            caps::drop(None, caps::CapSet::Bounding, cap)?;
+        }
+    }
+    caps::clear(None, caps::CapSet::Ambient)?;
+    caps::clear(None, caps::CapSet::Inheritable)?;
+    let held = caps::read(None, caps::CapSet::Permitted)?;
+    let keep: caps::CapsHashSet = keep.intersection(&held).copied().collect();
+    caps::set(None, caps::CapSet::Effective, &keep)?;
+    caps::set(None, caps::CapSet::Permitted, &keep)?;
+    Ok(())
+}
+
 /// Gives `path` (a socket or file QEMU must open) to QEMU's uid and gid,
 /// readable and writable by it only.
 pub fn give_to(path: &str, uid: u32, gid: u32) -> io::Result<()> {

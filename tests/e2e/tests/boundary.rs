@@ -227,6 +227,28 @@ fn qemu_is_unprivileged_and_only_qemu_holds_the_taps() {
     let vfs = helpers_of(&c, "virtiofsd");
     assert_eq!(vfs.len(), 1, "one virtiofsd: {vfs:?}");
     assert_eq!(taps(vfs[0]), 0, "virtiofsd holds a tap");
+    // Once the VM runs, every thread of the supervisor holds CAP_KILL
+    // (bit 5) at most, in every set.
+    let sup = helpers_of(&c, "runvm-superviso");
+    assert_eq!(sup.len(), 1, "one supervisor: {sup:?}");
+    for task in std::fs::read_dir(format!("/proc/{}/task", sup[0]))
+        .expect("tasks")
+        .flatten()
+    {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        for set in ["CapEff", "CapPrm", "CapBnd"] {
+            let v = status
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{set}:")))
+                .map(str::trim)
+                .unwrap_or_default();
+            assert!(
+                v.is_empty() || v == "0000000000000020",
+                "supervisor thread {:?} {set} {v}",
+                task.file_name()
+            );
+        }
+    }
     // --cap-add is for the guest: the host side never gets SYS_ADMIN (21).
     for pid in helpers_of(&c, "runvm-superviso").into_iter().chain(vfs) {
         let bnd = u64::from_str_radix(&status_field(pid, "CapBnd"), 16).expect("hex");
