@@ -590,18 +590,16 @@ fn cpu_limit(linux: &Map<String, Value>) -> Option<u32> {
 pub fn rewrite_exec_process(mut process: Value) -> Result<(Value, ProcessSpec), RewriteError> {
     let spec = guest_process(&process)?;
     let p = obj(&mut process, "process")?;
-    let spec_json = serde_json::to_string(&spec).map_err(|e| RewriteError::Malformed {
-        field: "process",
-        why: e.to_string(),
-    })?;
-    p.insert("args".into(), json!([paths::SUPERVISOR, "exec"]));
-    p.insert(
-        "env".into(),
-        json!([
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            format!("{}={spec_json}", paths::EXEC_SPEC_ENV)
-        ]),
+    let mut env =
+        vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned()];
+    env.extend(
+        crate::exec_spec::encode(&spec).map_err(|e| RewriteError::Malformed {
+            field: "process",
+            why: e.to_string(),
+        })?,
     );
+    p.insert("args".into(), json!([paths::SUPERVISOR, "exec"]));
+    p.insert("env".into(), json!(env));
     p.insert("cwd".into(), json!("/"));
     p.insert("user".into(), json!({"uid": 0, "gid": 0}));
     p.remove("rlimits");

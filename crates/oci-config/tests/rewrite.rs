@@ -285,12 +285,18 @@ fn an_exec_process_becomes_the_exec_client_carrying_the_original() {
     assert_eq!(out["terminal"], true);
     assert_eq!(out["consoleSize"]["height"], 30);
     assert_eq!(out["x-future-field"], 42);
-    let env = out["env"].as_array().unwrap();
-    let carried = env
+    let env: Vec<&str> = out["env"]
+        .as_array()
+        .unwrap()
         .iter()
-        .find_map(|e| e.as_str().unwrap().strip_prefix("RUNVM_EXEC_SPEC="))
-        .unwrap();
-    let back: runvm_protocol::ProcessSpec = serde_json::from_str(carried).unwrap();
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    let var = |name: &str| {
+        env.iter()
+            .find_map(|e| e.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_owned)
+    };
+    let back = runvm_config::exec_spec::decode(var).unwrap();
     assert_eq!(back, spec);
     assert_eq!(spec.args, ["sh", "-c", "echo hi"]);
     assert_eq!(
