@@ -32,13 +32,25 @@ struct Streams {
     arrived: Notify,
 }
 
+/// How long a stdio stream waits for its process before it is dropped (its
+/// exec client went away before sending the request): longer than an exec
+/// waits for the container to start.
+const UNCLAIMED_STREAM: Duration = Duration::from_secs(300);
+
 impl Streams {
-    fn put(&self, process: u32, kind: Kind, s: MuxStream) {
+    fn put(self: &Arc<Self>, process: u32, kind: Kind, s: MuxStream) {
         self.map
             .lock()
             .expect("streams lock")
             .insert((process, kind), s);
         self.arrived.notify_waiters();
+        // Process numbers are never reused: whatever is still here then was
+        // never claimed.
+        let streams = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(UNCLAIMED_STREAM).await;
+            streams.take_now(process, kind);
+        });
     }
 
     fn take_now(&self, process: u32, kind: Kind) -> Option<MuxStream> {
@@ -83,7 +95,7 @@ enum Container {
 
 struct Agent {
     reaper: Arc<Reaper>,
-    streams: Streams,
+    streams: Arc<Streams>,
     started: Mutex<bool>,
     container: tokio::sync::watch::Sender<Container>,
     /// Fired when the host allows the VM to power off.
@@ -107,7 +119,7 @@ pub async fn serve() -> Result<()> {
     let (_mux, mut inbound) = Mux::start(port, Mode::Server);
     let agent = Arc::new(Agent {
         reaper,
-        streams: Streams::default(),
+        streams: Arc::default(),
         started: Mutex::new(false),
         container: tokio::sync::watch::channel(Container::Starting).0,
         shutdown: Notify::new(),

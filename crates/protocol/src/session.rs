@@ -32,33 +32,43 @@ pub enum MuxError {
     Yamux(#[from] yamux::ConnectionError),
 }
 
-/// Most streams one session carries at once. The host opens four per
-/// process (control, stdin, stdout, stderr), so this allows the container's
-/// init and 31 concurrent execs; the supervisor refuses execs beyond that
-/// before it opens any stream.
+/// Most streams the client (the side that opens them) has open at once.
+/// The host opens four per process (control, stdin, stdout, stderr), so
+/// this allows the container's init and 31 concurrent execs; the
+/// supervisor refuses execs beyond that before it opens any stream.
 pub const MAX_STREAMS: usize = 128;
+
+/// Most streams the server holds at once: more than the client may open,
+/// since the server forgets a stream the client closed a little later than
+/// the client does (yamux ends the whole session when a peer opens a
+/// stream beyond this).
+pub const SERVER_MAX_STREAMS: usize = 2 * MAX_STREAMS;
 
 /// Receive window, across all streams of a session, that yamux may grow
 /// beyond its fixed 256 KiB per stream (its auto-tuning for throughput).
 const EXTRA_WINDOW: usize = 8 * 1024 * 1024;
 
-/// Largest total receive window of a session: what a peer can make this
-/// side buffer, whatever it sends (yamux never buffers more than the
-/// credit it granted).
-pub const MAX_RECEIVE_WINDOW: usize = MAX_STREAMS * yamux::DEFAULT_CREDIT as usize + EXTRA_WINDOW;
+/// Largest total receive window of the client's side of a session: what a
+/// peer can make the host buffer, whatever it sends (yamux never buffers
+/// more than the credit it granted).
+pub const MAX_RECEIVE_WINDOW: usize = window_for(MAX_STREAMS);
 
-/// Streams the peer opened that may wait for the server to take them; more
-/// are refused (reset) until it catches up.
-pub const MAX_PENDING_INBOUND: usize = 16;
+const fn window_for(streams: usize) -> usize {
+    streams * yamux::DEFAULT_CREDIT as usize + EXTRA_WINDOW
+}
 
 /// yamux settings for the host↔guest link: bounded stream count and
 /// receive window (see [`MAX_STREAMS`], [`MAX_RECEIVE_WINDOW`]). There are
 /// no keep-alive pings, so a VM frozen by `docker pause` keeps its session.
-pub fn config() -> yamux::Config {
+pub fn config(mode: Mode) -> yamux::Config {
+    let streams = match mode {
+        Mode::Client => MAX_STREAMS,
+        Mode::Server => SERVER_MAX_STREAMS,
+    };
     let mut c = yamux::Config::default();
     // In this order: each setter checks window >= 256 KiB * streams.
-    c.set_max_num_streams(MAX_STREAMS);
-    c.set_max_connection_receive_window(Some(MAX_RECEIVE_WINDOW));
+    c.set_max_num_streams(streams);
+    c.set_max_connection_receive_window(Some(window_for(streams)));
     c
 }
 
@@ -76,19 +86,20 @@ impl Mux {
     /// Only the client opens streams in this protocol: in [`Mode::Client`]
     /// every stream the peer opens is reset at once (the receiver yields
     /// nothing), so a hostile peer cannot make this side hold any. In
-    /// [`Mode::Server`] at most [`MAX_PENDING_INBOUND`] streams wait in the
-    /// receiver; more are reset.
+    /// [`Mode::Server`] every stream is handed out; no more than
+    /// [`SERVER_MAX_STREAMS`] can wait, as that many are all yamux lets the
+    /// peer open.
     pub fn start<T>(io: T, mode: Mode) -> (Self, mpsc::Receiver<MuxStream>)
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (open_tx, mut open_rx) =
             mpsc::unbounded_channel::<oneshot::Sender<Result<MuxStream, MuxError>>>();
-        let (in_tx, in_rx) = mpsc::channel(MAX_PENDING_INBOUND);
+        let (in_tx, in_rx) = mpsc::channel(SERVER_MAX_STREAMS);
         let accept_inbound = matches!(mode, Mode::Server);
         let mut in_tx = accept_inbound.then_some(in_tx);
         tokio::spawn(async move {
-            let mut conn = yamux::Connection::new(io.compat(), config(), mode);
+            let mut conn = yamux::Connection::new(io.compat(), config(mode), mode);
             let mut pending: VecDeque<oneshot::Sender<Result<MuxStream, MuxError>>> =
                 VecDeque::new();
             let mut handles_gone = false;
@@ -402,6 +413,32 @@ mod tests {
             MAX_RECEIVE_WINDOW
         );
         // The settings are accepted by yamux (it asserts their consistency).
-        let _ = config();
+        let _ = config(Mode::Client);
+        let _ = config(Mode::Server);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_streams_all_reach_a_slow_server() {
+        let (h, g) = pair();
+        let (host_mux, _) = Mux::start(h, Mode::Client);
+        let (_guest_mux, mut guest_in) = Mux::start(g, Mode::Server);
+        // The client opens as many streams as it may before the server
+        // takes any: none is lost.
+        let mut open = Vec::new();
+        for i in 0..MAX_STREAMS {
+            let mut s = host_mux.open().await.unwrap();
+            s.write_all(&[i as u8]).await.unwrap();
+            open.push(s);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for i in 0..MAX_STREAMS {
+            let mut s = tokio::time::timeout(Duration::from_secs(10), guest_in.recv())
+                .await
+                .expect("every stream arrives")
+                .unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+            assert_eq!(b[0], i as u8, "in order, none reset");
+        }
     }
 }

@@ -107,13 +107,13 @@ fn renumber(header: StreamHeader, process: u32) -> (StreamHeader, u8) {
 }
 
 /// Forwards one exec client's streams to the agent as process `process`.
-/// When the client goes away (Docker kills it when a health check times
-/// out), its streams end and so do their copies towards the agent, which
-/// then kills the exec'd process. The exec's slot is freed once every
-/// stream has ended.
-async fn forward(conn: UnixStream, agent: Mux, process: u32, permit: OwnedSemaphorePermit) {
-    let permit = Arc::new(permit);
+/// When the client's session ends (it exited, or Docker killed it when a
+/// health check timed out), every copy towards the agent is dropped, which
+/// resets those streams: the agent then kills the exec'd process if it
+/// still runs. The exec's slot is freed then.
+async fn forward(conn: UnixStream, agent: Mux, process: u32, _slot: OwnedSemaphorePermit) {
     let (_client_mux, mut inbound) = Mux::start(conn, Mode::Server);
+    let mut splices = Vec::new();
     let mut seen = HashSet::new();
     while let Some(mut from_client) = inbound.recv().await {
         let header = tokio::time::timeout(
@@ -129,13 +129,17 @@ async fn forward(conn: UnixStream, agent: Mux, process: u32, permit: OwnedSemaph
             continue; // a second stream of a kind: refused (dropped)
         }
         let Ok(to_agent) = agent.open_typed(&header).await else {
-            return;
+            break;
         };
-        tokio::spawn(splice(from_client, to_agent, permit.clone()));
+        splices.push(tokio::spawn(splice(from_client, to_agent)));
+    }
+    // The client is gone: whatever it sent has been copied or never will.
+    for s in splices {
+        s.abort();
     }
 }
 
-async fn splice(mut a: MuxStream, mut b: MuxStream, _slot: Arc<OwnedSemaphorePermit>) {
+async fn splice(mut a: MuxStream, mut b: MuxStream) {
     let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
 }
 
@@ -174,7 +178,7 @@ pub async fn client() -> Result<i32> {
         HostMessage::Exec(Box::new(spec)),
         terminal,
         sig_rx,
-        std::future::pending::<String>(),
+        None::<std::future::Pending<String>>,
         None,
     )
     .await?;

@@ -307,7 +307,7 @@ async fn supervise() -> Result<i32> {
         HostMessage::StartContainer(Box::new(spec)),
         terminal,
         sig_rx,
-        vm_end(&mut qemu, &mut virtiofsd),
+        Some(vm_end(&mut qemu, &mut virtiofsd)),
         Some(answer_by),
     )
     .await?;

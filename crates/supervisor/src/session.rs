@@ -63,9 +63,9 @@ impl Drain {
 }
 
 /// Runs a process in the guest. `request` is its first control message;
-/// `vm_gone` resolves (with a description) once the VM is dead; without an
-/// answer from the guest by `answer_by`, the outcome is
-/// [`Outcome::NoAnswer`].
+/// `vm_gone`, when the caller watches the VM, resolves (with a description)
+/// once the VM is dead; without an answer from the guest by `answer_by`,
+/// the outcome is [`Outcome::NoAnswer`].
 ///
 /// The relays go on after this returns: [`Drain::wait`] for them (after
 /// [`Outcome::Exited`] the guest has closed them, so they end; otherwise
@@ -75,9 +75,16 @@ pub async fn run(
     request: HostMessage,
     terminal: bool,
     mut signals: mpsc::Receiver<i32>,
-    vm_gone: impl Future<Output = String>,
+    vm_gone: Option<impl Future<Output = String>>,
     answer_by: Option<Instant>,
 ) -> Result<(Outcome, ControlWriter, Drain)> {
+    let watching_vm = vm_gone.is_some();
+    let vm_gone = async move {
+        match vm_gone {
+            Some(f) => f.await,
+            None => std::future::pending().await,
+        }
+    };
     let mut winch = signal(SignalKind::window_change())
         .map_err(|e| SupervisorError::io("watch the terminal size", e))?;
     // stdio streams first, then the control stream that starts the process.
@@ -129,9 +136,10 @@ pub async fn run(
                         // closed channel, when the two come together.
                         let why = match gone.take() {
                             Some(why) => why,
-                            None => tokio::time::timeout(CHANNEL_GRACE, &mut vm_gone)
+                            None if watching_vm => tokio::time::timeout(CHANNEL_GRACE, &mut vm_gone)
                                 .await
                                 .unwrap_or_else(|_| channel_failure(&e)),
+                            None => channel_failure(&e),
                         };
                         break Outcome::Lost { started, why };
                     }
@@ -250,7 +258,7 @@ mod tests {
             exec_request(),
             false,
             rx,
-            std::future::pending(),
+            None::<std::future::Pending<String>>,
             Some(Instant::now() + Duration::from_millis(500)),
         )
         .await
@@ -287,7 +295,7 @@ mod tests {
             exec_request(),
             false,
             rx,
-            async { "QEMU exited (signal: 9 (SIGKILL))".to_owned() },
+            Some(async { "QEMU exited (signal: 9 (SIGKILL))".to_owned() }),
             None,
         )
         .await
@@ -319,7 +327,7 @@ mod tests {
         let (gone_tx, gone_rx) = oneshot::channel::<String>();
         let vm_gone = async move { gone_rx.await.unwrap_or_default() };
         let run = tokio::spawn(async move {
-            run(&mux, exec_request(), false, rx, vm_gone, None)
+            run(&mux, exec_request(), false, rx, Some(vm_gone), None)
                 .await
                 .map(|(o, _, d)| (o, d))
         });
