@@ -30,6 +30,17 @@ fn main() {
         eprintln!("runvm-agent: internal error: {info}");
         early::power_off();
     }));
+    // The kernel starts PID 1 sharing its root directory with the kernel's
+    // own threads, which run usermode helpers (`/sbin/modprobe` for a
+    // missing module, and the like) as full root. The container's root
+    // becomes ours later; it must never become theirs, or an image's
+    // /sbin/modprobe would run outside every confinement. So PID 1 takes a
+    // root of its own now, while it has one thread: the helpers stay in the
+    // initramfs, which has none of them.
+    if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS) {
+        eprintln!("runvm-agent: cannot separate from the kernel's root: {e}");
+        early::power_off();
+    }
     if let Err(e) = early::setup() {
         eprintln!("runvm-agent: {e}");
         early::power_off();

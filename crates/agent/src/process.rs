@@ -67,12 +67,41 @@ impl Confinement {
 }
 
 /// Which namespaces the new process gets.
-pub enum Namespaces {
+pub enum Namespaces<'a> {
     /// New PID and mount namespaces: the container's init.
     NewContainer,
-    /// The PID and mount namespaces of this process (the container's init):
-    /// an exec.
-    Join(i32),
+    /// The container's PID and mount namespaces: an exec.
+    Join(&'a ContainerNamespaces),
+}
+
+/// The container's PID and mount namespaces, held open from the moment its
+/// init starts. An exec joins these, never `/proc/<pid>/ns` of a pid that
+/// may by then belong to another process.
+#[derive(Debug)]
+pub struct ContainerNamespaces {
+    mnt: OwnedFd,
+    pid: OwnedFd,
+}
+
+impl ContainerNamespaces {
+    /// Opens the namespaces of `pid`, which must be a child that has not
+    /// been reaped (so the pid cannot have been reused).
+    fn of_child(pid: i32) -> io::Result<Self> {
+        let open =
+            |kind: &str| std::fs::File::open(format!("/proc/{pid}/ns/{kind}")).map(OwnedFd::from);
+        Ok(ContainerNamespaces {
+            mnt: open("mnt")?,
+            pid: open("pid")?,
+        })
+    }
+}
+
+/// A started process: the parent's ends of its stdio and, for the
+/// container's init, its namespaces (None if it ended before they could be
+/// opened).
+pub struct Started {
+    pub stdio: ParentStdio,
+    pub namespaces: Option<ContainerNamespaces>,
 }
 
 fn stat_in_root(p: &Path) -> io::Result<FileInfo> {
@@ -465,7 +494,9 @@ fn cstring(s: &str) -> io::Result<CString> {
 }
 
 /// Starts `spec` with the given stdio. Returns the pid (as seen by the
-/// agent) and the parent's ends of stdio.
+/// agent), the parent's ends of stdio and, for a new container, its
+/// namespaces. Call it where the child cannot be reaped meanwhile (see
+/// `Reaper::spawn_and_expect`).
 ///
 /// The new process becomes PID 1 of a new PID namespace when asked, so the
 /// workload sees itself as PID 1 and the kernel treats it as a namespace init
@@ -475,7 +506,7 @@ pub fn start(
     spec: &ProcessSpec,
     ns: Namespaces,
     confinement: &Confinement,
-) -> Result<(i32, ParentStdio), StartError> {
+) -> Result<(i32, Started), StartError> {
     let cwd = if spec.cwd.is_empty() {
         "/"
     } else {
@@ -518,11 +549,6 @@ pub fn start(
         .map(|a| cstring(a))
         .collect::<io::Result<_>>()
         .map_err(|e| io_err("an environment variable contains a NUL byte", e))?;
-    let open_ns = |pid: i32, kind: &str| -> Result<OwnedFd, StartError> {
-        std::fs::File::open(format!("/proc/{pid}/ns/{kind}"))
-            .map(OwnedFd::from)
-            .map_err(|e| io_err("the container is not running", e))
-    };
     let paths = |list: &[String]| -> Result<Vec<CString>, StartError> {
         list.iter()
             .map(|p| cstring(p).map_err(|e| io_err("a masked or read-only path", e)))
@@ -548,7 +574,13 @@ pub fn start(
     };
     let seccomp = confinement.seccomp.as_ref().map(Seccomp::new).transpose()?;
     let (join_mount_ns, join_pid_ns) = match ns {
-        Namespaces::Join(pid) => (Some(open_ns(pid, "mnt")?), Some(open_ns(pid, "pid")?)),
+        Namespaces::Join(c) => {
+            let dup = |fd: &OwnedFd| {
+                fd.try_clone()
+                    .map_err(|e| io_err("cannot duplicate a namespace descriptor", e))
+            };
+            (Some(dup(&c.mnt)?), Some(dup(&c.pid)?))
+        }
         Namespaces::NewContainer => (None, None),
     };
     let setup = ChildSetup {
@@ -661,7 +693,20 @@ pub fn start(
     // so only the parent's ends stay open here.
     let pid = child.id() as i32;
     drop(child);
-    Ok((pid, parent))
+    // The child has exec'd (spawn waits for that), so its namespaces are
+    // made; it is not reaped yet, so the pid is still its own.
+    let namespaces = if new_pidns {
+        ContainerNamespaces::of_child(pid).ok()
+    } else {
+        None
+    };
+    Ok((
+        pid,
+        Started {
+            stdio: parent,
+            namespaces,
+        },
+    ))
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), StartError> {

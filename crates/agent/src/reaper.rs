@@ -62,6 +62,24 @@ impl Reaper {
         }
     }
 
+    /// Sends `signal` to the waited-for child `pid` and to its process
+    /// group, unless it has been reaped already: under the reaper's lock
+    /// the pid cannot be reaped meanwhile, so it cannot name a new process.
+    /// Returns whether the signal was sent.
+    pub fn signal_group(&self, pid: i32, signal: i32) -> bool {
+        let slots = self.slots.lock().expect("reaper lock");
+        if !slots.contains_key(&pid) {
+            return false;
+        }
+        // SAFETY: kill() has no memory-safety preconditions; `pid` is an
+        // unreaped child (see above).
+        unsafe {
+            libc::kill(-pid, signal);
+            libc::kill(pid, signal);
+        }
+        true
+    }
+
     /// Runs `spawn` with the reaper's lock held, so a child that exits at
     /// once cannot be reaped before it is registered.
     pub fn spawn_and_expect<T, E>(

@@ -10,7 +10,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::error::{AgentError, Result};
-use crate::process::{self, Confinement, Namespaces, ParentStdio};
+use crate::process::{self, Confinement, ContainerNamespaces, Namespaces, ParentStdio};
 use crate::reaper::Reaper;
 use crate::{early, mounts, network};
 use runvm_protocol::session::{read_frame, write_frame, FdStream, Mode, Mux, MuxStream};
@@ -32,13 +32,25 @@ struct Streams {
     arrived: Notify,
 }
 
+/// How long a stdio stream waits for its process before it is dropped (its
+/// exec client went away before sending the request): longer than an exec
+/// waits for the container to start.
+const UNCLAIMED_STREAM: Duration = Duration::from_secs(300);
+
 impl Streams {
-    fn put(&self, process: u32, kind: Kind, s: MuxStream) {
+    fn put(self: &Arc<Self>, process: u32, kind: Kind, s: MuxStream) {
         self.map
             .lock()
             .expect("streams lock")
             .insert((process, kind), s);
         self.arrived.notify_waiters();
+        // Process numbers are never reused: whatever is still here then was
+        // never claimed.
+        let streams = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(UNCLAIMED_STREAM).await;
+            streams.take_now(process, kind);
+        });
     }
 
     fn take_now(&self, process: u32, kind: Kind) -> Option<MuxStream> {
@@ -69,13 +81,23 @@ impl Streams {
     }
 }
 
+/// Where the container is, for execs.
+#[derive(Clone, Debug)]
+enum Container {
+    /// Not started yet: execs that arrive now (`docker exec` right after
+    /// `docker run -d`) wait.
+    Starting,
+    /// Its init runs; execs join these namespaces.
+    Running(Arc<ContainerNamespaces>),
+    /// It failed to start or its init has ended.
+    Gone,
+}
+
 struct Agent {
     reaper: Arc<Reaper>,
-    streams: Streams,
+    streams: Arc<Streams>,
     started: Mutex<bool>,
-    /// The container's init (the workload), once started; execs that
-    /// arrive earlier (`docker exec` right after `docker run -d`) wait.
-    init_pid: tokio::sync::watch::Sender<Option<i32>>,
+    container: tokio::sync::watch::Sender<Container>,
     /// The container's confinement, set before its init starts; execs get
     /// its seccomp filter.
     confinement: std::sync::OnceLock<Arc<Confinement>>,
@@ -100,9 +122,9 @@ pub async fn serve() -> Result<()> {
     let (_mux, mut inbound) = Mux::start(port, Mode::Server);
     let agent = Arc::new(Agent {
         reaper,
-        streams: Streams::default(),
+        streams: Arc::default(),
         started: Mutex::new(false),
-        init_pid: tokio::sync::watch::channel(None).0,
+        container: tokio::sync::watch::channel(Container::Starting).0,
         confinement: std::sync::OnceLock::new(),
         shutdown: Notify::new(),
     });
@@ -159,6 +181,7 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
                 *started = true;
             }
             if let Err(e) = prepare_container(&spec).await {
+                agent.container.send_replace(Container::Gone);
                 send(
                     &wr,
                     &GuestMessage::SetupFailed {
@@ -168,7 +191,9 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
                 .await?;
             } else {
                 let _ = agent.confinement.set(Arc::new(Confinement::of(&spec)));
-                run_process(&agent, process, &spec.process, None, &mut rd, &wr).await?;
+                let ran = run_process(&agent, process, &spec.process, None, &mut rd, &wr).await;
+                agent.container.send_replace(Container::Gone);
+                ran?;
             }
             // The container is over: wait for the host's go-ahead, then stop.
             wait_for_shutdown(&mut rd).await;
@@ -176,15 +201,17 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
             Ok(())
         }
         HostMessage::Exec(spec) => {
-            let mut rx = agent.init_pid.subscribe();
-            let init =
-                match tokio::time::timeout(Duration::from_secs(120), rx.wait_for(Option::is_some))
-                    .await
-                {
-                    Ok(Ok(pid)) => *pid,
-                    _ => None,
-                };
-            let Some(init) = init else {
+            let mut rx = agent.container.subscribe();
+            let container = match tokio::time::timeout(
+                Duration::from_secs(120),
+                rx.wait_for(|c| !matches!(c, Container::Starting)),
+            )
+            .await
+            {
+                Ok(Ok(c)) => c.clone(),
+                _ => Container::Gone,
+            };
+            let Container::Running(namespaces) = container else {
                 send(
                     &wr,
                     &GuestMessage::StartFailed {
@@ -195,20 +222,24 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
                 .await?;
                 return Ok(());
             };
-            run_process(&agent, process, &spec, Some(init), &mut rd, &wr).await
+            run_process(&agent, process, &spec, Some(&namespaces), &mut rd, &wr).await
         }
         _ => Err(AgentError::UnexpectedRequest),
     }
 }
 
 /// Starts one process (the container's init when `join` is None, else an
-/// exec joining the init's namespaces), relays its stdio and signals, and
-/// reports its exit once its output is drained.
+/// exec joining the container's namespaces), relays its stdio and signals,
+/// and reports its exit once its output is drained.
+///
+/// An exec whose control stream ends before it exits has lost its client
+/// (Docker kills the exec client when a health check times out): it is
+/// killed, with every process of its group, as runc's exec would be.
 async fn run_process<R, W>(
     agent: &Arc<Agent>,
     process: u32,
     spec: &runvm_protocol::ProcessSpec,
-    join: Option<i32>,
+    join: Option<&ContainerNamespaces>,
     rd: &mut R,
     wr: &tokio::sync::Mutex<W>,
 ) -> Result<()>
@@ -218,7 +249,7 @@ where
 {
     let ns = match join {
         None => Namespaces::NewContainer,
-        Some(pid) => Namespaces::Join(pid),
+        Some(c) => Namespaces::Join(c),
     };
     // Set before the init starts, so an exec (which waits for the init)
     // always finds it.
@@ -226,7 +257,7 @@ where
     let spawned = agent
         .reaper
         .spawn_and_expect(|| process::start(spec, ns, &confinement));
-    let (pid, exit_rx, stdio) = match spawned {
+    let (pid, exit_rx, started) = match spawned {
         Ok(x) => x,
         Err(e) => {
             // No process will use the stdio streams: close them so the
@@ -246,8 +277,12 @@ where
             .await;
         }
     };
+    let stdio = started.stdio;
     if join.is_none() {
-        agent.init_pid.send_replace(Some(pid));
+        agent.container.send_replace(match started.namespaces {
+            Some(ns) => Container::Running(Arc::new(ns)),
+            None => Container::Gone,
+        });
     }
 
     // Relays: output tasks are awaited before the exit is reported.
@@ -315,8 +350,16 @@ where
                     }
                 }
                 Ok(_) => {}
-                // The host went away; keep waiting for the exit anyway.
-                Err(_) => std::future::pending::<()>().await,
+                Err(_) => {
+                    if join.is_some() {
+                        // The exec's client is gone. The process leads its
+                        // own group (it called setsid): its children go too.
+                        agent.reaper.signal_group(pid, libc::SIGKILL);
+                    }
+                    // Wait for the exit anyway (for the init, the host
+                    // going away ends the VM).
+                    std::future::pending::<()>().await
+                }
             }
         }
     };

@@ -130,6 +130,8 @@ pub const ALLOWED: &[Group] = &[
             "open",
             "openat",
             "openat2",
+            "pipe",
+            "pipe2",
             "pread64",
             "preadv",
             "preadv2",

@@ -6,6 +6,7 @@
 //! preserved), never through a typed model: whatever a container engine puts
 //! in it that runvm does not know about passes through untouched.
 
+pub mod exec_spec;
 pub mod host_seccomp;
 pub mod options;
 pub mod rewrite;
@@ -38,8 +39,6 @@ pub mod paths {
     pub const MOUNTS_PLACED: &str = "/runvm/mounts-placed";
     /// Sockets and logs of the helpers (a private tmpfs).
     pub const RUN_DIR: &str = "/run/runvm";
-    /// Environment variable that carries an exec's process to the client.
-    pub const EXEC_SPEC_ENV: &str = "RUNVM_EXEC_SPEC";
     /// Annotation set on a rewritten config, so a second rewrite is refused.
     pub const ANNOTATION: &str = "io.runvm.rewritten";
 }

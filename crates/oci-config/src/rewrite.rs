@@ -263,6 +263,8 @@ pub fn rewrite_config(
         Some(p) => crate::seccomp::compile(p).map_err(|e| RewriteError::Seccomp(e.to_string()))?,
     };
     linux.insert("seccomp".into(), crate::host_seccomp::profile());
+    linux.insert("maskedPaths".into(), json!(HOST_SIDE_MASKED));
+    linux.insert("readonlyPaths".into(), json!(HOST_SIDE_READONLY));
     add_devices(linux, &host.devices, host.qemu_ids)?;
     let limit_mib = grow_memory_limit(linux)?;
     // Without a limit the VM gets every host CPU, as a runc container sees
@@ -287,6 +289,23 @@ pub fn rewrite_config(
         }
     }
     let cpus = opts.cpus.or(cpu_cap).unwrap_or(host.host_cpus).max(1);
+
+    if !own_network {
+        // --network host or container:X: the supervisor touches no
+        // interface there, so it gets no network capability in a namespace
+        // that is not the container's own.
+        if let Some(caps) = top
+            .get_mut("process")
+            .and_then(|p| p.get_mut("capabilities"))
+            .and_then(Value::as_object_mut)
+        {
+            for set in caps.values_mut() {
+                if let Some(list) = set.as_array_mut() {
+                    list.retain(|c| c != "CAP_NET_ADMIN");
+                }
+            }
+        }
+    }
 
     // --- annotations
     let ann = top.entry("annotations").or_insert_with(|| json!({}));
@@ -578,6 +597,17 @@ fn rewrite_mounts(
             });
         }
         if is_kernel_fs_destination(&dest) {
+            let mut m = m;
+            // The host side's /sys and cgroups are read-only, even when the
+            // container is privileged (the guest follows the container).
+            if kind == "sysfs" || kind == "cgroup" || kind == "cgroup2" {
+                if let Some(opts) = m.get_mut("options").and_then(Value::as_array_mut) {
+                    opts.retain(|o| o != "rw");
+                    if !opts.iter().any(|o| o == "ro") {
+                        opts.push(json!("ro"));
+                    }
+                }
+            }
             mounts.push(m);
         } else if kind == "tmpfs" {
             guest.push(GuestMount {
@@ -674,42 +704,76 @@ fn add_devices(
     devices: &[HostDevice],
     qemu: (u32, u32),
 ) -> Result<(), RewriteError> {
-    if devices.is_empty() {
-        return Ok(());
-    }
-    let list = linux.entry("devices").or_insert_with(|| json!([]));
-    let list = list.as_array_mut().ok_or(RewriteError::Malformed {
-        field: "linux.devices",
-        why: "not an array".into(),
-    })?;
-    for d in devices {
-        if !list
-            .iter()
-            .any(|x| x.get("path").and_then(Value::as_str) == Some(&d.path))
-        {
-            let (uid, gid, mode) = if d.path == "/dev/kvm" {
-                (qemu.0, qemu.1, 0o600)
+    // The host side gets runvm's devices and nothing else, whatever
+    // `--device` or `--privileged` asked for (those are the guest's
+    // business): Docker's device nodes are replaced, not extended.
+    let list: Vec<Value> = devices
+        .iter()
+        .map(|d| {
+            let (uid, gid) = if d.path == "/dev/kvm" {
+                (qemu.0, qemu.1)
             } else {
-                (0, 0, 0o600)
+                (0, 0)
             };
-            list.push(json!({
+            json!({
                 "path": d.path, "type": "c", "major": d.major, "minor": d.minor,
-                "fileMode": mode, "uid": uid, "gid": gid
-            }));
-        }
+                "fileMode": 0o600, "uid": uid, "gid": gid
+            })
+        })
+        .collect();
+    linux.insert("devices".into(), Value::Array(list));
+    // The device cgroup: deny everything, then allow the standard
+    // character devices of a container's /dev and runvm's own.
+    let mut rules = vec![json!({"allow": false, "access": "rwm"})];
+    for (major, minor) in HOST_SIDE_STANDARD_DEVICES {
+        rules.push(
+            json!({"allow": true, "type": "c", "major": major, "minor": minor, "access": "rwm"}),
+        );
     }
-    let res = linux.entry("resources").or_insert_with(|| json!({}));
-    let res = obj(res, "linux.resources")?;
-    let rules = res.entry("devices").or_insert_with(|| json!([]));
-    let rules = rules.as_array_mut().ok_or(RewriteError::Malformed {
-        field: "linux.resources.devices",
-        why: "not an array".into(),
-    })?;
     for d in devices {
         rules.push(json!({"allow": true, "type": "c", "major": d.major, "minor": d.minor, "access": "rwm"}));
     }
+    let res = linux.entry("resources").or_insert_with(|| json!({}));
+    obj(res, "linux.resources")?.insert("devices".into(), Value::Array(rules));
     Ok(())
 }
+
+/// The character devices a container's /dev has (null, zero, full, random,
+/// urandom, tty, console, ptmx, and the pts range, minor -1 = any).
+const HOST_SIDE_STANDARD_DEVICES: &[(i64, i64)] = &[
+    (1, 3),
+    (1, 5),
+    (1, 7),
+    (1, 8),
+    (1, 9),
+    (5, 0),
+    (5, 1),
+    (5, 2),
+    (136, -1),
+];
+
+/// Docker's default masked and read-only paths, applied to the host side
+/// whatever the container asked for (`--privileged` and
+/// `systempaths=unconfined` lift them in the guest only).
+const HOST_SIDE_MASKED: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+];
+const HOST_SIDE_READONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 
 /// Raises the memory limit by the VM overhead; returns the user's limit in
 /// MiB (the guest RAM), if there was one.
@@ -788,18 +852,16 @@ fn cpu_limit(linux: &Map<String, Value>) -> Option<u32> {
 pub fn rewrite_exec_process(mut process: Value) -> Result<(Value, ProcessSpec), RewriteError> {
     let spec = guest_process(&process)?;
     let p = obj(&mut process, "process")?;
-    let spec_json = serde_json::to_string(&spec).map_err(|e| RewriteError::Malformed {
-        field: "process",
-        why: e.to_string(),
-    })?;
-    p.insert("args".into(), json!([paths::SUPERVISOR, "exec"]));
-    p.insert(
-        "env".into(),
-        json!([
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            format!("{}={spec_json}", paths::EXEC_SPEC_ENV)
-        ]),
+    let mut env =
+        vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned()];
+    env.extend(
+        crate::exec_spec::encode(&spec).map_err(|e| RewriteError::Malformed {
+            field: "process",
+            why: e.to_string(),
+        })?,
     );
+    p.insert("args".into(), json!([paths::SUPERVISOR, "exec"]));
+    p.insert("env".into(), json!(env));
     p.insert("cwd".into(), json!("/"));
     p.insert("user".into(), json!({"uid": 0, "gid": 0}));
     p.shift_remove("rlimits");

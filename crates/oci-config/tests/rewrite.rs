@@ -330,12 +330,18 @@ fn an_exec_process_becomes_the_exec_client_carrying_the_original() {
     assert_eq!(out["terminal"], true);
     assert_eq!(out["consoleSize"]["height"], 30);
     assert_eq!(out["x-future-field"], 42);
-    let env = out["env"].as_array().unwrap();
-    let carried = env
+    let env: Vec<&str> = out["env"]
+        .as_array()
+        .unwrap()
         .iter()
-        .find_map(|e| e.as_str().unwrap().strip_prefix("RUNVM_EXEC_SPEC="))
-        .unwrap();
-    let back: runvm_protocol::ProcessSpec = serde_json::from_str(carried).unwrap();
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    let var = |name: &str| {
+        env.iter()
+            .find_map(|e| e.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_owned)
+    };
+    let back = runvm_config::exec_spec::decode(var).unwrap();
     assert_eq!(back, spec);
     assert_eq!(spec.args, ["sh", "-c", "echo hi"]);
     assert_eq!(
@@ -624,4 +630,69 @@ fn a_profile_runvm_cannot_apply_fails_create_naming_the_field() {
         .to_string();
     assert!(e.contains("linux.seccomp.listenerPath"), "{e}");
     assert!(!e.contains('\n'), "{e}");
+}
+
+#[test]
+fn the_host_side_gets_runvms_devices_and_confinement_whatever_the_container_asks() {
+    let mut orig = fixture("docker-20.10-default.json");
+    // What --privileged / --device give runc.
+    orig["linux"]["devices"] = json!([{"path": "/dev/vda", "type": "b", "major": 254, "minor": 0}]);
+    orig["linux"]["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);
+    orig["linux"]["maskedPaths"] = json!([]);
+    orig["linux"]["readonlyPaths"] = json!([]);
+    for m in orig["mounts"].as_array_mut().unwrap() {
+        if m["type"] == "sysfs" {
+            m["options"] = json!(["nosuid", "noexec", "nodev", "rw"]);
+        }
+    }
+    let r = rewrite_config(orig, &opts(&[]), &host()).unwrap();
+    let linux = &r.config["linux"];
+    let paths: Vec<&str> = linux["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["/dev/kvm"]);
+    let rules = linux["resources"]["devices"].as_array().unwrap();
+    assert_eq!(rules[0], json!({"allow": false, "access": "rwm"}));
+    assert!(!rules
+        .iter()
+        .any(|r| r["allow"] == true && r.get("type").is_none()));
+    assert!(!rules.iter().any(|r| r["major"] == 254));
+    assert!(linux["maskedPaths"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("/proc/kcore")));
+    assert!(linux["readonlyPaths"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("/proc/sys")));
+    let sys = mount(&r.config, "/sys").unwrap();
+    assert!(sys["options"].as_array().unwrap().contains(&json!("ro")));
+    assert!(!sys["options"].as_array().unwrap().contains(&json!("rw")));
+    // The guest still follows the container.
+    assert!(r.vm.container.masked_paths.is_empty());
+}
+
+#[test]
+fn no_network_capability_on_the_host_side_without_a_network_of_its_own() {
+    let mut orig = fixture("docker-20.10-default.json");
+    for ns in orig["linux"]["namespaces"].as_array_mut().unwrap() {
+        if ns["type"] == "network" {
+            ns["path"] = json!("/proc/1/ns/net");
+        }
+    }
+    let r = rewrite_config(orig, &opts(&[]), &host()).unwrap();
+    for set in ["bounding", "effective", "permitted"] {
+        assert!(!r.config["process"]["capabilities"][set]
+            .as_array()
+            .unwrap()
+            .contains(&json!("CAP_NET_ADMIN")));
+    }
+    let r = rewrite_config(fixture("docker-20.10-default.json"), &opts(&[]), &host()).unwrap();
+    assert!(r.config["process"]["capabilities"]["bounding"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("CAP_NET_ADMIN")));
 }

@@ -13,6 +13,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// environment fits many times over).
 pub const MAX_FRAME: usize = 4 * 1024 * 1024;
 
+/// Largest frame the host accepts from the guest or from an exec client:
+/// stream headers and [`crate::GuestMessage`]s are small, so a hostile guest
+/// gets no more than this per stream.
+pub const MAX_SMALL_FRAME: usize = 64 * 1024;
+
 /// Errors of the framing layer.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -24,6 +29,8 @@ pub enum FrameError {
     Encode(#[source] serde_json::Error),
     #[error("the peer closed the stream before sending a message")]
     Closed,
+    #[error("a frame of {len} bytes exceeds the {limit}-byte limit")]
+    TooLarge { len: u32, limit: usize },
 }
 
 /// Writes one frame (4-byte big-endian length + JSON) without buffering.
@@ -46,10 +53,19 @@ pub async fn write_frame<W: AsyncWrite + Unpin, M: Serialize>(
     Ok(())
 }
 
-/// Reads exactly one frame, and not a byte more, so that the stream can go
-/// on as raw data afterwards.
+/// Reads exactly one frame of at most [`MAX_FRAME`] bytes, and not a byte
+/// more, so that the stream can go on as raw data afterwards.
 pub async fn read_frame<R: AsyncRead + Unpin, M: DeserializeOwned>(
     r: &mut R,
+) -> Result<M, FrameError> {
+    read_frame_limited(r, MAX_FRAME).await
+}
+
+/// Reads exactly one frame of at most `limit` bytes. Memory grows with the
+/// bytes that actually arrive, not with the length the peer announces.
+pub async fn read_frame_limited<R: AsyncRead + Unpin, M: DeserializeOwned>(
+    r: &mut R,
+    limit: usize,
 ) -> Result<M, FrameError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
@@ -57,15 +73,18 @@ pub async fn read_frame<R: AsyncRead + Unpin, M: DeserializeOwned>(
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
         Err(e) => return Err(e.into()),
     }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
+    let len = u32::from_be_bytes(len);
+    if len as usize > limit {
+        return Err(FrameError::TooLarge { len, limit });
+    }
+    let mut body = Vec::with_capacity((len as usize).min(16 * 1024));
+    let got = r.take(u64::from(len)).read_to_end(&mut body).await?;
+    if got < len as usize {
         return Err(FrameError::Io(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds the {MAX_FRAME}-byte limit"),
+            io::ErrorKind::UnexpectedEof,
+            format!("the stream ended after {got} of a frame's {len} bytes"),
         )));
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
     serde_json::from_slice(&body).map_err(FrameError::Decode)
 }
 
@@ -149,7 +168,71 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(64);
         a.write_all(&(u32::MAX).to_be_bytes()).await.unwrap();
         let r: Result<StreamHeader, _> = read_frame(&mut b).await;
-        assert!(matches!(r, Err(FrameError::Io(_))));
+        assert!(matches!(r, Err(FrameError::TooLarge { .. })));
+    }
+
+    #[tokio::test]
+    async fn the_small_limit_refuses_what_the_large_one_takes() {
+        let (mut a, mut b) = tokio::io::duplex(256 * 1024);
+        let big = GuestMessage::SetupFailed {
+            message: "x".repeat(MAX_SMALL_FRAME),
+        };
+        write_frame(&mut a, &big).await.unwrap();
+        write_frame(&mut a, &big).await.unwrap();
+        let r: Result<GuestMessage, _> = read_frame_limited(&mut b, MAX_SMALL_FRAME).await;
+        assert!(matches!(r, Err(FrameError::TooLarge { .. })), "{r:?}");
+        // The first frame's body is still unread; a fresh stream decodes the
+        // same frame under the large limit.
+        let (mut a, mut b) = tokio::io::duplex(256 * 1024);
+        write_frame(&mut a, &big).await.unwrap();
+        let r: GuestMessage = read_frame(&mut b).await.unwrap();
+        assert_eq!(r, big);
+    }
+
+    #[tokio::test]
+    async fn an_announced_length_allocates_nothing_before_the_bytes_arrive() {
+        // A peer announcing a frame at the limit and then closing costs a
+        // truncated-frame error, not a buffer of the announced size.
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&(MAX_FRAME as u32).to_be_bytes())
+            .await
+            .unwrap();
+        a.write_all(b"{\"type\"").await.unwrap();
+        drop(a);
+        let r: Result<GuestMessage, _> = read_frame(&mut b).await;
+        match r {
+            Err(FrameError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof),
+            other => panic!("expected a truncated frame, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn hostile_frames_are_errors_not_panics() {
+        // Deep nesting, huge numbers, invalid UTF-8, unknown fields, empty
+        // bodies and lengths of u32::MAX.
+        let mut inputs: Vec<Vec<u8>> = Vec::new();
+        let deep = "[".repeat(100_000);
+        let nasties: [&[u8]; 5] = [
+            deep.as_bytes(),
+            br#"{"type":"exited","status":99999999999999999999999}"#,
+            b"\xff\xfe\x00{}",
+            b"",
+            br#"{"type":"started","pid":-1,"extra":[1,2,3]}"#,
+        ];
+        for body in nasties {
+            let mut framed = (body.len() as u32).to_be_bytes().to_vec();
+            framed.extend_from_slice(body);
+            inputs.push(framed);
+        }
+        inputs.push(u32::MAX.to_be_bytes().to_vec());
+        for input in inputs {
+            let mut r = &input[..];
+            let _ = read_frame_limited::<_, GuestMessage>(&mut r, MAX_SMALL_FRAME).await;
+            let mut r = &input[..];
+            let _ = read_frame::<_, HostMessage>(&mut r).await;
+            let mut r = &input[..];
+            let _ = read_frame::<_, StreamHeader>(&mut r).await;
+        }
     }
 
     #[test]

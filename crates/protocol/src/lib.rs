@@ -19,7 +19,7 @@ pub mod lookpath;
 pub mod messages;
 pub mod session;
 
-pub use framing::{read_frame, write_frame, FrameError};
+pub use framing::{read_frame, read_frame_limited, write_frame, FrameError};
 pub use messages::*;
 
 /// Name of the virtio-serial port that carries the yamux session.

@@ -11,7 +11,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::framing::FrameError;
-pub use crate::framing::{read_frame, write_frame};
+pub use crate::framing::{read_frame, read_frame_limited, write_frame};
 
 use futures::future::poll_fn;
 use std::collections::VecDeque;
@@ -32,10 +32,44 @@ pub enum MuxError {
     Yamux(#[from] yamux::ConnectionError),
 }
 
-/// yamux settings for the host↔guest link (the crate's defaults: it has no
-/// keep-alive pings, so a VM frozen by `docker pause` keeps its session).
-pub fn config() -> yamux::Config {
-    yamux::Config::default()
+/// Most streams the client (the side that opens them) has open at once.
+/// The host opens four per process (control, stdin, stdout, stderr), so
+/// this allows the container's init and 31 concurrent execs; the
+/// supervisor refuses execs beyond that before it opens any stream.
+pub const MAX_STREAMS: usize = 128;
+
+/// Most streams the server holds at once: more than the client may open,
+/// since the server forgets a stream the client closed a little later than
+/// the client does (yamux ends the whole session when a peer opens a
+/// stream beyond this).
+pub const SERVER_MAX_STREAMS: usize = 2 * MAX_STREAMS;
+
+/// Receive window, across all streams of a session, that yamux may grow
+/// beyond its fixed 256 KiB per stream (its auto-tuning for throughput).
+const EXTRA_WINDOW: usize = 8 * 1024 * 1024;
+
+/// Largest total receive window of the client's side of a session: what a
+/// peer can make the host buffer, whatever it sends (yamux never buffers
+/// more than the credit it granted).
+pub const MAX_RECEIVE_WINDOW: usize = window_for(MAX_STREAMS);
+
+const fn window_for(streams: usize) -> usize {
+    streams * yamux::DEFAULT_CREDIT as usize + EXTRA_WINDOW
+}
+
+/// yamux settings for the host↔guest link: bounded stream count and
+/// receive window (see [`MAX_STREAMS`], [`MAX_RECEIVE_WINDOW`]). There are
+/// no keep-alive pings, so a VM frozen by `docker pause` keeps its session.
+pub fn config(mode: Mode) -> yamux::Config {
+    let streams = match mode {
+        Mode::Client => MAX_STREAMS,
+        Mode::Server => SERVER_MAX_STREAMS,
+    };
+    let mut c = yamux::Config::default();
+    // In this order: each setter checks window >= 256 KiB * streams.
+    c.set_max_num_streams(streams);
+    c.set_max_connection_receive_window(Some(window_for(streams)));
+    c
 }
 
 /// A handle that opens streams on a running yamux session.
@@ -48,15 +82,24 @@ impl Mux {
     /// Starts a yamux session on `io` in a background task. Returns the
     /// handle to open streams and the receiver of streams the peer opens.
     /// The task ends when the peer closes the session or it fails.
-    pub fn start<T>(io: T, mode: Mode) -> (Self, mpsc::UnboundedReceiver<MuxStream>)
+    ///
+    /// Only the client opens streams in this protocol: in [`Mode::Client`]
+    /// every stream the peer opens is reset at once (the receiver yields
+    /// nothing), so a hostile peer cannot make this side hold any. In
+    /// [`Mode::Server`] every stream is handed out; no more than
+    /// [`SERVER_MAX_STREAMS`] can wait, as that many are all yamux lets the
+    /// peer open.
+    pub fn start<T>(io: T, mode: Mode) -> (Self, mpsc::Receiver<MuxStream>)
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (open_tx, mut open_rx) =
             mpsc::unbounded_channel::<oneshot::Sender<Result<MuxStream, MuxError>>>();
-        let (in_tx, in_rx) = mpsc::unbounded_channel();
+        let (in_tx, in_rx) = mpsc::channel(SERVER_MAX_STREAMS);
+        let accept_inbound = matches!(mode, Mode::Server);
+        let mut in_tx = accept_inbound.then_some(in_tx);
         tokio::spawn(async move {
-            let mut conn = yamux::Connection::new(io.compat(), config(), mode);
+            let mut conn = yamux::Connection::new(io.compat(), config(mode), mode);
             let mut pending: VecDeque<oneshot::Sender<Result<MuxStream, MuxError>>> =
                 VecDeque::new();
             let mut handles_gone = false;
@@ -82,7 +125,15 @@ impl Mux {
                 }
                 match conn.poll_next_inbound(cx) {
                     Poll::Ready(Some(Ok(s))) => {
-                        let _ = in_tx.send(s.compat());
+                        // A refused stream is dropped here: yamux resets it
+                        // and forgets it before it reads the next frame.
+                        if let Some(tx) = &in_tx {
+                            if let Err(mpsc::error::TrySendError::Closed(_)) =
+                                tx.try_send(s.compat())
+                            {
+                                in_tx = None;
+                            }
+                        }
                     }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
                     Poll::Ready(None) => return Poll::Ready(Ok(())),
@@ -279,5 +330,115 @@ mod tests {
             .expect("no stall")
             .unwrap();
         assert!(back == expected, "stdout arrived whole");
+    }
+
+    fn pair() -> (FdStream, FdStream) {
+        let (h, g) = std::os::unix::net::UnixStream::pair().unwrap();
+        (
+            FdStream::new(OwnedFd::from(h)).unwrap(),
+            FdStream::new(OwnedFd::from(g)).unwrap(),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_client_resets_every_stream_the_peer_opens_and_keeps_working() {
+        let (h, g) = pair();
+        let (host_mux, mut host_in) = Mux::start(h, Mode::Client);
+        let (guest_mux, mut guest_in) = Mux::start(g, Mode::Server);
+        // More streams than a session may hold at once, each with data the
+        // host would have to buffer if it kept them.
+        for i in 0..(MAX_STREAMS * 3) {
+            let mut s = guest_mux.open().await.expect("the guest may open a stream");
+            let _ = s.write_all(&[i as u8; 4096]).await;
+            let mut buf = [0u8; 1];
+            let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .expect("a refused stream ends instead of hanging");
+            assert!(
+                matches!(r, Ok(0) | Err(_)),
+                "stream {i} was not reset: {r:?}"
+            );
+        }
+        assert!(
+            host_in.recv().await.is_none(),
+            "the client hands out no stream"
+        );
+        // The host's own streams still work.
+        let mut s = host_mux
+            .open_typed(&StreamHeader::Stdout { process: 1 })
+            .await
+            .unwrap();
+        let mut g = guest_in.recv().await.unwrap();
+        let h: StreamHeader = read_frame(&mut g).await.unwrap();
+        assert_eq!(h, StreamHeader::Stdout { process: 1 });
+        g.write_all(b"still alive").await.unwrap();
+        g.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"still alive");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_are_capped() {
+        let (h, g) = pair();
+        let (host_mux, _) = Mux::start(h, Mode::Client);
+        let (_guest_mux, mut guest_in) = Mux::start(g, Mode::Server);
+        // The server takes its streams (so none is refused for waiting).
+        let taker = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            while let Some(s) = guest_in.recv().await {
+                kept.push(s);
+            }
+            kept.len()
+        });
+        let mut open = Vec::new();
+        for _ in 0..MAX_STREAMS {
+            let mut s = host_mux.open().await.expect("within the cap");
+            s.write_all(b"x").await.unwrap();
+            open.push(s);
+        }
+        assert!(
+            host_mux.open().await.is_err(),
+            "a stream beyond {MAX_STREAMS} is refused"
+        );
+        drop(open);
+        drop(host_mux);
+        let _ = tokio::time::timeout(Duration::from_secs(5), taker).await;
+    }
+
+    #[test]
+    fn the_receive_window_is_bounded() {
+        assert_eq!(
+            MAX_STREAMS * 256 * 1024 + 8 * 1024 * 1024,
+            MAX_RECEIVE_WINDOW
+        );
+        // The settings are accepted by yamux (it asserts their consistency).
+        let _ = config(Mode::Client);
+        let _ = config(Mode::Server);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_streams_all_reach_a_slow_server() {
+        let (h, g) = pair();
+        let (host_mux, _) = Mux::start(h, Mode::Client);
+        let (_guest_mux, mut guest_in) = Mux::start(g, Mode::Server);
+        // The client opens as many streams as it may before the server
+        // takes any: none is lost.
+        let mut open = Vec::new();
+        for i in 0..MAX_STREAMS {
+            let mut s = host_mux.open().await.unwrap();
+            s.write_all(&[i as u8]).await.unwrap();
+            open.push(s);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for i in 0..MAX_STREAMS {
+            let mut s = tokio::time::timeout(Duration::from_secs(10), guest_in.recv())
+                .await
+                .expect("every stream arrives")
+                .unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+            assert_eq!(b[0], i as u8, "in order, none reset");
+        }
     }
 }

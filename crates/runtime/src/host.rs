@@ -208,13 +208,15 @@ pub fn kvm_problem() -> Option<String> {
 pub fn decide_accel(req: AccelRequest, problem: Option<String>) -> Result<(Accel, Option<String>)> {
     match (req, problem) {
         (AccelRequest::Tcg, _) => Ok((Accel::Tcg, None)),
-        (AccelRequest::Kvm, Some(p)) if !Path::new("/dev/kvm").exists() => Err(RuntimeError::NoKvm(p)),
-        (AccelRequest::Kvm, _) => Ok((Accel::Kvm, None)),
+        // Asked for KVM where it is known not to work (missing, PVM-based,
+        // unopenable): refuse in one line rather than let QEMU fail or hang.
+        (AccelRequest::Kvm, Some(p)) => Err(RuntimeError::NoKvm(p)),
+        (AccelRequest::Kvm, None) => Ok((Accel::Kvm, None)),
         (AccelRequest::Auto, None) => Ok((Accel::Kvm, None)),
         (AccelRequest::Auto, Some(p)) => Ok((
             Accel::Tcg,
             Some(format!(
-                "KVM is not usable ({p}); running the VM under TCG software emulation, which is much slower; set RUNVM_ACCEL=tcg to silence this or RUNVM_ACCEL=kvm to force KVM"
+                "KVM is not usable ({p}); running the VM under TCG software emulation, which is much slower; set RUNVM_ACCEL=tcg to silence this"
             )),
         )),
     }

@@ -9,16 +9,18 @@ mod error;
 mod exec;
 mod network;
 mod relay;
+mod ring;
 mod sandbox;
 mod session;
 mod vmm;
 
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use error::{Result, SupervisorError};
 use runvm_config::{paths, VmConfig};
@@ -27,6 +29,25 @@ use runvm_protocol::HostMessage;
 
 /// Exit code when the VM itself fails (as opposed to the workload).
 const VM_FAILURE: i32 = 255;
+
+/// How long the guest agent has, from QEMU's start, to answer the request
+/// to start the container (with "started" or a failure). A guest that has
+/// not answered by then (a kernel that hangs, an agent that never comes
+/// up) is stopped and the container fails with exit code 255. Under TCG a
+/// VM boots and mounts its root in about 4 s on an idle 2-core host, but
+/// took 54 s on the same host at a load average of 30 (many VMs booting at
+/// once): 120 s keeps a slow boot from being taken for a dead one.
+const READY_SECS: u64 = 120;
+
+/// After the VM failed, how long the relays may take to deliver the
+/// output the guest had already sent.
+const DRAIN_SECS: u64 = 10;
+
+/// What is kept of the guest's console and of each helper's stderr.
+const CONSOLE_BYTES: usize = 64 * 1024;
+const HELPER_LOG_BYTES: usize = 16 * 1024;
+/// Console lines quoted when the VM fails.
+const CONSOLE_LINES: usize = 15;
 
 fn main() {
     // One thread: the supervisor drops its capabilities once the VM runs,
@@ -71,18 +92,6 @@ fn load_config() -> Result<VmConfig> {
     })
 }
 
-/// Where a helper's stderr goes: the container's stderr when debugging,
-/// else a log file that is quoted if the helper fails.
-fn helper_log(cfg: &VmConfig, name: &str) -> Result<Stdio> {
-    if cfg.debug {
-        return Ok(Stdio::inherit());
-    }
-    let path = format!("{}/{name}.log", vmm::RUN_DIR);
-    let f = std::fs::File::create(&path)
-        .map_err(|e| SupervisorError::io(format!("create {path}"), e))?;
-    Ok(Stdio::from(f))
-}
-
 /// Clears close-on-exec so a helper inherits `fd`.
 fn inheritable(fd: i32) -> Result<()> {
     // SAFETY: F_SETFD on a descriptor this process owns.
@@ -96,39 +105,53 @@ fn inheritable(fd: i32) -> Result<()> {
     Ok(())
 }
 
-/// Starts virtiofsd or QEMU: no stdin or stdout, stderr to its log, and
-/// killed if the supervisor goes away.
+/// Starts virtiofsd or QEMU: no stdin or stdout, stderr kept in `log`
+/// (and copied to ours when debugging), killed if the supervisor goes away.
 fn spawn_helper(
     cfg: &VmConfig,
     program: &str,
     args: Vec<String>,
-    name: &str,
+    log: &ring::Log,
     confine: impl FnOnce(&mut Command),
 ) -> Result<Child> {
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| SupervisorError::io("create a pipe for a helper's stderr", e))?;
     let mut cmd = Command::new(program);
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(helper_log(cfg, name)?)
+        .stderr(Stdio::from(wr))
         .kill_on_drop(true);
     confine(&mut cmd);
-    cmd.spawn().map_err(|source| SupervisorError::Spawn {
+    let child = cmd.spawn().map_err(|source| SupervisorError::Spawn {
         program: program.to_owned(),
         source,
-    })
+    })?;
+    let rd = tokio::net::unix::pipe::Receiver::from_owned_fd(rd)
+        .map_err(|e| SupervisorError::io("read a helper's stderr", e))?;
+    log.capture(rd, cfg.debug);
+    Ok(child)
 }
 
-fn helper_log_tail(name: &str) -> String {
-    let text = std::fs::read_to_string(format!("{}/{name}.log", vmm::RUN_DIR)).unwrap_or_default();
-    let last: Vec<&str> = text.lines().rev().take(5).collect();
+/// The helpers' stderr and the guest console.
+struct Logs {
+    console: ring::Log,
+    qemu: ring::Log,
+    virtiofsd: ring::Log,
+}
+
+/// The last lines of a helper's stderr, as a suffix for a message.
+fn tail_suffix(log: &ring::Log) -> String {
+    let last = log.last_lines(5);
     if last.is_empty() {
         String::new()
     } else {
-        format!(
-            ": {}",
-            last.into_iter().rev().collect::<Vec<_>>().join(" | ")
-        )
+        format!(": {}", last.join(" | "))
     }
+}
+
+fn status_text(st: std::io::Result<ExitStatus>) -> String {
+    st.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
 }
 
 async fn stop(child: &mut Child, grace: Duration) {
@@ -159,6 +182,36 @@ fn place_mounts(cfg: &VmConfig) -> Result<()> {
     Ok(())
 }
 
+/// Which helper ended first.
+enum HelperEnd {
+    Qemu(std::io::Result<ExitStatus>),
+    Virtiofsd(std::io::Result<ExitStatus>),
+}
+
+/// Resolves once the VM is dead, with what ended it. Without virtiofsd the
+/// guest has no files: QEMU is then killed too.
+async fn vm_end(qemu: &mut Child, virtiofsd: &mut Child) -> String {
+    let end = tokio::select! {
+        st = qemu.wait() => HelperEnd::Qemu(st),
+        st = virtiofsd.wait() => HelperEnd::Virtiofsd(st),
+    };
+    match end {
+        HelperEnd::Qemu(st) => format!("QEMU exited ({})", status_text(st)),
+        HelperEnd::Virtiofsd(st) => {
+            // virtiofsd also ends, cleanly, when QEMU has gone: then QEMU's
+            // end is the cause.
+            if let Ok(Ok(qst)) = tokio::time::timeout(Duration::from_secs(1), qemu.wait()).await {
+                return format!("QEMU exited ({qst})");
+            }
+            let _ = qemu.kill().await;
+            format!(
+                "virtiofsd, which serves the container's files to the VM, exited ({}); QEMU was stopped",
+                status_text(st)
+            )
+        }
+    }
+}
+
 async fn supervise() -> Result<i32> {
     let cfg = load_config()?;
     place_mounts(&cfg)?;
@@ -166,8 +219,8 @@ async fn supervise() -> Result<i32> {
 
     // Signals first, so that none sent during boot is lost: they are queued
     // until the workload runs.
-    let (sig_tx, sig_rx) = mpsc::unbounded_channel();
-    relay::forward_signals(sig_tx);
+    let (sig_tx, sig_rx) = mpsc::channel(relay::SIGNAL_QUEUE);
+    relay::forward_signals(sig_tx).map_err(|e| SupervisorError::io("forward signals", e))?;
     if terminal {
         relay::make_raw();
     }
@@ -191,7 +244,7 @@ async fn supervise() -> Result<i32> {
         (Vec::new(), Vec::new())
     };
 
-    // Both sockets listen before the helpers start: nobody ever connects
+    // The sockets listen before the helpers start: nobody ever connects
     // to a socket that is not ready.
     let vfs_listener = std::os::unix::net::UnixListener::bind(vmm::VIRTIOFS_SOCKET)
         .map_err(|e| SupervisorError::io(format!("listen on {}", vmm::VIRTIOFS_SOCKET), e))?;
@@ -199,12 +252,27 @@ async fn supervise() -> Result<i32> {
     inheritable(vfs_fd)?;
     let agent_listener = tokio::net::UnixListener::bind(vmm::AGENT_SOCKET)
         .map_err(|e| SupervisorError::io(format!("listen on {}", vmm::AGENT_SOCKET), e))?;
+    let console_listener = tokio::net::UnixListener::bind(vmm::CONSOLE_SOCKET)
+        .map_err(|e| SupervisorError::io(format!("listen on {}", vmm::CONSOLE_SOCKET), e))?;
+    let logs = Logs {
+        console: ring::Log::new(CONSOLE_BYTES),
+        qemu: ring::Log::new(HELPER_LOG_BYTES),
+        virtiofsd: ring::Log::new(HELPER_LOG_BYTES),
+    };
+    // The console is read all the time, so the guest never waits for it.
+    let console = logs.console.clone();
+    let echo_console = cfg.debug;
+    tokio::spawn(async move {
+        if let Ok((conn, _)) = console_listener.accept().await {
+            console.capture(conn, echo_console);
+        }
+    });
 
     let mut virtiofsd = spawn_helper(
         &cfg,
         &cfg.virtiofsd,
         vmm::virtiofsd_args(&cfg, vfs_fd),
-        "virtiofsd",
+        &logs.virtiofsd,
         |c| sandbox::bound_capabilities(c, sandbox::VIRTIOFSD_CAPS),
     )?;
     drop(vfs_listener); // virtiofsd has it
@@ -217,16 +285,9 @@ async fn supervise() -> Result<i32> {
         })
         .collect();
     // QEMU runs under its own unprivileged uid: it gets the sockets it
-    // connects to and its console file, and inherits only the taps.
+    // connects to, and inherits only the taps.
     let (quid, qgid) = (cfg.qemu_uid, cfg.qemu_gid);
-    if !cfg.debug {
-        std::fs::File::create(vmm::CONSOLE_LOG)
-            .map_err(|e| SupervisorError::io(format!("create {}", vmm::CONSOLE_LOG), e))?;
-    }
-    for path in [vmm::AGENT_SOCKET, vmm::VIRTIOFS_SOCKET]
-        .into_iter()
-        .chain((!cfg.debug).then_some(vmm::CONSOLE_LOG))
-    {
+    for path in [vmm::AGENT_SOCKET, vmm::VIRTIOFS_SOCKET, vmm::CONSOLE_SOCKET] {
         sandbox::give_to(path, quid, qgid)
             .map_err(|e| SupervisorError::io(format!("give {path} to QEMU's uid {quid}"), e))?;
     }
@@ -235,13 +296,14 @@ async fn supervise() -> Result<i32> {
         &cfg,
         &cfg.qemu,
         vmm::qemu_args(&cfg, &nic_args),
-        "qemu",
+        &logs.qemu,
         |c| sandbox::run_unprivileged(c, quid, qgid, tap_fds),
     )?;
     // Both helpers run: from here on the supervisor needs no privilege but
     // stopping QEMU, which runs under another uid.
     sandbox::drop_own_capabilities(sandbox::SUPERVISOR_KEEPS)
         .map_err(|e| SupervisorError::io("drop capabilities", std::io::Error::other(e)))?;
+    let answer_by = Instant::now() + Duration::from_secs(READY_SECS);
     let mut interfaces = Vec::new();
     for n in nics {
         interfaces.push(n.interface);
@@ -251,29 +313,29 @@ async fn supervise() -> Result<i32> {
         accepted = agent_listener.accept() => {
             accepted.map_err(|e| SupervisorError::io("accept QEMU's agent connection", e))?.0
         }
-        _ = tokio::time::sleep(Duration::from_secs(30)) => {
+        _ = tokio::time::sleep_until(answer_by) => {
             return Err(SupervisorError::Timeout {
                 what: "QEMU's connection to the agent socket",
-                secs: 30,
-                detail: helper_log_tail("qemu"),
+                secs: READY_SECS,
+                detail: tail_suffix(&logs.qemu),
             });
         }
         st = qemu.wait() => {
             return Err(SupervisorError::HelperDied {
                 program: "qemu",
-                status: st.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
-                detail: helper_log_tail("qemu"),
+                status: status_text(st),
+                detail: tail_suffix(&logs.qemu),
             });
         }
         st = virtiofsd.wait() => {
             return Err(SupervisorError::HelperDied {
                 program: "virtiofsd",
-                status: st.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
-                detail: helper_log_tail("virtiofsd"),
+                status: status_text(st),
+                detail: tail_suffix(&logs.virtiofsd),
             });
         }
     };
-    let (mux, _inbound) = Mux::start(sock, Mode::Client);
+    let (mux, _) = Mux::start(sock, Mode::Client);
 
     let mut spec = cfg.container.clone();
     spec.interfaces = interfaces;
@@ -285,22 +347,20 @@ async fn supervise() -> Result<i32> {
     // Execs go to the agent from now on; the agent queues them until the
     // container runs.
     let _ = agent_tx.send(Some(mux.clone()));
-    let vm_gone = async {
-        match qemu.wait().await {
-            Ok(s) => format!("QEMU exited: {s}"),
-            Err(e) => format!("QEMU could not be waited for: {e}"),
-        }
-    };
-    let (outcome, mut control) = session::run(
+    let (outcome, mut control, drain) = session::run(
         &mux,
         HostMessage::StartContainer(Box::new(spec)),
         terminal,
         sig_rx,
-        vm_gone,
+        Some(vm_end(&mut qemu, &mut virtiofsd)),
+        Some(answer_by),
     )
     .await?;
     let status = match outcome {
-        session::Outcome::Exited(status) => status,
+        session::Outcome::Exited(status) => {
+            drain.wait(None).await;
+            status
+        }
         session::Outcome::StartFailed { message, exit_code } => {
             eprintln!("runvm: {message}");
             exit_code
@@ -310,7 +370,22 @@ async fn supervise() -> Result<i32> {
             VM_FAILURE
         }
         session::Outcome::Lost { why, .. } => {
-            report_vm_death(&why);
+            // Whatever the guest sent before the end reaches the logs
+            // first; the relays end once the channel is closed, which
+            // killing QEMU guarantees.
+            let _ = qemu.kill().await;
+            let _ = virtiofsd.kill().await;
+            drain.wait(Some(Duration::from_secs(DRAIN_SECS))).await;
+            report_vm_failure(&why, &logs);
+            return Ok(VM_FAILURE);
+        }
+        session::Outcome::NoAnswer => {
+            let _ = qemu.kill().await;
+            let _ = virtiofsd.kill().await;
+            report_vm_failure(
+                &format!("the guest agent did not answer within {READY_SECS} s of QEMU's start"),
+                &logs,
+            );
             return Ok(VM_FAILURE);
         }
     };
@@ -321,11 +396,24 @@ async fn supervise() -> Result<i32> {
     Ok(status)
 }
 
-fn report_vm_death(how: &str) {
-    let tail = vmm::console_tail(15);
-    let qemu_err = helper_log_tail("qemu");
-    eprintln!("runvm: the VM stopped before the workload finished ({how}){qemu_err}");
-    if !tail.is_empty() {
-        eprintln!("runvm: last guest console lines:\n{tail}");
+/// Names the cause of a VM failure in the container's stderr (so in
+/// `docker logs`), with what QEMU said and the last console lines.
+fn report_vm_failure(cause: &str, logs: &Logs) {
+    let console = logs.console.last_lines(CONSOLE_LINES);
+    let cause = match logs.console.last_line_with("Kernel panic - not syncing") {
+        Some(line) => format!("the guest kernel panicked ({}); {cause}", line.trim()),
+        None => cause.to_owned(),
+    };
+    eprintln!("runvm: the VM stopped before the workload finished: {cause}");
+    let qemu = logs.qemu.last_lines(5);
+    if !qemu.is_empty() {
+        eprintln!("runvm: QEMU said: {}", qemu.join(" | "));
+    }
+    let virtiofsd = logs.virtiofsd.last_lines(5);
+    if !virtiofsd.is_empty() {
+        eprintln!("runvm: virtiofsd said: {}", virtiofsd.join(" | "));
+    }
+    if !console.is_empty() {
+        eprintln!("runvm: last guest console lines:\n{}", console.join("\n"));
     }
 }

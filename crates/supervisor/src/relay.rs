@@ -7,11 +7,11 @@
 //! instead of growing memory.
 
 use std::os::fd::{BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering as AtomicOrdering};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 
 use runvm_protocol::session::MuxStream;
@@ -104,7 +104,8 @@ pub fn input(mut stream: MuxStream) {
 }
 
 /// Signals that are forwarded to the workload: every catchable one except
-/// SIGCHLD (our helpers' exits) and SIGWINCH (handled as a resize).
+/// SIGCHLD (our helpers' exits) and SIGWINCH (handled as a resize), and
+/// except those the supervisor causes itself (see [`self_inflicted`]).
 /// SIGSEGV, SIGBUS, SIGILL and SIGFPE cannot be caught safely and are
 /// left alone; SIGKILL and SIGSTOP cannot be caught at all.
 pub fn forwarded_signals() -> Vec<i32> {
@@ -123,21 +124,109 @@ pub fn forwarded_signals() -> Vec<i32> {
         .collect()
 }
 
-/// Starts forwarding signals into `tx`.
-pub fn forward_signals(tx: mpsc::UnboundedSender<i32>) {
-    for sig in forwarded_signals() {
-        let Ok(mut stream) = signal(SignalKind::from_raw(sig)) else {
-            continue;
-        };
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            while stream.recv().await.is_some() {
-                if tx.send(sig).is_err() {
-                    return;
+/// The write end of the pipe that the signal handler writes signal
+/// numbers to (-1 before [`forward_signals`]).
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+/// Signals forwarded but not yet taken by the session: more of the same are
+/// dropped, as the kernel merges pending signals.
+pub const SIGNAL_QUEUE: usize = 64;
+
+/// Whether a signal this process received was caused by the process itself
+/// rather than sent to it by someone else (Docker, runc, a user): those are
+/// never forwarded. The supervisor writing to a pipe whose reader went away
+/// gets a SIGPIPE from the kernel; under runc the workload would never see
+/// it, so neither may the guest.
+///
+/// * A signal the kernel raises against the writer (broken pipe, file size
+///   or CPU limit) comes either as `SI_USER` naming this very process as
+///   the sender, or as `SI_KERNEL`.
+/// * A signal sent with kill/tgkill/sigqueue names its sender; Docker and
+///   runc live outside the container's PID namespace, so they appear as
+///   pid 0 and are forwarded. (`docker kill -s PIPE` still reaches the
+///   workload.)
+pub fn self_inflicted(signal: i32, code: i32, sender: i32, own_pid: i32) -> bool {
+    match code {
+        libc::SI_KERNEL => matches!(signal, libc::SIGPIPE | libc::SIGXFSZ | libc::SIGXCPU),
+        libc::SI_USER | libc::SI_TKILL | libc::SI_QUEUE => sender == own_pid,
+        _ => false,
+    }
+}
+
+extern "C" fn on_signal(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: a signal handler may read errno and must restore it; the
+    // location is this thread's errno.
+    let saved_errno = unsafe { *libc::__errno_location() };
+    let (code, sender) = if info.is_null() {
+        (libc::SI_USER, 0)
+    } else {
+        // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t;
+        // si_pid is meaningful for the SI_USER/SI_TKILL/SI_QUEUE codes that
+        // `self_inflicted` looks at it for.
+        unsafe { ((*info).si_code, (*info).si_pid()) }
+    };
+    // SAFETY: getpid is async-signal-safe.
+    let own = unsafe { libc::getpid() };
+    let fd = SIGNAL_PIPE.load(AtomicOrdering::Relaxed);
+    if fd >= 0 && !self_inflicted(signal, code, sender, own) {
+        let byte = signal as u8;
+        // SAFETY: write is async-signal-safe; the pipe is non-blocking, so a
+        // full pipe drops the signal instead of blocking the handler.
+        unsafe {
+            libc::write(fd, (&byte as *const u8).cast(), 1);
+        }
+    }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = saved_errno };
+}
+
+/// Starts forwarding every signal of [`forwarded_signals`] into `tx`,
+/// except those this process caused itself (see [`self_inflicted`]).
+pub fn forward_signals(tx: mpsc::Sender<i32>) -> std::io::Result<()> {
+    forward(&forwarded_signals(), tx)
+}
+
+/// Installs an SA_SIGINFO handler for `signals` that passes each signal to
+/// be forwarded, through a pipe, to a task feeding `tx`.
+fn forward(signals: &[i32], tx: mpsc::Sender<i32>) -> std::io::Result<()> {
+    use nix::fcntl::OFlag;
+    let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+    let mut rd = tokio::net::unix::pipe::Receiver::from_owned_fd(rd)?;
+    // The write end lives as long as the process: the handler may run at
+    // any time.
+    SIGNAL_PIPE.store(
+        std::os::fd::IntoRawFd::into_raw_fd(wr),
+        AtomicOrdering::Relaxed,
+    );
+    for &sig in signals {
+        // SAFETY: `sigaction` is plain data; zeroed is a valid value
+        // (empty mask, no flags) that is filled in below.
+        let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+        act.sa_sigaction = on_signal as *const () as usize;
+        act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        // SAFETY: installs an async-signal-safe handler with a valid
+        // sigaction structure; failures (uncatchable signals) are skipped.
+        unsafe {
+            libc::sigemptyset(&mut act.sa_mask);
+            libc::sigaction(sig, &act, std::ptr::null_mut());
+        }
+    }
+    tokio::spawn(async move {
+        let mut buf = [0u8; 64];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    for &b in &buf[..n] {
+                        if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(b as i32) {
+                            return;
+                        }
+                    }
                 }
             }
-        });
-    }
+        }
+    });
+    Ok(())
 }
 
 /// The terminal size of fd 0, if it is a terminal with a size.
@@ -188,5 +277,66 @@ mod tests {
         }
         assert!(s.contains(&libc::SIGRTMIN()));
         assert!(s.contains(&libc::SIGRTMAX()));
+        assert!(
+            s.contains(&libc::SIGPIPE),
+            "docker kill -s PIPE is forwarded"
+        );
+    }
+
+    #[test]
+    fn self_inflicted_signals_are_told_apart_from_sent_ones() {
+        let own = 1;
+        // The kernel's SIGPIPE for a write to a closed pipe names the writer.
+        assert!(self_inflicted(libc::SIGPIPE, libc::SI_USER, own, own));
+        // docker kill / runc kill: the sender is outside our PID namespace.
+        assert!(!self_inflicted(libc::SIGPIPE, libc::SI_USER, 0, own));
+        assert!(!self_inflicted(libc::SIGTERM, libc::SI_USER, 0, own));
+        // A process in the container other than ourselves.
+        assert!(!self_inflicted(libc::SIGPIPE, libc::SI_USER, 42, own));
+        // raise() and sigqueue() to ourselves.
+        assert!(self_inflicted(libc::SIGUSR1, libc::SI_TKILL, own, own));
+        assert!(self_inflicted(libc::SIGUSR1, libc::SI_QUEUE, own, own));
+        // Resource limits hit by the supervisor itself.
+        assert!(self_inflicted(libc::SIGXCPU, libc::SI_KERNEL, 0, own));
+        assert!(self_inflicted(libc::SIGXFSZ, libc::SI_KERNEL, 0, own));
+        // The terminal's hangup is the kernel's too, and meant for the
+        // workload as under runc.
+        assert!(!self_inflicted(libc::SIGHUP, libc::SI_KERNEL, 0, own));
+    }
+
+    /// The handler in action, on signals no other test uses: a SIGPIPE the
+    /// kernel raises for a write to a closed pipe and a signal sent to
+    /// ourselves are dropped; the same signals sent by another process
+    /// are forwarded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_signals_from_others_are_forwarded() {
+        let (tx, mut rx) = mpsc::channel(SIGNAL_QUEUE);
+        forward(&[libc::SIGPIPE, libc::SIGUSR2], tx).unwrap();
+        let own = std::process::id().to_string();
+
+        // A write to a pipe without a reader.
+        let (r, w) = nix::unistd::pipe().unwrap();
+        drop(r);
+        assert_eq!(nix::unistd::write(&w, b"x"), Err(Errno::EPIPE));
+        // A signal to ourselves.
+        // SAFETY: kill() has no memory-safety preconditions.
+        unsafe { libc::kill(libc::getpid(), libc::SIGUSR2) };
+        let quiet = tokio::time::timeout(std::time::Duration::from_millis(300), rx.recv()).await;
+        assert!(
+            quiet.is_err(),
+            "a self-inflicted signal was forwarded: {quiet:?}"
+        );
+
+        for (name, sig) in [("PIPE", libc::SIGPIPE), ("USR2", libc::SIGUSR2)] {
+            let st = std::process::Command::new("kill")
+                .args(["-s", name, &own])
+                .status()
+                .unwrap();
+            assert!(st.success());
+            let got = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+                .await
+                .expect("a signal from another process is forwarded");
+            assert_eq!(got, Some(sig), "{name}");
+        }
     }
 }

@@ -4,15 +4,22 @@
 //! container's init and by the exec client for `docker exec`.
 
 use std::future::Future;
+use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::error::{Result, SupervisorError};
 use crate::relay;
-use runvm_protocol::session::{read_frame, write_frame, Mux, MuxStream};
-use runvm_protocol::{GuestMessage, HostMessage, StreamHeader};
+use runvm_protocol::framing::MAX_SMALL_FRAME;
+use runvm_protocol::session::{read_frame_limited, write_frame, Mux, MuxStream};
+use runvm_protocol::{FrameError, GuestMessage, HostMessage, StreamHeader};
+
+/// After the VM is gone, how long the channel may still deliver what the
+/// guest sent before it went (an exit report among it).
+const CHANNEL_GRACE: Duration = Duration::from_secs(5);
 
 /// How a process ended.
 #[derive(Debug)]
@@ -23,22 +30,61 @@ pub enum Outcome {
     StartFailed { message: String, exit_code: i32 },
     /// The guest could not set up the container.
     SetupFailed(String),
-    /// The channel broke (the VM went away) after the process started.
+    /// The channel broke (the VM went away) after the request was sent.
     Lost { started: bool, why: String },
+    /// The guest sent no answer at all before the deadline.
+    NoAnswer,
 }
 
 /// The control stream's write half, kept to send `Shutdown` afterwards.
 pub type ControlWriter = WriteHalf<MuxStream>;
 
+/// The output relays of a process: done once every byte the guest sent on
+/// stdout and stderr has been written out.
+pub struct Drain(Vec<oneshot::Receiver<()>>);
+
+impl Drain {
+    /// Waits for the relays, at most `limit` if given. Returns whether all
+    /// of them finished.
+    pub async fn wait(self, limit: Option<Duration>) -> bool {
+        let all = async {
+            for done in self.0 {
+                let _ = done.await;
+            }
+        };
+        match limit {
+            Some(limit) => tokio::time::timeout(limit, all).await.is_ok(),
+            None => {
+                all.await;
+                true
+            }
+        }
+    }
+}
+
 /// Runs a process in the guest. `request` is its first control message;
-/// `vm_gone` resolves (with a description) if the VM dies meanwhile.
+/// `vm_gone`, when the caller watches the VM, resolves (with a description)
+/// once the VM is dead; without an answer from the guest by `answer_by`,
+/// the outcome is [`Outcome::NoAnswer`].
+///
+/// The relays go on after this returns: [`Drain::wait`] for them (after
+/// [`Outcome::Exited`] the guest has closed them, so they end; otherwise
+/// they end once the channel closes).
 pub async fn run(
     mux: &Mux,
     request: HostMessage,
     terminal: bool,
-    mut signals: mpsc::UnboundedReceiver<i32>,
-    vm_gone: impl Future<Output = String>,
-) -> Result<(Outcome, ControlWriter)> {
+    mut signals: mpsc::Receiver<i32>,
+    vm_gone: Option<impl Future<Output = String>>,
+    answer_by: Option<Instant>,
+) -> Result<(Outcome, ControlWriter, Drain)> {
+    let watching_vm = vm_gone.is_some();
+    let vm_gone = async move {
+        match vm_gone {
+            Some(f) => f.await,
+            None => std::future::pending().await,
+        }
+    };
     let mut winch = signal(SignalKind::window_change())
         .map_err(|e| SupervisorError::io("watch the terminal size", e))?;
     // stdio streams first, then the control stream that starts the process.
@@ -55,33 +101,54 @@ pub async fn run(
     let (mut crd, mut cwr) = tokio::io::split(control);
     write_frame(&mut cwr, &request).await?;
 
-    let out_done = relay::output(stdout_s, 1);
-    let err_done = stderr_s.map(|s| relay::output(s, 2));
+    let mut drain = vec![relay::output(stdout_s, 1)];
+    drain.extend(stderr_s.map(|s| relay::output(s, 2)));
     relay::input(stdin_s);
 
     tokio::pin!(vm_gone);
+    let deadline = tokio::time::sleep_until(answer_by.unwrap_or_else(far_future));
+    tokio::pin!(deadline);
+    let grace = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(grace);
+    let mut answered = false;
     let mut started = false;
+    // Why the VM went away, once it has.
+    let mut gone: Option<String> = None;
     let mut queued: Vec<i32> = Vec::new();
     let outcome = loop {
         tokio::select! {
-            msg = read_frame::<_, GuestMessage>(&mut crd) => match msg {
-                Ok(GuestMessage::Started { .. }) => {
-                    started = true;
-                    for signal in queued.drain(..) {
-                        send(&mut cwr, &HostMessage::Signal { signal }).await;
+            msg = read_frame_limited::<_, GuestMessage>(&mut crd, MAX_SMALL_FRAME) => {
+                answered = true;
+                match msg {
+                    Ok(GuestMessage::Started { .. }) => {
+                        started = true;
+                        for signal in queued.drain(..) {
+                            send(&mut cwr, &HostMessage::Signal { signal }).await;
+                        }
+                    }
+                    Ok(GuestMessage::Exited { status }) => break Outcome::Exited(status),
+                    Ok(GuestMessage::StartFailed { message, exit_code }) => {
+                        break Outcome::StartFailed { message, exit_code }
+                    }
+                    Ok(GuestMessage::SetupFailed { message }) => break Outcome::SetupFailed(message),
+                    Err(e) => {
+                        // Name the VM's end rather than its consequence, the
+                        // closed channel, when the two come together.
+                        let why = match gone.take() {
+                            Some(why) => why,
+                            None if watching_vm => tokio::time::timeout(CHANNEL_GRACE, &mut vm_gone)
+                                .await
+                                .unwrap_or_else(|_| channel_failure(&e)),
+                            None => channel_failure(&e),
+                        };
+                        break Outcome::Lost { started, why };
                     }
                 }
-                Ok(GuestMessage::Exited { status }) => break Outcome::Exited(status),
-                Ok(GuestMessage::StartFailed { message, exit_code }) => {
-                    break Outcome::StartFailed { message, exit_code }
-                }
-                Ok(GuestMessage::SetupFailed { message }) => break Outcome::SetupFailed(message),
-                Err(e) => break Outcome::Lost { started, why: e.to_string() },
             },
             Some(signal) = signals.recv() => {
                 if started {
                     send(&mut cwr, &HostMessage::Signal { signal }).await;
-                } else {
+                } else if queued.len() < relay::SIGNAL_QUEUE && !queued.contains(&signal) {
                     queued.push(signal);
                 }
             }
@@ -90,18 +157,27 @@ pub async fn run(
                     send(&mut cwr, &HostMessage::Resize { rows, cols }).await;
                 }
             }
-            why = &mut vm_gone => break Outcome::Lost { started, why },
+            // The VM is dead, but what it sent before may still be on its
+            // way: the channel closes after it, or the grace time ends.
+            why = &mut vm_gone, if gone.is_none() => {
+                gone = Some(why);
+                grace.as_mut().reset(Instant::now() + CHANNEL_GRACE);
+            }
+            _ = &mut grace, if gone.is_some() => {
+                break Outcome::Lost { started, why: gone.take().unwrap_or_default() };
+            }
+            _ = &mut deadline, if !answered && answer_by.is_some() => break Outcome::NoAnswer,
         }
     };
-    if let Outcome::Exited(_) = outcome {
-        // The guest reports the exit only after closing the output
-        // streams; wait until every byte is written out here too.
-        let _ = out_done.await;
-        if let Some(e) = err_done {
-            let _ = e.await;
-        }
-    }
-    Ok((outcome, cwr))
+    Ok((outcome, cwr, Drain(drain)))
+}
+
+fn channel_failure(e: &FrameError) -> String {
+    format!("the host-guest channel failed: {e}")
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
 }
 
 async fn send<W: AsyncWrite + Unpin>(w: &mut W, msg: &HostMessage) {
@@ -143,4 +219,132 @@ pub fn own_rlimits() -> Vec<runvm_protocol::Rlimit> {
         })
     })
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runvm_protocol::session::{read_frame, FdStream, Mode};
+    use std::os::fd::OwnedFd;
+
+    /// A host session over a socket pair, and the streams the guest gets.
+    fn channel() -> (Mux, mpsc::Receiver<MuxStream>) {
+        let (h, g) = std::os::unix::net::UnixStream::pair().unwrap();
+        let host = FdStream::new(OwnedFd::from(h)).unwrap();
+        let guest = FdStream::new(OwnedFd::from(g)).unwrap();
+        let (host_mux, _) = Mux::start(host, Mode::Client);
+        let (_, guest_in) = Mux::start(guest, Mode::Server);
+        (host_mux, guest_in)
+    }
+
+    fn exec_request() -> HostMessage {
+        HostMessage::Exec(Box::default())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_guest_that_never_answers_is_given_up_at_the_deadline() {
+        let (mux, mut guest_in) = channel();
+        // The guest takes its streams and says nothing.
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some(s) = guest_in.recv().await {
+                held.push(s);
+            }
+        });
+        let (_tx, rx) = mpsc::channel(1);
+        let start = Instant::now();
+        let (outcome, _, _) = run(
+            &mux,
+            exec_request(),
+            false,
+            rx,
+            None::<std::future::Pending<String>>,
+            Some(Instant::now() + Duration::from_millis(500)),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(outcome, Outcome::NoAnswer), "{outcome:?}");
+        assert!(start.elapsed() < Duration::from_secs(5));
+        silent.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_exit_sent_before_the_vm_died_still_counts() {
+        let (mux, mut guest_in) = channel();
+        let guest = tokio::spawn(async move {
+            let mut streams = Vec::new();
+            while let Some(mut s) = guest_in.recv().await {
+                let h: StreamHeader = read_frame(&mut s).await.unwrap();
+                if let StreamHeader::Control { .. } = h {
+                    let _: HostMessage = read_frame(&mut s).await.unwrap();
+                    write_frame(&mut s, &GuestMessage::Started { pid: 7 })
+                        .await
+                        .unwrap();
+                    write_frame(&mut s, &GuestMessage::Exited { status: 3 })
+                        .await
+                        .unwrap();
+                }
+                // Held open: the report is what counts.
+                streams.push(s);
+            }
+        });
+        let (_tx, rx) = mpsc::channel(1);
+        // The VM is reported dead at once; the exit still arrives.
+        let (outcome, _, _) = run(
+            &mux,
+            exec_request(),
+            false,
+            rx,
+            Some(async { "QEMU exited (signal: 9 (SIGKILL))".to_owned() }),
+            None,
+        )
+        .await
+        .unwrap();
+        assert!(matches!(outcome, Outcome::Exited(3)), "{outcome:?}");
+        guest.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_channel_is_reported_with_the_vms_end() {
+        let (h, g) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (mux, _) = Mux::start(FdStream::new(OwnedFd::from(h)).unwrap(), Mode::Client);
+        // The guest reads the request, then the whole VM goes away.
+        let guest = tokio::spawn(async move {
+            let (_m, mut guest_in) =
+                Mux::start(FdStream::new(OwnedFd::from(g)).unwrap(), Mode::Server);
+            let mut n = 0;
+            while let Some(mut s) = guest_in.recv().await {
+                let h: StreamHeader = read_frame(&mut s).await.unwrap();
+                n += 1;
+                if let StreamHeader::Control { .. } = h {
+                    let _: HostMessage = read_frame(&mut s).await.unwrap();
+                    return n;
+                }
+            }
+            n
+        });
+        let (_tx, rx) = mpsc::channel(1);
+        let (gone_tx, gone_rx) = oneshot::channel::<String>();
+        let vm_gone = async move { gone_rx.await.unwrap_or_default() };
+        let run = tokio::spawn(async move {
+            run(&mux, exec_request(), false, rx, Some(vm_gone), None)
+                .await
+                .map(|(o, _, d)| (o, d))
+        });
+        assert_eq!(guest.await.unwrap(), 4, "four streams, control last");
+        // The guest's session ended with its task: the channel is closed.
+        let _ = gone_tx.send("QEMU exited (exit status: 1)".into());
+        let (outcome, drain) = run.await.unwrap().unwrap();
+        match outcome {
+            Outcome::Lost { started, why } => {
+                assert!(!started);
+                assert_eq!(why, "QEMU exited (exit status: 1)");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            drain.wait(Some(Duration::from_secs(5))).await,
+            "the relays end with the channel"
+        );
+    }
 }

@@ -7,7 +7,10 @@ use runvm_protocol::{AGENT_PORT_NAME, ROOTFS_TAG};
 pub const RUN_DIR: &str = runvm_config::paths::RUN_DIR;
 pub const VIRTIOFS_SOCKET: &str = "/run/runvm/virtiofs.sock";
 pub const AGENT_SOCKET: &str = "/run/runvm/agent.sock";
-pub const CONSOLE_LOG: &str = "/run/runvm/console.log";
+/// The guest's serial console: QEMU connects to it and the supervisor keeps
+/// the last lines in memory (a file would grow with whatever the guest
+/// prints, in a small tmpfs).
+pub const CONSOLE_SOCKET: &str = "/run/runvm/console.sock";
 
 /// A NIC of the VM: its MAC and the tap descriptor QEMU inherits.
 pub struct NicArg {
@@ -109,12 +112,10 @@ pub fn qemu_args(cfg: &VmConfig, nics: &[NicArg]) -> Vec<String> {
         // resource-limit changes.
         "-sandbox".into(),
         "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
+        "-chardev".into(),
+        format!("socket,id=console,path={CONSOLE_SOCKET}"),
         "-serial".into(),
-        if cfg.debug {
-            "file:/proc/self/fd/2".into()
-        } else {
-            format!("file:{CONSOLE_LOG}")
-        },
+        "chardev:console".into(),
     ]);
     for (i, nic) in nics.iter().enumerate() {
         a.push("-netdev".into());
@@ -127,40 +128,6 @@ pub fn qemu_args(cfg: &VmConfig, nics: &[NicArg]) -> Vec<String> {
         ));
     }
     a
-}
-
-/// Removes terminal escape sequences and control characters (the BIOS
-/// clears the screen on the serial console).
-pub fn printable(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            // ESC [ params final-byte
-            if chars.peek() == Some(&'[') {
-                chars.next();
-                for d in chars.by_ref() {
-                    if ('@'..='~').contains(&d) {
-                        break;
-                    }
-                }
-            } else {
-                chars.next(); // a two-character sequence such as ESC c
-            }
-        } else if c == '\n' || c == '\t' || !c.is_control() {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The last lines of the guest console, for error messages.
-pub fn console_tail(lines: usize) -> String {
-    let raw = std::fs::read(CONSOLE_LOG).unwrap_or_default();
-    let text = printable(&String::from_utf8_lossy(&raw));
-    let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let start = all.len().saturating_sub(lines);
-    all[start..].join("\n")
 }
 
 #[cfg(test)]
@@ -261,7 +228,6 @@ mod tests {
     fn quiet_console_unless_debugging() {
         let mut c = cfg(Accel::Tcg);
         assert!(kernel_cmdline(&c).contains("quiet"));
-        assert!(pair(&qemu_args(&c, &[]), "-serial")[0].contains("console.log"));
         c.debug = true;
         assert!(!kernel_cmdline(&c).contains("quiet"));
     }
@@ -273,11 +239,17 @@ mod tests {
     }
 
     #[test]
-    fn console_text_loses_escape_sequences() {
-        assert_eq!(
-            printable("\x1bc\x1b[?7l\x1b[2J\x1b[0mSeaBIOS 1.16\r\nBooting\n"),
-            "SeaBIOS 1.16\nBooting\n"
-        );
+    fn the_console_goes_to_the_supervisors_socket_never_to_a_file() {
+        for debug in [false, true] {
+            let mut c = cfg(Accel::Tcg);
+            c.debug = debug;
+            let a = qemu_args(&c, &[]);
+            assert_eq!(pair(&a, "-serial"), ["chardev:console"]);
+            assert!(
+                pair(&a, "-chardev").contains(&"socket,id=console,path=/run/runvm/console.sock")
+            );
+            assert!(!a.iter().any(|x| x.contains("file:")), "{a:?}");
+        }
     }
 
     #[test]

@@ -255,3 +255,37 @@ fn qemu_is_unprivileged_and_only_qemu_holds_the_taps() {
         assert_eq!(bnd & (1 << 21), 0, "pid {pid} may hold CAP_SYS_ADMIN");
     }
 }
+
+#[test]
+fn the_images_modprobe_never_runs_as_a_kernel_helper() {
+    if !e2e_enabled() {
+        return;
+    }
+    // A device node of a driver nobody has makes the guest kernel ask
+    // /sbin/modprobe for it; the image ships its own modprobe, which must
+    // never run (under runc, opening the node fails and nothing runs).
+    let tag = "runvm-test/boundary-modprobe";
+    build_image(
+        tag,
+        &format!(
+            "FROM {IMAGE}\nRUN mkdir -p /sbin && printf '#!/bin/sh\\nid > /tmp/pwned\\n' > /sbin/modprobe && chmod 755 /sbin/modprobe && mknod -m 666 /devnode c 240 7\n"
+        ),
+    );
+    let run = run_one(
+        "runvm",
+        &["--user", "1000:1000"],
+        &[
+            tag,
+            "sh",
+            "-c",
+            "cat /devnode 2>/dev/null; sleep 2; cat /tmp/pwned 2>/dev/null || echo not-run",
+        ],
+        None,
+    );
+    assert_eq!(
+        run.stdout_str(),
+        "not-run\n",
+        "the image's /sbin/modprobe ran as a kernel helper:\n{}",
+        run.describe()
+    );
+}
