@@ -62,22 +62,18 @@ impl Reaper {
         }
     }
 
-    /// Sends `signal` to the waited-for child `pid` and to its process
-    /// group, unless it has been reaped already: under the reaper's lock
-    /// the pid cannot be reaped meanwhile, so it cannot name a new process.
-    /// Returns whether the signal was sent.
-    pub fn signal_group(&self, pid: i32, signal: i32) -> bool {
+    /// Sends `signal` to the waited-for child `pid`, unless it has been
+    /// reaped already: under the reaper's lock the pid cannot be reaped
+    /// meanwhile, so it cannot name a new process. Returns whether the
+    /// signal was sent.
+    pub fn signal(&self, pid: i32, signal: i32) -> bool {
         let slots = self.slots.lock().expect("reaper lock");
         if !slots.contains_key(&pid) {
             return false;
         }
         // SAFETY: kill() has no memory-safety preconditions; `pid` is an
         // unreaped child (see above).
-        unsafe {
-            libc::kill(-pid, signal);
-            libc::kill(pid, signal);
-        }
-        true
+        unsafe { libc::kill(pid, signal) == 0 }
     }
 
     /// Runs `spawn` with the reaper's lock held, so a child that exits at

@@ -234,7 +234,7 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
 ///
 /// An exec whose control stream ends before it exits has lost its client
 /// (Docker kills the exec client when a health check times out): it is
-/// killed, with every process of its group, as runc's exec would be.
+/// killed with SIGKILL, as Docker has runc's exec process killed.
 async fn run_process<R, W>(
     agent: &Arc<Agent>,
     process: u32,
@@ -332,17 +332,16 @@ where
             }
         }
     }
-    send(wr, &GuestMessage::Started { pid }).await?;
+    // A failed report means the host end of the control stream is gone;
+    // the command loop below sees the same and acts on it.
+    let _ = send(wr, &GuestMessage::Started { pid }).await;
 
     let master_raw = pty_master.as_ref().map(|m| m.as_raw_fd());
     let commands = async {
         loop {
             match read_frame::<_, HostMessage>(rd).await {
                 Ok(HostMessage::Signal { signal }) => {
-                    // SAFETY: kill() has no memory-safety preconditions.
-                    unsafe {
-                        libc::kill(pid, signal);
-                    }
+                    agent.reaper.signal(pid, signal);
                 }
                 Ok(HostMessage::Resize { rows, cols }) => {
                     if let Some(fd) = master_raw {
@@ -352,9 +351,9 @@ where
                 Ok(_) => {}
                 Err(_) => {
                     if join.is_some() {
-                        // The exec's client is gone. The process leads its
-                        // own group (it called setsid): its children go too.
-                        agent.reaper.signal_group(pid, libc::SIGKILL);
+                        // The exec's client is gone. Only the process is
+                        // killed: under runc its children would live on too.
+                        agent.reaper.signal(pid, libc::SIGKILL);
                     }
                     // Wait for the exit anyway (for the init, the host
                     // going away ends the VM).

@@ -2,14 +2,13 @@
 //!
 //! runvm rewrites an exec's process so that runc runs this binary as
 //! `runvm-supervisor exec` in the container, with the real process spec in
-//! its environment (`RUNVM_EXEC_SPEC_*`). That exec client connects to the supervisor's exec
-//! socket and speaks the guest protocol over its own yamux session; the
-//! supervisor forwards each of its streams to the guest agent, giving every
-//! exec a process number of its own. The guest network plays no part, so
+//! its environment (`RUNVM_EXEC_SPEC_*`). That exec client connects to the
+//! supervisor's exec socket and speaks the guest protocol over its own
+//! yamux session; the supervisor forwards each of its streams to the guest
+//! agent, giving every exec a process number of its own. The guest network plays no part, so
 //! exec works even when the guest has no network at all.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,7 +39,8 @@ pub type AgentState = watch::Receiver<Option<Mux>>;
 
 /// Accepts exec clients and forwards their streams to the agent.
 pub async fn serve(listener: UnixListener, agent: AgentState) {
-    let ids = Arc::new(AtomicU32::new(1));
+    // Process numbers towards the agent; 0 is the container's init.
+    let mut next_process: u32 = 1;
     let slots = Arc::new(Semaphore::new(MAX_EXECS));
     loop {
         let Ok((conn, _)) = listener.accept().await else {
@@ -50,26 +50,49 @@ pub async fn serve(listener: UnixListener, agent: AgentState) {
             tokio::spawn(refuse(
                 conn,
                 format!(
-                    "runvm: too many execs at once in this container (at most {MAX_EXECS}); retry when one has ended"
+                    "too many execs at once in this container (at most {MAX_EXECS}); retry when one has ended"
                 ),
             ));
             continue;
         };
-        let mut agent = agent.clone();
-        let ids = ids.clone();
-        tokio::spawn(async move {
-            // Wait for the VM (an exec right after `docker run -d`).
-            let mux: Option<Mux> =
-                match tokio::time::timeout(BOOT_WAIT, agent.wait_for(Option::is_some)).await {
-                    Ok(Ok(m)) => m.clone(),
-                    _ => None,
-                };
-            let Some(mux) = mux else {
-                return; // dropping the connection fails the client
-            };
-            forward(conn, mux, ids.fetch_add(1, Ordering::Relaxed), permit).await;
-        });
+        let agent = agent.clone();
+        let process = next_process;
+        next_process = next_process.wrapping_add(1).max(1);
+        tokio::spawn(serve_one(conn, agent, process, permit));
     }
+}
+
+/// Serves one exec client: waits for the VM (an exec right after
+/// `docker run -d`), unless the client goes away first, then forwards.
+async fn serve_one(
+    conn: UnixStream,
+    mut agent: AgentState,
+    process: u32,
+    slot: OwnedSemaphorePermit,
+) {
+    let (_client_mux, mut inbound) = Mux::start(conn, Mode::Server);
+    let mut early = Vec::new();
+    let vm = tokio::time::timeout(BOOT_WAIT, agent.wait_for(Option::is_some));
+    tokio::pin!(vm);
+    let mux = loop {
+        tokio::select! {
+            up = &mut vm => match up {
+                Ok(Ok(m)) => break m.clone(),
+                _ => break None,
+            },
+            s = inbound.recv() => match s {
+                Some(s) => {
+                    early.push(s);
+                    continue;
+                }
+                None => return, // the client is gone: its slot is free
+            },
+        };
+    };
+    let Some(mux) = mux else {
+        return; // dropping the connection fails the client
+    };
+    forward(inbound, early, mux, process, slot).await;
 }
 
 /// Answers an exec client that cannot be served with a start failure.
@@ -111,11 +134,24 @@ fn renumber(header: StreamHeader, process: u32) -> (StreamHeader, u8) {
 /// health check timed out), every copy towards the agent is dropped, which
 /// resets those streams: the agent then kills the exec'd process if it
 /// still runs. The exec's slot is freed then.
-async fn forward(conn: UnixStream, agent: Mux, process: u32, _slot: OwnedSemaphorePermit) {
-    let (_client_mux, mut inbound) = Mux::start(conn, Mode::Server);
+async fn forward(
+    mut inbound: mpsc::Receiver<MuxStream>,
+    early: Vec<MuxStream>,
+    agent: Mux,
+    process: u32,
+    _slot: OwnedSemaphorePermit,
+) {
     let mut splices = Vec::new();
     let mut seen = HashSet::new();
-    while let Some(mut from_client) = inbound.recv().await {
+    let mut early = early.into_iter();
+    loop {
+        let next = match early.next() {
+            Some(s) => Some(s),
+            None => inbound.recv().await,
+        };
+        let Some(mut from_client) = next else {
+            break;
+        };
         let header = tokio::time::timeout(
             HEADER_WAIT,
             read_frame_limited::<_, StreamHeader>(&mut from_client, MAX_SMALL_FRAME),
@@ -147,8 +183,7 @@ async fn splice(mut a: MuxStream, mut b: MuxStream) {
 /// environment (see [`runvm_config::exec_spec`]) in the guest and returns
 /// its exit code.
 pub async fn client() -> Result<i32> {
-    let spec = runvm_config::exec_spec::decode(|name| std::env::var(name).ok())
-        .map_err(|e| SupervisorError::Channel(e.to_string()))?;
+    let spec = runvm_config::exec_spec::decode(|name| std::env::var(name).ok())?;
     let terminal = spec.terminal;
     if terminal {
         // At once: the guest's pty does the echo and line editing.
@@ -213,4 +248,61 @@ pub async fn client() -> Result<i32> {
             126
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs an exec request over `conn` as the exec client does.
+    async fn exec_over(conn: UnixStream) -> Outcome {
+        let (mux, _) = Mux::start(conn, Mode::Client);
+        let (_tx, rx) = mpsc::channel(1);
+        let (outcome, _, _) = session::run(
+            &mux,
+            HostMessage::Exec(Box::default()),
+            false,
+            rx,
+            None::<std::future::Pending<String>>,
+            Some(tokio::time::Instant::now() + Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+        outcome
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn execs_beyond_the_cap_are_refused_with_a_reason() {
+        let dir = std::env::temp_dir().join(format!("runvm-exec-cap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("exec.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        // No VM yet: every accepted exec holds its slot while it waits.
+        let (_agent_tx, agent_rx) = watch::channel(None);
+        tokio::spawn(serve(listener, agent_rx));
+        let mut waiting = Vec::new();
+        for _ in 0..MAX_EXECS {
+            waiting.push(UnixStream::connect(&path).await.unwrap());
+        }
+        let outcome = exec_over(UnixStream::connect(&path).await.unwrap()).await;
+        match outcome {
+            Outcome::StartFailed { message, exit_code } => {
+                assert_eq!(exit_code, 126);
+                assert!(message.contains("too many execs"), "{message}");
+                assert!(message.contains(&MAX_EXECS.to_string()), "{message}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // A freed slot serves the next exec (it waits for the VM again).
+        drop(waiting.pop());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let next = UnixStream::connect(&path).await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(1), exec_over(next)).await;
+        assert!(
+            r.is_err(),
+            "the exec after a freed slot waits for the VM: {r:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

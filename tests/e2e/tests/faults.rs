@@ -242,6 +242,39 @@ fn timed_out_health_checks_leave_no_processes_behind() {
 }
 
 #[test]
+fn an_exec_whose_client_is_killed_while_the_vm_boots_never_lingers() {
+    if !e2e_enabled() {
+        return;
+    }
+    let _slot = vm_slots(1);
+    let c = Container::run_detached(
+        "exec-client-killed",
+        "runvm",
+        &[IMAGE, "sh", "-c", "echo up; sleep 600"],
+    );
+    let init: u32 = c.inspect("{{.State.Pid}}").parse().expect("a pid");
+    docker(&["exec", "-d", &c.name, "sleep", "100"], None).assert_code(0, "docker exec -d");
+    // The exec client: a supervisor process other than the container's
+    // PID 1. Killing it is what Docker does to a timed-out health check.
+    let client = poll_until("the exec client", Duration::from_secs(30), || {
+        container_processes(&c)
+            .into_iter()
+            .find(|(pid, comm)| *pid != init && comm.starts_with("runvm-supervis"))
+    });
+    host_sh(&format!("kill -9 {}", client.0)).assert_code(0, "kill -9 the exec client");
+    c.wait_for_log("up", BOOT);
+    poll_until(
+        "no exec'd sleep in the guest",
+        Duration::from_secs(30),
+        || {
+            let ps = docker(&["exec", &c.name, "ps", "-o", "args"], None);
+            (ps.code == 0 && !ps.stdout_str().lines().any(|l| l.trim() == "sleep 100"))
+                .then_some(())
+        },
+    );
+}
+
+#[test]
 fn exec_with_variables_beyond_128_kib_in_total_matches_runc() {
     if !e2e_enabled() {
         return;
