@@ -604,7 +604,7 @@ fn a_frame_at_the_limit_is_read_and_one_past_it_is_not() {
     // A frame of exactly MAX_FRAME bytes: a message with a long string.
     let mut body = br#"{"type":"setup_failed","message":""#.to_vec();
     let padding = MAX_FRAME - body.len() - 2;
-    body.extend(std::iter::repeat_n(b'x', padding));
+    body.extend(vec![b'x'; padding]);
     body.extend_from_slice(b"\"}");
     assert_eq!(body.len(), MAX_FRAME);
     let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
