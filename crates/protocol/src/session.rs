@@ -40,8 +40,9 @@ pub const MAX_STREAMS: usize = 128;
 
 /// Most streams the server holds at once: more than the client may open,
 /// since the server forgets a stream the client closed a little later than
-/// the client does (yamux ends the whole session when a peer opens a
-/// stream beyond this).
+/// the client does. (A peer that opens a stream beyond this, or overruns a
+/// window, gets a go-away frame and the excess is refused; yamux keeps the
+/// session until the peer closes it, and buffers nothing more.)
 pub const SERVER_MAX_STREAMS: usize = 2 * MAX_STREAMS;
 
 /// Receive window, across all streams of a session, that yamux may grow
