@@ -367,27 +367,7 @@ pub fn rewrite_config(
 
 /// Extracts the parts of an OCI process object the guest needs.
 pub fn guest_process(p: &Value) -> Result<ProcessSpec, RewriteError> {
-    let strings = |v: Option<&Value>, field: &'static str| -> Result<Vec<String>, RewriteError> {
-        match v {
-            None | Some(Value::Null) => Ok(Vec::new()),
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|s| {
-                    s.as_str()
-                        .map(str::to_owned)
-                        .ok_or(RewriteError::Malformed {
-                            field,
-                            why: "contains a non-string".into(),
-                        })
-                })
-                .collect(),
-            Some(_) => Err(RewriteError::Malformed {
-                field,
-                why: "not an array".into(),
-            }),
-        }
-    };
-    let args = strings(p.get("args"), "process.args")?;
+    let args = string_list(p.get("args"), "process.args")?;
     if args.is_empty() {
         return Err(RewriteError::Malformed {
             field: "process.args",
@@ -430,7 +410,7 @@ pub fn guest_process(p: &Value) -> Result<ProcessSpec, RewriteError> {
     let capabilities = match p.get("capabilities") {
         None | Some(Value::Null) => None,
         Some(c) => {
-            let set = |k: &'static str| strings(c.get(k), "process.capabilities");
+            let set = |k: &'static str| string_list(c.get(k), "process.capabilities");
             Some(Capabilities {
                 bounding: set("bounding")?,
                 effective: set("effective")?,
@@ -443,7 +423,7 @@ pub fn guest_process(p: &Value) -> Result<ProcessSpec, RewriteError> {
     Ok(ProcessSpec {
         capabilities,
         args,
-        env: strings(p.get("env"), "process.env")?,
+        env: string_list(p.get("env"), "process.env")?,
         cwd: p
             .get("cwd")
             .and_then(Value::as_str)

@@ -53,6 +53,32 @@ fn last_cap() -> u32 {
         .unwrap_or(63)
 }
 
+/// Drops every capability up to `last` but `keep` from the bounding set.
+/// Async-signal-safe (prctl only): for use between fork and exec.
+fn drop_bounding_except(keep: &[u32], last: u32) -> io::Result<()> {
+    for cap in (0..=last).filter(|c| !keep.contains(c)) {
+        // SAFETY: prctl with plain integer arguments.
+        check(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) })?;
+    }
+    Ok(())
+}
+
+/// Clears the ambient set and sets no-new-privileges. Async-signal-safe.
+fn no_ambient_no_new_privileges() -> io::Result<()> {
+    // SAFETY: prctl with plain integer arguments.
+    check(unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    })?;
+    // SAFETY: as above.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
+}
+
 /// Makes `cmd` start as `uid`:`gid` with no supplementary groups, no
 /// capabilities and no-new-privileges, inheriting `keep_fds` (which are
 /// close-on-exec in the supervisor).
@@ -67,29 +93,13 @@ pub fn run_unprivileged(cmd: &mut Command, uid: u32, gid: u32, keep_fds: Vec<Raw
                 check(libc::fcntl(*fd, libc::F_SETFD, 0))?;
             }
             // An empty bounding set too, while CAP_SETPCAP is still held.
-            for cap in 0..=last {
-                check(libc::prctl(
-                    libc::PR_CAPBSET_DROP,
-                    cap as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ))?;
-            }
+            drop_bounding_except(&[], last)?;
             check(libc::setgroups(0, std::ptr::null()))?;
             check(libc::setresgid(gid, gid, gid))?;
             // From uid 0 to a non-zero uid without PR_SET_KEEPCAPS the
             // permitted and effective sets are cleared; ambient ones too.
             check(libc::setresuid(uid, uid, uid))?;
-            check(libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_CLEAR_ALL,
-                0,
-                0,
-                0,
-            ))?;
-            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
-            Ok(())
+            no_ambient_no_new_privileges()
         });
     }
 }
@@ -101,26 +111,8 @@ pub fn bound_capabilities(cmd: &mut Command, keep: &'static [u32]) {
     // SAFETY: the closure only calls prctl on plain integers.
     unsafe {
         cmd.pre_exec(move || {
-            for cap in 0..=last {
-                if !keep.contains(&cap) {
-                    check(libc::prctl(
-                        libc::PR_CAPBSET_DROP,
-                        cap as libc::c_ulong,
-                        0,
-                        0,
-                        0,
-                    ))?;
-                }
-            }
-            check(libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_CLEAR_ALL,
-                0,
-                0,
-                0,
-            ))?;
-            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
-            Ok(())
+            drop_bounding_except(keep, last)?;
+            no_ambient_no_new_privileges()
         });
     }
 }
