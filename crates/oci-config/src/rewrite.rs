@@ -375,17 +375,21 @@ pub fn guest_process(p: &Value) -> Result<ProcessSpec, RewriteError> {
         });
     }
     let user = p.get("user");
-    let num = |v: Option<&Value>| v.and_then(Value::as_u64).map(|n| n as u32);
-    let additional_gids = user
-        .and_then(|u| u.get("additionalGids"))
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_u64)
-                .map(|n| n as u32)
-                .collect()
-        })
-        .unwrap_or_default();
+    let id = |key: &str, field| u32_field(user.and_then(|u| u.get(key)), field);
+    let additional_gids = match user.and_then(|u| u.get("additionalGids")) {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|g| u32_field(Some(g), "process.user.additionalGids"))
+            .collect::<Result<Option<Vec<u32>>, _>>()?
+            .unwrap_or_default(),
+        Some(_) => {
+            return Err(RewriteError::Malformed {
+                field: "process.user.additionalGids",
+                why: "not an array".into(),
+            })
+        }
+    };
     let rlimits = p
         .get("rlimits")
         .and_then(Value::as_array)
@@ -401,12 +405,11 @@ pub fn guest_process(p: &Value) -> Result<ProcessSpec, RewriteError> {
                 .collect()
         })
         .unwrap_or_default();
-    let console_size = p.get("consoleSize").and_then(|c| {
-        Some((
-            c.get("height")?.as_u64()? as u16,
-            c.get("width")?.as_u64()? as u16,
-        ))
-    });
+    // A window larger than a u16 cannot be set on a terminal: clamp.
+    let dim = |v: &Value| u16::try_from(v.as_u64()?).ok().or(Some(u16::MAX));
+    let console_size = p
+        .get("consoleSize")
+        .and_then(|c| Some((dim(c.get("height")?)?, dim(c.get("width")?)?)));
     let capabilities = match p.get("capabilities") {
         None | Some(Value::Null) => None,
         Some(c) => {
@@ -429,14 +432,14 @@ pub fn guest_process(p: &Value) -> Result<ProcessSpec, RewriteError> {
             .and_then(Value::as_str)
             .unwrap_or("/")
             .to_owned(),
-        uid: num(user.and_then(|u| u.get("uid"))).unwrap_or(0),
-        gid: num(user.and_then(|u| u.get("gid"))).unwrap_or(0),
+        uid: id("uid", "process.user.uid")?.unwrap_or(0),
+        gid: id("gid", "process.user.gid")?.unwrap_or(0),
         additional_gids,
         terminal: p.get("terminal").and_then(Value::as_bool).unwrap_or(false),
         console_size,
         rlimits,
         inherited_rlimits: Vec::new(),
-        umask: num(user.and_then(|u| u.get("umask"))),
+        umask: id("umask", "process.user.umask")?,
         no_new_privileges: p
             .get("noNewPrivileges")
             .and_then(Value::as_bool)
@@ -445,6 +448,23 @@ pub fn guest_process(p: &Value) -> Result<ProcessSpec, RewriteError> {
 }
 
 /// A list of strings (`null` or absent: empty).
+/// A user or group id (or umask) field: absent is `None`; anything but a
+/// whole number that fits 32 bits is refused rather than truncated, so a
+/// hostile config cannot turn uid 4294967296 into root.
+fn u32_field(v: Option<&Value>, field: &'static str) -> Result<Option<u32>, RewriteError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(n) => n
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .map(Some)
+            .ok_or(RewriteError::Malformed {
+                field,
+                why: format!("{n} is not a 32-bit unsigned number"),
+            }),
+    }
+}
+
 fn string_list(v: Option<&Value>, field: &'static str) -> Result<Vec<String>, RewriteError> {
     match v {
         None | Some(Value::Null) => Ok(Vec::new()),

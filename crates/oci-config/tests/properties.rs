@@ -12,53 +12,15 @@
 
 use proptest::prelude::*;
 use runvm_config::options::parse_size_mib;
-use runvm_config::rewrite::{
-    guest_process, HostDevice, HostEntry, MIN_MEMORY_MIB, VM_OVERHEAD_MIB,
-};
+use runvm_config::rewrite::{guest_process, MIN_MEMORY_MIB, VM_OVERHEAD_MIB};
 use runvm_config::*;
+use runvm_hostile_json::{
+    self as hostile_json, apply, config, edgy_number, tree_mutation, Mutation,
+};
 use serde_json::{json, Value};
 
-/// The default case count unless `PROPTEST_CASES` says otherwise.
-fn config(cases: u32) -> ProptestConfig {
-    let mut c = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        c.cases = cases;
-    }
-    c
-}
-
-fn fixture(name: &str) -> Value {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn host() -> HostLayout {
-    HostLayout {
-        new_root: "/run/bundle/runvm/root".into(),
-        host_entries: vec![
-            HostEntry::Bind("/usr".into()),
-            HostEntry::Symlink {
-                path: "/lib".into(),
-                target: "usr/lib".into(),
-            },
-        ],
-        supervisor: "/usr/local/lib/runvm/runvm-supervisor".into(),
-        virtiofsd: "/usr/local/lib/runvm/virtiofsd".into(),
-        kernel: "/var/lib/runvm/kernel/boot/vmlinuz".into(),
-        initrd: "/var/lib/runvm/cache/initramfs.img".into(),
-        qemu: "/usr/bin/qemu-system-x86_64".into(),
-        devices: vec![HostDevice {
-            path: "/dev/kvm".into(),
-            major: 10,
-            minor: 232,
-        }],
-        host_cpus: 2,
-        host_memory_mib: 4096,
-        qemu_ids: (2130706500, 2130706500),
-        accel: Accel::Tcg,
-        accel_warning: None,
-    }
-}
+mod common;
+use common::{fixture, host};
 
 /// Top-level fields of config.json that the rewrite changes; every other
 /// top-level field must come out unchanged.
@@ -67,32 +29,6 @@ const OWNED_TOP: &[&str] = &["process", "root", "mounts", "linux", "annotations"
 // ---------------------------------------------------------------------------
 // Generators
 // ---------------------------------------------------------------------------
-
-fn edgy_number() -> impl Strategy<Value = Value> {
-    prop_oneof![
-        1 => any::<i64>().prop_map(Value::from),
-        1 => any::<u64>().prop_map(Value::from),
-        1 => any::<f64>()
-            .prop_filter("JSON has no NaN or infinity", |f| f.is_finite())
-            .prop_map(Value::from),
-        3 => prop::sample::select(vec![
-            json!(0),
-            json!(1),
-            json!(-1),
-            json!(i64::MIN),
-            json!(i64::MAX),
-            json!(i64::MAX - 1),
-            json!(u64::MAX),
-            json!(u32::MAX),
-            json!(u32::MAX as u64 + 1),
-            json!(u16::MAX as u64 + 1),
-            json!(127 * 1024 * 1024),
-            json!(128 * 1024 * 1024),
-            json!(1e300),
-            json!(-0.5),
-        ]),
-    ]
-}
 
 /// Strings runvm parses (CPU sets, sizes, paths) and others.
 fn edgy_string() -> impl Strategy<Value = String> {
@@ -126,20 +62,8 @@ fn edgy_string() -> impl Strategy<Value = String> {
     ]
 }
 
-fn any_json() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        edgy_number(),
-        edgy_string().prop_map(Value::String),
-    ];
-    leaf.prop_recursive(4, 48, 6, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::vec((field_name(), inner), 0..6)
-                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
-        ]
-    })
+fn any_json() -> impl Strategy<Value = Value> + Clone {
+    hostile_json::any_json(edgy_string(), field_name())
 }
 
 /// A value nested `depth` arrays or objects deep.
@@ -158,20 +82,54 @@ fn deeply_nested() -> impl Strategy<Value = Value> {
 }
 
 /// Field names of OCI configs, and some that are not.
-fn field_name() -> impl Strategy<Value = String> {
-    prop_oneof![
-        3 => prop::sample::select(vec![
-            "process", "root", "mounts", "linux", "annotations", "hostname", "args", "env",
-            "cwd", "user", "uid", "gid", "umask", "additionalGids", "terminal", "consoleSize",
-            "height", "width", "rlimits", "type", "soft", "hard", "capabilities", "bounding",
-            "effective", "permitted", "inheritable", "ambient", "noNewPrivileges", "path",
-            "readonly", "destination", "source", "options", "devices", "resources", "memory",
-            "limit", "swap", "cpu", "quota", "period", "cpus", "namespaces",
-            "io.runvm.rewritten",
-        ])
-        .prop_map(str::to_owned),
-        1 => ".{0,8}",
-    ]
+fn field_name() -> impl Strategy<Value = String> + Clone {
+    hostile_json::field_name(&[
+        "process",
+        "root",
+        "mounts",
+        "linux",
+        "annotations",
+        "hostname",
+        "args",
+        "env",
+        "cwd",
+        "user",
+        "uid",
+        "gid",
+        "umask",
+        "additionalGids",
+        "terminal",
+        "consoleSize",
+        "height",
+        "width",
+        "rlimits",
+        "type",
+        "soft",
+        "hard",
+        "capabilities",
+        "bounding",
+        "effective",
+        "permitted",
+        "inheritable",
+        "ambient",
+        "noNewPrivileges",
+        "path",
+        "readonly",
+        "destination",
+        "source",
+        "options",
+        "devices",
+        "resources",
+        "memory",
+        "limit",
+        "swap",
+        "cpu",
+        "quota",
+        "period",
+        "cpus",
+        "namespaces",
+        "io.runvm.rewritten",
+    ])
 }
 
 /// Paths runvm reads, as JSON pointers: wrong values there reach the most
@@ -242,20 +200,6 @@ const NUMBER_PATHS: &[&str] = &[
     "/linux/resources/cpu/period",
 ];
 
-/// One change to a JSON value.
-#[derive(Debug, Clone)]
-enum Mutation {
-    /// Replace the `at`-th node (pre-order, modulo the node count).
-    Replace { at: usize, with: Value },
-    /// Drop a field or element of the `at`-th node.
-    Remove { at: usize },
-    /// Add a field to the `at`-th node, if it is an object.
-    Insert { at: usize, key: String, with: Value },
-    /// Set the value at a pointer runvm reads (creating the last field if
-    /// its parent is an object).
-    Set { path: &'static str, with: Value },
-}
-
 fn mutation() -> impl Strategy<Value = Mutation> {
     let value = prop_oneof![6 => any_json(), 1 => deeply_nested()];
     prop_oneof![
@@ -265,69 +209,10 @@ fn mutation() -> impl Strategy<Value = Mutation> {
             path: "/linux/resources/cpu/cpus",
             with: Value::String(cpus),
         }),
-        1 => (any::<usize>(), value.clone()).prop_map(|(at, with)| Mutation::Replace { at, with }),
-        1 => any::<usize>().prop_map(|at| Mutation::Remove { at }),
-        1 => (any::<usize>(), field_name(), value.clone())
-            .prop_map(|(at, key, with)| Mutation::Insert { at, key, with }),
+        3 => tree_mutation(value.clone(), field_name()),
         3 => (prop::sample::select(HOT_PATHS), value)
             .prop_map(|(path, with)| Mutation::Set { path, with }),
     ]
-}
-
-fn count_nodes(v: &Value) -> usize {
-    1 + match v {
-        Value::Array(a) => a.iter().map(count_nodes).sum(),
-        Value::Object(o) => o.values().map(count_nodes).sum(),
-        _ => 0,
-    }
-}
-
-/// The `n`-th node of `v` in pre-order, if `v` has that many.
-fn nth_node<'a>(v: &'a mut Value, n: &mut usize) -> Option<&'a mut Value> {
-    if *n == 0 {
-        return Some(v);
-    }
-    *n -= 1;
-    match v {
-        Value::Array(a) => a.iter_mut().find_map(|c| nth_node(c, n)),
-        Value::Object(o) => o.values_mut().find_map(|c| nth_node(c, n)),
-        _ => None,
-    }
-}
-
-fn apply(v: &mut Value, m: &Mutation) {
-    let nodes = count_nodes(v);
-    fn node(v: &mut Value, at: usize, nodes: usize) -> &mut Value {
-        nth_node(v, &mut (at % nodes)).expect("below the node count")
-    }
-    match m {
-        Mutation::Replace { at, with } => *node(v, *at, nodes) = with.clone(),
-        Mutation::Remove { at } => match node(v, *at, nodes) {
-            Value::Object(o) if !o.is_empty() => {
-                let k = o.keys().nth(at % o.len()).cloned().expect("in range");
-                o.remove(&k);
-            }
-            Value::Array(a) if !a.is_empty() => {
-                let i = at % a.len();
-                a.remove(i);
-            }
-            _ => {}
-        },
-        Mutation::Insert { at, key, with } => {
-            if let Value::Object(o) = node(v, *at, nodes) {
-                o.insert(key.clone(), with.clone());
-            }
-        }
-        Mutation::Set { path, with } => {
-            if let Some(target) = v.pointer_mut(path) {
-                *target = with.clone();
-            } else if let Some((parent, key)) = path.rsplit_once('/') {
-                if let Some(Value::Object(o)) = v.pointer_mut(parent) {
-                    o.insert(key.to_owned(), with.clone());
-                }
-            }
-        }
-    }
 }
 
 /// Objects of config.json where a vendor field (`x-…`) may be added: a

@@ -1,41 +1,11 @@
 //! The rewrite on real config.json files written by Docker 20.10.
 
-use runvm_config::rewrite::{HostDevice, HostEntry};
+use runvm_config::rewrite::guest_process;
 use runvm_config::*;
 use serde_json::{json, Value};
 
-fn fixture(name: &str) -> Value {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn host() -> HostLayout {
-    HostLayout {
-        new_root: "/run/bundle/runvm/root".into(),
-        host_entries: vec![
-            HostEntry::Bind("/usr".into()),
-            HostEntry::Symlink {
-                path: "/lib".into(),
-                target: "usr/lib".into(),
-            },
-        ],
-        supervisor: "/usr/local/lib/runvm/runvm-supervisor".into(),
-        virtiofsd: "/usr/local/lib/runvm/virtiofsd".into(),
-        kernel: "/var/lib/runvm/kernel/boot/vmlinuz".into(),
-        initrd: "/var/lib/runvm/cache/initramfs.img".into(),
-        qemu: "/usr/bin/qemu-system-x86_64".into(),
-        devices: vec![HostDevice {
-            path: "/dev/kvm".into(),
-            major: 10,
-            minor: 232,
-        }],
-        host_cpus: 2,
-        host_memory_mib: 4096,
-        qemu_ids: (2130706500, 2130706500),
-        accel: Accel::Tcg,
-        accel_warning: None,
-    }
-}
+mod common;
+use common::{fixture, host};
 
 fn opts(env: &[&str]) -> VmOptions {
     let env: Vec<String> = env.iter().map(|s| s.to_string()).collect();
@@ -695,4 +665,45 @@ fn no_network_capability_on_the_host_side_without_a_network_of_its_own() {
         .as_array()
         .unwrap()
         .contains(&json!("CAP_NET_ADMIN")));
+}
+
+#[test]
+fn ids_that_do_not_fit_32_bits_are_refused_not_truncated_to_root() {
+    let base = json!({"args": ["true"], "user": {"uid": 0, "gid": 0}});
+    for (path, value, field) in [
+        ("uid", json!(4_294_967_296_u64), "process.user.uid"),
+        ("gid", json!(4_294_967_296_u64 + 5), "process.user.gid"),
+        ("uid", json!(-1), "process.user.uid"),
+        ("uid", json!("0"), "process.user.uid"),
+        ("umask", json!(1.5), "process.user.umask"),
+        (
+            "additionalGids",
+            json!([10, 4_294_967_296_u64]),
+            "process.user.additionalGids",
+        ),
+        ("additionalGids", json!(10), "process.user.additionalGids"),
+    ] {
+        let mut p = base.clone();
+        p["user"][path] = value.clone();
+        let e = guest_process(&p).unwrap_err();
+        assert!(
+            matches!(&e, RewriteError::Malformed { field: f, .. } if *f == field),
+            "{path}={value}: {e}"
+        );
+        assert!(rewrite_exec_process(p).is_err(), "{path}={value}");
+    }
+    let mut p = base;
+    p["user"] = json!({"uid": 4_294_967_295_u64, "gid": 7, "additionalGids": [1, 2]});
+    let spec = guest_process(&p).unwrap();
+    assert_eq!((spec.uid, spec.gid), (u32::MAX, 7));
+    assert_eq!(spec.additional_gids, [1, 2]);
+}
+
+#[test]
+fn an_oversized_console_is_clamped_not_wrapped() {
+    let p = json!({"args": ["true"], "consoleSize": {"height": 70_000, "width": 80}});
+    assert_eq!(
+        guest_process(&p).unwrap().console_size,
+        Some((u16::MAX, 80))
+    );
 }

@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use proptest::prelude::*;
+use runvm_hostile_json::{self as hostile_json, apply, config, tree_mutation, Mutation};
 use runvm_protocol::framing::MAX_FRAME;
 use runvm_protocol::session::{Mode, Mux, SERVER_MAX_STREAMS};
 use runvm_protocol::{
@@ -130,75 +131,61 @@ fn panicked() -> bool {
     PANICKED.with(Cell::get)
 }
 
-/// The default case count unless `PROPTEST_CASES` says otherwise.
-fn config(cases: u32) -> ProptestConfig {
-    let mut c = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        c.cases = cases;
-    }
-    c
-}
-
 // ---------------------------------------------------------------------------
 // Generators
 // ---------------------------------------------------------------------------
 
-/// Numbers that break careless conversions.
-fn edgy_number() -> impl Strategy<Value = Value> {
-    prop_oneof![
-        any::<i64>().prop_map(Value::from),
-        any::<u64>().prop_map(Value::from),
-        any::<f64>()
-            .prop_filter("JSON has no NaN or infinity", |f| f.is_finite())
-            .prop_map(Value::from),
-        prop::sample::select(vec![
-            json!(0),
-            json!(-1),
-            json!(i64::MIN),
-            json!(i64::MAX),
-            json!(u64::MAX),
-            json!(u32::MAX),
-            json!(u32::MAX as u64 + 1),
-            json!(u16::MAX as u64 + 1),
-            json!(i32::MIN),
-            json!(1e300),
-            json!(-0.5),
-        ]),
-    ]
-}
-
 /// Any JSON value, nested a few levels.
-fn any_json() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        edgy_number(),
-        ".{0,12}".prop_map(Value::String),
-    ];
-    leaf.prop_recursive(4, 48, 6, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::vec((field_name(), inner), 0..6)
-                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
-        ]
-    })
+fn any_json() -> impl Strategy<Value = Value> + Clone {
+    hostile_json::any_json(".{0,12}", field_name())
 }
 
 /// Field names of the protocol's messages, and some that are not.
-fn field_name() -> impl Strategy<Value = String> {
-    prop_oneof![
-        3 => prop::sample::select(vec![
-            "kind", "type", "process", "signal", "rows", "cols", "pid", "message",
-            "exit_code", "status", "hostname", "interfaces", "routes", "mounts",
-            "readonly_root", "args", "env", "cwd", "uid", "gid", "additional_gids",
-            "terminal", "console_size", "rlimits", "inherited_rlimits", "umask",
-            "no_new_privileges", "capabilities", "bounding", "name", "mac", "mtu",
-            "addresses", "destination", "gateway", "device", "metric", "fstype",
-            "source", "options", "soft", "hard",
-        ])
-        .prop_map(str::to_owned),
-        1 => ".{0,8}",
-    ]
+fn field_name() -> impl Strategy<Value = String> + Clone {
+    hostile_json::field_name(&[
+        "kind",
+        "type",
+        "process",
+        "signal",
+        "rows",
+        "cols",
+        "pid",
+        "message",
+        "exit_code",
+        "status",
+        "hostname",
+        "interfaces",
+        "routes",
+        "mounts",
+        "readonly_root",
+        "args",
+        "env",
+        "cwd",
+        "uid",
+        "gid",
+        "additional_gids",
+        "terminal",
+        "console_size",
+        "rlimits",
+        "inherited_rlimits",
+        "umask",
+        "no_new_privileges",
+        "capabilities",
+        "bounding",
+        "name",
+        "mac",
+        "mtu",
+        "addresses",
+        "destination",
+        "gateway",
+        "device",
+        "metric",
+        "fstype",
+        "source",
+        "options",
+        "soft",
+        "hard",
+    ])
 }
 
 fn tag() -> impl Strategy<Value = Value> {
@@ -252,75 +239,10 @@ fn valid_messages() -> Vec<Value> {
     ]
 }
 
-/// One change to a JSON value: at the `at`-th node (pre-order, modulo the
-/// node count) replace the value, drop a field, or add a field.
-#[derive(Debug, Clone)]
-enum Mutation {
-    Replace { at: usize, with: Value },
-    Remove { at: usize },
-    Insert { at: usize, key: String, with: Value },
-}
-
 fn mutation() -> impl Strategy<Value = Mutation> {
-    prop_oneof![
-        (any::<usize>(), any_json()).prop_map(|(at, with)| Mutation::Replace { at, with }),
-        any::<usize>().prop_map(|at| Mutation::Remove { at }),
-        (any::<usize>(), field_name(), any_json()).prop_map(|(at, key, with)| Mutation::Insert {
-            at,
-            key,
-            with
-        }),
-    ]
+    tree_mutation(any_json(), field_name())
 }
 
-fn count_nodes(v: &Value) -> usize {
-    1 + match v {
-        Value::Array(a) => a.iter().map(count_nodes).sum(),
-        Value::Object(o) => o.values().map(count_nodes).sum(),
-        _ => 0,
-    }
-}
-
-/// The `n`-th node of `v` in pre-order, if `v` has that many.
-fn nth_node<'a>(v: &'a mut Value, n: &mut usize) -> Option<&'a mut Value> {
-    if *n == 0 {
-        return Some(v);
-    }
-    *n -= 1;
-    match v {
-        Value::Array(a) => a.iter_mut().find_map(|c| nth_node(c, n)),
-        Value::Object(o) => o.values_mut().find_map(|c| nth_node(c, n)),
-        _ => None,
-    }
-}
-
-fn apply(v: &mut Value, m: &Mutation) {
-    let nodes = count_nodes(v);
-    fn node(v: &mut Value, at: usize, nodes: usize) -> &mut Value {
-        nth_node(v, &mut (at % nodes)).expect("below the node count")
-    }
-    match m {
-        Mutation::Replace { at, with } => *node(v, *at, nodes) = with.clone(),
-        Mutation::Remove { at } => match node(v, *at, nodes) {
-            Value::Object(o) if !o.is_empty() => {
-                let k = o.keys().nth(at % o.len()).cloned().expect("in range");
-                o.remove(&k);
-            }
-            Value::Array(a) if !a.is_empty() => {
-                let i = at % a.len();
-                a.remove(i);
-            }
-            _ => {}
-        },
-        Mutation::Insert { at, key, with } => {
-            if let Value::Object(o) = node(v, *at, nodes) {
-                o.insert(key.clone(), with.clone());
-            }
-        }
-    }
-}
-
-/// Arrays nested `depth` deep around a value, as JSON text.
 fn deeply_nested(depth: usize, object: bool) -> String {
     let (open, close) = if object { ("{\"a\":", "}") } else { ("[", "]") };
     format!("{}1{}", open.repeat(depth), close.repeat(depth))

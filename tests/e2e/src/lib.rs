@@ -646,6 +646,33 @@ impl Container {
         r.stdout_str().trim().to_string()
     }
 
+    /// The container's processes as the host sees them (`docker top`):
+    /// host pid and command name. Under runvm these are the host-side
+    /// helpers (supervisor, QEMU, virtiofsd, exec clients).
+    pub fn host_processes(&self) -> Vec<(u32, String)> {
+        let r = docker(&["top", &self.name, "-o", "pid,comm"], None);
+        r.assert_code(0, "docker top");
+        r.stdout_str()
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let pid = f.next()?.parse().ok()?;
+                Some((pid, f.next()?.to_string()))
+            })
+            .collect()
+    }
+
+    /// Host pids of the container's processes whose command name starts
+    /// with `comm`.
+    pub fn host_pids_of(&self, comm: &str) -> Vec<u32> {
+        self.host_processes()
+            .into_iter()
+            .filter(|(_, c)| c.starts_with(comm))
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+
     /// `docker logs <name>`.
     pub fn logs(&self) -> Run {
         docker(&["logs", &self.name], None)

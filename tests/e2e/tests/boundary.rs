@@ -150,29 +150,6 @@ fn a_mount_through_a_dangling_image_symlink_is_refused_in_one_line() {
     assert!(lines[0].contains("mount at another path"), "{}", lines[0]);
 }
 
-/// The host-side processes of the running container `c` whose name is
-/// `comm`: those in its PID namespace.
-fn helpers_of(c: &Container, comm: &str) -> Vec<u32> {
-    let pid = c.inspect("{{.State.Pid}}");
-    let ns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).expect("container pid ns");
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let name = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-        if name.trim_end().starts_with(comm)
-            && std::fs::read_link(format!("/proc/{p}/ns/pid"))
-                .ok()
-                .as_ref()
-                == Some(&ns)
-        {
-            out.push(p);
-        }
-    }
-    out
-}
-
 fn status_field(pid: u32, field: &str) -> String {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     text.lines()
@@ -201,7 +178,7 @@ fn qemu_is_unprivileged_and_only_qemu_holds_the_taps() {
         ],
     );
     c.wait_for_log("up", std::time::Duration::from_secs(120));
-    let qemu = helpers_of(&c, "qemu-system");
+    let qemu = c.host_pids_of("qemu-system");
     assert_eq!(qemu.len(), 1, "one QEMU in the container: {qemu:?}");
     let uid = status_field(qemu[0], "Uid");
     assert!(
@@ -224,12 +201,12 @@ fn qemu_is_unprivileged_and_only_qemu_holds_the_taps() {
             .unwrap_or(0)
     };
     assert!(taps(qemu[0]) >= 1, "QEMU holds the container's tap");
-    let vfs = helpers_of(&c, "virtiofsd");
+    let vfs = c.host_pids_of("virtiofsd");
     assert_eq!(vfs.len(), 1, "one virtiofsd: {vfs:?}");
     assert_eq!(taps(vfs[0]), 0, "virtiofsd holds a tap");
     // Once the VM runs, every thread of the supervisor holds CAP_KILL
     // (bit 5) at most, in every set.
-    let sup = helpers_of(&c, "runvm-superviso");
+    let sup = c.host_pids_of("runvm-superviso");
     assert_eq!(sup.len(), 1, "one supervisor: {sup:?}");
     for task in std::fs::read_dir(format!("/proc/{}/task", sup[0]))
         .expect("tasks")
@@ -250,7 +227,7 @@ fn qemu_is_unprivileged_and_only_qemu_holds_the_taps() {
         }
     }
     // --cap-add is for the guest: the host side never gets SYS_ADMIN (21).
-    for pid in helpers_of(&c, "runvm-superviso").into_iter().chain(vfs) {
+    for pid in c.host_pids_of("runvm-superviso").into_iter().chain(vfs) {
         let bnd = u64::from_str_radix(&status_field(pid, "CapBnd"), 16).expect("hex");
         assert_eq!(bnd & (1 << 21), 0, "pid {pid} may hold CAP_SYS_ADMIN");
     }

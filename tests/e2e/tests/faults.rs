@@ -13,22 +13,6 @@ const BOOT: Duration = Duration::from_secs(120);
 /// How soon a fault must end the container.
 const FAULT_LIMIT: Duration = Duration::from_secs(60);
 
-/// The host processes of a running container (`docker top`): pid and
-/// command name.
-fn container_processes(c: &Container) -> Vec<(u32, String)> {
-    let r = docker(&["top", &c.name, "-o", "pid,comm"], None);
-    r.assert_code(0, "docker top");
-    r.stdout_str()
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let pid = f.next()?.parse().ok()?;
-            Some((pid, f.next()?.to_string()))
-        })
-        .collect()
-}
-
 /// The host pid of the container's process whose name starts with `comm`.
 fn helper_pid(procs: &[(u32, String)], comm: &str) -> u32 {
     procs
@@ -76,7 +60,7 @@ fn assert_all_gone(procs: &[(u32, String)]) {
 /// container ends in time with exit code 255 and a message containing
 /// `expected`. Returns the logs.
 fn kill_helper_and_expect_the_end(c: &Container, comm: &str, expected: &str) -> Run {
-    let procs = container_processes(c);
+    let procs = c.host_processes();
     let pid = helper_pid(&procs, comm);
     let start = Instant::now();
     host_sh(&format!("kill -9 {pid}")).assert_code(0, "kill -9");
@@ -166,7 +150,7 @@ fn a_guest_kernel_panic_ends_the_container() {
         ],
     );
     c.wait_for_log("up", BOOT);
-    let procs = container_processes(&c);
+    let procs = c.host_processes();
     let start = Instant::now();
     let code = exited_within(&c, start, FAULT_LIMIT);
     let logs = c.logs();
@@ -231,7 +215,8 @@ fn timed_out_health_checks_leave_no_processes_behind() {
     );
     // Nor do their exec clients linger in the container on the host: the
     // supervisor, perhaps one probe and the ps exec above just ended.
-    let clients = container_processes(&c)
+    let clients = c
+        .host_processes()
         .iter()
         .filter(|(_, comm)| comm.starts_with("runvm-supervis"))
         .count();
@@ -257,7 +242,7 @@ fn an_exec_whose_client_is_killed_while_the_vm_boots_never_lingers() {
     // The exec client: a supervisor process other than the container's
     // PID 1. Killing it is what Docker does to a timed-out health check.
     let client = poll_until("the exec client", Duration::from_secs(30), || {
-        container_processes(&c)
+        c.host_processes()
             .into_iter()
             .find(|(pid, comm)| *pid != init && comm.starts_with("runvm-supervis"))
     });
