@@ -17,7 +17,7 @@ TARGET := x86_64-unknown-linux-gnu
 AGENT := target/$(TARGET)/release/runvm-agent
 export RUNVM_PREFIX := $(PREFIX)
 
-.PHONY: all build deps install uninstall demo test unit e2e lint bench soak images
+.PHONY: all build deps kernel install uninstall demo test unit e2e lint bench soak images
 
 all: build
 
@@ -31,12 +31,11 @@ build:
 	CARGO_PROFILE_RELEASE_LTO=fat RUSTFLAGS="-C target-feature=+crt-static" \
 		cargo build --release --locked -p runvm-agent --target $(TARGET)
 
-install: deps build
+install: deps build kernel
 	@install -d $(PREFIX)/bin $(LIBEXEC)
 	install -m 0755 target/release/runvm $(PREFIX)/bin/runvm
 	install -m 0755 target/release/runvm-supervisor $(AGENT) $(LIBEXEC)/
 	@scripts/install-virtiofsd.sh
-	@scripts/install-kernel.sh
 	@scripts/ensure-docker.sh --register
 	@$(PREFIX)/bin/runvm check
 
@@ -58,11 +57,19 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
-unit:
-	cargo test --workspace --locked --exclude runvm-e2e
+# --include-ignored: the initramfs builder is also tried on the real guest
+# kernel, which a plain `cargo test` leaves out.
+unit: kernel
+	RUNVM_TEST_KERNEL_ROOT=$$(ls -d $(DATA)/kernel/*/ | sort -V | tail -1) \
+		cargo test --workspace --locked --exclude runvm-e2e -- --include-ignored
 
+kernel: deps
+	@scripts/install-kernel.sh
+
+# The leftovers check is a step of its own, after every other test.
 e2e: images
 	RUNVM_E2E=1 cargo test --locked -p runvm-e2e -- --test-threads=2
+	RUNVM_E2E=1 cargo test --locked -p runvm-e2e --test leftovers
 
 test: images lint unit e2e
 

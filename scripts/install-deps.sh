@@ -2,7 +2,7 @@
 # Installs the Debian packages runvm and its tests need, if missing.
 . "$(dirname "$0")/lib.sh"
 need_root
-command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (1.85 or newer, e.g. with rustup) first"
+command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (1.88 or newer, e.g. with rustup) first"
 # qemu-system-x86: the VMM; docker.io: engine, containerd and runc;
 # libseccomp-dev (with libseccomp2): runvm compiles seccomp profiles with it,
 # and virtiofsd's build needs it; libcap-ng-dev, pkg-config: to build virtiofsd;

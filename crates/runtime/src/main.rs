@@ -1,5 +1,5 @@
 //! runvm: a runc-compatible OCI runtime that runs each container as a
-//! lightweight VM. See the crate README and `../shared/DESIGN.md`.
+//! lightweight VM. README.md ("How it works") describes the design.
 
 mod cli;
 mod create;

@@ -2,13 +2,12 @@
 //!
 //! Every test drives the real `docker` CLI against the running daemon, runs a
 //! scenario under `--runtime=runc` and under `--runtime=runvm`, and compares
-//! what a user sees (stdout, stderr, exit code, logs, ...). See the parity rule
-//! in DESIGN.md.
+//! what a user sees (stdout, stderr, exit code, logs, ...): every Docker
+//! behaviour is as under runc unless README.md lists the difference.
 //!
-//! The tests are skipped (with a loud `SKIP:` line) unless `RUNVM_E2E=1`; when
-//! it is set, missing prerequisites make the tests fail instead of skipping.
-//!
-//! Every test begins with `if !e2e_enabled() { return; }`.
+//! Every test is marked `#[e2e_test]`: without `RUNVM_E2E=1` it is reported
+//! as ignored, with the reason; with it, missing prerequisites make the test
+//! fail instead of skipping.
 
 use std::cell::Cell;
 use std::io::{Read, Write};
@@ -42,43 +41,17 @@ pub fn test_name() -> String {
     }
 }
 
-/// Whether the end-to-end tests should run.
-///
-/// Without `RUNVM_E2E=1` this prints a loud SKIP line and returns false. With
-/// it, the prerequisites are checked (once per test binary) and a missing one
-/// panics, so that `make test` fails rather than silently skipping.
-pub fn e2e_enabled() -> bool {
-    if std::env::var("RUNVM_E2E").as_deref() != Ok("1") {
-        // Once per test binary, written in one piece to the real stderr:
-        // eprintln! output is captured (and hidden) by the test harness.
-        static SKIPPED: OnceLock<()> = OnceLock::new();
-        SKIPPED.get_or_init(|| {
-            let binary = std::env::args()
-                .next()
-                .and_then(|a| {
-                    let base = a.rsplit('/').next()?.to_string();
-                    // target/debug/deps/<name>-<hash>
-                    Some(
-                        base.rsplit_once('-')
-                            .map_or(base.clone(), |(n, _)| n.to_string()),
-                    )
-                })
-                .unwrap_or_default();
-            let line = format!(
-                "\nSKIP: end-to-end tests ({binary}, e.g. {}): set RUNVM_E2E=1 (make test does) \
-                 to run them; they need root, a Docker daemon with the runvm runtime, QEMU and \
-                 the guest kernel\n",
-                test_name()
-            );
-            let _ = std::io::stderr().write_all(line.as_bytes());
-        });
-        return false;
-    }
+pub use runvm_e2e_macros::e2e_test;
+
+/// Checks, once per test binary, what the end-to-end tests need (root, a
+/// Docker daemon with the runvm runtime, the test image's prerequisites)
+/// and panics naming the missing one: under `make test` a missing
+/// prerequisite is a failure, never a skip. `#[e2e_test]` calls it first.
+pub fn require_prerequisites() {
     static PREREQS: OnceLock<Result<(), String>> = OnceLock::new();
     if let Err(e) = PREREQS.get_or_init(check_prerequisites) {
-        panic!("RUNVM_E2E=1 but a prerequisite of the end-to-end tests is missing: {e}");
+        panic!("a prerequisite of the end-to-end tests is missing: {e}");
     }
-    true
 }
 
 fn check_prerequisites() -> Result<(), String> {

@@ -1,5 +1,5 @@
 //! Bad `RUNVM_*` input fails `docker run` with one clear line and leaves
-//! nothing behind (acceptance item 10).
+//! nothing behind.
 //!
 //! No test here boots a VM: this binary then never runs a VM of its own while it checks
 //! for leftovers (cargo runs test binaries one after another), so any QEMU,
@@ -56,11 +56,8 @@ fn check_rejected(env: &str, must_mention: &[&str]) {
     assert_no_leftovers(&what, Duration::from_secs(10));
 }
 
-#[test]
+#[e2e_test]
 fn bad_runvm_options_fail_cleanly() {
-    if !e2e_enabled() {
-        return;
-    }
     assert_no_leftovers("before the bad-input checks", Duration::from_secs(30));
     check_rejected(
         "RUNVM_ACCEL=warp",
@@ -97,11 +94,8 @@ fn bad_runvm_options_fail_cleanly() {
 
 /// A kernel in the store whose modules.dep names a path outside its tree is
 /// refused in one line, and nothing is written to the initramfs cache.
-#[test]
+#[e2e_test]
 fn a_kernel_whose_modules_leave_its_tree_is_refused() {
-    if !e2e_enabled() {
-        return;
-    }
     let store = "/var/lib/runvm/kernel";
     let cache = "/var/lib/runvm/cache";
     let name = unique_name("evil-kernel");

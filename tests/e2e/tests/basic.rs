@@ -1,13 +1,9 @@
-//! Output and exit codes of simple commands, runc vs runvm (acceptance items
-//! 1 to 3).
+//! Output and exit codes of simple commands, runc vs runvm.
 
 use runvm_e2e::*;
 
-#[test]
+#[e2e_test]
 fn echo_hello_and_guest_kernel() {
-    if !e2e_enabled() {
-        return;
-    }
     let (runc, runvm) = run_both(&[], &[IMAGE, "echo", "hello"], None);
     assert_same(&runc, &runvm, "echo hello");
     assert_eq!(runvm.stdout, b"hello\n", "{}", runvm.describe());
@@ -30,11 +26,8 @@ fn echo_hello_and_guest_kernel() {
     );
 }
 
-#[test]
+#[e2e_test]
 fn stdout_and_stderr_stay_separate() {
-    if !e2e_enabled() {
-        return;
-    }
     let (runc, runvm) = run_both(&[], &[IMAGE, "sh", "-c", "echo out; echo err >&2"], None);
     assert_same(&runc, &runvm, "stdout/stderr separation");
     assert_eq!(runvm.stdout, b"out\n", "{}", runvm.describe());
@@ -42,11 +35,8 @@ fn stdout_and_stderr_stay_separate() {
     assert_eq!(runvm.code, 0);
 }
 
-#[test]
+#[e2e_test]
 fn exit_codes_plain() {
-    if !e2e_enabled() {
-        return;
-    }
     for n in [0, 1, 3] {
         let script = format!("exit {n}");
         let (runc, runvm) = run_both(&[], &[IMAGE, "sh", "-c", &script], None);
@@ -90,29 +80,20 @@ fn check_create_failure(cmd: &str, code: i32) {
     );
 }
 
-#[test]
+#[e2e_test]
 fn exit_code_126_not_executable() {
-    if !e2e_enabled() {
-        return;
-    }
     check_create_failure("/etc/passwd", 126);
     check_create_failure("/etc", 126);
 }
 
-#[test]
+#[e2e_test]
 fn exit_code_127_not_found() {
-    if !e2e_enabled() {
-        return;
-    }
     check_create_failure("nonexist", 127);
     check_create_failure("/nonexist", 127);
 }
 
-#[test]
+#[e2e_test]
 fn shell_signals_itself() {
-    if !e2e_enabled() {
-        return;
-    }
     // Under runc the shell is PID 1 of its namespace: the kernel ignores
     // signals without a handler sent to it, so it exits 0. Whatever runc
     // gives, runvm must give.
@@ -123,11 +104,8 @@ fn shell_signals_itself() {
     }
 }
 
-#[test]
+#[e2e_test]
 fn child_killed_by_signal() {
-    if !e2e_enabled() {
-        return;
-    }
     for (sig, code, msg) in [("9", 137, "Killed\n"), ("15", 143, "Terminated\n")] {
         // The plain form: busybox ash prints the job's fate ("Killed") only
         // if the child is reaped inside `wait`, which races with the kill

@@ -52,21 +52,15 @@ fn build_symlink_image() -> &'static str {
     tag
 }
 
-#[test]
+#[e2e_test]
 fn image_symlink_under_a_volume_cannot_replace_runvms_files() {
-    if !e2e_enabled() {
-        return;
-    }
     let image = build_symlink_image();
     let run = run_one("runvm", &[], &[image], None);
     assert_ran_in_vm(&run, "image with /x -> /runvm and VOLUME /x");
 }
 
-#[test]
+#[e2e_test]
 fn bind_mount_through_an_image_symlink_stays_in_the_image() {
-    if !e2e_enabled() {
-        return;
-    }
     let image = build_symlink_image();
     let host = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(host.path().join("bin")).expect("mkdir");
@@ -78,11 +72,8 @@ fn bind_mount_through_an_image_symlink_stays_in_the_image() {
     assert_ran_in_vm(&run, "-v HOSTDIR:/x through the image's /x -> /runvm");
 }
 
-#[test]
+#[e2e_test]
 fn symlink_planted_by_the_guest_does_not_redirect_the_next_start() {
-    if !e2e_enabled() {
-        return;
-    }
     let _slot = vm_slots(1);
     let vol = Volume::create("planted");
     let c = Container::new("planted");
@@ -121,11 +112,8 @@ fn symlink_planted_by_the_guest_does_not_redirect_the_next_start() {
     assert_ran_in_vm(&again, "docker start after the guest planted /a -> /runvm");
 }
 
-#[test]
+#[e2e_test]
 fn a_mount_through_a_dangling_image_symlink_is_refused_in_one_line() {
-    if !e2e_enabled() {
-        return;
-    }
     let tag = "runvm-test/boundary-dangling";
     build_image(
         tag,
@@ -159,11 +147,8 @@ fn status_field(pid: u32, field: &str) -> String {
         .to_string()
 }
 
-#[test]
+#[e2e_test]
 fn qemu_is_unprivileged_and_only_qemu_holds_the_taps() {
-    if !e2e_enabled() {
-        return;
-    }
     let _slot = vm_slots(1);
     let c = Container::run_detached(
         "helpers",
@@ -233,11 +218,8 @@ fn qemu_is_unprivileged_and_only_qemu_holds_the_taps() {
     }
 }
 
-#[test]
+#[e2e_test]
 fn the_images_modprobe_never_runs_as_a_kernel_helper() {
-    if !e2e_enabled() {
-        return;
-    }
     // A device node of a driver nobody has makes the guest kernel ask
     // /sbin/modprobe for it; the image ships its own modprobe, which must
     // never run (under runc, opening the node fails and nothing runs).

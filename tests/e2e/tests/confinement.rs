@@ -52,11 +52,8 @@ fn same_unless_host_lacks(path: &str, runc: &Run, runvm: &Run, what: &str) {
     }
 }
 
-#[test]
+#[e2e_test]
 fn proc_writes_fail_as_under_runc() {
-    if !e2e_enabled() {
-        return;
-    }
     // /proc/sys and /proc/sysrq-trigger are Docker's read-only paths.
     let (_, runvm) = same_sh(&[], "echo x > /proc/sys/kernel/core_pattern");
     assert_ne!(runvm.code, 0, "core_pattern was writable");
@@ -76,11 +73,8 @@ fn proc_writes_fail_as_under_runc() {
     );
 }
 
-#[test]
+#[e2e_test]
 fn masked_paths_read_as_under_runc() {
-    if !e2e_enabled() {
-        return;
-    }
     // Files read as /dev/null, directories as an empty tmpfs.
     let (_, runvm) = same_sh(
         &[],
@@ -97,11 +91,8 @@ fn masked_paths_read_as_under_runc() {
     assert_ne!(runvm.code, 0);
 }
 
-#[test]
+#[e2e_test]
 fn sys_is_read_only_as_under_runc() {
-    if !e2e_enabled() {
-        return;
-    }
     let (_, runvm) = same_sh(&[], "touch /sys/x; echo 1 > /sys/kernel/uevent_helper");
     assert!(
         runvm.stderr_str().contains("Read-only file system"),
@@ -119,11 +110,8 @@ const SHOW_CONFINEMENT: &str =
      head -c1 /proc/timer_list | grep -q . && echo timer_list-visible; \
      grep '^Seccomp:' /proc/self/status";
 
-#[test]
+#[e2e_test]
 fn the_guest_follows_the_config_whatever_it_says() {
-    if !e2e_enabled() {
-        return;
-    }
     let show = |opts: &[&str]| {
         let r = run_one("runvm", opts, &[IMAGE, "sh", "-c", SHOW_CONFINEMENT], None);
         r.assert_code(0, &format!("runvm {}", opts.join(" ")));
@@ -149,20 +137,13 @@ fn the_guest_follows_the_config_whatever_it_says() {
     // read-write /sys and no seccomp profile, and the guest follows it.
     // (runc cannot run --privileged on hosts whose bounding set lacks a
     // capability, as this project's machines; runvm must, as the host side
-    // never needs them.)
+    // never needs them: a failure here is a failure, not a skip.)
     let r = run_one(
         "runvm",
         &["--privileged"],
         &[IMAGE, "sh", "-c", SHOW_CONFINEMENT],
         None,
     );
-    if r.code != 0 && r.stderr_str().contains("unable to apply caps") {
-        eprintln!(
-            "SKIP the --privileged part: --privileged containers do not start under runvm on this host yet (the supervisor asks for every capability): {}",
-            r.stderr_str().trim()
-        );
-        return;
-    }
     r.assert_code(0, "runvm --privileged");
     assert_eq!(
         r.stdout_str(),
@@ -188,11 +169,8 @@ fn no_mkdir_profile() -> tempfile::NamedTempFile {
     f
 }
 
-#[test]
+#[e2e_test]
 fn a_custom_profile_applies_to_the_workload_and_to_execs() {
-    if !e2e_enabled() {
-        return;
-    }
     let profile = no_mkdir_profile();
     let opt = format!("seccomp={}", profile.path().display());
     // The run: mkdir fails identically, the rest of the container works.
@@ -261,11 +239,8 @@ fn same_execs(run_opts: &[&str]) {
     }
 }
 
-#[test]
+#[e2e_test]
 fn a_custom_profile_with_no_new_privileges() {
-    if !e2e_enabled() {
-        return;
-    }
     // With no-new-privileges the filter goes in last, after the user change.
     let profile = no_mkdir_profile();
     let opt = format!("seccomp={}", profile.path().display());
@@ -290,11 +265,8 @@ fn a_custom_profile_with_no_new_privileges() {
     same_execs(&nnp);
 }
 
-#[test]
+#[e2e_test]
 fn dockers_default_profile_blocks_and_unconfined_lifts() {
-    if !e2e_enabled() {
-        return;
-    }
     // Docker's default profile allows unshare only with CAP_SYS_ADMIN; a
     // user namespace needs no capability, so unconfined lets it through.
     let (runc, runvm) = same_sh(&[], "unshare -U true");
@@ -315,11 +287,8 @@ fn dockers_default_profile_blocks_and_unconfined_lifts() {
     );
 }
 
-#[test]
+#[e2e_test]
 fn the_host_side_is_always_confined_by_runvms_profile() {
-    if !e2e_enabled() {
-        return;
-    }
     // Whatever the container asks for, the supervisor and QEMU run under a
     // filter (runvm's own): never unconfined.
     let _slots = vm_slots(1);
@@ -332,12 +301,6 @@ fn the_host_side_is_always_confined_by_runvms_profile() {
         args.extend_from_slice(opts);
         args.extend([IMAGE, "sh", "-c", "echo up; exec sleep 600"]);
         let r = docker(&args, None);
-        if r.code != 0 && r.stderr_str().contains("unable to apply caps") {
-            eprintln!(
-                "SKIP {opts:?}: --privileged containers do not start under runvm on this host yet (the supervisor asks for every capability)"
-            );
-            continue;
-        }
         r.assert_code(0, &format!("docker run -d {opts:?}"));
         c.wait_for_log("up", BOOT);
         let pid = c.inspect("{{.State.Pid}}");

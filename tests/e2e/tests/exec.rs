@@ -1,4 +1,4 @@
-//! `docker exec` and HEALTHCHECK (issue 3), each compared with runc.
+//! `docker exec` and HEALTHCHECK, each compared with runc.
 
 use std::time::{Duration, Instant};
 
@@ -43,11 +43,8 @@ fn same_exec(
     );
 }
 
-#[test]
+#[e2e_test]
 fn exec_identity_cwd_and_environment() {
-    if !e2e_enabled() {
-        return;
-    }
     let _slots = vm_slots(1);
     let a = running("runc", &["-e", "FROM_RUN=1"]);
     let b = running("runvm", &["-e", "FROM_RUN=1"]);
@@ -70,11 +67,8 @@ fn exec_identity_cwd_and_environment() {
     );
 }
 
-#[test]
+#[e2e_test]
 fn exec_streams_and_exit_codes() {
-    if !e2e_enabled() {
-        return;
-    }
     let _slots = vm_slots(1);
     let a = running("runc", &[]);
     let b = running("runvm", &[]);
@@ -106,11 +100,8 @@ fn exec_streams_and_exit_codes() {
     );
 }
 
-#[test]
+#[e2e_test]
 fn exec_stdin_bulk_and_detach() {
-    if !e2e_enabled() {
-        return;
-    }
     let _slots = vm_slots(1);
     let b = running("runvm", &[]);
     let data = random_bytes(20_000_000);
@@ -143,11 +134,8 @@ fn exec_stdin_bulk_and_detach() {
     });
 }
 
-#[test]
+#[e2e_test]
 fn exec_with_a_terminal() {
-    if !e2e_enabled() {
-        return;
-    }
     let _slots = vm_slots(1);
     let b = running("runvm", &[]);
     // `script` gives docker a terminal; its input drives the shell.
@@ -176,11 +164,8 @@ fn exec_with_a_terminal() {
     );
 }
 
-#[test]
+#[e2e_test]
 fn twenty_concurrent_execs_keep_their_output_and_codes() {
-    if !e2e_enabled() {
-        return;
-    }
     let _slots = vm_slots(1);
     let b = running("runvm", &[]);
     let handles: Vec<_> = (1..=20)
@@ -210,11 +195,8 @@ fn twenty_concurrent_execs_keep_their_output_and_codes() {
     }
 }
 
-#[test]
+#[e2e_test]
 fn exec_right_after_run_waits_for_the_vm() {
-    if !e2e_enabled() {
-        return;
-    }
     let _slots = vm_slots(1);
     let c = Container::run_detached("exec-early", "runvm", &[IMAGE, "sleep", "600"]);
     let r = docker(&["exec", &c.name, "echo", "early"], None);
@@ -222,11 +204,8 @@ fn exec_right_after_run_waits_for_the_vm() {
     assert_eq!(r.stdout_str(), "early\n");
 }
 
-#[test]
+#[e2e_test]
 fn execs_end_when_the_workload_exits() {
-    if !e2e_enabled() {
-        return;
-    }
     let _slots = vm_slots(1);
     let outcome = |runtime: &str| {
         let c = Container::run_detached(
@@ -246,11 +225,8 @@ fn execs_end_when_the_workload_exits() {
     assert_eq!(outcome("runvm"), outcome("runc"));
 }
 
-#[test]
+#[e2e_test]
 fn healthcheck_reports_healthy_and_unhealthy() {
-    if !e2e_enabled() {
-        return;
-    }
     let _slots = vm_slots(2);
     build_image(
         "runvm-test/healthy",

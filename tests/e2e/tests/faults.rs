@@ -77,11 +77,8 @@ fn kill_helper_and_expect_the_end(c: &Container, comm: &str, expected: &str) -> 
     logs
 }
 
-#[test]
+#[e2e_test]
 fn killing_virtiofsd_ends_the_container() {
-    if !e2e_enabled() {
-        return;
-    }
     let _slot = vm_slots(1);
     let c = Container::run_detached(
         "fault-virtiofsd",
@@ -94,11 +91,8 @@ fn killing_virtiofsd_ends_the_container() {
     assert_eq!(logs.stdout_str(), "up\n");
 }
 
-#[test]
+#[e2e_test]
 fn killing_qemu_keeps_the_output_already_sent() {
-    if !e2e_enabled() {
-        return;
-    }
     let _slot = vm_slots(1);
     let dir = tempfile::tempdir().expect("tempdir");
     let marker = dir.path().join("printed");
@@ -129,11 +123,8 @@ fn killing_qemu_keeps_the_output_already_sent() {
     );
 }
 
-#[test]
+#[e2e_test]
 fn a_guest_kernel_panic_ends_the_container() {
-    if !e2e_enabled() {
-        return;
-    }
     let _slot = vm_slots(1);
     // systempaths=unconfined lifts Docker's read-only /proc/sysrq-trigger
     // (which under runvm is the guest's anyway).
@@ -169,11 +160,8 @@ fn a_guest_kernel_panic_ends_the_container() {
     assert_all_gone(&procs);
 }
 
-#[test]
+#[e2e_test]
 fn timed_out_health_checks_leave_no_processes_behind() {
-    if !e2e_enabled() {
-        return;
-    }
     let _slot = vm_slots(1);
     let c = Container::run_detached(
         "fault-health",
@@ -226,11 +214,8 @@ fn timed_out_health_checks_leave_no_processes_behind() {
     );
 }
 
-#[test]
+#[e2e_test]
 fn an_exec_whose_client_is_killed_while_the_vm_boots_never_lingers() {
-    if !e2e_enabled() {
-        return;
-    }
     let _slot = vm_slots(1);
     let c = Container::run_detached(
         "exec-client-killed",
@@ -259,11 +244,8 @@ fn an_exec_whose_client_is_killed_while_the_vm_boots_never_lingers() {
     );
 }
 
-#[test]
+#[e2e_test]
 fn exec_with_variables_beyond_128_kib_in_total_matches_runc() {
-    if !e2e_enabled() {
-        return;
-    }
     let a = format!("A={}", "a".repeat(70_000));
     let b = format!("B={}", "b".repeat(70_000));
     // One value near the kernel's 128 KiB limit for a single string.
@@ -291,11 +273,8 @@ fn exec_with_variables_beyond_128_kib_in_total_matches_runc() {
     assert_same(&runc.1, &runvm.1, "exec with a 128 KiB variable");
 }
 
-#[test]
+#[e2e_test]
 fn docker_kill_pipe_reaches_the_workload() {
-    if !e2e_enabled() {
-        return;
-    }
     let outcome = |runtime: &str| {
         let _slot = (runtime == "runvm").then(|| vm_slots(1));
         let c = Container::run_detached(

@@ -1,4 +1,4 @@
-//! Signals, `docker stop`, `docker start`, `--rm` (acceptance items 6 and 7).
+//! Signals, `docker stop`, `docker start`, `--rm`.
 
 use std::time::{Duration, Instant};
 
@@ -34,11 +34,8 @@ fn trap_scenario(runtime: &str) -> (String, String, i32, Duration) {
     (logs.stdout_str(), logs.stderr_str(), code, took)
 }
 
-#[test]
+#[e2e_test]
 fn signals_and_stop() {
-    if !e2e_enabled() {
-        return;
-    }
     let runc = trap_scenario("runc");
     let runvm = trap_scenario("runvm");
     eprintln!(
@@ -83,22 +80,16 @@ fn start_again(runtime: &str) -> (String, String) {
     (logs.stdout_str(), logs.stderr_str())
 }
 
-#[test]
+#[e2e_test]
 fn start_boots_a_stopped_container_again() {
-    if !e2e_enabled() {
-        return;
-    }
     let runc = start_again("runc");
     let runvm = start_again("runvm");
     assert_eq!(runvm.0, "a line\na line\n", "logs after two runs");
     assert_eq!(runc, runvm, "logs: runc vs runvm");
 }
 
-#[test]
+#[e2e_test]
 fn rm_removes_the_container() {
-    if !e2e_enabled() {
-        return;
-    }
     for runtime in ["runc", "runvm"] {
         let c = Container::new(&format!("rm-{runtime}"));
         let run = run_one(runtime, &["--name", &c.name], &[IMAGE, "true"], None);
@@ -163,11 +154,8 @@ fn exec_scenario(runtime: &str) -> Vec<Run> {
     runs
 }
 
-#[test]
+#[e2e_test]
 fn exec_into_running_container() {
-    if !e2e_enabled() {
-        return;
-    }
     let runc = exec_scenario("runc");
     let runvm = exec_scenario("runvm");
     let what = [

@@ -1,5 +1,4 @@
-//! Two containers on the default bridge talk to each other (acceptance item
-//! 8, networking part).
+//! Two containers on the default bridge talk to each other.
 
 use std::time::Duration;
 
@@ -39,11 +38,8 @@ fn pair(runtime: &str) -> Run {
     b
 }
 
-#[test]
+#[e2e_test]
 fn containers_reach_each_other_by_ip() {
-    if !e2e_enabled() {
-        return;
-    }
     let runc = pair("runc");
     let runvm = pair("runvm");
     assert_eq!(
@@ -58,11 +54,8 @@ fn containers_reach_each_other_by_ip() {
 /// With `--network host` the VM must leave the host's interfaces alone (it
 /// gets loopback only): the host's addresses, routes and qdiscs are the same
 /// before and after.
-#[test]
+#[e2e_test]
 fn host_network_is_never_taken_over() {
-    if !e2e_enabled() {
-        return;
-    }
     let _slot = vm_slots(1);
     let snapshot = || {
         // Containers that other tests start meanwhile add and remove veths,

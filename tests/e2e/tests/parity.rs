@@ -1,5 +1,4 @@
-//! What the workload sees, runc vs runvm (acceptance item 8, environment
-//! part): environment, identity, cwd, hostname, /etc files, ulimits, tmpfs
+//! What the workload sees, runc vs runvm: environment, identity, cwd, hostname, /etc files, ulimits, tmpfs
 //! and volumes.
 
 use std::os::unix::fs::MetadataExt;
@@ -31,22 +30,16 @@ fn env_without_home_sorted(bytes: &[u8]) -> Vec<u8> {
         .into_bytes()
 }
 
-#[test]
+#[e2e_test]
 fn environment() {
-    if !e2e_enabled() {
-        return;
-    }
     let (_, runvm) = same_sh(&["-h", "samehost"], "env | sort");
     let env = runvm.stdout_str();
     assert!(env.contains("HOSTNAME=samehost\n"), "{env}");
     assert!(env.contains("HOME=/root\n"), "{env}");
 }
 
-#[test]
+#[e2e_test]
 fn home_from_passwd() {
-    if !e2e_enabled() {
-        return;
-    }
     // runc: HOME from the user's /etc/passwd entry, "/" if it has none
     // (the image's recipe, scripts/build-test-images.sh, has root, nobody
     // and user 1000 with /home/user).
@@ -66,21 +59,15 @@ fn home_from_passwd() {
     }
 }
 
-#[test]
+#[e2e_test]
 fn environment_order() {
-    if !e2e_enabled() {
-        return;
-    }
     let (runc, runvm) = run_both(&["-h", "samehost", "-e", "FOO=bar"], &[IMAGE, "env"], None);
     assert_same(&runc, &runvm, "-e FOO=bar env");
 }
 
 /// Guards the rest of the environment while the two bugs above are open.
-#[test]
+#[e2e_test]
 fn environment_except_home_and_order() {
-    if !e2e_enabled() {
-        return;
-    }
     let (runc, runvm) = run_both(&["-h", "samehost", "-e", "FOO=bar"], &[IMAGE, "env"], None);
     assert_same_with(
         &runc,
@@ -93,11 +80,8 @@ fn environment_except_home_and_order() {
     assert!(env.contains("HOSTNAME=samehost\n"), "{}", runvm.describe());
 }
 
-#[test]
+#[e2e_test]
 fn identity() {
-    if !e2e_enabled() {
-        return;
-    }
     let (_, runvm) = same_sh(&[], "id");
     assert_eq!(
         runvm.stdout_str(),
@@ -105,11 +89,8 @@ fn identity() {
     );
 }
 
-#[test]
+#[e2e_test]
 fn identity_with_u() {
-    if !e2e_enabled() {
-        return;
-    }
     // user 1000 is in the image's passwd and group files; 4242 is not.
     let (runc, runvm) = run_both(&["-u", "1000:1000"], &[IMAGE, "id"], None);
     assert_same(&runc, &runvm, "-u 1000:1000 id");
@@ -122,11 +103,8 @@ fn identity_with_u() {
     assert_eq!(runvm.stdout_str(), "uid=4242 gid=4242 groups=4242\n");
 }
 
-#[test]
+#[e2e_test]
 fn working_directory() {
-    if !e2e_enabled() {
-        return;
-    }
     let (_, runvm) = same_sh(&[], "pwd");
     assert_eq!(runvm.stdout, b"/\n");
     let (runc, runvm) = run_both(&["-w", "/tmp"], &[IMAGE, "pwd"], None);
@@ -134,11 +112,8 @@ fn working_directory() {
     assert_eq!(runvm.stdout, b"/tmp\n");
 }
 
-#[test]
+#[e2e_test]
 fn hostname_default_is_short_id() {
-    if !e2e_enabled() {
-        return;
-    }
     // The default hostname is the container's short id, which assert_same
     // replaces by a placeholder on each side.
     let (_, runvm) = same_sh(&[], "hostname");
@@ -149,21 +124,15 @@ fn hostname_default_is_short_id() {
     assert_eq!(runvm.stdout_str(), format!("{}\n", &id[..12]));
 }
 
-#[test]
+#[e2e_test]
 fn hostname_with_h() {
-    if !e2e_enabled() {
-        return;
-    }
     let (runc, runvm) = run_both(&["-h", "myhost"], &[IMAGE, "hostname"], None);
     assert_same(&runc, &runvm, "-h myhost hostname");
     assert_eq!(runvm.stdout, b"myhost\n");
 }
 
-#[test]
+#[e2e_test]
 fn etc_hosts() {
-    if !e2e_enabled() {
-        return;
-    }
     // Each container has its own IP: compare with IPs replaced.
     let (runc, runvm) = run_both(&["-h", "samehost"], &[IMAGE, "cat", "/etc/hosts"], None);
     assert_same_with(&runc, &runvm, "cat /etc/hosts", normalise_ipv4);
@@ -177,28 +146,19 @@ fn etc_hosts() {
     );
 }
 
-#[test]
+#[e2e_test]
 fn etc_resolv_conf() {
-    if !e2e_enabled() {
-        return;
-    }
     same_sh(&[], "cat /etc/resolv.conf");
 }
 
-#[test]
+#[e2e_test]
 fn ulimits() {
-    if !e2e_enabled() {
-        return;
-    }
     let (_, runvm) = same_sh(&["--ulimit", "nofile=1024:2048"], "ulimit -n; ulimit -Hn");
     assert_eq!(runvm.stdout, b"1024\n2048\n");
 }
 
-#[test]
+#[e2e_test]
 fn tmpfs_mount() {
-    if !e2e_enabled() {
-        return;
-    }
     let (_, runvm) = same_sh(&["--tmpfs", "/scratch"], "touch /scratch/x && ls /scratch");
     assert_eq!(runvm.stdout, b"x\n");
 }
@@ -267,11 +227,8 @@ fn volume_round_trip(runtime: &str) -> (String, String, String) {
     (read.stdout_str(), stat.stdout_str(), host)
 }
 
-#[test]
+#[e2e_test]
 fn named_volume_contents_and_owners() {
-    if !e2e_enabled() {
-        return;
-    }
     let runc = volume_round_trip("runc");
     let runvm = volume_round_trip("runvm");
     assert_eq!(
@@ -288,19 +245,13 @@ fn named_volume_contents_and_owners() {
     );
 }
 
-#[test]
+#[e2e_test]
 fn default_open_files_limit() {
-    if !e2e_enabled() {
-        return;
-    }
     same_sh(&[], "ulimit -n; ulimit -Hn");
 }
 
-#[test]
+#[e2e_test]
 fn capabilities() {
-    if !e2e_enabled() {
-        return;
-    }
     same_sh(&[], "grep ^Cap /proc/self/status");
     same_sh(&["--cap-drop", "CHOWN"], "grep ^Cap /proc/self/status");
     // Behaviour, not just the numbers: without CAP_SYS_ADMIN mount fails.
@@ -318,11 +269,8 @@ fn capabilities() {
     assert_eq!(runvm.stdout, b"denied\n");
 }
 
-#[test]
+#[e2e_test]
 fn read_only_root_with_a_new_tmpfs_and_a_volume() {
-    if !e2e_enabled() {
-        return;
-    }
     // The tmpfs mount point does not exist in the image: it must be made
     // before the root becomes read-only; the volume stays writable.
     let vol = Volume::create("ro-root");

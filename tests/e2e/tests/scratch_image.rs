@@ -1,5 +1,4 @@
-//! An image with no shell and no libc: only a static binary (acceptance item
-//! 11).
+//! An image with no shell and no libc: only a static binary.
 
 use runvm_e2e::*;
 
@@ -65,11 +64,8 @@ fn build_scratch_image() -> Image {
     image
 }
 
-#[test]
+#[e2e_test]
 fn image_without_shell_or_libc() {
-    if !e2e_enabled() {
-        return;
-    }
     let image = build_scratch_image();
     let (runc, runvm) = run_both(&[], &[&image.0], None);
     assert_same(&runc, &runvm, "scratch image, CMD [/echo, scratch-ok]");

@@ -1,24 +1,18 @@
-//! Standard input and bulk data in both directions (acceptance item 4).
+//! Standard input and bulk data in both directions.
 
 use runvm_e2e::*;
 
 const BULK: usize = 20_000_000;
 
-#[test]
+#[e2e_test]
 fn stdin_is_echoed() {
-    if !e2e_enabled() {
-        return;
-    }
     let (runc, runvm) = run_both(&["-i"], &[IMAGE, "cat"], Some(b"a\nb\n"));
     assert_same(&runc, &runvm, "printf 'a\\nb\\n' | docker run -i cat");
     assert_eq!(runvm.stdout, b"a\nb\n", "{}", runvm.describe());
 }
 
-#[test]
+#[e2e_test]
 fn bulk_stdin_arrives_whole() {
-    if !e2e_enabled() {
-        return;
-    }
     let data = random_bytes(BULK);
     let want = format!("{}  -\n", sha256_hex(&data));
     let (runc, runvm) = run_both(&["-i"], &[IMAGE, "sha256sum"], Some(&data));
@@ -26,11 +20,8 @@ fn bulk_stdin_arrives_whole() {
     assert_eq!(runvm.stdout_str(), want, "{}", runvm.describe());
 }
 
-#[test]
+#[e2e_test]
 fn bulk_stdout_before_exit_arrives_whole() {
-    if !e2e_enabled() {
-        return;
-    }
     // The workload writes 20 MB as its very last action and exits at once;
     // the checksum it computed itself goes to stderr. (/dev/shm is a tmpfs
     // under both runtimes: fast even under TCG.)

@@ -1,4 +1,4 @@
-//! `docker run -t` (acceptance item 5).
+//! `docker run -t`.
 
 use std::time::Duration;
 
@@ -25,11 +25,8 @@ fn has_pts_line(text: &str) -> bool {
     })
 }
 
-#[test]
+#[e2e_test]
 fn tty_size_and_output() {
-    if !e2e_enabled() {
-        return;
-    }
     let name = Container::new("tty");
     let cmd = format!(
         "docker run --rm -t --name {} --runtime={} {IMAGE} sh -c 'tty; stty size; echo tty-echo-ok'",
@@ -72,11 +69,8 @@ fn tty_size_and_output() {
     );
 }
 
-#[test]
+#[e2e_test]
 fn tty_bytes_same_as_runc() {
-    if !e2e_enabled() {
-        return;
-    }
     // -t without a terminal on the client side: the bytes (with the pty's
     // \r\n line endings) must be the same.
     let (runc, runvm) = run_both(
@@ -96,11 +90,8 @@ fn tty_bytes_same_as_runc() {
 /// An interactive shell on a terminal: typed commands run, and a window
 /// resize reaches the workload (`stty size` follows), for `docker run -it`
 /// and `docker exec -it`, under runc and runvm alike.
-#[test]
+#[e2e_test]
 fn interactive_shell_follows_window_resizes() {
-    if !e2e_enabled() {
-        return;
-    }
     let _slots = vm_slots(1);
     for runtime in ["runc", "runvm"] {
         let rt = if runtime == "runvm" {

@@ -1,24 +1,19 @@
-//! Runs last: after every other test, no container of the tests, no QEMU,
-//! virtiofsd or supervisor process and no runvm tap device may be left
-//! (acceptance item 9).
+//! The last step of `make e2e`: after every other test, no container of
+//! the tests, no QEMU, virtiofsd or supervisor process and no runvm tap
+//! device may be left.
 //!
-//! Assumptions: cargo runs the test binaries of a package one after another,
-//! in alphabetical order of their names, so this binary (`zz_…`) runs after
-//! all the others have finished and removed their containers. (Tests inside
-//! one binary run in parallel threads, which is why this is a binary of its
-//! own and not a test next to the others.) And nothing else runs runvm
-//! containers on the machine meanwhile (e.g. a second run of this suite):
-//! their VMs would count as leftovers.
+//! `cargo test` does not run this binary on its own (`test = false` in
+//! Cargo.toml): the Makefile runs it explicitly, after the rest of the
+//! suite has ended. It assumes that nothing else runs runvm containers on
+//! the machine meanwhile (e.g. a second run of this suite): their VMs would
+//! count as leftovers.
 
 use std::time::Duration;
 
 use runvm_e2e::*;
 
-#[test]
+#[e2e_test]
 fn nothing_left_behind() {
-    if !e2e_enabled() {
-        return;
-    }
     // Poll: a container's removal may lag its `docker run --rm` a little.
     let start = std::time::Instant::now();
     let left = loop {
