@@ -30,12 +30,8 @@ pub enum SupervisorError {
         status: String,
         detail: String,
     },
-    #[error("{what} did not appear within {secs} s{detail}")]
-    Timeout {
-        what: &'static str,
-        secs: u64,
-        detail: String,
-    },
+    #[error("QEMU never connected to the agent socket: {why}{detail}")]
+    NoAgentConnection { why: String, detail: String },
     #[error("the host-guest channel failed: {0}")]
     Channel(String),
     #[error("{0}")]

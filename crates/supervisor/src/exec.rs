@@ -214,7 +214,7 @@ pub async fn client() -> Result<i32> {
         terminal,
         sig_rx,
         None::<std::future::Pending<String>>,
-        None,
+        None::<std::future::Pending<String>>,
     )
     .await?;
     let limit = match outcome {
@@ -243,8 +243,8 @@ pub async fn client() -> Result<i32> {
             eprintln!("runvm: the VM did not accept the exec: {why}");
             126
         }
-        Outcome::NoAnswer => {
-            eprintln!("runvm: the VM did not answer the exec");
+        Outcome::NoAnswer(why) => {
+            eprintln!("runvm: the VM did not answer the exec: {why}");
             126
         }
     })
@@ -264,7 +264,10 @@ mod tests {
             false,
             rx,
             None::<std::future::Pending<String>>,
-            Some(tokio::time::Instant::now() + Duration::from_secs(30)),
+            Some(async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "no answer within 30 s".to_owned()
+            }),
         )
         .await
         .unwrap();

@@ -13,6 +13,7 @@ mod ring;
 mod sandbox;
 mod session;
 mod vmm;
+mod watchdog;
 
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -29,15 +30,6 @@ use runvm_protocol::HostMessage;
 
 /// Exit code when the VM itself fails (as opposed to the workload).
 const VM_FAILURE: i32 = 255;
-
-/// How long the guest agent has, from QEMU's start, to answer the request
-/// to start the container (with "started" or a failure). A guest that has
-/// not answered by then (a kernel that hangs, an agent that never comes
-/// up) is stopped and the container fails with exit code 255. Under TCG a
-/// VM boots and mounts its root in about 4 s on an idle 2-core host, but
-/// took 54 s on the same host at a load average of 30 (many VMs booting at
-/// once): 120 s keeps a slow boot from being taken for a dead one.
-const READY_SECS: u64 = 120;
 
 /// After the VM failed, how long the relays may take to deliver the
 /// output the guest had already sent.
@@ -303,7 +295,10 @@ async fn supervise() -> Result<i32> {
     // stopping QEMU, which runs under another uid.
     sandbox::drop_own_capabilities(sandbox::SUPERVISOR_KEEPS)
         .map_err(|e| SupervisorError::io("drop capabilities", std::io::Error::other(e)))?;
-    let answer_by = Instant::now() + Duration::from_secs(READY_SECS);
+    // A guest that never answers is given up on (see watchdog.rs): the
+    // request to start the container must be answered before then.
+    let qemu_pid = qemu.id().unwrap_or_default();
+    let mut give_up = Box::pin(watchdog::unanswered(qemu_pid, Instant::now()));
     let mut interfaces = Vec::new();
     for n in nics {
         interfaces.push(n.interface);
@@ -313,10 +308,9 @@ async fn supervise() -> Result<i32> {
         accepted = agent_listener.accept() => {
             accepted.map_err(|e| SupervisorError::io("accept QEMU's agent connection", e))?.0
         }
-        _ = tokio::time::sleep_until(answer_by) => {
-            return Err(SupervisorError::Timeout {
-                what: "QEMU's connection to the agent socket",
-                secs: READY_SECS,
+        why = &mut give_up => {
+            return Err(SupervisorError::NoAgentConnection {
+                why,
                 detail: tail_suffix(&logs.qemu),
             });
         }
@@ -353,7 +347,7 @@ async fn supervise() -> Result<i32> {
         terminal,
         sig_rx,
         Some(vm_end(&mut qemu, &mut virtiofsd)),
-        Some(answer_by),
+        Some(give_up),
     )
     .await?;
     let status = match outcome {
@@ -379,13 +373,10 @@ async fn supervise() -> Result<i32> {
             report_vm_failure(&why, &logs);
             return Ok(VM_FAILURE);
         }
-        session::Outcome::NoAnswer => {
+        session::Outcome::NoAnswer(why) => {
             let _ = qemu.kill().await;
             let _ = virtiofsd.kill().await;
-            report_vm_failure(
-                &format!("the guest agent did not answer within {READY_SECS} s of QEMU's start"),
-                &logs,
-            );
+            report_vm_failure(&why, &logs);
             return Ok(VM_FAILURE);
         }
     };

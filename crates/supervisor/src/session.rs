@@ -32,8 +32,9 @@ pub enum Outcome {
     SetupFailed(String),
     /// The channel broke (the VM went away) after the request was sent.
     Lost { started: bool, why: String },
-    /// The guest sent no answer at all before the deadline.
-    NoAnswer,
+    /// The guest sent no answer at all before the caller gave up on it
+    /// (why, for the user).
+    NoAnswer(String),
 }
 
 /// The control stream's write half, kept to send `Shutdown` afterwards.
@@ -64,8 +65,8 @@ impl Drain {
 
 /// Runs a process in the guest. `request` is its first control message;
 /// `vm_gone`, when the caller watches the VM, resolves (with a description)
-/// once the VM is dead; without an answer from the guest by `answer_by`,
-/// the outcome is [`Outcome::NoAnswer`].
+/// once the VM is dead; if `give_up` resolves before the guest has sent
+/// any answer, the outcome is [`Outcome::NoAnswer`] with its description.
 ///
 /// The relays go on after this returns: [`Drain::wait`] for them (after
 /// [`Outcome::Exited`] the guest has closed them, so they end; otherwise
@@ -76,8 +77,15 @@ pub async fn run(
     terminal: bool,
     mut signals: mpsc::Receiver<i32>,
     vm_gone: Option<impl Future<Output = String>>,
-    answer_by: Option<Instant>,
+    give_up: Option<impl Future<Output = String>>,
 ) -> Result<(Outcome, ControlWriter, Drain)> {
+    let giving_up = give_up.is_some();
+    let give_up = async move {
+        match give_up {
+            Some(f) => f.await,
+            None => std::future::pending().await,
+        }
+    };
     let watching_vm = vm_gone.is_some();
     let vm_gone = async move {
         match vm_gone {
@@ -106,8 +114,7 @@ pub async fn run(
     relay::input(stdin_s);
 
     tokio::pin!(vm_gone);
-    let deadline = tokio::time::sleep_until(answer_by.unwrap_or_else(far_future));
-    tokio::pin!(deadline);
+    tokio::pin!(give_up);
     let grace = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(grace);
     let mut answered = false;
@@ -166,7 +173,7 @@ pub async fn run(
             _ = &mut grace, if gone.is_some() => {
                 break Outcome::Lost { started, why: gone.take().unwrap_or_default() };
             }
-            _ = &mut deadline, if !answered && answer_by.is_some() => break Outcome::NoAnswer,
+            why = &mut give_up, if !answered && giving_up => break Outcome::NoAnswer(why),
         }
     };
     Ok((outcome, cwr, Drain(drain)))
@@ -174,10 +181,6 @@ pub async fn run(
 
 fn channel_failure(e: &FrameError) -> String {
     format!("the host-guest channel failed: {e}")
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
 }
 
 async fn send<W: AsyncWrite + Unpin>(w: &mut W, msg: &HostMessage) {
@@ -259,11 +262,17 @@ mod tests {
             false,
             rx,
             None::<std::future::Pending<String>>,
-            Some(Instant::now() + Duration::from_millis(500)),
+            Some(async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                "silent".to_owned()
+            }),
         )
         .await
         .unwrap();
-        assert!(matches!(outcome, Outcome::NoAnswer), "{outcome:?}");
+        assert!(
+            matches!(&outcome, Outcome::NoAnswer(why) if why == "silent"),
+            "{outcome:?}"
+        );
         assert!(start.elapsed() < Duration::from_secs(5));
         silent.abort();
     }
@@ -296,7 +305,7 @@ mod tests {
             false,
             rx,
             Some(async { "QEMU exited (signal: 9 (SIGKILL))".to_owned() }),
-            None,
+            None::<std::future::Pending<String>>,
         )
         .await
         .unwrap();
@@ -327,9 +336,16 @@ mod tests {
         let (gone_tx, gone_rx) = oneshot::channel::<String>();
         let vm_gone = async move { gone_rx.await.unwrap_or_default() };
         let run = tokio::spawn(async move {
-            run(&mux, exec_request(), false, rx, Some(vm_gone), None)
-                .await
-                .map(|(o, _, d)| (o, d))
+            run(
+                &mux,
+                exec_request(),
+                false,
+                rx,
+                Some(vm_gone),
+                None::<std::future::Pending<String>>,
+            )
+            .await
+            .map(|(o, _, d)| (o, d))
         });
         assert_eq!(guest.await.unwrap(), 4, "four streams, control last");
         // The guest's session ended with its task: the channel is closed.
