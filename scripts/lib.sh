@@ -1,4 +1,6 @@
 # Shared helpers for runvm's scripts. Sourced, not run.
+# shellcheck shell=bash
+# shellcheck disable=SC2034  # the variables are for the scripts that source this
 set -euo pipefail
 
 RUNVM_PREFIX="${RUNVM_PREFIX:-/usr/local}"

@@ -33,7 +33,6 @@ MEM_SLACK="${SOAK_MEM_SLACK_MIB:-1024}"
 SETTLE="${SOAK_SETTLE:-60}"
 IMG=runvm-test/busybox
 NAME="runvm-soak-$$"
-BUNDLES=/run/containerd/io.containerd.runtime.v2.task/moby
 # Generous: 20 VMs boot at once on 2 cores under TCG.
 T_BOOT=900 T_CMD=600
 
@@ -45,6 +44,7 @@ docker image inspect "$IMG" >/dev/null 2>&1 || die "image $IMG is missing: run m
 WORK=$(mktemp -d /tmp/runvm-soak.XXXXXX)
 mkdir -p "$WORK/cid" "$WORK/times"
 touch "$WORK/failures"
+# shellcheck disable=SC2317  # run by the EXIT trap
 cleanup() {
     docker ps -aq --filter "name=^$NAME-" | xargs -r docker rm -f >/dev/null 2>&1 || true
     rm -rf "$WORK"
@@ -143,7 +143,7 @@ count_leaks() {
     sed 's/^/process: /' "$WORK/procs" >>"$WORK/leak-details"
 
     local ifs; ifs=$(comm -13 "$WORK/before.ifs" <(host_interfaces | sort))
-    [ -n "$ifs" ] && sed 's/^/interface in the host netns: /' <<<"$ifs" >>"$WORK/leak-details"
+    [ -n "$ifs" ] && awk '{print "interface in the host netns: " $0}' <<<"$ifs" >>"$WORK/leak-details"
 
     # Unix sockets held open by the soak's processes (listed in each of
     # their network namespaces), and socket files left under its
@@ -152,7 +152,7 @@ count_leaks() {
     pids=$(awk '{print $1}' "$WORK/procs" | paste -sd'|')
     : >"$WORK/socks"
     if [ -n "$pids" ]; then
-        for pid in $(awk '{print $1}' "$WORK/procs"); do
+        awk '{print $1}' "$WORK/procs" | while read -r pid; do
             echo "$(readlink "/proc/$pid/ns/net" 2>/dev/null) $pid"
         done | sort -u -k1,1 | while read -r _ pid; do
             nsenter -t "$pid" -n ss -xap 2>/dev/null | grep -E "pid=($pids)," || true
@@ -188,7 +188,7 @@ count_leaks() {
         sed 's/^/cgroup: /' | tee -a "$WORK/leak-details" | wc -l)
 
     local temps; temps=$(comm -13 "$WORK/before.temps" <(initramfs_temps | sort))
-    [ -n "$temps" ] && sed 's/^/initramfs temp file: /' <<<"$temps" >>"$WORK/leak-details"
+    [ -n "$temps" ] && awk '{print "initramfs temp file: " $0}' <<<"$temps" >>"$WORK/leak-details"
 
     local containers
     containers=$(docker ps -aq --no-trunc | grep -cF -f "$ids" || true)
@@ -240,7 +240,7 @@ exec_round() { # i: several execs in container i, some at once
     local c="$NAME-c$1" t
     t=$(now)
     expect "exec echo in $c" 0 "hello-$1" docker exec "$c" echo "hello-$1" || return
-    echo "$(elapsed "$t")" >"$WORK/times/exec.$1"
+    elapsed "$t" >"$WORK/times/exec.$1"
     for k in 1 2 3; do
         expect "concurrent exec $k in $c" 0 "par-$1-$k" docker exec "$c" sh -c "echo par-$1-$k" &
     done
