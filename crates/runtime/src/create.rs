@@ -15,7 +15,6 @@ use serde_json::Value;
 
 use crate::error::{Result, RuntimeError};
 use crate::host::{self, Install};
-use crate::logging::Log;
 
 /// Name of runvm's directory inside a bundle (it becomes the root).
 pub const ROOT_DIR_NAME: &str = "runvm-root";
@@ -63,7 +62,7 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 /// every check passed, so a refused container leaves nothing behind.
 /// `for_run`: the bundle is for `runc run`, which has no step between
 /// creating and starting; the supervisor then places the mounts itself.
-pub fn prepare_bundle(bundle: &Path, log: &Log, for_run: bool) -> Result<Prepared> {
+pub fn prepare_bundle(bundle: &Path, for_run: bool) -> Result<Prepared> {
     let config_path = bundle.join("config.json");
     let config = read_json(&config_path)?;
     let env: Vec<String> = config["process"]["env"]
@@ -87,7 +86,7 @@ pub fn prepare_bundle(bundle: &Path, log: &Log, for_run: bool) -> Result<Prepare
     };
     let (accel, accel_warning) = host::decide_accel(opts.accel, host::kvm_problem())?;
     if let Some(w) = &accel_warning {
-        log.write("warning", &format!("runvm: {w}"));
+        tracing::warn!("runvm: {w}");
     }
     let initrd = ensure_initramfs(&kernel, &agent, DEFAULT_MODULES, &install.cache_dir())?;
 

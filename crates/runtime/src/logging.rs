@@ -1,91 +1,167 @@
-//! The runtime's log, in runc's format: containerd reads the last error of
-//! the `--log` file and shows it to the user.
+//! The runtime's log, through `tracing`, in runc's format.
+//!
+//! containerd passes `--log FILE --log-format json` and, when a command
+//! fails, shows the user the last entry of level `error` in that file. So
+//! the entries must be what go-runc parses, the format of runc's logrus:
+//! text `time="…" level=error msg="…"` or JSON `{"level", "msg", "time"}`.
+//! tracing-subscriber's own formats differ (upper-case levels, other field
+//! names), hence this event formatter; the rest (levels, filtering,
+//! writers) is tracing-subscriber's.
 
+use std::fmt::{self, Write as _};
 use std::fs::OpenOptions;
-use std::io::Write;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 
 /// Where and how to log, from runc's global flags.
 #[derive(Debug, Clone, Default)]
 pub struct Log {
     pub path: Option<String>,
     pub json: bool,
+    pub debug: bool,
 }
 
-/// RFC 3339 UTC time with nanoseconds, as Go's logrus prints it.
-pub fn timestamp(now: SystemTime) -> String {
-    let d = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = if month <= 2 { y + 1 } else { y };
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_nanos()
-    )
+/// Events in runc's (logrus') format, text or JSON.
+pub struct Logrus {
+    pub json: bool,
+}
+
+/// logrus' name of a level.
+fn level_name(level: Level) -> &'static str {
+    match level {
+        Level::ERROR => "error",
+        Level::WARN => "warning",
+        Level::INFO => "info",
+        Level::DEBUG => "debug",
+        Level::TRACE => "trace",
+    }
+}
+
+/// The event's message, followed by its other fields as ` key=value`.
+#[derive(Default)]
+struct Message(String, String);
+
+impl Visit for Message {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.0, "{value:?}");
+        } else {
+            let _ = write!(self.1, " {}={value:?}", field.name());
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.0.push_str(value);
+        } else {
+            let _ = write!(self.1, " {}={value:?}", field.name());
+        }
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for Logrus
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut m = Message::default();
+        event.record(&mut m);
+        let msg = m.0 + &m.1;
+        let level = level_name(*event.metadata().level());
+        let time = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
+        if self.json {
+            let entry = serde_json::json!({"level": level, "msg": msg, "time": time});
+            writeln!(writer, "{entry}")
+        } else {
+            writeln!(writer, "time=\"{time}\" level={level} msg={msg:?}")
+        }
+    }
 }
 
 impl Log {
-    /// Writes one entry at `level` ("error", "warning", "info", "debug").
-    pub fn write(&self, level: &str, msg: &str) {
-        let line = if self.json {
-            serde_json::json!({"level": level, "msg": msg, "time": timestamp(SystemTime::now())})
-                .to_string()
+    /// Installs the process' logger: to the `--log` file if given (opened
+    /// for appending, as runc does), else to stderr; `debug` entries only
+    /// with `--debug`.
+    pub fn init(&self) {
+        let level = if self.debug {
+            Level::DEBUG
         } else {
-            format!(
-                "time=\"{}\" level={level} msg={msg:?}",
-                timestamp(SystemTime::now())
-            )
+            Level::INFO
         };
-        match &self.path {
-            Some(p) => {
-                if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(p) {
-                    let _ = writeln!(f, "{line}");
-                }
-            }
-            None => eprintln!("{line}"),
-        }
+        let builder = tracing_subscriber::fmt()
+            .event_format(Logrus { json: self.json })
+            .with_max_level(level);
+        let file = self
+            .path
+            .as_ref()
+            .and_then(|p| OpenOptions::new().create(true).append(true).open(p).ok());
+        // Logging is best effort: a log file that cannot be opened must not
+        // fail the container, so it falls back to stderr.
+        let _ = match file {
+            Some(f) => builder.with_writer(Mutex::new(f)).try_init(),
+            None => builder.with_writer(std::io::stderr).try_init(),
+        };
     }
+}
+
+/// For tests: the log entries `f` writes with `json`, as text.
+#[cfg(test)]
+fn capture(json: bool, f: impl FnOnce()) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let file = std::fs::File::create(&path).unwrap();
+    let subscriber = tracing_subscriber::fmt()
+        .event_format(Logrus { json })
+        .with_max_level(Level::DEBUG)
+        .with_writer(Mutex::new(file))
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    std::fs::read_to_string(path).unwrap()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn timestamps_are_rfc3339_utc() {
-        let t = UNIX_EPOCH + Duration::new(1_795_446_000, 5);
-        assert_eq!(timestamp(t), "2026-11-23T15:00:00.000000005Z");
-        assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert!(timestamp(leap).starts_with("2000-02-29T"));
-    }
 
     #[test]
     fn json_entries_are_what_containerd_parses() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log.json");
-        let log = Log {
-            path: Some(path.to_str().unwrap().into()),
-            json: true,
-        };
-        log.write("error", "runvm: something \"quoted\" failed");
-        let text = std::fs::read_to_string(&path).unwrap();
-        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
-        assert_eq!(v["level"], "error");
-        assert_eq!(v["msg"], "runvm: something \"quoted\" failed");
+        let text = capture(true, || {
+            tracing::error!("runvm: something \"quoted\" failed");
+            tracing::warn!(kernel = "6.1", "runvm: slow");
+        });
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["level"], "error");
+        assert_eq!(lines[0]["msg"], "runvm: something \"quoted\" failed");
+        assert_eq!(lines[1]["level"], "warning");
+        assert_eq!(lines[1]["msg"], "runvm: slow kernel=\"6.1\"");
+        let time = lines[0]["time"].as_str().unwrap();
+        assert!(humantime::parse_rfc3339(time).is_ok(), "{time}");
+        assert!(time.ends_with('Z') && time.len() == "2026-11-23T15:00:00.000000005Z".len());
+    }
+
+    #[test]
+    fn text_entries_are_logrus_lines() {
+        let text = capture(false, || tracing::info!("runvm: a \"b\""));
+        let line = text.trim_end();
+        assert!(line.starts_with("time=\""), "{line}");
+        assert!(
+            line.ends_with(r#"" level=info msg="runvm: a \"b\"""#),
+            "{line}"
+        );
     }
 }

@@ -23,15 +23,17 @@ fn main() {
     let log = Log {
         path: cli.log.clone(),
         json: cli.log_format.as_deref() == Some("json"),
+        debug: cli.debug,
     };
-    match run(&cli, &log) {
+    log.init();
+    match run(&cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             let msg = match &e {
                 RuntimeError::Exec(_) | RuntimeError::ExecInContainer(_) => e.to_string(),
                 _ => format!("runvm: {e}"),
             };
-            log.write("error", &msg);
+            tracing::error!("{msg}");
             if cli.log.is_some() {
                 eprintln!("{msg}");
             }
@@ -61,6 +63,7 @@ fn runc_path(cli: &Cli) -> String {
 fn runc(cli: &Cli, verb_and_args: &[String]) -> Command {
     let mut cmd = Command::new(runc_path(cli));
     cmd.args(cli.runc_globals()).args(verb_and_args);
+    tracing::debug!("runvm: running {cmd:?}");
     cmd
 }
 
@@ -73,7 +76,7 @@ fn exec_runc(cli: &Cli, verb_and_args: &[String]) -> Result<i32> {
     })
 }
 
-fn run(cli: &Cli, log: &Log) -> Result<i32> {
+fn run(cli: &Cli) -> Result<i32> {
     if cli.version {
         println!("runvm version {}", env!("CARGO_PKG_VERSION"));
         println!("spec: 1.0.2-dev");
@@ -85,8 +88,9 @@ fn run(cli: &Cli, log: &Log) -> Result<i32> {
         ));
     };
     let args = &cli.command[1..];
+    tracing::debug!("runvm {}: {verb} {args:?}", env!("CARGO_PKG_VERSION"));
     match verb.as_str() {
-        "create" | "run" => create_or_run(cli, log, verb, args),
+        "create" | "run" => create_or_run(cli, verb, args),
         "exec" => exec(cli, args),
         "update" => update(cli, args),
         "checkpoint" | "restore" => Err(RuntimeError::Usage(format!(
@@ -99,10 +103,10 @@ fn run(cli: &Cli, log: &Log) -> Result<i32> {
     }
 }
 
-fn create_or_run(cli: &Cli, log: &Log, verb: &str, args: &[String]) -> Result<i32> {
+fn create_or_run(cli: &Cli, verb: &str, args: &[String]) -> Result<i32> {
     let parsed = cli::parse_create_args(args);
     let bundle = PathBuf::from(parsed.bundle.clone().unwrap_or_else(|| ".".into()));
-    let prepared = create::prepare_bundle(&bundle, log, verb == "run")?;
+    let prepared = create::prepare_bundle(&bundle, verb == "run")?;
     if verb == "run" {
         // runc takes over: it inherits the lock on the initramfs, which
         // then lasts until runc has mounted it.
