@@ -1,67 +1,24 @@
 //! Capability names and the system calls that apply capability sets.
 
+use caps::Capability;
 use runvm_protocol::Capabilities;
-
-/// Capability names in kernel order (index = capability number).
-const NAMES: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN",
-    "CAP_NET_RAW",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_MKNOD",
-    "CAP_LEASE",
-    "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_READ",
-    "CAP_PERFMON",
-    "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
-];
 
 /// The highest capability number the running kernel knows.
 pub fn last_cap() -> u32 {
     std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(NAMES.len() as u32 - 1)
+        .unwrap_or_else(|| u32::from(Capability::CAP_CHECKPOINT_RESTORE.index()))
 }
 
-/// A set of capability names as a bit mask; unknown names are ignored, as
+/// A set of capability names as a bit mask, numbered by the `caps` crate's
+/// table (the one the supervisor uses too); unknown names are ignored, as
 /// runc ignores capabilities its kernel does not know.
 pub fn mask(names: &[String]) -> u64 {
     names
         .iter()
-        .filter_map(|n| NAMES.iter().position(|k| k == n))
-        .fold(0, |m, i| m | (1u64 << i))
+        .filter_map(|n| n.parse::<Capability>().ok())
+        .fold(0, |m, c| m | c.bitmask())
 }
 
 /// Capability sets as masks, prepared before the fork.

@@ -242,32 +242,10 @@ impl Seccomp {
     }
 }
 
-fn rlimit_resource(name: &str) -> Option<u32> {
-    Some(match name {
-        "RLIMIT_AS" => libc::RLIMIT_AS,
-        "RLIMIT_CORE" => libc::RLIMIT_CORE,
-        "RLIMIT_CPU" => libc::RLIMIT_CPU,
-        "RLIMIT_DATA" => libc::RLIMIT_DATA,
-        "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
-        "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
-        "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
-        "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
-        "RLIMIT_NICE" => libc::RLIMIT_NICE,
-        "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
-        "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
-        "RLIMIT_RSS" => libc::RLIMIT_RSS,
-        "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
-        "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
-        "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
-        "RLIMIT_STACK" => libc::RLIMIT_STACK,
-        _ => return None,
-    })
-}
-
 /// An OCI rlimit as setrlimit takes it; unknown names are skipped.
 fn native_rlimit(r: &runvm_protocol::Rlimit) -> Option<(u32, libc::rlimit)> {
     Some((
-        rlimit_resource(&r.kind)?,
+        runvm_protocol::rlimits::resource(&r.kind)? as u32,
         libc::rlimit {
             rlim_cur: r.soft,
             rlim_max: r.hard,

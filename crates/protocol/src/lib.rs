@@ -17,6 +17,7 @@
 pub mod framing;
 pub mod lookpath;
 pub mod messages;
+pub mod rlimits;
 pub mod session;
 
 pub use framing::{read_frame, read_frame_limited, write_frame, FrameError};

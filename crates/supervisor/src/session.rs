@@ -193,35 +193,19 @@ async fn send<W: AsyncWrite + Unpin>(w: &mut W, msg: &HostMessage) {
 /// runc a container process inherits the runtime's limits for everything
 /// its spec does not set; the guest gets the same through these.
 pub fn own_rlimits() -> Vec<runvm_protocol::Rlimit> {
-    use nix::sys::resource::{getrlimit, Resource};
-    [
-        ("RLIMIT_AS", Resource::RLIMIT_AS),
-        ("RLIMIT_CORE", Resource::RLIMIT_CORE),
-        ("RLIMIT_CPU", Resource::RLIMIT_CPU),
-        ("RLIMIT_DATA", Resource::RLIMIT_DATA),
-        ("RLIMIT_FSIZE", Resource::RLIMIT_FSIZE),
-        ("RLIMIT_LOCKS", Resource::RLIMIT_LOCKS),
-        ("RLIMIT_MEMLOCK", Resource::RLIMIT_MEMLOCK),
-        ("RLIMIT_MSGQUEUE", Resource::RLIMIT_MSGQUEUE),
-        ("RLIMIT_NICE", Resource::RLIMIT_NICE),
-        ("RLIMIT_NOFILE", Resource::RLIMIT_NOFILE),
-        ("RLIMIT_NPROC", Resource::RLIMIT_NPROC),
-        ("RLIMIT_RSS", Resource::RLIMIT_RSS),
-        ("RLIMIT_RTPRIO", Resource::RLIMIT_RTPRIO),
-        ("RLIMIT_RTTIME", Resource::RLIMIT_RTTIME),
-        ("RLIMIT_SIGPENDING", Resource::RLIMIT_SIGPENDING),
-        ("RLIMIT_STACK", Resource::RLIMIT_STACK),
-    ]
-    .into_iter()
-    .filter_map(|(name, res)| {
-        let (soft, hard) = getrlimit(res).ok()?;
-        Some(runvm_protocol::Rlimit {
-            kind: name.into(),
-            soft,
-            hard,
+    use nix::sys::resource::getrlimit;
+    runvm_protocol::rlimits::RLIMITS
+        .iter()
+        .copied()
+        .filter_map(|(name, res)| {
+            let (soft, hard) = getrlimit(res).ok()?;
+            Some(runvm_protocol::Rlimit {
+                kind: name.into(),
+                soft,
+                hard,
+            })
         })
-    })
-    .collect()
+        .collect()
 }
 
 #[cfg(test)]
