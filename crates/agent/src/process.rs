@@ -2,6 +2,7 @@
 //! (masked and read-only paths, seccomp), credentials, limits, working
 //! directory and stdio.
 
+use runvm_protocol::exit::ExitCode;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -189,7 +190,7 @@ impl Seccomp {
                     "the container's seccomp filter has {} instructions: not loadable",
                     f.program.len()
                 ),
-                exit_code: 126,
+                exit_code: ExitCode::CannotExecute.code(),
             });
         }
         Ok(Seccomp {
@@ -493,7 +494,7 @@ pub fn start(
     crate::mounts::ensure_dir(Path::new(cwd));
     let program = spec.args.first().ok_or(StartError {
         message: "no command given".into(),
-        exit_code: 127,
+        exit_code: ExitCode::NotFound.code(),
     })?;
     let resolved: PathBuf = look_path(
         program,
@@ -509,7 +510,7 @@ pub fn start(
 
     let io_err = |what: &str, e: io::Error| StartError {
         message: format!("{what}: {e}"),
-        exit_code: 126,
+        exit_code: ExitCode::CannotExecute.code(),
     };
     let argv: Vec<CString> = spec
         .args
@@ -655,12 +656,12 @@ pub fn start(
     .join()
     .map_err(|_| StartError {
         message: "the thread starting the process panicked".into(),
-        exit_code: 126,
+        exit_code: ExitCode::CannotExecute.code(),
     })?;
     let child = child.map_err(|e| StartError {
         exit_code: match e.raw_os_error() {
-            Some(libc::ENOENT) => 127,
-            _ => 126,
+            Some(libc::ENOENT) => ExitCode::NotFound.code(),
+            _ => ExitCode::CannotExecute.code(),
         },
         message: format!(
             "exec: \"{program}\": {}",
@@ -690,7 +691,7 @@ pub fn start(
 fn pipe() -> Result<(OwnedFd, OwnedFd), StartError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| StartError {
         message: format!("cannot create a pipe: {e}"),
-        exit_code: 126,
+        exit_code: ExitCode::CannotExecute.code(),
     })
 }
 

@@ -1,6 +1,7 @@
 //! PID 1's duty: reap every child, and hand exit statuses to whoever waits
 //! for a particular process.
 
+use runvm_protocol::exit::ExitCode;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -18,7 +19,7 @@ pub struct Reaper {
 pub fn exit_code(status: WaitStatus) -> Option<i32> {
     match status {
         WaitStatus::Exited(_, code) => Some(code),
-        WaitStatus::Signaled(_, sig, _) => Some(128 + sig as i32),
+        WaitStatus::Signaled(_, sig, _) => Some(ExitCode::Signaled(sig as i32).code()),
         _ => None,
     }
 }

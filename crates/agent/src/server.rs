@@ -1,6 +1,7 @@
 //! The agent's side of the host channel: accepts the streams the host
 //! opens, starts the container, relays stdio and signals, reports the exit.
 
+use runvm_protocol::exit::ExitCode;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
@@ -216,7 +217,7 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
                     &wr,
                     &GuestMessage::StartFailed {
                         message: "the container is not running".into(),
-                        exit_code: 126,
+                        exit_code: ExitCode::CannotExecute.code(),
                     },
                 )
                 .await?;
@@ -363,7 +364,7 @@ where
         }
     };
     let status = tokio::select! {
-        s = exit_rx => s.unwrap_or(255),
+        s = exit_rx => s.unwrap_or(ExitCode::VmFailure.code()),
         _ = commands => unreachable!("the command loop never ends"),
     };
     for o in outputs {

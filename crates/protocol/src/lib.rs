@@ -14,6 +14,7 @@
 //! stderr streams have been written to the end and closed, so the host never
 //! loses output written just before exit.
 
+pub mod exit;
 pub mod framing;
 pub mod lookpath;
 pub mod messages;

@@ -8,6 +8,7 @@
 //! `PATH` entry is tried in order (an empty entry means "."). A candidate is
 //! accepted when it is not a directory and has any execute bit.
 
+use crate::exit::ExitCode;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -34,10 +35,12 @@ impl LookPathError {
     /// The exit code Docker reports for this failure.
     pub fn exit_code(&self) -> i32 {
         match self {
-            LookPathError::Permission { .. } => 126,
-            LookPathError::NotFound { .. } => 127,
-            LookPathError::Stat { error, .. } if error.contains("permission denied") => 126,
-            LookPathError::Stat { .. } => 127,
+            LookPathError::Permission { .. } => ExitCode::CannotExecute.code(),
+            LookPathError::NotFound { .. } => ExitCode::NotFound.code(),
+            LookPathError::Stat { error, .. } if error.contains("permission denied") => {
+                ExitCode::CannotExecute.code()
+            }
+            LookPathError::Stat { .. } => ExitCode::NotFound.code(),
         }
     }
 }

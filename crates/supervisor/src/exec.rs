@@ -8,6 +8,7 @@
 //! agent, giving every exec a process number of its own. The guest network plays no part, so
 //! exec works even when the guest has no network at all.
 
+use runvm_protocol::exit::ExitCode;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -105,7 +106,7 @@ async fn refuse(conn: UnixStream, message: String) {
             {
                 let msg = GuestMessage::StartFailed {
                     message,
-                    exit_code: 126,
+                    exit_code: ExitCode::CannotExecute.code(),
                 };
                 let _ = write_frame(&mut s, &msg).await;
                 // Until the client has read it and gone.
@@ -231,21 +232,21 @@ pub async fn client() -> Result<i32> {
         }
         Outcome::SetupFailed(m) => {
             eprintln!("runvm: {m}");
-            126
+            ExitCode::CannotExecute.code()
         }
         // The VM went down under the exec: the container stopped, which
         // under runc kills every exec with SIGKILL.
-        Outcome::Lost { started: true, .. } => 137,
+        Outcome::Lost { started: true, .. } => ExitCode::Signaled(libc::SIGKILL).code(),
         Outcome::Lost {
             started: false,
             why,
         } => {
             eprintln!("runvm: the VM did not accept the exec: {why}");
-            126
+            ExitCode::CannotExecute.code()
         }
         Outcome::NoAnswer(why) => {
             eprintln!("runvm: the VM did not answer the exec: {why}");
-            126
+            ExitCode::CannotExecute.code()
         }
     })
 }

@@ -15,6 +15,7 @@ mod session;
 mod vmm;
 mod watchdog;
 
+use runvm_protocol::exit::ExitCode;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -29,7 +30,7 @@ use runvm_protocol::session::{write_frame, Mode, Mux};
 use runvm_protocol::HostMessage;
 
 /// Exit code when the VM itself fails (as opposed to the workload).
-const VM_FAILURE: i32 = 255;
+const VM_FAILURE: i32 = ExitCode::VmFailure.code();
 
 /// After the VM failed, how long the relays may take to deliver the
 /// output the guest had already sent.
