@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use nix::sched::{unshare, CloneFlags};
-use runvm_protocol::lookpath::{look_path, path_of_env, FileInfo, LookPathError};
+use runvm_protocol::runc_compat::{look_path, path_of_env, FileInfo, LookPathError};
 use runvm_protocol::{ContainerSpec, ProcessSpec, SeccompFilter};
 
 /// Why a process could not be started, with the exit code to report.
@@ -665,7 +665,7 @@ pub fn start(
         },
         message: format!(
             "exec: \"{program}\": {}",
-            runvm_protocol::lookpath::go_errno_text(&e)
+            runvm_protocol::runc_compat::go_errno_text(&e)
         ),
     })?;
     // `Command` keeps the child's ends of stdio; they are dropped with it,

@@ -16,9 +16,9 @@
 
 pub mod exit;
 pub mod framing;
-pub mod lookpath;
 pub mod messages;
 pub mod rlimits;
+pub mod runc_compat;
 pub mod session;
 
 pub use framing::{read_frame, read_frame_limited, write_frame, FrameError};

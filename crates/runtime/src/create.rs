@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use runvm_config::rewrite::HostEntry;
 use runvm_config::{paths, rewrite_config, HostLayout, VmOptions};
 use runvm_initramfs::{ensure_initramfs, Kernel, DEFAULT_MODULES};
-use runvm_protocol::lookpath::{look_path, path_of_env, FileInfo};
+use runvm_protocol::runc_compat::{look_path, path_of_env, FileInfo};
 use serde_json::Value;
 
 use crate::error::{Result, RuntimeError};

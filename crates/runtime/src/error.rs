@@ -47,10 +47,10 @@ pub enum RuntimeError {
     },
     /// The workload cannot be executed; worded exactly as runc words it.
     #[error("runc create failed: unable to start container process: {0}")]
-    Exec(runvm_protocol::lookpath::LookPathError),
+    Exec(runvm_protocol::runc_compat::LookPathError),
     /// An exec's program cannot be executed; worded as runc words it.
     #[error("exec failed: unable to start container process: {0}")]
-    ExecInContainer(runvm_protocol::lookpath::LookPathError),
+    ExecInContainer(runvm_protocol::runc_compat::LookPathError),
     #[error("{0}")]
     Usage(String),
 }

@@ -1,6 +1,6 @@
-//! Finding the program of a process the way runc does, so that runvm fails
-//! with runc's messages (and Docker derives the same exit code, 126 or 127,
-//! from them).
+//! runc compatibility: finding the program of a process the way runc does,
+//! and Go's texts for errno values, so that runvm fails with runc's
+//! messages (and Docker derives the same exit code, 126 or 127, from them).
 //!
 //! runc 1.1 resolves `args[0]` with Go's `exec.LookPath` after entering the
 //! container's root and working directory, using the process's own `PATH`.
