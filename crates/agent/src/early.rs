@@ -11,9 +11,7 @@ use nix::mount::MsFlags;
 use crate::error::{AgentError, Result};
 use crate::mounts::mount_fs;
 
-/// Where the initramfs keeps the modules and their load order.
-const MODULES_DIR: &str = "/lib/modules";
-const LOAD_ORDER: &str = "/lib/modules/load-order";
+use runvm_contract::guest::{LOAD_ORDER, MODULES_DIR};
 
 /// Mounts the kernel filesystems of the initramfs and loads the modules.
 pub fn setup() -> Result<()> {

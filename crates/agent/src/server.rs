@@ -1,6 +1,7 @@
 //! The agent's side of the host channel: accepts the streams the host
 //! opens, starts the container, relays stdio and signals, reports the exit.
 
+use runvm_contract::guest::{AGENT_PORT_NAME, ROOTFS_TAG};
 use runvm_protocol::exit::ExitCode;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -15,9 +16,7 @@ use crate::process::{self, Confinement, ContainerNamespaces, Namespaces, ParentS
 use crate::reaper::Reaper;
 use crate::{early, mounts, network};
 use runvm_protocol::session::{read_frame, write_frame, FdStream, Mode, Mux, MuxStream};
-use runvm_protocol::{
-    ContainerSpec, GuestMessage, HostMessage, StreamHeader, AGENT_PORT_NAME, ROOTFS_TAG,
-};
+use runvm_protocol::{ContainerSpec, GuestMessage, HostMessage, StreamHeader};
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Kind {

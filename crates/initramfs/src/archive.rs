@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use cpio::newc::{self, ModeFileType};
 
-use crate::{Error, Kernel, GUEST_MODULES_DIR, LOAD_ORDER_FILE};
+use crate::{Error, Kernel};
+use runvm_contract::guest::{LOAD_ORDER_FILE, MODULES_DIR as GUEST_MODULES_DIR};
 
 /// Directories created in the guest's initial root.
 const DIRS: &[(&str, u32)] = &[

@@ -35,14 +35,6 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "virtio_rng",
 ];
 
-/// Where the archive puts the kernel modules, and the name of the file listing
-/// them in load order (one file name per line). The guest agent reads
-/// `/lib/modules/load-order` and loads `/lib/modules/<name>` in that order.
-pub const GUEST_MODULES_DIR: &str = "/lib/modules";
-
-/// File name of the load-order list inside [`GUEST_MODULES_DIR`].
-pub const LOAD_ORDER_FILE: &str = "load-order";
-
 /// Everything that can go wrong finding a kernel or building an initramfs.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

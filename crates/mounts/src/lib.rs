@@ -28,17 +28,8 @@ use std::path::{Path, PathBuf};
 use pathrs::error::ErrorKind;
 use pathrs::flags::OpenFlags;
 use pathrs::Root;
+pub use runvm_contract::StagedMount;
 use rustix::mount::{move_mount, MountFlags, MoveMountFlags};
-use serde::{Deserialize, Serialize};
-
-/// One mount runc made at a staging point, and where the container wants it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StagedMount {
-    /// The staging point inside runvm's root, e.g. `/runvm/mnt/3`.
-    pub staging: String,
-    /// The destination as the container names it, e.g. `/data`.
-    pub destination: String,
-}
 
 /// Why a mount could not be placed. Every message names the destination and
 /// says what to change.

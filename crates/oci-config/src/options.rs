@@ -16,14 +16,6 @@ pub enum AccelRequest {
     Tcg,
 }
 
-/// The accelerator QEMU uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Accel {
-    Kvm,
-    Tcg,
-}
-
 /// VM settings of one container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmOptions {

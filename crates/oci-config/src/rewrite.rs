@@ -31,10 +31,11 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::options::{Accel, VmOptions};
-use crate::paths;
-use crate::vmconfig::VmConfig;
-use runvm_mounts::StagedMount;
+use crate::options::VmOptions;
+use runvm_contract::paths;
+use runvm_contract::Accel;
+use runvm_contract::StagedMount;
+use runvm_contract::VmConfig;
 use runvm_protocol::{Capabilities, ContainerSpec, GuestMount, ProcessSpec, Rlimit};
 
 /// Host memory that QEMU, virtiofsd and the supervisor need on top of the
@@ -855,7 +856,7 @@ pub fn rewrite_exec_process(mut process: Value) -> Result<(Value, ProcessSpec), 
     let mut env =
         vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned()];
     env.extend(
-        crate::exec_spec::encode(&spec).map_err(|e| RewriteError::Malformed {
+        runvm_contract::exec_spec::encode(&spec).map_err(|e| RewriteError::Malformed {
             field: "process",
             why: e.to_string(),
         })?,

@@ -14,6 +14,7 @@ use proptest::prelude::*;
 use runvm_config::options::parse_size_mib;
 use runvm_config::rewrite::{guest_process, MIN_MEMORY_MIB, VM_OVERHEAD_MIB};
 use runvm_config::*;
+use runvm_contract::{paths, VmConfig};
 use runvm_hostile_json::{
     self as hostile_json, apply, config, edgy_number, tree_mutation, Mutation,
 };
@@ -632,7 +633,7 @@ proptest! {
                     let prefix = format!("{name}=");
                     env.iter().find_map(|kv| kv.strip_prefix(&prefix).map(str::to_owned))
                 };
-                let back = runvm_config::exec_spec::decode(lookup)
+                let back = runvm_contract::exec_spec::decode(lookup)
                     .map_err(|e| TestCaseError::fail(format!("the exec spec does not decode: {e}")))?;
                 prop_assert_eq!(back, spec);
                 // The fields of the process keep their order.

@@ -2,6 +2,7 @@
 
 use runvm_config::rewrite::guest_process;
 use runvm_config::*;
+use runvm_contract::VmConfig;
 use serde_json::{json, Value};
 
 mod common;
@@ -311,7 +312,7 @@ fn an_exec_process_becomes_the_exec_client_carrying_the_original() {
             .find_map(|e| e.strip_prefix(name)?.strip_prefix('='))
             .map(str::to_owned)
     };
-    let back = runvm_config::exec_spec::decode(var).unwrap();
+    let back = runvm_contract::exec_spec::decode(var).unwrap();
     assert_eq!(back, spec);
     assert_eq!(spec.args, ["sh", "-c", "echo hi"]);
     assert_eq!(

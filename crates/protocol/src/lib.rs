@@ -23,9 +23,3 @@ pub mod session;
 
 pub use framing::{read_frame, read_frame_limited, write_frame, FrameError};
 pub use messages::*;
-
-/// Name of the virtio-serial port that carries the yamux session.
-pub const AGENT_PORT_NAME: &str = "io.runvm.agent";
-
-/// virtiofs tag under which the container's root filesystem is exported.
-pub const ROOTFS_TAG: &str = "runvm-root";

@@ -8,7 +8,8 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 use runvm_config::rewrite::HostEntry;
-use runvm_config::{paths, rewrite_config, HostLayout, VmOptions};
+use runvm_config::{rewrite_config, HostLayout, VmOptions};
+use runvm_contract::{paths, StagedMount};
 use runvm_initramfs::{ensure_initramfs, Kernel, DEFAULT_MODULES};
 use runvm_protocol::runc_compat::{look_path, path_of_env, FileInfo};
 use serde_json::Value;
@@ -23,7 +24,7 @@ pub const ROOT_DIR_NAME: &str = "runvm-root";
 pub struct Prepared {
     pub process: runvm_protocol::ProcessSpec,
     /// Docker's mounts, staged by runc, to be placed inside the image root.
-    pub staged_mounts: Vec<runvm_mounts::StagedMount>,
+    pub staged_mounts: Vec<StagedMount>,
     pub readonly_root: bool,
     /// Where the guest mounts filesystems of its own (`--tmpfs`): created
     /// before a read-only root is made read-only.

@@ -5,7 +5,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use runvm_config::rewrite::{HostDevice, HostEntry};
-use runvm_config::{Accel, AccelRequest};
+use runvm_config::AccelRequest;
+use runvm_contract::Accel;
 
 use crate::error::{Result, RuntimeError};
 

@@ -35,7 +35,7 @@ pub enum SupervisorError {
     #[error("the host-guest channel failed: {0}")]
     Channel(String),
     #[error("{0}")]
-    ExecSpec(#[from] runvm_config::exec_spec::ExecSpecError),
+    ExecSpec(#[from] runvm_contract::exec_spec::ExecSpecError),
     #[error("{what}: {source}")]
     Io {
         what: String,

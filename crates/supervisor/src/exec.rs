@@ -23,8 +23,7 @@ use runvm_protocol::framing::MAX_SMALL_FRAME;
 use runvm_protocol::session::{read_frame_limited, write_frame, Mode, Mux, MuxStream, MAX_STREAMS};
 use runvm_protocol::{GuestMessage, HostMessage, StreamHeader};
 
-/// The exec socket, in the container's private /run.
-pub const EXEC_SOCKET: &str = "/run/runvm/exec.sock";
+use runvm_contract::sockets::EXEC as EXEC_SOCKET;
 /// How long an exec waits for a booting VM.
 const BOOT_WAIT: Duration = Duration::from_secs(120);
 /// Execs that may run at once: each takes up to four streams of the
@@ -181,10 +180,10 @@ async fn splice(mut a: MuxStream, mut b: MuxStream) {
 }
 
 /// The exec client: runs the process that `runvm exec` put in its
-/// environment (see [`runvm_config::exec_spec`]) in the guest and returns
+/// environment (see [`runvm_contract::exec_spec`]) in the guest and returns
 /// its exit code.
 pub async fn client() -> Result<i32> {
-    let spec = runvm_config::exec_spec::decode(|name| std::env::var(name).ok())?;
+    let spec = runvm_contract::exec_spec::decode(|name| std::env::var(name).ok())?;
     let terminal = spec.terminal;
     if terminal {
         // At once: the guest's pty does the echo and line editing.

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use error::{Result, SupervisorError};
-use runvm_config::{paths, VmConfig};
+use runvm_contract::{paths, sockets, VmConfig};
 use runvm_protocol::session::{write_frame, Mode, Mux};
 use runvm_protocol::HostMessage;
 
@@ -223,12 +223,12 @@ async fn supervise() -> Result<i32> {
         }
     }
 
-    std::fs::create_dir_all(vmm::RUN_DIR)
-        .map_err(|e| SupervisorError::io(format!("create {}", vmm::RUN_DIR), e))?;
+    std::fs::create_dir_all(sockets::RUN_DIR)
+        .map_err(|e| SupervisorError::io(format!("create {}", sockets::RUN_DIR), e))?;
     // Execs may arrive while the VM boots: listen now, serve once ready.
     let (agent_tx, agent_rx) = watch::channel(None);
-    let listener = tokio::net::UnixListener::bind(exec::EXEC_SOCKET)
-        .map_err(|e| SupervisorError::io(format!("listen on {}", exec::EXEC_SOCKET), e))?;
+    let listener = tokio::net::UnixListener::bind(sockets::EXEC)
+        .map_err(|e| SupervisorError::io(format!("listen on {}", sockets::EXEC), e))?;
     tokio::spawn(exec::serve(listener, agent_rx));
 
     let (nics, routes) = if cfg.own_network {
@@ -239,14 +239,14 @@ async fn supervise() -> Result<i32> {
 
     // The sockets listen before the helpers start: nobody ever connects
     // to a socket that is not ready.
-    let vfs_listener = std::os::unix::net::UnixListener::bind(vmm::VIRTIOFS_SOCKET)
-        .map_err(|e| SupervisorError::io(format!("listen on {}", vmm::VIRTIOFS_SOCKET), e))?;
+    let vfs_listener = std::os::unix::net::UnixListener::bind(sockets::VIRTIOFS)
+        .map_err(|e| SupervisorError::io(format!("listen on {}", sockets::VIRTIOFS), e))?;
     let vfs_fd = std::os::fd::AsRawFd::as_raw_fd(&vfs_listener);
     inheritable(vfs_fd)?;
-    let agent_listener = tokio::net::UnixListener::bind(vmm::AGENT_SOCKET)
-        .map_err(|e| SupervisorError::io(format!("listen on {}", vmm::AGENT_SOCKET), e))?;
-    let console_listener = tokio::net::UnixListener::bind(vmm::CONSOLE_SOCKET)
-        .map_err(|e| SupervisorError::io(format!("listen on {}", vmm::CONSOLE_SOCKET), e))?;
+    let agent_listener = tokio::net::UnixListener::bind(sockets::AGENT)
+        .map_err(|e| SupervisorError::io(format!("listen on {}", sockets::AGENT), e))?;
+    let console_listener = tokio::net::UnixListener::bind(sockets::CONSOLE)
+        .map_err(|e| SupervisorError::io(format!("listen on {}", sockets::CONSOLE), e))?;
     let logs = Logs {
         console: ring::Log::new(CONSOLE_BYTES),
         qemu: ring::Log::new(HELPER_LOG_BYTES),
@@ -280,7 +280,7 @@ async fn supervise() -> Result<i32> {
     // QEMU runs under its own unprivileged uid: it gets the sockets it
     // connects to, and inherits only the taps.
     let (quid, qgid) = (cfg.qemu_uid, cfg.qemu_gid);
-    for path in [vmm::AGENT_SOCKET, vmm::VIRTIOFS_SOCKET, vmm::CONSOLE_SOCKET] {
+    for path in [sockets::AGENT, sockets::VIRTIOFS, sockets::CONSOLE] {
         sandbox::give_to(path, quid, qgid)
             .map_err(|e| SupervisorError::io(format!("give {path} to QEMU's uid {quid}"), e))?;
     }

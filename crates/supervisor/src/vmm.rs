@@ -1,16 +1,10 @@
 //! The helpers that make the VM: virtiofsd and QEMU, their command lines
 //! (pure functions, unit-tested) and their startup.
 
-use runvm_config::{Accel, VmConfig};
-use runvm_protocol::{AGENT_PORT_NAME, ROOTFS_TAG};
-
-pub const RUN_DIR: &str = runvm_config::paths::RUN_DIR;
-pub const VIRTIOFS_SOCKET: &str = "/run/runvm/virtiofs.sock";
-pub const AGENT_SOCKET: &str = "/run/runvm/agent.sock";
-/// The guest's serial console: QEMU connects to it and the supervisor keeps
-/// the last lines in memory (a file would grow with whatever the guest
-/// prints, in a small tmpfs).
-pub const CONSOLE_SOCKET: &str = "/run/runvm/console.sock";
+use runvm_contract::guest::{AGENT_PORT_NAME, ROOTFS_TAG};
+use runvm_contract::sockets::VIRTIOFS as VIRTIOFS_SOCKET;
+use runvm_contract::sockets::{AGENT as AGENT_SOCKET, CONSOLE as CONSOLE_SOCKET};
+use runvm_contract::{Accel, VmConfig};
 
 /// A NIC of the VM: its MAC and the tap descriptor QEMU inherits.
 pub struct NicArg {

@@ -1,7 +1,8 @@
 //! Fixtures shared by the rewrite's test files.
 
 use runvm_config::rewrite::{HostDevice, HostEntry};
-use runvm_config::{Accel, HostLayout};
+use runvm_config::HostLayout;
+use runvm_contract::Accel;
 use serde_json::Value;
 
 /// A config.json Docker wrote, from `tests/fixtures`.

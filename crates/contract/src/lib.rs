@@ -1,0 +1,143 @@
+//! What runvm's parts agree on, in one place that the runtime, the
+//! supervisor, the guest agent and the initramfs builder all read:
+//!
+//! - [`VmConfig`]: the file the runtime writes for the supervisor;
+//! - [`paths`]: where things are inside runvm's root in the container;
+//! - [`sockets`]: the helpers' sockets in the container's private `/run`;
+//! - [`guest`]: names the guest sees (the agent's port, the root's virtiofs
+//!   tag) and the initramfs layout the agent reads;
+//! - [`exec_spec`]: how an exec's process spec reaches the exec client.
+
+pub mod exec_spec;
+
+use serde::{Deserialize, Serialize};
+
+use runvm_protocol::ContainerSpec;
+
+/// Where the supervisor finds things inside the container.
+pub mod paths {
+    /// The image's root filesystem, with Docker's mounts on top.
+    pub const ROOTFS: &str = "/rootfs";
+    /// runvm's own files inside the container.
+    pub const RUNVM_DIR: &str = "/runvm";
+    pub const VM_CONFIG: &str = "/runvm/vm.json";
+    pub const KERNEL: &str = "/runvm/vmlinuz";
+    pub const INITRD: &str = "/runvm/initrd.img";
+    pub const SUPERVISOR: &str = "/runvm/bin/runvm-supervisor";
+    pub const VIRTIOFSD: &str = "/runvm/bin/virtiofsd";
+    /// Where runc mounts Docker's bind mounts (`/runvm/mnt/<n>`) before
+    /// they are moved to their destinations inside [`ROOTFS`]: runc never
+    /// resolves a destination the image could redirect.
+    pub const STAGING_DIR: &str = "/runvm/mnt";
+    /// Written (on the host) once the staged mounts are in place.
+    pub const MOUNTS_PLACED: &str = "/runvm/mounts-placed";
+    /// Annotation set on a rewritten config, so a second rewrite is refused.
+    pub const ANNOTATION: &str = "io.runvm.rewritten";
+}
+
+/// The helpers' sockets, in the container's private tmpfs at [`RUN_DIR`].
+pub mod sockets {
+    /// A tmpfs of the container's own (never a host directory).
+    pub const RUN_DIR: &str = "/run/runvm";
+    /// virtiofsd's vhost-user socket (the supervisor listens, virtiofsd
+    /// inherits it, QEMU connects).
+    pub const VIRTIOFS: &str = "/run/runvm/virtiofs.sock";
+    /// The guest agent's channel: QEMU connects to the supervisor here.
+    pub const AGENT: &str = "/run/runvm/agent.sock";
+    /// The guest's serial console: QEMU connects and the supervisor keeps
+    /// the last lines in memory (a file would grow with whatever the guest
+    /// prints, in a small tmpfs).
+    pub const CONSOLE: &str = "/run/runvm/console.sock";
+    /// Where `docker exec`'s client reaches the supervisor.
+    pub const EXEC: &str = "/run/runvm/exec.sock";
+}
+
+/// What the guest sees: device names and the initramfs layout.
+pub mod guest {
+    /// Name of the virtio-serial port that carries the host channel.
+    pub const AGENT_PORT_NAME: &str = "io.runvm.agent";
+    /// virtiofs tag under which the container's root filesystem is
+    /// exported.
+    pub const ROOTFS_TAG: &str = "runvm-root";
+    /// Where the initramfs puts the kernel modules.
+    pub const MODULES_DIR: &str = "/lib/modules";
+    /// The file in [`MODULES_DIR`] that lists the modules in load order,
+    /// one file name per line.
+    pub const LOAD_ORDER_FILE: &str = "load-order";
+    /// [`LOAD_ORDER_FILE`]'s full path.
+    pub const LOAD_ORDER: &str = "/lib/modules/load-order";
+}
+
+/// The accelerator QEMU uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+/// One mount runc made at a staging point, and where the container wants it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedMount {
+    /// The staging point inside runvm's root, e.g. `/runvm/mnt/3`.
+    pub staging: String,
+    /// The destination as the container names it, e.g. `/data`.
+    pub destination: String,
+}
+
+/// Everything the supervisor needs to boot the VM and start the workload.
+/// Paths are as seen inside the container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmConfig {
+    pub accel: Accel,
+    /// Why KVM is not used, when `accel` is TCG without the user asking.
+    pub accel_warning: Option<String>,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub qemu: String,
+    pub virtiofsd: String,
+    pub kernel: String,
+    pub initrd: String,
+    pub rootfs: String,
+    pub debug: bool,
+    /// The container has a network namespace of its own whose interfaces
+    /// move into the VM. False with `--network host`: the supervisor then
+    /// leaves the host's interfaces alone and the VM has loopback only.
+    #[serde(default)]
+    pub own_network: bool,
+    /// QEMU's unprivileged uid and gid.
+    pub qemu_uid: u32,
+    pub qemu_gid: u32,
+    /// Docker's bind mounts, staged by runc inside runvm's root, to be moved
+    /// to their destinations inside `rootfs` (see `runvm-mounts`).
+    #[serde(default)]
+    pub staged_mounts: Vec<StagedMount>,
+    /// The container as the guest must reproduce it (network is filled in
+    /// by the supervisor, which sees the container's interfaces).
+    pub container: ContainerSpec,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_load_order_path_is_in_the_modules_dir() {
+        assert_eq!(
+            guest::LOAD_ORDER,
+            format!("{}/{}", guest::MODULES_DIR, guest::LOAD_ORDER_FILE)
+        );
+    }
+
+    #[test]
+    fn sockets_are_in_the_run_dir() {
+        for s in [
+            sockets::VIRTIOFS,
+            sockets::AGENT,
+            sockets::CONSOLE,
+            sockets::EXEC,
+        ] {
+            assert!(s.starts_with(&format!("{}/", sockets::RUN_DIR)), "{s}");
+        }
+    }
+}
