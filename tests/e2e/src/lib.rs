@@ -386,6 +386,18 @@ pub fn run_both(run_args: &[&str], image_and_cmd: &[&str], stdin: Option<&[u8]>)
     (runc, runvm)
 }
 
+/// Runs `sh -c <script>` in the test image with `run_args` under both
+/// runtimes and asserts the same stdout, stderr and exit code.
+pub fn same_sh(run_args: &[&str], script: &str) -> (Run, Run) {
+    let (runc, runvm) = run_both(run_args, &[IMAGE, "sh", "-c", script], None);
+    assert_same(
+        &runc,
+        &runvm,
+        &format!("{} sh -c '{script}'", run_args.join(" ")),
+    );
+    (runc, runvm)
+}
+
 /// Replaces the run's own container id (full and 12-character short form) and
 /// name with placeholders, so that two runs can be compared.
 pub fn normalise_ids(run: &Run, bytes: &[u8]) -> Vec<u8> {

@@ -9,18 +9,6 @@ use runvm_e2e::*;
 
 const BOOT: Duration = Duration::from_secs(90);
 
-/// Runs `sh -c <script>` with `run_args` under both runtimes and asserts the
-/// same stdout, stderr and exit code.
-fn same_sh(run_args: &[&str], script: &str) -> (Run, Run) {
-    let (runc, runvm) = run_both(run_args, &[IMAGE, "sh", "-c", script], None);
-    assert_same(
-        &runc,
-        &runvm,
-        &format!("{} sh -c '{script}'", run_args.join(" ")),
-    );
-    (runc, runvm)
-}
-
 /// Whether the host kernel has `path`: runc's container shows the host's
 /// /proc, runvm's the guest kernel's, and a kernel built without a feature
 /// lacks its file (runc then skips the mask, and the file does not exist).
