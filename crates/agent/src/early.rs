@@ -84,3 +84,9 @@ pub fn power_off() -> ! {
     // the kernel, which also ends the VM, so it is the last resort).
     std::process::exit(1);
 }
+
+/// Whether the kernel command line has the word `flag` (the host's
+/// settings for the agent: `runvm.probe`, `runvm.debug`).
+pub fn kernel_flag(flag: &str) -> bool {
+    fs::read_to_string("/proc/cmdline").is_ok_and(|c| c.split_whitespace().any(|w| w == flag))
+}

@@ -24,10 +24,11 @@ fn main() {
         eprintln!("runvm-agent: this program is the VM's init and must run as PID 1");
         std::process::exit(2);
     }
+    runvm_protocol::log::init("runvm-agent");
     // A panic must not leave the VM hanging: report it and power off, which
     // ends QEMU, which the supervisor reports as a VM failure.
     std::panic::set_hook(Box::new(|info| {
-        eprintln!("runvm-agent: internal error: {info}");
+        tracing::error!("internal error: {info}");
         early::power_off();
     }));
     // The kernel starts PID 1 sharing its root directory with the kernel's
@@ -38,13 +39,16 @@ fn main() {
     // root of its own now, while it has one thread: the helpers stay in the
     // initramfs, which has none of them.
     if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS) {
-        eprintln!("runvm-agent: cannot separate from the kernel's root: {e}");
+        tracing::error!("cannot separate from the kernel's root: {e}");
         early::power_off();
     }
     if let Err(e) = early::setup() {
-        eprintln!("runvm-agent: {e}");
+        tracing::error!("{e}");
         early::power_off();
     }
+    // /proc is mounted now: the host asks for debug entries on the kernel
+    // command line.
+    runvm_protocol::log::set_debug(early::kernel_flag("runvm.debug"));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -52,13 +56,13 @@ fn main() {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("runvm-agent: cannot start the async runtime: {e}");
+            tracing::error!("cannot start the async runtime: {e}");
             early::power_off();
         }
     };
     let result = rt.block_on(server::serve());
     if let Err(e) = result {
-        eprintln!("runvm-agent: {e}");
+        tracing::error!("{e}");
     }
     rt.shutdown_timeout(Duration::from_millis(100));
     early::power_off();

@@ -111,11 +111,9 @@ pub async fn serve() -> Result<()> {
     let port = tokio::task::spawn_blocking(|| early::open_port(AGENT_PORT_NAME))
         .await
         .map_err(|e| AgentError::sys("open the host channel", std::io::Error::other(e)))??;
-    if std::fs::read_to_string("/proc/cmdline")
-        .is_ok_and(|c| c.split_whitespace().any(|w| w == "runvm.probe"))
-    {
+    if early::kernel_flag("runvm.probe") {
         // Boot-time probe (`make bench`): the agent is ready; say so and stop.
-        eprintln!("runvm-agent: ready");
+        tracing::info!("ready");
         return Ok(());
     }
     let port = FdStream::new(port).map_err(|e| AgentError::sys("poll the host channel", e))?;
@@ -145,7 +143,7 @@ async fn handle_stream(agent: Arc<Agent>, mut s: MuxStream) {
     let header: StreamHeader = match read_frame(&mut s).await {
         Ok(h) => h,
         Err(e) => {
-            eprintln!("runvm-agent: bad stream header: {e}");
+            tracing::warn!("bad stream header: {e}");
             return;
         }
     };
@@ -155,7 +153,7 @@ async fn handle_stream(agent: Arc<Agent>, mut s: MuxStream) {
         StreamHeader::Stderr { process } => agent.streams.put(process, Kind::Stderr, s),
         StreamHeader::Control { process } => {
             if let Err(e) = control(agent.clone(), process, s).await {
-                eprintln!("runvm-agent: {e}");
+                tracing::error!("{e}");
             }
         }
     }
@@ -328,7 +326,7 @@ where
                         }
                     }));
                 }
-                Err(e) => eprintln!("runvm-agent: cannot poll the terminal: {e}"),
+                Err(e) => tracing::error!("cannot poll the terminal: {e}"),
             }
         }
     }

@@ -16,6 +16,7 @@
 
 pub mod exit;
 pub mod framing;
+pub mod log;
 pub mod messages;
 pub mod rlimits;
 pub mod runc_compat;

@@ -146,7 +146,7 @@ impl Mux {
                 let _ = req.send(Err(MuxError::Closed));
             }
             if let Err(e) = result {
-                tracing_like_log(&format!("yamux session ended: {e}"));
+                tracing::debug!("yamux session ended: {e}");
             }
         });
         (Self { open: open_tx }, in_rx)
@@ -166,12 +166,6 @@ impl Mux {
         })?;
         write_frame(&mut s, header).await?;
         Ok(s)
-    }
-}
-
-fn tracing_like_log(msg: &str) {
-    if std::env::var_os("RUNVM_MUX_DEBUG").is_some() {
-        eprintln!("runvm: {msg}");
     }
 }
 

@@ -226,11 +226,11 @@ pub async fn client() -> Result<i32> {
     Ok(match outcome {
         Outcome::Exited(status) => status,
         Outcome::StartFailed { message, exit_code } => {
-            eprintln!("runvm: {message}");
+            tracing::error!("{message}");
             exit_code
         }
         Outcome::SetupFailed(m) => {
-            eprintln!("runvm: {m}");
+            tracing::error!("{m}");
             ExitCode::CannotExecute.code()
         }
         // The VM went down under the exec: the container stopped, which
@@ -240,11 +240,11 @@ pub async fn client() -> Result<i32> {
             started: false,
             why,
         } => {
-            eprintln!("runvm: the VM did not accept the exec: {why}");
+            tracing::error!("the VM did not accept the exec: {why}");
             ExitCode::CannotExecute.code()
         }
         Outcome::NoAnswer(why) => {
-            eprintln!("runvm: the VM did not answer the exec: {why}");
+            tracing::error!("the VM did not answer the exec: {why}");
             ExitCode::CannotExecute.code()
         }
     })

@@ -47,6 +47,7 @@ fn main() {
     // and capabilities belong to threads, so no runtime thread may exist
     // before that (the stdio relays' threads start later and inherit the
     // reduced sets). Its work is relaying bytes; one thread is plenty.
+    runvm_protocol::log::init("runvm");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();
@@ -60,12 +61,12 @@ fn main() {
         }) {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("runvm: {e}");
+                tracing::error!("{e}");
                 VM_FAILURE
             }
         },
         Err(e) => {
-            eprintln!("runvm: cannot start the async runtime: {e}");
+            tracing::error!("cannot start the async runtime: {e}");
             VM_FAILURE
         }
     };
@@ -207,6 +208,7 @@ async fn vm_end(qemu: &mut Child, virtiofsd: &mut Child) -> String {
 
 async fn supervise() -> Result<i32> {
     let cfg = load_config()?;
+    runvm_protocol::log::set_debug(cfg.debug);
     place_mounts(&cfg)?;
     let terminal = cfg.container.process.terminal;
 
@@ -219,7 +221,7 @@ async fn supervise() -> Result<i32> {
     }
     if cfg.debug {
         if let Some(w) = &cfg.accel_warning {
-            eprintln!("runvm: warning: {w}");
+            tracing::warn!("{w}");
         }
     }
 
@@ -285,10 +287,12 @@ async fn supervise() -> Result<i32> {
             .map_err(|e| SupervisorError::io(format!("give {path} to QEMU's uid {quid}"), e))?;
     }
     let tap_fds: Vec<i32> = nic_args.iter().map(|n| n.tap_fd).collect();
+    let qemu_args = vmm::qemu_args(&cfg, &nic_args);
+    tracing::debug!("starting {} {}", cfg.qemu, qemu_args.join(" "));
     let mut qemu = spawn_helper(
         &cfg,
         &cfg.qemu,
-        vmm::qemu_args(&cfg, &nic_args),
+        qemu_args,
         &logs.qemu,
         |c| sandbox::run_unprivileged(c, quid, qgid, tap_fds),
     )?;
@@ -357,11 +361,11 @@ async fn supervise() -> Result<i32> {
             status
         }
         session::Outcome::StartFailed { message, exit_code } => {
-            eprintln!("runvm: {message}");
+            tracing::error!("{message}");
             exit_code
         }
         session::Outcome::SetupFailed(message) => {
-            eprintln!("runvm: the VM could not set up the container: {message}");
+            tracing::error!("the VM could not set up the container: {message}");
             VM_FAILURE
         }
         session::Outcome::Lost { why, .. } => {
@@ -396,16 +400,16 @@ fn report_vm_failure(cause: &str, logs: &Logs) {
         Some(line) => format!("the guest kernel panicked ({}); {cause}", line.trim()),
         None => cause.to_owned(),
     };
-    eprintln!("runvm: the VM stopped before the workload finished: {cause}");
+    tracing::error!("the VM stopped before the workload finished: {cause}");
     let qemu = logs.qemu.last_lines(5);
     if !qemu.is_empty() {
-        eprintln!("runvm: QEMU said: {}", qemu.join(" | "));
+        tracing::error!("QEMU said: {}", qemu.join(" | "));
     }
     let virtiofsd = logs.virtiofsd.last_lines(5);
     if !virtiofsd.is_empty() {
-        eprintln!("runvm: virtiofsd said: {}", virtiofsd.join(" | "));
+        tracing::error!("virtiofsd said: {}", virtiofsd.join(" | "));
     }
     if !console.is_empty() {
-        eprintln!("runvm: last guest console lines:\n{}", console.join("\n"));
+        tracing::error!("last guest console lines:\n{}", console.join("\n"));
     }
 }

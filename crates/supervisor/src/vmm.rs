@@ -46,7 +46,10 @@ pub fn kernel_cmdline(cfg: &VmConfig) -> String {
         // "IO-APIC + timer doesn't work!", a panic. Kata skips it too.
         "no_timer_check",
     ];
-    if !cfg.debug {
+    if cfg.debug {
+        // The agent's debug entries, on the console.
+        parts.push("runvm.debug");
+    } else {
         parts.push("quiet");
     }
     parts.join(" ")
