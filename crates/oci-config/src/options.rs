@@ -86,7 +86,7 @@ impl VmOptions {
             Some(v) => Some(parse_size_mib(&v).ok_or(OptionError {
                 name: "RUNVM_MEMORY",
                 value: v,
-                expected: "give the guest RAM as a size such as 512m or 2g (at least 64m)",
+                expected: "give the guest RAM as a size such as 512m or 2g (at least 128m)",
             })?),
         };
         let cpus = match get("RUNVM_CPUS").filter(|v| !v.is_empty()) {

@@ -253,6 +253,39 @@ fn a_tiny_memory_limit_is_refused_with_the_fix() {
 }
 
 #[test]
+fn a_tiny_runvm_memory_names_runvm_memory_not_the_memory_flag() {
+    let orig = fixture("docker-20.10-default.json");
+    let e = rewrite_config(orig, &opts(&["RUNVM_MEMORY=64m"]), &host()).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("RUNVM_MEMORY=\"64m\""), "{msg}");
+    assert!(msg.contains("128m"), "{msg}");
+    assert!(!msg.contains("--memory"), "{msg}");
+}
+
+#[test]
+fn a_cpu_quota_too_small_to_boot_under_tcg_is_refused_with_the_fix() {
+    let quota = |q: i64| {
+        let mut c = fixture("docker-20.10-full.json");
+        c["linux"]["resources"]["cpu"]["quota"] = json!(q);
+        c["linux"]["resources"]["cpu"]["period"] = json!(100000);
+        c
+    };
+    // --cpus 0.01: refused under TCG, naming the limit and the fix.
+    let e = rewrite_config(quota(1000), &opts(&[]), &host()).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("0.010 CPUs"), "{msg}");
+    assert!(msg.contains("--cpus 0.1"), "{msg}");
+    assert!(!msg.contains('\n'), "{msg}");
+    // --cpus 0.1 boots (slowly): accepted, one vCPU.
+    let r = rewrite_config(quota(10000), &opts(&[]), &host()).unwrap();
+    assert_eq!(r.vm.vcpus, 1);
+    // Under KVM a small quota is left alone.
+    let mut kvm = host();
+    kvm.accel = Accel::Kvm;
+    assert!(rewrite_config(quota(1000), &opts(&[]), &kvm).is_ok());
+}
+
+#[test]
 fn devices_are_added_once_with_cgroup_rules() {
     let orig = fixture("docker-20.10-default.json");
     let out = rewrite_config(orig, &opts(&[]), &host()).unwrap().config;
