@@ -292,9 +292,10 @@ pub fn rewrite_config(
         }
     }
     let cpus = opts.cpus.or(cpu_cap).unwrap_or(host.host_cpus).max(1);
-    // Under TCG a boot takes about 4 CPU-seconds: with less than a tenth
-    // of a CPU it cannot finish before the supervisor gives the guest up,
-    // so say so now rather than fail after two minutes.
+    // Under TCG a boot takes about 4 CPU-seconds, and more on a busy
+    // host: with less than a tenth of a CPU it takes many minutes, and may
+    // reach the supervisor's 10-minute limit for a guest that never
+    // answers; say so now instead.
     if host.accel == Accel::Tcg {
         if let Some(millis) = cpu_quota_millis(linux).filter(|m| *m < MIN_TCG_CPU_MILLIS) {
             return Err(RewriteError::CpuTooSmall {
@@ -844,9 +845,9 @@ pub fn rewrite_update_resources(mut resources: Value) -> Value {
     resources
 }
 
-/// Least CPU quota, in thousandths of a CPU, that boots a VM under TCG
-/// (measured: `--cpus 0.1` boots in 55 s on a loaded 2-core host, while
-/// the supervisor waits 120 s for the guest).
+/// Least CPU quota, in thousandths of a CPU, that boots a VM under TCG in
+/// reasonable time (measured: `--cpus 0.1` boots in 55 s on a 2-core host
+/// at load 4.8).
 pub const MIN_TCG_CPU_MILLIS: u64 = 100;
 
 /// The CPU quota (`--cpus`) in thousandths of a CPU, when there is one.

@@ -2,7 +2,7 @@
 
 use runvm_config::rewrite::guest_process;
 use runvm_config::*;
-use runvm_contract::VmConfig;
+use runvm_contract::{Accel, VmConfig};
 use serde_json::{json, Value};
 
 mod common;

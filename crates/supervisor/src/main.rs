@@ -289,13 +289,9 @@ async fn supervise() -> Result<i32> {
     let tap_fds: Vec<i32> = nic_args.iter().map(|n| n.tap_fd).collect();
     let qemu_args = vmm::qemu_args(&cfg, &nic_args);
     tracing::debug!("starting {} {}", cfg.qemu, qemu_args.join(" "));
-    let mut qemu = spawn_helper(
-        &cfg,
-        &cfg.qemu,
-        qemu_args,
-        &logs.qemu,
-        |c| sandbox::run_unprivileged(c, quid, qgid, tap_fds),
-    )?;
+    let mut qemu = spawn_helper(&cfg, &cfg.qemu, qemu_args, &logs.qemu, |c| {
+        sandbox::run_unprivileged(c, quid, qgid, tap_fds)
+    })?;
     // Both helpers run: from here on the supervisor needs no privilege but
     // stopping QEMU, which runs under another uid.
     sandbox::drop_own_capabilities(sandbox::SUPERVISOR_KEEPS)

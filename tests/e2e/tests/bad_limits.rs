@@ -1,6 +1,6 @@
 //! Limits too small for a VM fail `docker run` at once with one line that
 //! names the setting and the fix, instead of a VM that cannot boot (a CPU
-//! quota of 1 %: two minutes of waiting, then exit 255) or an error that
+//! quota of 1 %: minutes of waiting, then exit 255) or an error that
 //! blames the wrong flag. No VM boots here; the checks for leftovers are
 //! scoped to this test's own containers (other VMs may run on the host).
 
@@ -57,11 +57,8 @@ fn check_refused(args: &[&str], must_mention: &[&str], must_not_mention: &[&str]
     );
 }
 
-#[test]
+#[e2e_test]
 fn a_cpu_quota_too_small_to_boot_is_refused_at_once() {
-    if !e2e_enabled() {
-        return;
-    }
     // This host has no usable KVM: TCG, where a boot takes ~4 CPU-seconds.
     check_refused(
         &["--cpus", "0.01", "-e", "RUNVM_ACCEL=tcg"],
@@ -70,11 +67,8 @@ fn a_cpu_quota_too_small_to_boot_is_refused_at_once() {
     );
 }
 
-#[test]
+#[e2e_test]
 fn a_tiny_runvm_memory_is_blamed_on_runvm_memory() {
-    if !e2e_enabled() {
-        return;
-    }
     check_refused(
         &["-e", "RUNVM_MEMORY=64m"],
         &["RUNVM_MEMORY=\"64m\"", "128m"],
