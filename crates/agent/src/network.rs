@@ -12,30 +12,13 @@ use netlink_packet_route::route::RouteScope;
 use rtnetlink::Handle;
 
 use crate::error::{AgentError, Result};
-use runvm_protocol::{Interface, Route};
+use runvm_protocol::{Interface, MacAddr, Route};
 
 fn net_err(what: &str, e: impl std::fmt::Display) -> AgentError {
     AgentError::Network(format!("{what}: {e}"))
 }
 
-/// Parses `a.b.c.d/len` or `x::y/len`.
-pub fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
-    let (ip, len) = s.split_once('/')?;
-    let ip: IpAddr = ip.parse().ok()?;
-    let len: u8 = len.parse().ok()?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    (len <= max).then_some((ip, len))
-}
-
-fn format_mac(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-async fn links(handle: &Handle) -> Result<Vec<(u32, String, String)>> {
+async fn links(handle: &Handle) -> Result<Vec<(u32, String, Option<MacAddr>)>> {
     let mut out = Vec::new();
     let mut stream = handle.link().get().execute();
     while let Some(msg) = stream
@@ -44,11 +27,11 @@ async fn links(handle: &Handle) -> Result<Vec<(u32, String, String)>> {
         .map_err(|e| net_err("list links", e))?
     {
         let mut name = String::new();
-        let mut mac = String::new();
+        let mut mac = None;
         for a in &msg.attributes {
             match a {
                 LinkAttribute::IfName(n) => name = n.clone(),
-                LinkAttribute::Address(m) => mac = format_mac(m),
+                LinkAttribute::Address(m) => mac = MacAddr::try_from(&m[..]).ok(),
                 _ => {}
             }
         }
@@ -73,10 +56,7 @@ pub async fn configure(interfaces: &[Interface], routes: &[Route]) -> Result<()>
     }
     let mut index_of = std::collections::HashMap::new();
     for iface in interfaces {
-        let Some((index, name, _)) = all
-            .iter()
-            .find(|(_, _, mac)| mac.eq_ignore_ascii_case(&iface.mac))
-        else {
+        let Some((index, name, _)) = all.iter().find(|(_, _, mac)| *mac == Some(iface.mac)) else {
             return Err(AgentError::Network(format!(
                 "no guest NIC has MAC {} (for {})",
                 iface.mac, iface.name
@@ -99,11 +79,9 @@ pub async fn configure(interfaces: &[Interface], routes: &[Route]) -> Result<()>
             .await
             .map_err(|e| net_err(&format!("set the MTU of {}", iface.name), e))?;
         for a in &iface.addresses {
-            let (ip, len) =
-                parse_cidr(a).ok_or_else(|| AgentError::Network(format!("bad address {a}")))?;
             handle
                 .address()
-                .add(*index, ip, len)
+                .add(*index, a.addr(), a.prefix_len())
                 .execute()
                 .await
                 .map_err(|e| net_err(&format!("add {a} to {}", iface.name), e))?;
@@ -121,16 +99,8 @@ pub async fn configure(interfaces: &[Interface], routes: &[Route]) -> Result<()>
         let Some(index) = index_of.get(&r.device) else {
             continue;
         };
-        let (dst, len) = parse_cidr(&r.destination).ok_or_else(|| {
-            AgentError::Network(format!("bad route destination {}", r.destination))
-        })?;
-        let gw: Option<IpAddr> = match &r.gateway {
-            Some(g) => Some(
-                g.parse()
-                    .map_err(|_| AgentError::Network(format!("bad gateway {g}")))?,
-            ),
-            None => None,
-        };
+        let (dst, len) = (r.destination.addr(), r.destination.prefix_len());
+        let gw = r.gateway;
         let base = handle.route().add().output_interface(*index);
         let base = if gw.is_none() {
             base.scope(RouteScope::Link)
@@ -164,31 +134,4 @@ pub async fn configure(interfaces: &[Interface], routes: &[Route]) -> Result<()>
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cidr_parsing() {
-        assert_eq!(
-            parse_cidr("172.17.0.2/16"),
-            Some(("172.17.0.2".parse().unwrap(), 16))
-        );
-        assert_eq!(
-            parse_cidr("fd00::2/64"),
-            Some(("fd00::2".parse().unwrap(), 64))
-        );
-        assert_eq!(parse_cidr("172.17.0.2/33"), None);
-        assert_eq!(parse_cidr("172.17.0.2"), None);
-    }
-
-    #[test]
-    fn macs_are_lower_case_hex() {
-        assert_eq!(
-            format_mac(&[0x02, 0x42, 0xAC, 0x11, 0, 2]),
-            "02:42:ac:11:00:02"
-        );
-    }
 }

@@ -16,10 +16,13 @@
 
 pub mod framing;
 pub mod lookpath;
+pub mod mac;
 pub mod messages;
 pub mod session;
 
 pub use framing::{read_frame, read_frame_limited, write_frame, FrameError};
+pub use ipnet::IpNet;
+pub use mac::{MacAddr, MacAddrError};
 pub use messages::*;
 
 /// Name of the virtio-serial port that carries the yamux session.

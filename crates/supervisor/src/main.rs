@@ -280,7 +280,7 @@ async fn supervise() -> Result<i32> {
     let nic_args: Vec<vmm::NicArg> = nics
         .iter()
         .map(|n| vmm::NicArg {
-            mac: n.interface.mac.clone(),
+            mac: n.interface.mac.to_string(),
             tap_fd: std::os::fd::AsRawFd::as_raw_fd(&n.tap),
         })
         .collect();

@@ -23,7 +23,7 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol, R
 use rtnetlink::{Handle, IpVersion};
 
 use crate::error::{Result, SupervisorError};
-use runvm_protocol::{Interface, Route};
+use runvm_protocol::{Interface, IpNet, MacAddr, Route};
 
 /// One container interface handed to the VM.
 pub struct Nic {
@@ -34,13 +34,6 @@ pub struct Nic {
 
 fn err(what: &str, e: impl std::fmt::Display) -> SupervisorError {
     SupervisorError::Network(format!("{what}: {e}"))
-}
-
-fn mac_string(m: &[u8]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
@@ -60,7 +53,7 @@ pub async fn capture() -> Result<(Vec<Nic>, Vec<Route>)> {
     struct Link {
         index: u32,
         name: String,
-        mac: String,
+        mac: MacAddr,
         mtu: u32,
     }
     let mut links = Vec::new();
@@ -78,13 +71,15 @@ pub async fn capture() -> Result<(Vec<Nic>, Vec<Route>)> {
                 _ => {}
             }
         }
-        if mac.len() == 6 && !name.starts_with("runvm") {
-            links.push(Link {
-                index: msg.header.index,
-                name,
-                mac: mac_string(&mac),
-                mtu,
-            });
+        if let Ok(mac) = MacAddr::try_from(&mac[..]) {
+            if !name.starts_with("runvm") {
+                links.push(Link {
+                    index: msg.header.index,
+                    name,
+                    mac,
+                    mtu,
+                });
+            }
         }
     }
 
@@ -123,9 +118,12 @@ pub async fn capture() -> Result<(Vec<Nic>, Vec<Route>)> {
                     continue;
                 }
             }
+            let len = msg.header.destination_prefix_length;
+            let destination = IpNet::new(dst, len)
+                .map_err(|e| err(&format!("read the route to {dst}/{len}"), e))?;
             routes.push(Route {
-                destination: format!("{dst}/{}", msg.header.destination_prefix_length),
-                gateway: gw.map(|g| g.to_string()),
+                destination,
+                gateway: gw,
                 device: link.name.clone(),
                 metric: if v6 { None } else { metric },
             });
@@ -156,7 +154,10 @@ pub async fn capture() -> Result<(Vec<Nic>, Vec<Route>)> {
                     continue; // the guest makes its own link-local address
                 }
             }
-            addresses.push(format!("{ip}/{}", msg.header.prefix_len));
+            let len = msg.header.prefix_len;
+            let address =
+                IpNet::new(ip, len).map_err(|e| err(&format!("read the address {ip}/{len}"), e))?;
+            addresses.push(address);
             to_delete.push(msg);
         }
         let tap_name = format!("runvm-tap{i}");
@@ -183,7 +184,7 @@ pub async fn capture() -> Result<(Vec<Nic>, Vec<Route>)> {
         nics.push(Nic {
             interface: Interface {
                 name: link.name.clone(),
-                mac: link.mac.clone(),
+                mac: link.mac,
                 mtu: link.mtu,
                 addresses,
             },
