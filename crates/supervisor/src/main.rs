@@ -238,11 +238,7 @@ async fn supervise() -> Result<i32> {
         .map_err(|e| SupervisorError::io(format!("listen on {}", exec::EXEC_SOCKET), e))?;
     tokio::spawn(exec::serve(listener, agent_rx));
 
-    let (nics, routes) = if cfg.own_network {
-        network::capture().await?
-    } else {
-        (Vec::new(), Vec::new())
-    };
+    let (nics, routes) = network::capture(cfg.own_network).await?;
 
     // The sockets listen before the helpers start: nobody ever connects
     // to a socket that is not ready.

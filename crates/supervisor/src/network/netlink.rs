@@ -1,39 +1,32 @@
-//! Moving the container's network into the VM.
-//!
-//! For every Ethernet interface of the container (Docker's veth), the
-//! supervisor records its MAC, MTU, addresses and routes, creates a tap
-//! device for QEMU, and joins the two with tc: everything that arrives on
-//! the veth is redirected to the tap and the other way round (an ingress
-//! qdisc with a match-all u32 filter and a mirred redirect, as Kata's
-//! "tcfilter" model does). The guest NIC gets the veth's MAC and the guest
-//! gets the addresses, so to the rest of the network the VM *is* the
-//! container. The addresses are removed from the veth so the container's own
-//! stack never answers in the guest's place.
-//!
-//! The tap is opened by the supervisor and handed to QEMU as a file
-//! descriptor; it is not persistent, so it disappears with QEMU.
+//! [`NetlinkOps`] on the real kernel: rtnetlink for links, addresses,
+//! routes and tc, `/dev/net/tun` for the taps.
 
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use futures::TryStreamExt;
-use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::{LinkAttribute, LinkLayerType};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol, RouteType};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlag, LinkInfo};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, IpVersion};
+use runvm_protocol::IpNet;
 
-use crate::error::{Result, SupervisorError};
-use runvm_protocol::{Interface, IpNet, MacAddr, Route};
+use super::snapshot::{Address, Link, RouteEntry, Snapshot};
+use super::{NetError, NetlinkOps};
 
-/// One container interface handed to the VM.
-pub struct Nic {
-    pub interface: Interface,
-    /// The tap's file descriptor, inherited by QEMU.
-    pub tap: OwnedFd,
+fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
+    move |source| NetError::Netlink {
+        what: what.into(),
+        source: Box::new(source),
+    }
 }
 
-fn err(what: &str, e: impl std::fmt::Display) -> SupervisorError {
-    SupervisorError::Network(format!("{what}: {e}"))
+fn net(ip: IpAddr, len: u8, what: &str) -> Result<IpNet, NetError> {
+    IpNet::new(ip, len).map_err(|_| NetError::BadPrefix {
+        what: format!("{what} {ip}"),
+        len,
+    })
 }
 
 fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
@@ -44,194 +37,226 @@ fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-/// Captures the container's interfaces and routes, and wires each one to a
-/// new tap device.
-pub async fn capture() -> Result<(Vec<Nic>, Vec<Route>)> {
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| err("open netlink", e))?;
-    tokio::spawn(conn);
+/// An rtnetlink connection to the supervisor's network namespace (the
+/// container's).
+pub struct RtNetlink {
+    handle: Handle,
+}
 
-    struct Link {
-        index: u32,
-        name: String,
-        mac: MacAddr,
-        mtu: u32,
-    }
-    let mut links = Vec::new();
-    let mut stream = handle.link().get().execute();
-    while let Some(msg) = stream.try_next().await.map_err(|e| err("list links", e))? {
-        if msg.header.link_layer_type != LinkLayerType::Ether {
-            continue;
-        }
-        let (mut name, mut mac, mut mtu) = (String::new(), Vec::new(), 1500);
-        for a in &msg.attributes {
-            match a {
-                LinkAttribute::IfName(n) => name = n.clone(),
-                LinkAttribute::Address(m) => mac = m.clone(),
-                LinkAttribute::Mtu(m) => mtu = *m,
-                _ => {}
-            }
-        }
-        if let Ok(mac) = MacAddr::try_from(&mac[..]) {
-            if !name.starts_with("runvm") {
-                links.push(Link {
-                    index: msg.header.index,
-                    name,
-                    mac,
-                    mtu,
-                });
-            }
-        }
+impl RtNetlink {
+    pub fn connect() -> Result<Self, NetError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(|source| NetError::Io {
+            what: "open a netlink socket".into(),
+            source,
+        })?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
     }
 
-    let mut routes = Vec::new();
-    for v6 in [false, true] {
-        let version = if v6 { IpVersion::V6 } else { IpVersion::V4 };
-        let mut stream = handle.route().get(version).execute();
-        while let Some(msg) = stream.try_next().await.map_err(|e| err("list routes", e))? {
-            if msg.header.protocol == RouteProtocol::Kernel
-                || msg.header.kind != RouteType::Unicast
-                || msg.header.table != 254
-            {
-                continue;
-            }
-            let (mut dst, mut gw, mut oif, mut metric) = (None, None, None, None);
+    async fn links(&self) -> Result<Vec<Link>, NetError> {
+        let mut links = Vec::new();
+        let mut stream = self.handle.link().get().execute();
+        while let Some(msg) = stream.try_next().await.map_err(nl("list links"))? {
+            let mut link = Link {
+                index: msg.header.index,
+                name: String::new(),
+                link_type: u16::from(msg.header.link_layer_type).into(),
+                kind: None,
+                hw_address: Vec::new(),
+                mtu: None,
+                flags: msg
+                    .header
+                    .flags
+                    .iter()
+                    .fold(0, |all, f: &LinkFlag| all | u32::from(*f)),
+            };
             for a in &msg.attributes {
                 match a {
-                    RouteAttribute::Destination(d) => dst = route_ip(d),
-                    RouteAttribute::Gateway(g) => gw = route_ip(g),
-                    RouteAttribute::Oif(i) => oif = Some(*i),
-                    RouteAttribute::Priority(p) => metric = Some(*p),
+                    LinkAttribute::IfName(n) => link.name = n.clone(),
+                    LinkAttribute::Address(m) => link.hw_address = m.clone(),
+                    LinkAttribute::Mtu(m) => link.mtu = Some(*m),
+                    LinkAttribute::LinkInfo(infos) => {
+                        for i in infos {
+                            if let LinkInfo::Kind(k) = i {
+                                link.kind = Some(k.to_string());
+                            }
+                        }
+                    }
                     _ => {}
                 }
             }
-            let Some(link) = oif.and_then(|i| links.iter().find(|l| l.index == i)) else {
-                continue;
+            links.push(link);
+        }
+        Ok(links)
+    }
+
+    async fn addresses(&self) -> Result<Vec<Address>, NetError> {
+        let mut addresses = Vec::new();
+        let mut stream = self.handle.address().get().execute();
+        while let Some(msg) = stream.try_next().await.map_err(nl("list addresses"))? {
+            let len = msg.header.prefix_len;
+            let mut address = Address {
+                link: msg.header.index,
+                address: None,
+                local: None,
             };
-            let dst = dst.unwrap_or(if v6 {
-                IpAddr::from([0u16; 8])
-            } else {
-                IpAddr::from([0u8; 4])
-            });
-            if let IpAddr::V6(v6) = dst {
-                // Link-local and multicast routes come with the interface.
-                if v6.segments()[0] & 0xffc0 == 0xfe80 || v6.segments()[0] & 0xff00 == 0xff00 {
-                    continue;
+            for a in &msg.attributes {
+                match a {
+                    AddressAttribute::Address(ip) => {
+                        address.address = Some(net(*ip, len, "the address")?)
+                    }
+                    AddressAttribute::Local(ip) => address.local = Some(*ip),
+                    _ => {}
                 }
             }
-            let len = msg.header.destination_prefix_length;
-            let destination = IpNet::new(dst, len)
-                .map_err(|e| err(&format!("read the route to {dst}/{len}"), e))?;
-            routes.push(Route {
-                destination,
-                gateway: gw,
-                device: link.name.clone(),
-                metric: if v6 { None } else { metric },
-            });
+            addresses.push(address);
+        }
+        Ok(addresses)
+    }
+
+    async fn routes(&self, version: IpVersion) -> Result<Vec<RouteEntry>, NetError> {
+        let unspecified = match version {
+            IpVersion::V4 => IpAddr::from([0u8; 4]),
+            IpVersion::V6 => IpAddr::from([0u16; 8]),
+        };
+        let mut routes = Vec::new();
+        let mut stream = self.handle.route().get(version).execute();
+        while let Some(msg) = stream.try_next().await.map_err(nl("list routes"))? {
+            routes.push(route_entry(&msg, unspecified)?);
+        }
+        Ok(routes)
+    }
+}
+
+fn route_entry(msg: &RouteMessage, unspecified: IpAddr) -> Result<RouteEntry, NetError> {
+    let mut dst = None;
+    let mut r = RouteEntry {
+        destination: IpNet::default(),
+        gateway: None,
+        oif: None,
+        priority: None,
+        table: u32::from(msg.header.table),
+        protocol: u8::from(msg.header.protocol).into(),
+        kind: u8::from(msg.header.kind).into(),
+    };
+    for a in &msg.attributes {
+        match a {
+            RouteAttribute::Destination(d) => dst = route_ip(d),
+            RouteAttribute::Gateway(g) => r.gateway = route_ip(g),
+            RouteAttribute::Oif(i) => r.oif = Some(*i),
+            RouteAttribute::Priority(p) => r.priority = Some(*p),
+            RouteAttribute::Table(t) => r.table = *t,
+            _ => {}
+        }
+    }
+    r.destination = net(
+        dst.unwrap_or(unspecified),
+        msg.header.destination_prefix_length,
+        "a route to",
+    )?;
+    Ok(r)
+}
+
+impl NetlinkOps for RtNetlink {
+    type Tap = OwnedFd;
+
+    async fn snapshot(&mut self) -> Result<Snapshot, NetError> {
+        let mut routes = self.routes(IpVersion::V4).await?;
+        routes.extend(self.routes(IpVersion::V6).await?);
+        Ok(Snapshot {
+            links: self.links().await?,
+            addresses: self.addresses().await?,
+            routes,
+        })
+    }
+
+    async fn create_tap(&mut self, name: &str) -> Result<OwnedFd, NetError> {
+        open_tap(name)
+    }
+
+    async fn link_index(&mut self, name: &str) -> Result<u32, NetError> {
+        let mut stream = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
+        match stream.try_next().await {
+            Ok(Some(msg)) => Ok(msg.header.index),
+            Ok(None) => Err(NetError::TapVanished(name.to_owned())),
+            Err(e) => Err(nl(format!("find {name}"))(e)),
         }
     }
 
-    let mut nics = Vec::new();
-    for (i, link) in links.iter().enumerate() {
-        let mut addresses = Vec::new();
-        let mut to_delete = Vec::new();
-        let mut stream = handle
-            .address()
-            .get()
-            .set_link_index_filter(link.index)
-            .execute();
-        while let Some(msg) = stream
-            .try_next()
-            .await
-            .map_err(|e| err("list addresses", e))?
-        {
-            let ip = msg.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Address(ip) => Some(*ip),
-                _ => None,
-            });
-            let Some(ip) = ip else { continue };
-            if let IpAddr::V6(v6) = ip {
-                if v6.segments()[0] & 0xffc0 == 0xfe80 {
-                    continue; // the guest makes its own link-local address
-                }
-            }
-            let len = msg.header.prefix_len;
-            let address =
-                IpNet::new(ip, len).map_err(|e| err(&format!("read the address {ip}/{len}"), e))?;
-            addresses.push(address);
-            to_delete.push(msg);
-        }
-        let tap_name = format!("runvm-tap{i}");
-        let tap = open_tap(&tap_name)?;
-        let tap_index = link_index(&handle, &tap_name).await?;
-        handle
+    async fn set_mtu_and_up(&mut self, index: u32, name: &str, mtu: u32) -> Result<(), NetError> {
+        self.handle
             .link()
-            .set(tap_index)
-            .mtu(link.mtu)
+            .set(index)
+            .mtu(mtu)
             .up()
             .execute()
             .await
-            .map_err(|e| err(&format!("bring up {tap_name}"), e))?;
-        for msg in to_delete {
-            handle
-                .address()
-                .del(msg)
-                .execute()
-                .await
-                .map_err(|e| err(&format!("remove an address from {}", link.name), e))?;
+            .map_err(nl(format!("bring up {name} with MTU {mtu}")))
+    }
+
+    async fn remove_address(&mut self, name: &str, address: &Address) -> Result<(), NetError> {
+        let Some(net) = address.address else {
+            return Ok(());
+        };
+        let mut msg = AddressMessage::default();
+        msg.header.index = address.link;
+        msg.header.prefix_len = net.prefix_len();
+        msg.header.family = match net {
+            IpNet::V4(_) => AddressFamily::Inet,
+            IpNet::V6(_) => AddressFamily::Inet6,
+        };
+        msg.attributes.push(AddressAttribute::Address(net.addr()));
+        // With IFA_LOCAL the kernel removes exactly this IPv4 address, not
+        // the first one of the same subnet.
+        if let Some(local) = address.local {
+            msg.attributes.push(AddressAttribute::Local(local));
         }
-        redirect(&handle, link.index, tap_index).await?;
-        redirect(&handle, tap_index, link.index).await?;
-        nics.push(Nic {
-            interface: Interface {
-                name: link.name.clone(),
-                mac: link.mac,
-                mtu: link.mtu,
-                addresses,
-            },
-            tap,
-        });
+        self.handle
+            .address()
+            .del(msg)
+            .execute()
+            .await
+            .map_err(nl(format!("remove {net} from {name}")))
     }
-    Ok((nics, routes))
-}
 
-async fn link_index(handle: &Handle, name: &str) -> Result<u32> {
-    let mut stream = handle.link().get().match_name(name.to_owned()).execute();
-    match stream.try_next().await {
-        Ok(Some(msg)) => Ok(msg.header.index),
-        Ok(None) => Err(err(&format!("find {name}"), "no such link")),
-        Err(e) => Err(err(&format!("find {name}"), e)),
+    async fn add_ingress_qdisc(&mut self, index: u32, name: &str) -> Result<(), NetError> {
+        self.handle
+            .qdisc()
+            .add(index as i32)
+            .ingress()
+            .execute()
+            .await
+            .map_err(nl(format!("add an ingress qdisc to {name}")))
     }
-}
 
-/// Redirects every frame arriving on `from` out of `to`.
-async fn redirect(handle: &Handle, from: u32, to: u32) -> Result<()> {
-    handle
-        .qdisc()
-        .add(from as i32)
-        .ingress()
-        .execute()
-        .await
-        .map_err(|e| err("add an ingress qdisc", e))?;
-    handle
-        .traffic_filter(from as i32)
-        .add()
-        .parent(0xffff_0000)
-        .protocol((libc::ETH_P_ALL as u16).to_be())
-        .redirect(to)
-        .map_err(|e| err("build a redirect filter", e))?
-        .execute()
-        .await
-        .map_err(|e| err("add a redirect filter", e))?;
-    Ok(())
+    async fn add_redirect(&mut self, from: (u32, &str), to: (u32, &str)) -> Result<(), NetError> {
+        let what = format!("redirect the frames of {} to {}", from.1, to.1);
+        self.handle
+            .traffic_filter(from.0 as i32)
+            .add()
+            .parent(0xffff_0000)
+            .protocol((libc::ETH_P_ALL as u16).to_be())
+            .redirect(to.0)
+            .map_err(nl(what.clone()))?
+            .execute()
+            .await
+            .map_err(nl(what))
+    }
 }
 
 /// Creates a (non-persistent) tap device and returns its descriptor.
-fn open_tap(name: &str) -> Result<OwnedFd> {
+fn open_tap(name: &str) -> Result<OwnedFd, NetError> {
+    let io = |what: String| move |source| NetError::Io { what, source };
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/net/tun")
-        .map_err(|e| err("open /dev/net/tun", e))?;
+        .map_err(io("open /dev/net/tun".into()))?;
     // SAFETY: `ifreq` is plain data; zeroed is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
@@ -243,8 +268,7 @@ fn open_tap(name: &str) -> Result<OwnedFd> {
     // initialised structure.
     let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF as _, &req) };
     if rc < 0 {
-        return Err(err(
-            &format!("create tap {name}"),
+        return Err(io(format!("create tap {name}"))(
             std::io::Error::last_os_error(),
         ));
     }
