@@ -19,7 +19,7 @@ use runvm_protocol::{Interface, IpNet, MacAddr, Route};
 
 #[cfg(test)]
 use plan::NicSetup;
-pub use plan::{plan, GuestPlan, Link, RouteSetup};
+pub use plan::{plan, AddressSetup, GuestPlan, Link, RouteSetup};
 
 /// What failed while configuring the guest's network.
 #[derive(Debug, thiserror::Error)]
@@ -48,8 +48,12 @@ pub trait GuestNetOps {
     async fn set_up(&mut self, index: u32, name: &str) -> Result<(), NetError>;
     async fn rename(&mut self, index: u32, from: &str, to: &str) -> Result<(), NetError>;
     async fn set_mtu(&mut self, index: u32, name: &str, mtu: u32) -> Result<(), NetError>;
-    async fn add_address(&mut self, index: u32, name: &str, address: IpNet)
-        -> Result<(), NetError>;
+    async fn add_address(
+        &mut self,
+        index: u32,
+        name: &str,
+        address: &AddressSetup,
+    ) -> Result<(), NetError>;
     /// Adds a route; [`NetError::RouteExists`] if the kernel has it.
     async fn add_route(&mut self, route: &RouteSetup) -> Result<(), NetError>;
 }
@@ -76,7 +80,7 @@ pub async fn apply<O: GuestNetOps>(ops: &mut O, plan: &GuestPlan) -> Result<(), 
         }
         ops.set_mtu(nic.index, &nic.name, nic.mtu).await?;
         for a in &nic.addresses {
-            ops.add_address(nic.index, &nic.name, *a).await?;
+            ops.add_address(nic.index, &nic.name, a).await?;
         }
         ops.set_up(nic.index, &nic.name).await?;
     }

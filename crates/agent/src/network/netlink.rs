@@ -3,12 +3,12 @@
 use std::net::IpAddr;
 
 use futures::TryStreamExt;
+use netlink_packet_route::address::AddressHeaderFlag;
 use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::route::RouteScope;
 use rtnetlink::Handle;
-use runvm_protocol::IpNet;
 
-use super::{GuestNetOps, Link, NetError, RouteSetup};
+use super::{AddressSetup, GuestNetOps, Link, NetError, RouteSetup};
 
 fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
     move |source| NetError::Netlink {
@@ -85,14 +85,21 @@ impl GuestNetOps for RtNetlink {
         &mut self,
         index: u32,
         name: &str,
-        address: IpNet,
+        a: &AddressSetup,
     ) -> Result<(), NetError> {
-        self.handle
+        let mut req = self
+            .handle
             .address()
-            .add(index, address.addr(), address.prefix_len())
-            .execute()
+            .add(index, a.address.addr(), a.address.prefix_len());
+        if a.nodad {
+            req.message_mut()
+                .header
+                .flags
+                .push(AddressHeaderFlag::Nodad);
+        }
+        req.execute()
             .await
-            .map_err(nl(format!("add {address} to {name}")))
+            .map_err(nl(format!("add {} to {name}", a.address)))
     }
 
     async fn add_route(&mut self, r: &RouteSetup) -> Result<(), NetError> {

@@ -36,7 +36,18 @@ pub struct NicSetup {
     /// The container interface's name (`eth0`, …).
     pub name: String,
     pub mtu: u32,
-    pub addresses: Vec<IpNet>,
+    pub addresses: Vec<AddressSetup>,
+}
+
+/// One address of a NIC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressSetup {
+    pub address: IpNet,
+    /// Added without duplicate address detection (`IFA_F_NODAD`). Docker
+    /// adds a container's IPv6 addresses so: its IPAM made them unique.
+    /// With DAD, the address stays tentative, unusable as a source, for
+    /// the first second or two of the workload.
+    pub nodad: bool,
 }
 
 /// One route, out of a configured NIC.
@@ -53,7 +64,8 @@ pub struct RouteSetup {
 
 /// Matches each interface the host sent with the guest NIC of the same MAC
 /// (QEMU gives each NIC the MAC of the container interface it stands for)
-/// and plans its name, MTU and addresses; plans the routes that go out of
+/// and plans its name, MTU and addresses (IPv6 ones without duplicate
+/// address detection, as under runc); plans the routes that go out of
 /// those NICs; and brings up `lo`.
 ///
 /// A route out of a device the host did not send, or whose gateway is of
@@ -82,7 +94,14 @@ pub fn plan(
             rename_from: (link.name != iface.name).then(|| link.name.clone()),
             name: iface.name.clone(),
             mtu: iface.mtu,
-            addresses: iface.addresses.clone(),
+            addresses: iface
+                .addresses
+                .iter()
+                .map(|&address| AddressSetup {
+                    address,
+                    nodad: matches!(address, IpNet::V6(_)),
+                })
+                .collect(),
         });
     }
     for r in routes {

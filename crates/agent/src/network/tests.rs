@@ -56,7 +56,13 @@ fn nic(index: u32, name: &str, mtu: u32, addresses: &[&str]) -> NicSetup {
         rename_from: None,
         name: name.into(),
         mtu,
-        addresses: addresses.iter().map(|a| net(a)).collect(),
+        addresses: addresses
+            .iter()
+            .map(|a| AddressSetup {
+                address: net(a),
+                nodad: a.contains(':'),
+            })
+            .collect(),
     }
 }
 
@@ -237,7 +243,7 @@ enum Call {
     Up(u32),
     Rename { index: u32, to: String },
     Mtu { index: u32, mtu: u32 },
-    Address { index: u32, address: IpNet },
+    Address { index: u32, address: AddressSetup },
     Route(RouteSetup),
 }
 
@@ -281,8 +287,16 @@ impl GuestNetOps for Fake {
     async fn set_mtu(&mut self, index: u32, _: &str, mtu: u32) -> Result<(), NetError> {
         self.record(Call::Mtu { index, mtu })
     }
-    async fn add_address(&mut self, index: u32, _: &str, address: IpNet) -> Result<(), NetError> {
-        self.record(Call::Address { index, address })
+    async fn add_address(
+        &mut self,
+        index: u32,
+        _: &str,
+        address: &AddressSetup,
+    ) -> Result<(), NetError> {
+        self.record(Call::Address {
+            index,
+            address: *address,
+        })
     }
     async fn add_route(&mut self, r: &RouteSetup) -> Result<(), NetError> {
         self.record(Call::Route(r.clone()))?;
@@ -332,11 +346,17 @@ fn apply_brings_up_lo_then_each_nic_then_adds_the_routes() {
             },
             Call::Address {
                 index: 2,
-                address: net("172.24.0.2/16")
+                address: AddressSetup {
+                    address: net("172.24.0.2/16"),
+                    nodad: false
+                }
             },
             Call::Address {
                 index: 2,
-                address: net("fd00:7::2/64")
+                address: AddressSetup {
+                    address: net("fd00:7::2/64"),
+                    nodad: true
+                }
             },
             Call::Up(2),
             Call::Route(route(2, "eth0", "0.0.0.0/0", Some("172.24.0.1"), None)),
