@@ -17,8 +17,6 @@ mod tests;
 
 use runvm_protocol::{Interface, IpNet, MacAddr, Route};
 
-#[cfg(test)]
-use plan::NicSetup;
 pub use plan::{plan, AddressSetup, GuestPlan, Link, RouteSetup};
 
 /// What failed while configuring the guest's network.

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use runvm_protocol::{Interface, IpNet, MacAddr, Route};
 use serde_json::Value;
 
+use super::plan::NicSetup;
 use super::*;
 
 /// What the host sends in `scenario`.

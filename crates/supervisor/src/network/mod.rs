@@ -30,11 +30,7 @@ use std::os::fd::OwnedFd;
 use runvm_protocol::{Interface, Route};
 
 pub use plan::{plan, HostPlan};
-#[cfg(test)]
-use plan::{LeftAlone, Why};
 pub use snapshot::{Address, Snapshot};
-#[cfg(test)]
-use snapshot::{Link, LinkType, RouteEntry, RouteKind, RouteProtocol};
 
 /// One container interface handed to the VM.
 pub struct Nic<T = OwnedFd> {

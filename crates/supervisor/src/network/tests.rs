@@ -9,6 +9,8 @@ use std::rc::Rc;
 use runvm_protocol::{Interface, IpNet, Route};
 use serde_json::Value;
 
+use super::plan::{LeftAlone, Why};
+use super::snapshot::{Link, LinkType, RouteEntry, RouteKind, RouteProtocol};
 use super::*;
 
 // ---------------------------------------------------------------------------
