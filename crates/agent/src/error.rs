@@ -26,7 +26,7 @@ pub enum AgentError {
         source: std::io::Error,
     },
     #[error("network setup failed: {0}")]
-    Network(String),
+    Network(#[from] crate::network::NetError),
     #[error("host channel: {0}")]
     Channel(#[from] runvm_protocol::FrameError),
     #[error("the host asked to start the container a second time")]

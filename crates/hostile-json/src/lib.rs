@@ -167,6 +167,168 @@ pub fn apply(v: &mut Value, m: &Mutation) {
     }
 }
 
+/// The kinds of address text a protocol message carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressKind {
+    /// An IPv4 or IPv6 address: `172.17.0.1`, `fd00::1`.
+    Ip,
+    /// An address with its prefix length: `172.17.0.2/16`, `fd00::2/64`.
+    IpPrefix,
+    /// An Ethernet address: `02:42:ac:11:00:02`.
+    Mac,
+}
+
+/// The text of an address field, and whether a strict reader must take it.
+#[derive(Debug, Clone)]
+pub struct AddressText {
+    pub text: String,
+    /// Well-formed texts are written in canonical form (lower-case hex,
+    /// IPv6 compressed as `std` writes it, no leading zeros), so a reader
+    /// that takes them writes the same text back, up to ASCII case.
+    pub well_formed: bool,
+}
+
+fn ip_text() -> impl Strategy<Value = (String, u8)> {
+    prop_oneof![
+        any::<[u8; 4]>().prop_map(|b| (std::net::Ipv4Addr::from(b).to_string(), 32)),
+        any::<[u16; 8]>().prop_map(|g| (std::net::Ipv6Addr::from(g).to_string(), 128)),
+        // Mostly-zero IPv6 addresses, which compress to `::`, `fe80::1`, …
+        (any::<u16>(), any::<u16>(), 0usize..8).prop_map(|(a, b, at)| {
+            let mut g = [0u16; 8];
+            g[at] = a;
+            g[7] = b;
+            (std::net::Ipv6Addr::from(g).to_string(), 128)
+        }),
+    ]
+}
+
+/// Damage that makes any IP address text malformed, appended or prefixed.
+const IP_JUNK_AFTER: &[&str] = &[" ", "x", "/", ".", ":", "%eth0", "\0", "\u{660}", "\n"];
+const IP_JUNK_BEFORE: &[&str] = &[" ", "+", "-", "[", "x", ":::", "\u{feff}"];
+
+/// Address texts of `kind`: well-formed ones, and ones damaged the ways a
+/// careless writer or an attacker would (prefix out of range, missing or
+/// signed, octets past 255, extra groups, zone ids, junk around).
+pub fn address_text(kind: AddressKind) -> BoxedStrategy<AddressText> {
+    let ok = |text: String| AddressText {
+        text,
+        well_formed: true,
+    };
+    let bad = |text: String| AddressText {
+        text,
+        well_formed: false,
+    };
+    match kind {
+        AddressKind::Mac => {
+            let well = (any::<[u8; 6]>(), any::<bool>()).prop_map(move |(b, upper)| {
+                let t = b
+                    .iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":");
+                ok(if upper { t.to_ascii_uppercase() } else { t })
+            });
+            let groups = prop::collection::vec("[0-9a-f]{2}", 6);
+            let damaged = prop_oneof![
+                // Five or seven bytes.
+                prop::collection::vec("[0-9a-f]{2}", 0..=5).prop_map(|g| g.join(":")),
+                prop::collection::vec("[0-9a-f]{2}", 7..9).prop_map(|g| g.join(":")),
+                // One byte of one, three or no digits, or not hex.
+                (
+                    groups.clone(),
+                    0usize..6,
+                    r"[0-9a-f]|[0-9a-f]{3}|[g-zG-Z +\-.]{1,2}|"
+                )
+                    .prop_map(|(mut g, at, with)| {
+                        g[at] = with;
+                        g.join(":")
+                    }),
+                // Other separators, a trailing one.
+                (
+                    groups.clone(),
+                    prop::sample::select(vec!["-", ".", "", " ", "::"])
+                )
+                    .prop_map(|(g, sep)| g.join(sep)),
+                groups.prop_map(|g| format!("{}:", g.join(":"))),
+            ]
+            .prop_map(bad);
+            prop_oneof![2 => well, 3 => damaged].boxed()
+        }
+        AddressKind::Ip | AddressKind::IpPrefix => {
+            let with_prefix = kind == AddressKind::IpPrefix;
+            let well = (ip_text(), any::<u8>()).prop_map(move |((ip, max), len)| {
+                ok(if with_prefix {
+                    format!("{ip}/{}", len % (max + 1))
+                } else {
+                    ip
+                })
+            });
+            let whole = move |ip: String, max: u8| {
+                if with_prefix {
+                    format!("{ip}/{max}")
+                } else {
+                    ip
+                }
+            };
+            let damaged = prop_oneof![
+                // The prefix length out of range, signed, empty, or where
+                // none belongs; or missing where one must be.
+                (
+                    ip_text(),
+                    prop_oneof![Just(1u64), Just(100), 1u64..1000, Just(1 << 32)]
+                )
+                    .prop_map(move |((ip, max), over)| if with_prefix {
+                        format!("{ip}/{}", max as u64 + over)
+                    } else {
+                        format!("{ip}/{}", over % (max as u64 + 1))
+                    }),
+                (
+                    ip_text(),
+                    prop::sample::select(vec!["/", "/+8", "/-1", "/ 8", "/0x10"])
+                )
+                    .prop_map(|((ip, _), p)| format!("{ip}{p}")),
+                ip_text().prop_map(move |(ip, max)| if with_prefix {
+                    ip
+                } else {
+                    format!("{ip}/{max}")
+                }),
+                // An IPv4 octet past 255, or five of them.
+                (any::<[u8; 4]>(), 0usize..4, 256u32..1000).prop_map(move |(b, at, big)| {
+                    let mut o: Vec<String> = b.iter().map(u8::to_string).collect();
+                    o[at] = big.to_string();
+                    whole(o.join("."), 8)
+                }),
+                any::<[u8; 5]>().prop_map(move |b| {
+                    let o: Vec<String> = b.iter().map(u8::to_string).collect();
+                    whole(o.join("."), 8)
+                }),
+                // Nine IPv6 groups, a zone id.
+                any::<[u16; 9]>().prop_map(move |g| {
+                    let g: Vec<String> = g.iter().map(|x| format!("{x:x}")).collect();
+                    whole(g.join(":"), 64)
+                }),
+                any::<u16>().prop_map(move |x| whole(format!("fe80::{x:x}%eth0"), 64)),
+                // Junk after or before a well-formed text.
+                (ip_text(), any::<u8>(), prop::sample::select(IP_JUNK_AFTER)).prop_map(
+                    move |((ip, max), len, junk)| {
+                        let t = if with_prefix {
+                            format!("{ip}/{}", len % (max + 1))
+                        } else {
+                            ip
+                        };
+                        format!("{t}{junk}")
+                    }
+                ),
+                (ip_text(), prop::sample::select(IP_JUNK_BEFORE))
+                    .prop_map(move |((ip, max), junk)| format!("{junk}{}", whole(ip, max))),
+                Just(String::new()),
+            ]
+            .prop_map(bad);
+            prop_oneof![2 => well, 3 => damaged].boxed()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -252,16 +252,27 @@ mod tests {
             },
             interfaces: vec![Interface {
                 name: "eth0".into(),
-                mac: "02:42:ac:11:00:02".into(),
+                mac: "02:42:ac:11:00:02".parse().unwrap(),
                 mtu: 1500,
-                addresses: vec!["172.17.0.2/16".into()],
+                addresses: vec![
+                    "172.17.0.2/16".parse().unwrap(),
+                    "fd00::2/64".parse().unwrap(),
+                ],
             }],
-            routes: vec![Route {
-                destination: "0.0.0.0/0".into(),
-                gateway: Some("172.17.0.1".into()),
-                device: "eth0".into(),
-                metric: None,
-            }],
+            routes: vec![
+                Route {
+                    destination: "0.0.0.0/0".parse().unwrap(),
+                    gateway: Some("172.17.0.1".parse().unwrap()),
+                    device: "eth0".into(),
+                    metric: None,
+                },
+                Route {
+                    destination: "::/0".parse().unwrap(),
+                    gateway: Some("fd00::1".parse().unwrap()),
+                    device: "eth0".into(),
+                    metric: None,
+                },
+            ],
             mounts: vec![],
             readonly_root: false,
             masked_paths: vec!["/proc/kcore".into()],
@@ -277,6 +288,17 @@ mod tests {
             serde_json::to_string(&HostMessage::StartContainer(Box::new(spec.clone()))).unwrap();
         // A BPF instruction travels as a compact [code, jt, jf, k] array.
         assert!(json.contains(r#""program":[[6,0,0,2147418112]]"#), "{json}");
+        // Addresses travel in their usual text forms.
+        assert!(
+            json.contains(
+                r#""mac":"02:42:ac:11:00:02","mtu":1500,"addresses":["172.17.0.2/16","fd00::2/64"]"#
+            ),
+            "{json}"
+        );
+        assert!(
+            json.contains(r#""destination":"::/0","gateway":"fd00::1""#),
+            "{json}"
+        );
         let back: HostMessage = serde_json::from_str(&json).unwrap();
         assert_eq!(back, HostMessage::StartContainer(Box::new(spec)));
     }

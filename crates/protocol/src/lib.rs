@@ -17,10 +17,13 @@
 pub mod exit;
 pub mod framing;
 pub mod log;
+pub mod mac;
 pub mod messages;
 pub mod rlimits;
 pub mod runc_compat;
 pub mod session;
 
 pub use framing::{read_frame, read_frame_limited, write_frame, FrameError};
+pub use ipnet::IpNet;
+pub use mac::{MacAddr, MacAddrError};
 pub use messages::*;

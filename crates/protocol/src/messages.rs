@@ -1,6 +1,11 @@
 //! Messages exchanged on the host↔guest control streams.
 
+use std::net::IpAddr;
+
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+
+use crate::mac::MacAddr;
 
 /// First frame of every stream the host opens: what the stream carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,19 +169,20 @@ pub struct Rlimit {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Interface {
     pub name: String,
-    /// MAC address as `aa:bb:cc:dd:ee:ff`; the guest NIC has the same one.
-    pub mac: String,
+    /// The guest NIC has the same MAC (`aa:bb:cc:dd:ee:ff` on the wire).
+    pub mac: MacAddr,
     pub mtu: u32,
-    /// Addresses in CIDR form, `172.17.0.2/16` or `fd00::2/64`.
-    pub addresses: Vec<String>,
+    /// Addresses with their prefix length (`172.17.0.2/16`, `fd00::2/64` on
+    /// the wire).
+    pub addresses: Vec<IpNet>,
 }
 
 /// A route of the container, to be reproduced in the guest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
-    /// Destination in CIDR form; `0.0.0.0/0` or `::/0` for a default route.
-    pub destination: String,
-    pub gateway: Option<String>,
+    /// `0.0.0.0/0` or `::/0` for a default route.
+    pub destination: IpNet,
+    pub gateway: Option<IpAddr>,
     /// Name of the interface the route goes out of.
     pub device: String,
     pub metric: Option<u32>,

@@ -18,7 +18,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use runvm_hostile_json::{self as hostile_json, apply, config, tree_mutation, Mutation};
+use runvm_hostile_json::{
+    self as hostile_json, address_text, apply, config, tree_mutation, AddressKind, Mutation,
+};
 use runvm_protocol::framing::MAX_FRAME;
 use runvm_protocol::session::{Mode, Mux, SERVER_MAX_STREAMS};
 use runvm_protocol::{
@@ -212,9 +214,15 @@ fn valid_messages() -> Vec<Value> {
     let mut start = json!({
         "type": "start_container", "hostname": "box",
         "interfaces": [{"name": "eth0", "mac": "02:42:ac:11:00:02", "mtu": 1500,
-                        "addresses": ["172.17.0.2/16"]}],
+                        "addresses": ["172.17.0.2/16", "fd00:7::2/64"]},
+                       {"name": "eth1", "mac": "02:42:ac:12:00:02", "mtu": 9000,
+                        "addresses": ["172.18.0.2/16"]}],
         "routes": [{"destination": "0.0.0.0/0", "gateway": "172.17.0.1", "device": "eth0",
-                    "metric": null}],
+                    "metric": null},
+                   {"destination": "::/0", "gateway": "fd00:7::1", "device": "eth0",
+                    "metric": null},
+                   {"destination": "10.7.0.0/24", "gateway": null, "device": "eth1",
+                    "metric": 100}],
         "mounts": [{"destination": "/tmp", "fstype": "tmpfs", "source": "tmpfs",
                     "options": ["size=65536k"]}],
         "readonly_root": false,
@@ -239,8 +247,57 @@ fn valid_messages() -> Vec<Value> {
     ]
 }
 
+/// The address fields of the valid start message, and what they hold.
+const ADDRESS_FIELDS: &[(&str, AddressKind)] = &[
+    ("/interfaces/0/mac", AddressKind::Mac),
+    ("/interfaces/1/mac", AddressKind::Mac),
+    ("/interfaces/0/addresses/0", AddressKind::IpPrefix),
+    ("/interfaces/0/addresses/1", AddressKind::IpPrefix),
+    ("/routes/0/destination", AddressKind::IpPrefix),
+    ("/routes/1/destination", AddressKind::IpPrefix),
+    ("/routes/0/gateway", AddressKind::Ip),
+    ("/routes/2/gateway", AddressKind::Ip),
+];
+
+/// An address field, its kind, and a text made for a field of its own kind
+/// (well-formed or damaged) or a well-formed one of another kind (a damaged
+/// text of one kind may be a good one of another: `1.2.3.4/8` is a bad
+/// gateway and a good destination), with the kind it was made for.
+fn address_field() -> impl Strategy<
+    Value = (
+        &'static str,
+        AddressKind,
+        AddressKind,
+        hostile_json::AddressText,
+    ),
+> {
+    (
+        prop::sample::select(ADDRESS_FIELDS),
+        prop::sample::select(vec![
+            AddressKind::Ip,
+            AddressKind::IpPrefix,
+            AddressKind::Mac,
+        ]),
+        any::<bool>(),
+    )
+        .prop_flat_map(|((path, kind), other, own)| {
+            let text_kind = if own { kind } else { other };
+            address_text(text_kind)
+                .prop_filter("another kind's texts are well-formed", move |t| {
+                    own || t.well_formed
+                })
+                .prop_map(move |t| (path, kind, text_kind, t))
+        })
+}
+
 fn mutation() -> impl Strategy<Value = Mutation> {
-    tree_mutation(any_json(), field_name())
+    prop_oneof![
+        4 => tree_mutation(any_json(), field_name()),
+        1 => address_field().prop_map(|(path, _, _, t)| Mutation::Set {
+            path,
+            with: Value::String(t.text),
+        }),
+    ]
 }
 
 fn deeply_nested(depth: usize, object: bool) -> String {
@@ -507,6 +564,69 @@ proptest! {
     fn guest_message_frames_never_panic(bytes in frame_stream(guest_messages()), chunks in prop::collection::vec(0usize..16, 0..4)) {
         check_read::<GuestMessage>(&bytes, chunks)?;
     }
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    /// A start message whose MAC, address, destination or gateway text is
+    /// malformed is a decode error, never a panic; a well-formed one is
+    /// read as the address it names and written back as the same text.
+    /// A text well-formed for another kind of field is malformed here: a
+    /// MAC is no IP address, an address with a prefix length is no plain
+    /// address, and the other way round.
+    #[test]
+    fn address_fields_decode_exactly_when_well_formed(
+        (path, kind, text_kind, text) in address_field()
+    ) {
+        let mut msg = messages_tagged(&["start_container"]).remove(0);
+        *msg.pointer_mut(path).expect("the valid message has the field") =
+            Value::String(text.text.clone());
+        let body = serde_json::to_vec(&msg).expect("a Value serialises");
+        let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&body);
+        note_panics();
+        let got = outcome(runtime().block_on(read_frame::<_, HostMessage>(&mut bytes.as_slice())));
+        prop_assert!(!panicked());
+        let should_take = text.well_formed && text_kind == kind;
+        match got {
+            Outcome::Message(m) => {
+                prop_assert!(should_take, "{:?} was taken for {} ({:?})", text.text, path, kind);
+                let back = serde_json::to_value(&m).expect("a message serialises");
+                let written = back.pointer(path).and_then(Value::as_str).unwrap_or_default();
+                prop_assert_eq!(written, text.text.to_ascii_lowercase());
+            }
+            Outcome::Decode => prop_assert!(
+                !should_take, "{:?} was refused for {} ({:?})", text.text, path, kind
+            ),
+            other => prop_assert!(false, "{:?}: {:?}", text.text, other),
+        }
+    }
+}
+
+#[test]
+fn malformed_addresses_are_decode_errors() {
+    for (path, text) in [
+        ("/interfaces/0/mac", "02:42:ac:11:00"),
+        ("/interfaces/0/mac", "02-42-ac-11-00-02"),
+        ("/interfaces/0/mac", "172.17.0.2"),
+        ("/interfaces/0/addresses/0", "172.17.0.2"),
+        ("/interfaces/0/addresses/0", "172.17.0.2/33"),
+        ("/interfaces/0/addresses/0", "fd00::2/129"),
+        ("/interfaces/0/addresses/0", "fe80::1%eth0/64"),
+        ("/routes/0/destination", "default"),
+        ("/routes/0/destination", "0.0.0.0"),
+        ("/routes/0/gateway", "172.17.0.1/16"),
+        ("/routes/0/gateway", "02:42:ac:11:00:02"),
+        ("/routes/0/gateway", ""),
+    ] {
+        let mut msg = messages_tagged(&["start_container"]).remove(0);
+        *msg.pointer_mut(path).unwrap() = json!(text);
+        let got = serde_json::from_value::<HostMessage>(msg);
+        assert!(got.is_err(), "{text:?} at {path} was taken: {got:?}");
+    }
+    let valid = messages_tagged(&["start_container"]).remove(0);
+    assert!(serde_json::from_value::<HostMessage>(valid).is_ok());
 }
 
 #[test]

@@ -17,7 +17,7 @@ pub enum SupervisorError {
     #[error("{0}")]
     Mounts(#[from] runvm_mounts::MountError),
     #[error("network setup failed: {0}")]
-    Network(String),
+    Network(#[from] crate::network::NetError),
     #[error("cannot start {program}: {source}")]
     Spawn {
         program: String,

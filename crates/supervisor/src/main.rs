@@ -233,11 +233,7 @@ async fn supervise() -> Result<i32> {
         .map_err(|e| SupervisorError::io(format!("listen on {}", sockets::EXEC), e))?;
     tokio::spawn(exec::serve(listener, agent_rx));
 
-    let (nics, routes) = if cfg.own_network {
-        network::capture().await?
-    } else {
-        (Vec::new(), Vec::new())
-    };
+    let (nics, routes) = network::capture(cfg.own_network).await?;
 
     // The sockets listen before the helpers start: nobody ever connects
     // to a socket that is not ready.
@@ -275,7 +271,7 @@ async fn supervise() -> Result<i32> {
     let nic_args: Vec<vmm::NicArg> = nics
         .iter()
         .map(|n| vmm::NicArg {
-            mac: n.interface.mac.clone(),
+            mac: n.interface.mac.to_string(),
             tap_fd: std::os::fd::AsRawFd::as_raw_fd(&n.tap),
         })
         .collect();

@@ -82,3 +82,139 @@ fn host_network_is_never_taken_over() {
     );
     assert_eq!(snapshot(), before, "the host's network changed");
 }
+
+/// A Docker network of this test process, removed when the guard drops
+/// (after the containers on it: declare it before them).
+struct Network {
+    name: String,
+}
+
+impl Network {
+    fn create(tag: &str, options: &[&str]) -> Self {
+        let name = unique_name(tag);
+        let mut args = vec!["network", "create"];
+        args.extend_from_slice(options);
+        args.push(&name);
+        docker(&args, None).assert_code(0, &format!("docker network create {name}"));
+        Network { name }
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["network", "rm", &self.name])
+            .output();
+    }
+}
+
+/// The container's addresses and routes with the parts that differ from
+/// one container to the next left out: interface index, the addresses'
+/// host parts (IPv4 by `normalise_ipv4`, IPv6 here).
+const SHOW_NETWORK: &str = "ip -o addr show scope global | awk '{ $1 = \"\"; sub(/::[0-9a-f]+\\//, \"::<host>/\"); print }'; \
+     ip route; ip -6 route 2>/dev/null | grep -v '^fe80\\|^multicast'";
+
+/// A container created on one network, connected to a second before it
+/// starts (`docker create` + `docker network connect` + `docker start`):
+/// it has both NICs, with their addresses and routes as under runc, and
+/// reaches the gateway of the first and a container on the second.
+#[e2e_test]
+fn two_networks_attached_before_the_start() {
+    let net_a = Network::create("net-a", &[]);
+    let net_b = Network::create("net-b", &[]);
+    let run = |runtime: &str| -> Run {
+        let server = Container::run_detached(
+            &format!("net-b-server-{runtime}"),
+            "runc",
+            &[
+                "--network",
+                &net_b.name,
+                IMAGE,
+                "sh",
+                "-c",
+                "echo up; nc -l -p 8080 -e echo hi-from-b",
+            ],
+        );
+        server.wait_for_log("up", Duration::from_secs(60));
+        let server_ip = server.inspect(&format!(
+            "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
+            net_b.name
+        ));
+        let client = Container::new(&format!("two-nets-{runtime}"));
+        let script = format!(
+            "{SHOW_NETWORK}; \
+             ping -c 1 -W 5 $(ip route | awk '/^default/ {{ print $3 }}') >/dev/null && echo ping-a-ok; \
+             for i in 1 2 3 4 5 6 7 8 9 10; do nc {server_ip} 8080 </dev/null 2>/dev/null && break; sleep 1; done"
+        );
+        let rt = format!("--runtime={runtime}");
+        docker(
+            &[
+                "create",
+                "--name",
+                &client.name,
+                &rt,
+                "--network",
+                &net_a.name,
+                IMAGE,
+                "sh",
+                "-c",
+                &script,
+            ],
+            None,
+        )
+        .assert_code(0, "docker create");
+        docker(&["network", "connect", &net_b.name, &client.name], None)
+            .assert_code(0, "docker network connect");
+        let _slot = (runtime == "runvm").then(|| vm_slots(1));
+        let run = docker(&["start", "-a", &client.name], None);
+        assert_eq!(server.wait_exit(), 0, "{runtime}: the server's exit code");
+        run
+    };
+    let runc = run("runc");
+    let runvm = run("runvm");
+    let out = runvm.stdout_str();
+    assert!(
+        out.contains(" eth0 inet ") && out.contains(" eth1 inet "),
+        "runvm: two NICs:\n{}",
+        runvm.describe()
+    );
+    assert!(
+        out.ends_with("ping-a-ok\nhi-from-b\n"),
+        "runvm: both networks reachable:\n{}",
+        runvm.describe()
+    );
+    assert_same_with(&runc, &runvm, "two networks", normalise_ipv4);
+}
+
+/// On a network created with `--ipv6` the container has its IPv4 and IPv6
+/// addresses and default routes as under runc, the IPv6 address usable at
+/// once (Docker adds it without duplicate address detection), and reaches
+/// the IPv6 gateway from its first instruction on.
+#[e2e_test]
+fn dual_stack_user_network() {
+    // A ULA subnet of this test process, unlikely to clash with another
+    // network on this host.
+    let subnet = format!("fd00:7e:{:x}::/64", std::process::id() & 0xffff);
+    let net = Network::create("net-v6", &["--ipv6", "--subnet", &subnet]);
+    let script = format!(
+        "ping -6 -c 1 -W 5 $(ip -6 route | awk '/^default/ {{ print $3 }}') >/dev/null && echo ping6-ok; \
+         {SHOW_NETWORK}"
+    );
+    let (runc, runvm) = run_both(
+        &["--network", &net.name],
+        &[IMAGE, "sh", "-c", &script],
+        None,
+    );
+    let out = runvm.stdout_str();
+    assert!(
+        out.starts_with("ping6-ok\n"),
+        "runvm: the IPv6 gateway answers at once:\n{}",
+        runvm.describe()
+    );
+    assert!(
+        out.contains("default via fd00:7e:"),
+        "runvm: the IPv6 default route:\n{}",
+        runvm.describe()
+    );
+    assert_same_with(&runc, &runvm, "dual stack", normalise_ipv4);
+}

@@ -1,0 +1,457 @@
+//! Tests of the guest's network setup without root: plans made from what
+//! the supervisor sends in the recorded scenarios (the supervisor's
+//! `tests/fixtures/net/*.guest.json`, checked there against its own plan),
+//! and [`apply`] on a fake that records the calls.
+
+use std::net::IpAddr;
+
+use runvm_protocol::{Interface, IpNet, MacAddr, Route};
+use serde_json::Value;
+
+use super::plan::NicSetup;
+use super::*;
+
+/// What the host sends in `scenario`.
+fn sent(scenario: &str) -> (Vec<Interface>, Vec<Route>) {
+    let path = format!(
+        "{}/../supervisor/tests/fixtures/net/{scenario}.guest.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let v: Value = serde_json::from_str(&text).unwrap();
+    (
+        serde_json::from_value(v["interfaces"].clone()).unwrap(),
+        serde_json::from_value(v["routes"].clone()).unwrap(),
+    )
+}
+
+fn link(index: u32, name: &str, hw: &[u8]) -> Link {
+    Link {
+        index,
+        name: name.into(),
+        hw_address: hw.to_vec(),
+    }
+}
+
+/// The guest's links at boot: `lo` (1), then one virtio NIC per interface
+/// in QEMU's order, named `eth0`, `eth1`, … by the guest kernel.
+fn booted(interfaces: &[Interface]) -> Vec<Link> {
+    let mut links = vec![link(1, "lo", &[0; 6])];
+    for (i, iface) in interfaces.iter().enumerate() {
+        links.push(link(i as u32 + 2, &format!("eth{i}"), &iface.mac.octets()));
+    }
+    links
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn nic(index: u32, name: &str, mtu: u32, addresses: &[&str]) -> NicSetup {
+    NicSetup {
+        index,
+        rename_from: None,
+        name: name.into(),
+        mtu,
+        addresses: addresses
+            .iter()
+            .map(|a| AddressSetup {
+                address: net(a),
+                nodad: a.contains(':'),
+            })
+            .collect(),
+    }
+}
+
+fn route(index: u32, device: &str, dst: &str, gw: Option<&str>, metric: Option<u32>) -> RouteSetup {
+    RouteSetup {
+        index,
+        device: device.into(),
+        destination: net(dst),
+        gateway: gw.map(ip),
+        metric,
+    }
+}
+
+fn plan_of(scenario: &str) -> GuestPlan {
+    let (interfaces, routes) = sent(scenario);
+    plan(&interfaces, &routes, &booted(&interfaces)).unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// Plans of the recorded scenarios
+// ---------------------------------------------------------------------------
+
+#[test]
+fn default_bridge() {
+    assert_eq!(
+        plan_of("default"),
+        GuestPlan {
+            loopback: Some(1),
+            nics: vec![nic(2, "eth0", 1500, &["172.17.0.2/16"])],
+            routes: vec![route(2, "eth0", "0.0.0.0/0", Some("172.17.0.1"), None)],
+        }
+    );
+}
+
+#[test]
+fn user_defined_network() {
+    assert_eq!(
+        plan_of("user"),
+        GuestPlan {
+            loopback: Some(1),
+            nics: vec![nic(2, "eth0", 1500, &["172.21.0.2/16"])],
+            routes: vec![route(2, "eth0", "0.0.0.0/0", Some("172.21.0.1"), None)],
+        }
+    );
+}
+
+#[test]
+fn two_networks() {
+    assert_eq!(
+        plan_of("two"),
+        GuestPlan {
+            loopback: Some(1),
+            nics: vec![
+                nic(2, "eth0", 1500, &["172.22.0.2/16"]),
+                nic(3, "eth1", 1500, &["172.23.0.2/16"]),
+            ],
+            routes: vec![route(2, "eth0", "0.0.0.0/0", Some("172.22.0.1"), None)],
+        }
+    );
+}
+
+#[test]
+fn dual_stack() {
+    assert_eq!(
+        plan_of("dualstack"),
+        GuestPlan {
+            loopback: Some(1),
+            nics: vec![nic(2, "eth0", 1500, &["172.24.0.2/16", "fd00:7::2/64"])],
+            routes: vec![
+                route(2, "eth0", "0.0.0.0/0", Some("172.24.0.1"), None),
+                route(2, "eth0", "::/0", Some("fd00:7::1"), None),
+            ],
+        }
+    );
+}
+
+#[test]
+fn network_none_and_host_bring_up_loopback_only() {
+    for scenario in ["none", "host"] {
+        assert_eq!(
+            plan_of(scenario),
+            GuestPlan {
+                loopback: Some(1),
+                ..GuestPlan::default()
+            },
+            "{scenario}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Cases the recordings do not show
+// ---------------------------------------------------------------------------
+
+#[test]
+fn nics_are_found_by_mac_and_renamed_when_their_names_differ() {
+    let (interfaces, routes) = sent("two");
+    // The guest kernel numbered the NICs the other way round.
+    let links = vec![
+        link(1, "lo", &[0; 6]),
+        link(2, "eth0", &interfaces[1].mac.octets()),
+        link(3, "eth1", &interfaces[0].mac.octets()),
+    ];
+    let p = plan(&interfaces, &routes, &links).unwrap();
+    let renames: Vec<(u32, Option<&str>, &str)> = p
+        .nics
+        .iter()
+        .map(|n| (n.index, n.rename_from.as_deref(), n.name.as_str()))
+        .collect();
+    assert_eq!(
+        renames,
+        [(3, Some("eth1"), "eth0"), (2, Some("eth0"), "eth1")]
+    );
+    assert_eq!(p.routes[0].index, 3, "the route follows eth0 to its NIC");
+}
+
+#[test]
+fn an_interface_without_its_nic_is_an_error_naming_it() {
+    let (interfaces, routes) = sent("two");
+    let links = booted(&interfaces[..1]);
+    let err = plan(&interfaces, &routes, &links).unwrap_err();
+    assert_eq!(
+        crate::error::AgentError::from(err).to_string(),
+        "network setup failed: no guest NIC has MAC 02:42:ac:17:00:02 (for eth1): \
+         the VM has fewer NICs than the container"
+    );
+    // A link with a hardware address that is no MAC never matches.
+    let mut links = booted(&interfaces);
+    links[2].hw_address.push(0);
+    assert!(matches!(
+        plan(&interfaces, &routes, &links),
+        Err(NetError::NoNicForMac { name, .. }) if name == "eth1"
+    ));
+}
+
+#[test]
+fn a_guest_without_lo_brings_up_none() {
+    let (interfaces, routes) = sent("default");
+    let links = booted(&interfaces).split_off(1);
+    assert_eq!(plan(&interfaces, &routes, &links).unwrap().loopback, None);
+}
+
+#[test]
+fn routes_out_of_unknown_devices_or_of_mixed_families_are_left_out() {
+    let (interfaces, _) = sent("two");
+    let r = |dst: &str, gw: Option<&str>, dev: &str, metric| Route {
+        destination: net(dst),
+        gateway: gw.map(ip),
+        device: dev.into(),
+        metric,
+    };
+    let routes = [
+        r("10.7.0.0/24", Some("172.22.0.254"), "eth0", Some(100)),
+        r("10.8.0.0/16", None, "eth1", Some(5)),
+        r("fd00:8::/64", Some("fd00:7::1"), "eth1", Some(1024)),
+        r("10.9.0.0/16", None, "eth2", None),
+        r("10.10.0.0/16", Some("fd00:7::1"), "eth0", None),
+        r("fd00:9::/64", Some("172.22.0.1"), "eth0", None),
+    ];
+    let p = plan(&interfaces, &routes, &booted(&interfaces)).unwrap();
+    assert_eq!(
+        p.routes,
+        [
+            route(2, "eth0", "10.7.0.0/24", Some("172.22.0.254"), Some(100)),
+            route(3, "eth1", "10.8.0.0/16", None, Some(5)),
+            route(3, "eth1", "fd00:8::/64", Some("fd00:7::1"), None),
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// apply, on a fake
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Call {
+    Links,
+    Up(u32),
+    Rename { index: u32, to: String },
+    Mtu { index: u32, mtu: u32 },
+    Address { index: u32, address: AddressSetup },
+    Route(RouteSetup),
+}
+
+#[derive(Default)]
+struct Fake {
+    links: Vec<Link>,
+    calls: Vec<Call>,
+    /// The call (counted from 0) that fails, if any.
+    fail_at: Option<usize>,
+    /// Destinations of the routes the kernel has already.
+    existing: Vec<IpNet>,
+}
+
+impl Fake {
+    fn record(&mut self, call: Call) -> Result<(), NetError> {
+        self.calls.push(call);
+        if self.fail_at == Some(self.calls.len() - 1) {
+            // An injected failure (any variant but RouteExists will do).
+            return Err(NetError::Connect(
+                std::io::ErrorKind::PermissionDenied.into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl GuestNetOps for Fake {
+    async fn links(&mut self) -> Result<Vec<Link>, NetError> {
+        self.record(Call::Links)?;
+        Ok(self.links.clone())
+    }
+    async fn set_up(&mut self, index: u32, _: &str) -> Result<(), NetError> {
+        self.record(Call::Up(index))
+    }
+    async fn rename(&mut self, index: u32, _: &str, to: &str) -> Result<(), NetError> {
+        self.record(Call::Rename {
+            index,
+            to: to.into(),
+        })
+    }
+    async fn set_mtu(&mut self, index: u32, _: &str, mtu: u32) -> Result<(), NetError> {
+        self.record(Call::Mtu { index, mtu })
+    }
+    async fn add_address(
+        &mut self,
+        index: u32,
+        _: &str,
+        address: &AddressSetup,
+    ) -> Result<(), NetError> {
+        self.record(Call::Address {
+            index,
+            address: *address,
+        })
+    }
+    async fn add_route(&mut self, r: &RouteSetup) -> Result<(), NetError> {
+        self.record(Call::Route(r.clone()))?;
+        if self.existing.contains(&r.destination) {
+            return Err(NetError::RouteExists {
+                destination: r.destination,
+                device: r.device.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// Reads the links through the fake, plans and applies, as `configure`
+/// does on the real kernel.
+fn configure_on(fake: &mut Fake, scenario: &str) -> Result<(), NetError> {
+    let (interfaces, routes) = sent(scenario);
+    block_on(async {
+        let links = fake.links().await?;
+        apply(fake, &plan(&interfaces, &routes, &links)?).await
+    })
+}
+
+#[test]
+fn apply_brings_up_lo_then_each_nic_then_adds_the_routes() {
+    let (interfaces, _) = sent("dualstack");
+    let mut fake = Fake {
+        links: booted(&interfaces),
+        ..Fake::default()
+    };
+    configure_on(&mut fake, "dualstack").unwrap();
+    assert_eq!(
+        fake.calls,
+        [
+            Call::Links,
+            Call::Up(1),
+            Call::Mtu {
+                index: 2,
+                mtu: 1500
+            },
+            Call::Address {
+                index: 2,
+                address: AddressSetup {
+                    address: net("172.24.0.2/16"),
+                    nodad: false
+                }
+            },
+            Call::Address {
+                index: 2,
+                address: AddressSetup {
+                    address: net("fd00:7::2/64"),
+                    nodad: true
+                }
+            },
+            Call::Up(2),
+            Call::Route(route(2, "eth0", "0.0.0.0/0", Some("172.24.0.1"), None)),
+            Call::Route(route(2, "eth0", "::/0", Some("fd00:7::1"), None)),
+        ]
+    );
+}
+
+#[test]
+fn apply_renames_before_configuring() {
+    let (interfaces, _) = sent("two");
+    let mut links = booted(&interfaces);
+    links[1].name = "enp0s2".into();
+    let mut fake = Fake {
+        links,
+        ..Fake::default()
+    };
+    configure_on(&mut fake, "two").unwrap();
+    assert_eq!(
+        fake.calls[..4],
+        [
+            Call::Links,
+            Call::Up(1),
+            Call::Rename {
+                index: 2,
+                to: "eth0".into()
+            },
+            Call::Mtu {
+                index: 2,
+                mtu: 1500
+            },
+        ]
+    );
+    assert!(!fake.calls[4..]
+        .iter()
+        .any(|c| matches!(c, Call::Rename { .. })));
+}
+
+#[test]
+fn a_route_the_kernel_has_is_no_error() {
+    let (interfaces, _) = sent("dualstack");
+    let mut fake = Fake {
+        links: booted(&interfaces),
+        existing: vec![net("0.0.0.0/0")],
+        ..Fake::default()
+    };
+    configure_on(&mut fake, "dualstack").unwrap();
+    assert_eq!(
+        fake.calls.last(),
+        Some(&Call::Route(route(
+            2,
+            "eth0",
+            "::/0",
+            Some("fd00:7::1"),
+            None
+        ))),
+        "the routes after it are added"
+    );
+}
+
+#[test]
+fn apply_stops_at_the_first_failure() {
+    let (interfaces, _) = sent("two");
+    let all = {
+        let mut fake = Fake {
+            links: booted(&interfaces),
+            ..Fake::default()
+        };
+        configure_on(&mut fake, "two").unwrap();
+        fake.calls
+    };
+    assert_eq!(all.len(), 1 + 1 + 2 * 3 + 1);
+    for at in 0..all.len() {
+        let mut fake = Fake {
+            links: booted(&interfaces),
+            fail_at: Some(at),
+            ..Fake::default()
+        };
+        assert!(configure_on(&mut fake, "two").is_err());
+        assert_eq!(fake.calls, all[..=at], "failing at {at}");
+    }
+}
+
+#[test]
+fn macs_match_whatever_case_the_host_wrote() {
+    let (mut interfaces, routes) = sent("default");
+    let json = serde_json::to_string(&interfaces[0])
+        .unwrap()
+        .replace("02:42:ac:11:00:02", "02:42:AC:11:00:02");
+    interfaces[0] = serde_json::from_str(&json).unwrap();
+    let links = vec![link(
+        2,
+        "eth0",
+        &"02:42:ac:11:00:02".parse::<MacAddr>().unwrap().octets(),
+    )];
+    assert_eq!(plan(&interfaces, &routes, &links).unwrap().nics[0].index, 2);
+}

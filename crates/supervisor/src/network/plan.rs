@@ -1,0 +1,153 @@
+//! What to do with the container's network: a pure function of a
+//! [`Snapshot`].
+
+use runvm_protocol::{Interface, IpNet, MacAddr, Route};
+
+use super::snapshot::{Address, LinkType, RouteEntry, RouteKind, RouteProtocol, Snapshot};
+
+/// Names of the taps the supervisor creates; a link named so is one of
+/// runvm's own and never taken over.
+pub const TAP_PREFIX: &str = "runvm";
+
+/// The MTU of a link that does not report one.
+const DEFAULT_MTU: u32 = 1500;
+
+/// What [`super::apply`] does, and what the guest is told.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HostPlan {
+    /// The links that become NICs of the VM, in the order of the snapshot
+    /// (which is the order of the VM's NICs).
+    pub nics: Vec<NicPlan>,
+    /// The routes the guest reproduces.
+    pub routes: Vec<Route>,
+    /// The links left as they are, and why.
+    pub left_alone: Vec<LeftAlone>,
+}
+
+/// A link handed to the VM: a tap is created for it, the two are joined by
+/// redirects both ways, and its addresses move to the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicPlan {
+    /// Index of the container's link (Docker's veth).
+    pub link: u32,
+    /// Name of the tap to create.
+    pub tap: String,
+    /// What the guest is told about the NIC (its name is the link's).
+    pub interface: Interface,
+    /// The addresses removed from the link, so that the container's own
+    /// stack never answers in the guest's place. IPv6 link-local
+    /// addresses stay: the guest makes its own.
+    pub remove: Vec<Address>,
+}
+
+/// A link the plan does not touch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftAlone {
+    pub index: u32,
+    pub name: String,
+    pub why: Why,
+}
+
+/// Why a link is left alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// The loopback device: the guest has its own.
+    Loopback,
+    /// Not an Ethernet link (tunnels, `ARPHRD_NONE` devices): a tap carries
+    /// Ethernet frames only.
+    NotEthernet(LinkType),
+    /// An Ethernet link whose hardware address is not 6 bytes long.
+    NoMac { len: usize },
+    /// One of runvm's own taps.
+    OwnTap,
+}
+
+fn is_v6_link_local(net: &IpNet) -> bool {
+    matches!(net, IpNet::V6(n) if n.addr().is_unicast_link_local())
+}
+
+/// Decides which links become NICs, which addresses leave them, and which
+/// routes the guest gets.
+///
+/// Every Ethernet link with a 6-byte MAC becomes a NIC (`runvm-tapN` for
+/// the N-th), with its MTU and its addresses but the IPv6 link-local ones.
+/// The guest gets the routes of the main table that the kernel did not
+/// make itself (those come with the addresses), that are unicast and go
+/// out of one of those links; IPv6 routes to link-local or multicast
+/// destinations come with the interface and are left out, and IPv6
+/// metrics too (the guest's kernel picks its own).
+pub fn plan(snapshot: &Snapshot) -> HostPlan {
+    let mut out = HostPlan::default();
+    for link in &snapshot.links {
+        let mac = match (link.link_type, MacAddr::try_from(&link.hw_address[..])) {
+            (LinkType::Ether, Ok(_)) if link.name.starts_with(TAP_PREFIX) => Err(Why::OwnTap),
+            (LinkType::Ether, Ok(mac)) => Ok(mac),
+            (LinkType::Ether, Err(_)) => Err(Why::NoMac {
+                len: link.hw_address.len(),
+            }),
+            (LinkType::Loopback, _) => Err(Why::Loopback),
+            (other, _) => Err(Why::NotEthernet(other)),
+        };
+        let mac = match mac {
+            Ok(mac) => mac,
+            Err(why) => {
+                out.left_alone.push(LeftAlone {
+                    index: link.index,
+                    name: link.name.clone(),
+                    why,
+                });
+                continue;
+            }
+        };
+        let mut addresses = Vec::new();
+        let mut remove = Vec::new();
+        for a in snapshot.addresses.iter().filter(|a| a.link == link.index) {
+            let Some(net) = a.address else { continue };
+            if is_v6_link_local(&net) {
+                continue;
+            }
+            addresses.push(net);
+            remove.push(a.clone());
+        }
+        out.nics.push(NicPlan {
+            link: link.index,
+            tap: format!("{TAP_PREFIX}-tap{}", out.nics.len()),
+            interface: Interface {
+                name: link.name.clone(),
+                mac,
+                mtu: link.mtu.unwrap_or(DEFAULT_MTU),
+                addresses,
+            },
+            remove,
+        });
+    }
+    out.routes = snapshot
+        .routes
+        .iter()
+        .filter_map(|r| guest_route(r, &out.nics))
+        .collect();
+    out
+}
+
+fn guest_route(r: &RouteEntry, nics: &[NicPlan]) -> Option<Route> {
+    if r.protocol == RouteProtocol::Kernel
+        || r.kind != RouteKind::Unicast
+        || r.table != RouteEntry::TABLE_MAIN
+    {
+        return None;
+    }
+    let nic = nics.iter().find(|n| Some(n.link) == r.oif)?;
+    let v6 = match r.destination {
+        IpNet::V4(_) => false,
+        IpNet::V6(d) if d.addr().is_unicast_link_local() || d.addr().is_multicast() => {
+            return None;
+        }
+        IpNet::V6(_) => true,
+    };
+    Some(Route {
+        destination: r.destination,
+        gateway: r.gateway,
+        device: nic.interface.name.clone(),
+        metric: if v6 { None } else { r.priority },
+    })
+}
