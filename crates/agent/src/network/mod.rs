@@ -64,8 +64,8 @@ pub async fn configure(interfaces: &[Interface], routes: &[Route]) -> crate::err
     Ok(())
 }
 
-/// Carries out `plan`: brings up `lo`; for each NIC in turn renames it if
-/// needed, sets its MTU, adds its addresses and brings it up; then adds the
+/// Carries out `plan`: brings up `lo`; moves aside the NICs whose names
+/// another needs; for each NIC in turn renames it if needed, sets its MTU, adds its addresses and brings it up; then adds the
 /// routes. A route the kernel has already is no error: it made the route
 /// of a connected subnet itself when the address was added.
 pub async fn apply<O: GuestNetOps>(ops: &mut O, plan: &GuestPlan) -> Result<(), NetError> {
@@ -73,7 +73,13 @@ pub async fn apply<O: GuestNetOps>(ops: &mut O, plan: &GuestPlan) -> Result<(), 
         ops.set_up(lo, "lo").await?;
     }
     for nic in &plan.nics {
+        if let (Some(from), Some(via)) = (&nic.rename_from, &nic.rename_via) {
+            ops.rename(nic.index, from, via).await?;
+        }
+    }
+    for nic in &plan.nics {
         if let Some(from) = &nic.rename_from {
+            let from = nic.rename_via.as_ref().unwrap_or(from);
             ops.rename(nic.index, from, &nic.name).await?;
         }
         ops.set_mtu(nic.index, &nic.name, nic.mtu).await?;

@@ -33,6 +33,11 @@ pub struct NicSetup {
     pub index: u32,
     /// The NIC's current name, when it differs from the interface's.
     pub rename_from: Option<String>,
+    /// A name to go through first, when another guest NIC has the name
+    /// this one needs (the guest numbered them the other way round, e.g.
+    /// eth0 and eth1 swap): all such NICs move aside before any takes
+    /// its final name.
+    pub rename_via: Option<String>,
     /// The container interface's name (`eth0`, …).
     pub name: String,
     pub mtu: u32,
@@ -92,6 +97,10 @@ pub fn plan(
         out.nics.push(NicSetup {
             index: link.index,
             rename_from: (link.name != iface.name).then(|| link.name.clone()),
+            rename_via: links
+                .iter()
+                .any(|l| l.name == iface.name && l.index != link.index)
+                .then(|| format!("runvm{}", link.index)),
             name: iface.name.clone(),
             mtu: iface.mtu,
             addresses: iface

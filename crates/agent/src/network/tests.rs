@@ -55,6 +55,7 @@ fn nic(index: u32, name: &str, mtu: u32, addresses: &[&str]) -> NicSetup {
     NicSetup {
         index,
         rename_from: None,
+        rename_via: None,
         name: name.into(),
         mtu,
         addresses: addresses
@@ -178,6 +179,42 @@ fn nics_are_found_by_mac_and_renamed_when_their_names_differ() {
         [(3, Some("eth1"), "eth0"), (2, Some("eth0"), "eth1")]
     );
     assert_eq!(p.routes[0].index, 3, "the route follows eth0 to its NIC");
+    // Each name is taken by the other NIC: both move aside first.
+    let via: Vec<Option<&str>> = p.nics.iter().map(|n| n.rename_via.as_deref()).collect();
+    assert_eq!(via, [Some("runvm3"), Some("runvm2")]);
+}
+
+#[test]
+fn swapped_nics_move_aside_before_taking_their_names() {
+    let (interfaces, _) = sent("two");
+    let mut links = booted(&interfaces);
+    // The guest numbered them the other way round.
+    let (a, b) = (links[1].hw_address.clone(), links[2].hw_address.clone());
+    links[1].hw_address = b;
+    links[2].hw_address = a;
+    let mut fake = Fake {
+        links,
+        ..Fake::default()
+    };
+    configure_on(&mut fake, "two").unwrap();
+    let renames: Vec<&Call> = fake
+        .calls
+        .iter()
+        .filter(|c| matches!(c, Call::Rename { .. }))
+        .collect();
+    let r = |index, to: &str| Call::Rename {
+        index,
+        to: to.into(),
+    };
+    assert_eq!(
+        renames,
+        [
+            &r(3, "runvm3"),
+            &r(2, "runvm2"),
+            &r(3, "eth0"),
+            &r(2, "eth1")
+        ]
+    );
 }
 
 #[test]
