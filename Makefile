@@ -54,8 +54,10 @@ demo: images
 	@docker run --rm --runtime=runvm runvm-test/busybox sh -c 'echo "hello from a VM: $$(cat /proc/cpuinfo | grep -m1 "model name")"'
 
 lint:
+	@command -v shellcheck >/dev/null || scripts/install-deps.sh
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+	shellcheck -x -P scripts scripts/*.sh .ci/run
 
 # --include-ignored: the initramfs builder is also tried on the real guest
 # kernel, which a plain `cargo test` leaves out. Skipped: the check that

@@ -38,8 +38,14 @@ measure "docker run true (runc)" docker run --rm --runtime=runc "$IMG" true
 measure "docker run true (runvm)" docker run --rm --runtime=runvm "$IMG" true
 
 # The floor: QEMU with runvm's machine options, no Docker, no virtiofs.
-KERNEL=$(ls "$RUNVM_DATA"/kernel/*/boot/vmlinuz-* | sort -V | tail -1)
-INITRD=$(ls -t "$RUNVM_DATA"/cache/initramfs-*.img | head -1)
+# The kernel a default container boots, and the newest initramfs built for
+# it (the runs above built it with the installed agent): never another
+# kernel's archive.
+KERNEL=$(runvm check | awk '/guest kernel:/ {print $4}')
+[ -f "$KERNEL" ] || die "runvm check names no guest kernel: run make install"
+VERSION=${KERNEL##*/vmlinuz-}
+INITRD=$(find "$RUNVM_DATA/cache" -name "initramfs-$VERSION-*.img" -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2-)
+[ -f "$INITRD" ] || die "no initramfs for kernel $VERSION in $RUNVM_DATA/cache: run a container first"
 # The same machine as runvm's default VM.
 ACCEL="tcg,thread=multi,tb-size=64"; CPU=max; SMP=$(nproc)
 if runvm check | grep -q "ok      accelerator: Kvm"; then ACCEL=kvm; CPU=host; fi
