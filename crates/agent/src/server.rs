@@ -16,7 +16,7 @@ use crate::process::{self, Confinement, ContainerNamespaces, Namespaces, ParentS
 use crate::reaper::Reaper;
 use crate::{early, mounts, network};
 use runvm_protocol::session::{read_frame, write_frame, FdStream, Mode, Mux, MuxStream};
-use runvm_protocol::{ContainerSpec, GuestMessage, HostMessage, StreamHeader};
+use runvm_protocol::{ContainerSpec, GuestMessage, GuestNetwork, HostMessage, StreamHeader};
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Kind {
@@ -170,7 +170,8 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
     let (mut rd, wr) = tokio::io::split(s);
     let wr = tokio::sync::Mutex::new(wr);
     match read_frame::<_, HostMessage>(&mut rd).await? {
-        HostMessage::StartContainer(spec) => {
+        HostMessage::StartContainer(start) => {
+            let spec = &start.container;
             {
                 let mut started = agent.started.lock().expect("started lock");
                 if *started {
@@ -178,7 +179,7 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
                 }
                 *started = true;
             }
-            if let Err(e) = prepare_container(&spec).await {
+            if let Err(e) = prepare_container(spec, &start.network).await {
                 agent.container.send_replace(Container::Gone);
                 send(
                     &wr,
@@ -188,7 +189,7 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
                 )
                 .await?;
             } else {
-                let _ = agent.confinement.set(Arc::new(Confinement::of(&spec)));
+                let _ = agent.confinement.set(Arc::new(Confinement::of(spec)));
                 let ran = run_process(&agent, process, &spec.process, None, &mut rd, &wr).await;
                 agent.container.send_replace(Container::Gone);
                 ran?;
@@ -385,7 +386,7 @@ async fn wait_for_shutdown<R: tokio::io::AsyncRead + Unpin>(rd: &mut R) {
 }
 
 /// The root, mounts, hostname and network of the container.
-async fn prepare_container(spec: &ContainerSpec) -> Result<()> {
+async fn prepare_container(spec: &ContainerSpec, net: &GuestNetwork) -> Result<()> {
     // A `--read-only` root is read-only on the host side (the supervisor's
     // /rootfs mount), where virtiofsd enforces it. Mounting the share
     // read-only here would also make every volume read-only: the guest
@@ -395,7 +396,7 @@ async fn prepare_container(spec: &ContainerSpec) -> Result<()> {
     if let Some(h) = &spec.hostname {
         nix::unistd::sethostname(h).map_err(|e| AgentError::sys("set the hostname", e))?;
     }
-    network::configure(&spec.interfaces, &spec.routes).await?;
+    network::configure(&net.interfaces, &net.routes).await?;
     Ok(())
 }
 

@@ -374,8 +374,6 @@ pub fn rewrite_config(
         container: ContainerSpec {
             hostname,
             process: guest_process,
-            interfaces: Vec::new(),
-            routes: Vec::new(),
             mounts: guest_mounts,
             readonly_root,
             masked_paths,

@@ -236,8 +236,8 @@ mod tests {
     }
 
     #[test]
-    fn container_spec_survives_json() {
-        let spec = ContainerSpec {
+    fn start_container_survives_json() {
+        let container = ContainerSpec {
             hostname: Some("abc".into()),
             process: ProcessSpec {
                 args: vec!["sh".into()],
@@ -250,29 +250,6 @@ mod tests {
                 }],
                 ..Default::default()
             },
-            interfaces: vec![Interface {
-                name: "eth0".into(),
-                mac: "02:42:ac:11:00:02".parse().unwrap(),
-                mtu: 1500,
-                addresses: vec![
-                    "172.17.0.2/16".parse().unwrap(),
-                    "fd00::2/64".parse().unwrap(),
-                ],
-            }],
-            routes: vec![
-                Route {
-                    destination: "0.0.0.0/0".parse().unwrap(),
-                    gateway: Some("172.17.0.1".parse().unwrap()),
-                    device: "eth0".into(),
-                    metric: None,
-                },
-                Route {
-                    destination: "::/0".parse().unwrap(),
-                    gateway: Some("fd00::1".parse().unwrap()),
-                    device: "eth0".into(),
-                    metric: None,
-                },
-            ],
             mounts: vec![],
             readonly_root: false,
             masked_paths: vec!["/proc/kcore".into()],
@@ -283,6 +260,34 @@ mod tests {
                 program: vec![SockFilter(0x06, 0, 0, 0x7fff_0000)],
                 flags: 0,
             }),
+        };
+        let spec = StartContainer {
+            container,
+            network: GuestNetwork {
+                interfaces: vec![Interface {
+                    name: "eth0".into(),
+                    mac: "02:42:ac:11:00:02".parse().unwrap(),
+                    mtu: 1500,
+                    addresses: vec![
+                        "172.17.0.2/16".parse().unwrap(),
+                        "fd00::2/64".parse().unwrap(),
+                    ],
+                }],
+                routes: vec![
+                    Route {
+                        destination: "0.0.0.0/0".parse().unwrap(),
+                        gateway: Some("172.17.0.1".parse().unwrap()),
+                        device: "eth0".into(),
+                        metric: None,
+                    },
+                    Route {
+                        destination: "::/0".parse().unwrap(),
+                        gateway: Some("fd00::1".parse().unwrap()),
+                        device: "eth0".into(),
+                        metric: None,
+                    },
+                ],
+            },
         };
         let json =
             serde_json::to_string(&HostMessage::StartContainer(Box::new(spec.clone()))).unwrap();
@@ -297,6 +302,11 @@ mod tests {
         );
         assert!(
             json.contains(r#""destination":"::/0","gateway":"fd00::1""#),
+            "{json}"
+        );
+        // The container and its network are the fields of one object.
+        assert!(
+            json.starts_with(r#"{"type":"start_container","hostname":"abc","#),
             "{json}"
         );
         let back: HostMessage = serde_json::from_str(&json).unwrap();

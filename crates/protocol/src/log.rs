@@ -25,6 +25,14 @@ struct Plain {
     program: &'static str,
 }
 
+/// The text of an event: its message, then its other fields as
+/// ` key=value`. Shared with the runtime's logrus-style log.
+pub fn event_text(event: &Event<'_>) -> String {
+    let mut m = Message::default();
+    event.record(&mut m);
+    m.0 + &m.1
+}
+
 #[derive(Default)]
 struct Message(String, String);
 
@@ -57,14 +65,13 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let mut m = Message::default();
-        event.record(&mut m);
+        let text = event_text(event);
         let mark = match *event.metadata().level() {
             Level::DEBUG | Level::TRACE => "debug: ",
             Level::WARN => "warning: ",
             _ => "",
         };
-        writeln!(writer, "{}: {mark}{}{}", self.program, m.0, m.1)
+        writeln!(writer, "{}: {mark}{text}", self.program)
     }
 }
 

@@ -28,7 +28,7 @@ pub enum StreamHeader {
 pub enum HostMessage {
     /// Boot-time setup plus the container's main process. Sent once, on the
     /// first control stream.
-    StartContainer(Box<ContainerSpec>),
+    StartContainer(Box<StartContainer>),
     /// Run another process in the running container (`docker exec`). Sent
     /// as the first message of its own control stream.
     Exec(Box<ProcessSpec>),
@@ -56,13 +56,30 @@ pub enum GuestMessage {
     SetupFailed { message: String },
 }
 
-/// Everything the guest needs to turn itself into the container.
+/// Everything the guest needs to turn itself into the container: what the
+/// runtime knows (the container) and what the supervisor adds once it has
+/// seen the container's network namespace. Both travel as the fields of
+/// one JSON object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct StartContainer {
+    #[serde(flatten)]
+    pub container: ContainerSpec,
+    #[serde(flatten)]
+    pub network: GuestNetwork,
+}
+
+/// The container's network as the guest must reproduce it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct GuestNetwork {
+    pub interfaces: Vec<Interface>,
+    pub routes: Vec<Route>,
+}
+
+/// The container as the runtime describes it, from its config.json.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct ContainerSpec {
     pub hostname: Option<String>,
     pub process: ProcessSpec,
-    pub interfaces: Vec<Interface>,
-    pub routes: Vec<Route>,
     /// Filesystems the guest mounts itself (tmpfs and the like), in order.
     pub mounts: Vec<GuestMount>,
     /// Mount the root filesystem read-only.

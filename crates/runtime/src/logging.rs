@@ -8,12 +8,11 @@
 //! names), hence this event formatter; the rest (levels, filtering,
 //! writers) is tracing-subscriber's.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::fs::OpenOptions;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -43,28 +42,6 @@ fn level_name(level: Level) -> &'static str {
     }
 }
 
-/// The event's message, followed by its other fields as ` key=value`.
-#[derive(Default)]
-struct Message(String, String);
-
-impl Visit for Message {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == "message" {
-            let _ = write!(self.0, "{value:?}");
-        } else {
-            let _ = write!(self.1, " {}={value:?}", field.name());
-        }
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.0.push_str(value);
-        } else {
-            let _ = write!(self.1, " {}={value:?}", field.name());
-        }
-    }
-}
-
 impl<S, N> FormatEvent<S, N> for Logrus
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -76,9 +53,7 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let mut m = Message::default();
-        event.record(&mut m);
-        let msg = m.0 + &m.1;
+        let msg = runvm_protocol::log::event_text(event);
         let level = level_name(*event.metadata().level());
         let time = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
         if self.json {

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use error::{Result, SupervisorError};
 use runvm_contract::{paths, sockets, VmConfig};
 use runvm_protocol::session::{write_frame, Mode, Mux};
-use runvm_protocol::HostMessage;
+use runvm_protocol::{GuestNetwork, HostMessage, StartContainer};
 
 /// Exit code when the VM itself fails (as opposed to the workload).
 const VM_FAILURE: i32 = ExitCode::VmFailure.code();
@@ -329,8 +329,6 @@ async fn supervise() -> Result<i32> {
     let (mux, _) = Mux::start(sock, Mode::Client);
 
     let mut spec = cfg.container.clone();
-    spec.interfaces = interfaces;
-    spec.routes = routes;
     spec.process.inherited_rlimits = session::own_rlimits();
     if terminal {
         spec.process.console_size = relay::window_size().or(spec.process.console_size);
@@ -340,7 +338,10 @@ async fn supervise() -> Result<i32> {
     let _ = agent_tx.send(Some(mux.clone()));
     let (outcome, mut control, drain) = session::run(
         &mux,
-        HostMessage::StartContainer(Box::new(spec)),
+        HostMessage::StartContainer(Box::new(StartContainer {
+            container: spec,
+            network: GuestNetwork { interfaces, routes },
+        })),
         terminal,
         sig_rx,
         Some(vm_end(&mut qemu, &mut virtiofsd)),

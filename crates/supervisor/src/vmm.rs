@@ -151,8 +151,6 @@ mod tests {
             container: ContainerSpec {
                 hostname: None,
                 process: ProcessSpec::default(),
-                interfaces: vec![],
-                routes: vec![],
                 mounts: vec![],
                 readonly_root: false,
                 ..Default::default()

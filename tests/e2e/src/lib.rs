@@ -658,6 +658,30 @@ impl Container {
             .collect()
     }
 
+    /// Waits until `docker ps -a` no longer lists the container (after a
+    /// `--rm` run, whose removal may lag the client a bit); panics after
+    /// `timeout`, naming `what`.
+    pub fn wait_removed(&self, what: &str, timeout: Duration) {
+        poll_until(
+            &format!("container {} to be removed after {what}", self.name),
+            timeout,
+            || {
+                let ps = docker(
+                    &[
+                        "ps",
+                        "-a",
+                        "-q",
+                        "--filter",
+                        &format!("name=^/{}$", self.name),
+                    ],
+                    None,
+                );
+                ps.assert_code(0, "docker ps -a");
+                ps.stdout_str().trim().is_empty().then_some(())
+            },
+        );
+    }
+
     /// `docker logs <name>`.
     pub fn logs(&self) -> Run {
         docker(&["logs", &self.name], None)

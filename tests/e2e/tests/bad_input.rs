@@ -40,19 +40,7 @@ fn check_rejected(env: &str, must_mention: &[&str]) {
     }
     assert!(run.stdout.is_empty(), "{what}: stdout:\n{}", run.describe());
 
-    // --rm: nothing left in `docker ps -a` (removal may lag the client a bit).
-    poll_until(
-        &format!("container {} to be removed after {what}", c.name),
-        Duration::from_secs(10),
-        || {
-            let ps = docker(
-                &["ps", "-a", "-q", "--filter", &format!("name=^/{}$", c.name)],
-                None,
-            );
-            ps.assert_code(0, "docker ps -a");
-            ps.stdout_str().trim().is_empty().then_some(())
-        },
-    );
+    c.wait_removed(&what, Duration::from_secs(10));
     assert_no_leftovers(&what, Duration::from_secs(10));
 }
 

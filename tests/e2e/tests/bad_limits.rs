@@ -44,17 +44,7 @@ fn check_refused(args: &[&str], must_mention: &[&str], must_not_mention: &[&str]
         );
     }
     assert!(!stderr.contains("panicked"), "{what}:\n{}", run.describe());
-    poll_until(
-        &format!("container {} to be removed after {what}", c.name),
-        Duration::from_secs(10),
-        || {
-            let ps = docker(
-                &["ps", "-a", "-q", "--filter", &format!("name=^/{}$", c.name)],
-                None,
-            );
-            ps.stdout_str().trim().is_empty().then_some(())
-        },
-    );
+    c.wait_removed(&what, Duration::from_secs(10));
 }
 
 #[e2e_test]
