@@ -86,19 +86,6 @@ fn load_config() -> Result<VmConfig> {
     })
 }
 
-/// Clears close-on-exec so a helper inherits `fd`.
-fn inheritable(fd: i32) -> Result<()> {
-    // SAFETY: F_SETFD on a descriptor this process owns.
-    let rc = unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
-    if rc < 0 {
-        return Err(SupervisorError::io(
-            "clear close-on-exec",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
-}
-
 /// Starts virtiofsd or QEMU: no stdin or stdout, stderr kept in `log`
 /// (and copied to ours when debugging), killed if the supervisor goes away.
 fn spawn_helper(
@@ -239,8 +226,8 @@ async fn supervise() -> Result<i32> {
     // to a socket that is not ready.
     let vfs_listener = std::os::unix::net::UnixListener::bind(sockets::VIRTIOFS)
         .map_err(|e| SupervisorError::io(format!("listen on {}", sockets::VIRTIOFS), e))?;
+    // Close-on-exec here: only virtiofsd's child clears it (below).
     let vfs_fd = std::os::fd::AsRawFd::as_raw_fd(&vfs_listener);
-    inheritable(vfs_fd)?;
     let agent_listener = tokio::net::UnixListener::bind(sockets::AGENT)
         .map_err(|e| SupervisorError::io(format!("listen on {}", sockets::AGENT), e))?;
     let console_listener = tokio::net::UnixListener::bind(sockets::CONSOLE)
@@ -264,7 +251,7 @@ async fn supervise() -> Result<i32> {
         &cfg.virtiofsd,
         vmm::virtiofsd_args(&cfg, vfs_fd),
         &logs.virtiofsd,
-        |c| sandbox::bound_capabilities(c, sandbox::VIRTIOFSD_CAPS),
+        |c| sandbox::bound_capabilities(c, sandbox::VIRTIOFSD_CAPS, vec![vfs_fd]),
     )?;
     drop(vfs_listener); // virtiofsd has it
 

@@ -105,12 +105,17 @@ pub fn run_unprivileged(cmd: &mut Command, uid: u32, gid: u32, keep_fds: Vec<Raw
 }
 
 /// Cuts the bounding set of `cmd`'s process to `keep` and sets
-/// no-new-privileges, so that it starts with at most those capabilities.
-pub fn bound_capabilities(cmd: &mut Command, keep: &'static [u32]) {
+/// no-new-privileges, so that it starts with at most those capabilities;
+/// it inherits `keep_fds` (which are close-on-exec in the supervisor).
+pub fn bound_capabilities(cmd: &mut Command, keep: &'static [u32], keep_fds: Vec<RawFd>) {
     let last = last_cap();
-    // SAFETY: the closure only calls prctl on plain integers.
+    // SAFETY: the closure only calls fcntl and prctl on plain integers
+    // captured before the fork.
     unsafe {
         cmd.pre_exec(move || {
+            for fd in &keep_fds {
+                check(libc::fcntl(*fd, libc::F_SETFD, 0))?;
+            }
             drop_bounding_except(keep, last)?;
             no_ambient_no_new_privileges()
         });
