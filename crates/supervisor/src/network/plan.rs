@@ -60,7 +60,15 @@ pub enum Why {
     NoMac { len: usize },
     /// One of runvm's own taps.
     OwnTap,
+    /// An Ethernet tunnel the kernel puts in every namespace by itself
+    /// once its module is loaded (`gretap0`, `erspan0`, …): never one of
+    /// Docker's interfaces.
+    KernelTunnel,
 }
+
+/// Driver kinds of the Ethernet tunnels the kernel creates in every network
+/// namespace (the "fallback" devices of ip_gre and ip6_gre).
+const KERNEL_TUNNEL_KINDS: &[&str] = &["gretap", "erspan", "ip6gretap", "ip6erspan"];
 
 fn is_v6_link_local(net: &IpNet) -> bool {
     matches!(net, IpNet::V6(n) if n.addr().is_unicast_link_local())
@@ -81,6 +89,14 @@ pub fn plan(snapshot: &Snapshot) -> HostPlan {
     for link in &snapshot.links {
         let mac = match (link.link_type, MacAddr::try_from(&link.hw_address[..])) {
             (LinkType::Ether, Ok(_)) if link.name.starts_with(TAP_PREFIX) => Err(Why::OwnTap),
+            (LinkType::Ether, _)
+                if link
+                    .kind
+                    .as_deref()
+                    .is_some_and(|k| KERNEL_TUNNEL_KINDS.contains(&k)) =>
+            {
+                Err(Why::KernelTunnel)
+            }
             (LinkType::Ether, Ok(mac)) => Ok(mac),
             (LinkType::Ether, Err(_)) => Err(Why::NoMac {
                 len: link.hw_address.len(),

@@ -491,7 +491,7 @@ fn route(destination: &str, gateway: Option<&str>, oif: u32) -> RouteEntry {
 }
 
 #[test]
-fn only_ethernet_links_with_a_mac_and_not_runvms_own_are_taken() {
+fn only_ethernet_links_with_a_mac_and_not_runvms_own_or_the_kernels_tunnels_are_taken() {
     let mut s = recorded("default");
     s.links.extend([
         link(2, "tunl0", LinkType::Other(768), &[0, 0, 0, 0]),
@@ -501,6 +501,14 @@ fn only_ethernet_links_with_a_mac_and_not_runvms_own_are_taken() {
         Link {
             mtu: None,
             ..link(6, "eth9", LinkType::Ether, &[2, 0, 0, 0, 0, 9])
+        },
+        Link {
+            kind: Some("gretap".into()),
+            ..link(7, "gretap0", LinkType::Ether, &[0; 6])
+        },
+        Link {
+            kind: Some("erspan".into()),
+            ..link(8, "erspan0", LinkType::Ether, &[0; 6])
         },
     ]);
     let p = plan(&s);
@@ -512,6 +520,8 @@ fn only_ethernet_links_with_a_mac_and_not_runvms_own_are_taken() {
             left(3, "wg0", Why::NotEthernet(LinkType::Other(0xfffe))),
             left(4, "runvm-tap0", Why::OwnTap),
             left(5, "odd0", Why::NoMac { len: 7 }),
+            left(7, "gretap0", Why::KernelTunnel),
+            left(8, "erspan0", Why::KernelTunnel),
         ]
     );
     let names: Vec<(&str, &str, u32)> = p
