@@ -79,20 +79,9 @@ pub async fn run(
     vm_gone: Option<impl Future<Output = String>>,
     give_up: Option<impl Future<Output = String>>,
 ) -> Result<(Outcome, ControlWriter, Drain)> {
-    let giving_up = give_up.is_some();
-    let give_up = async move {
-        match give_up {
-            Some(f) => f.await,
-            None => std::future::pending().await,
-        }
-    };
     let watching_vm = vm_gone.is_some();
-    let vm_gone = async move {
-        match vm_gone {
-            Some(f) => f.await,
-            None => std::future::pending().await,
-        }
-    };
+    let vm_gone = or_pending(vm_gone);
+    let give_up = or_pending(give_up);
     let mut winch = signal(SignalKind::window_change())
         .map_err(|e| SupervisorError::io("watch the terminal size", e))?;
     // stdio streams first, then the control stream that starts the process.
@@ -173,10 +162,18 @@ pub async fn run(
             _ = &mut grace, if gone.is_some() => {
                 break Outcome::Lost { started, why: gone.take().unwrap_or_default() };
             }
-            why = &mut give_up, if !answered && giving_up => break Outcome::NoAnswer(why),
+            why = &mut give_up, if !answered => break Outcome::NoAnswer(why),
         }
     };
     Ok((outcome, cwr, Drain(drain)))
+}
+
+/// `f`'s output, or never without one.
+async fn or_pending<T>(f: Option<impl Future<Output = T>>) -> T {
+    match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
 }
 
 fn channel_failure(e: &FrameError) -> String {
