@@ -401,9 +401,8 @@ pub fn guest_process(p: &Value) -> Result<ProcessSpec, RewriteError> {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(a)) => a
             .iter()
-            .map(|g| u32_field(Some(g), "process.user.additionalGids"))
-            .collect::<Result<Option<Vec<u32>>, _>>()?
-            .unwrap_or_default(),
+            .map(|g| u32_of(g, "process.user.additionalGids"))
+            .collect::<Result<_, _>>()?,
         Some(_) => {
             return Err(RewriteError::Malformed {
                 field: "process.user.additionalGids",
@@ -468,24 +467,27 @@ pub fn guest_process(p: &Value) -> Result<ProcessSpec, RewriteError> {
     })
 }
 
-/// A list of strings (`null` or absent: empty).
-/// A user or group id (or umask) field: absent is `None`; anything but a
-/// whole number that fits 32 bits is refused rather than truncated, so a
-/// hostile config cannot turn uid 4294967296 into root.
+/// A user or group id (or umask): anything but a whole number that fits
+/// 32 bits is refused rather than truncated, so a hostile config cannot
+/// turn uid 4294967296 into root.
+fn u32_of(n: &Value, field: &'static str) -> Result<u32, RewriteError> {
+    n.as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or(RewriteError::Malformed {
+            field,
+            why: format!("{n} is not a 32-bit unsigned number"),
+        })
+}
+
+/// [`u32_of`] for an optional field: absent or `null` is `None`.
 fn u32_field(v: Option<&Value>, field: &'static str) -> Result<Option<u32>, RewriteError> {
     match v {
         None | Some(Value::Null) => Ok(None),
-        Some(n) => n
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .map(Some)
-            .ok_or(RewriteError::Malformed {
-                field,
-                why: format!("{n} is not a 32-bit unsigned number"),
-            }),
+        Some(n) => u32_of(n, field).map(Some),
     }
 }
 
+/// A list of strings (`null` or absent: empty).
 fn string_list(v: Option<&Value>, field: &'static str) -> Result<Vec<String>, RewriteError> {
     match v {
         None | Some(Value::Null) => Ok(Vec::new()),

@@ -716,6 +716,11 @@ fn ids_that_do_not_fit_32_bits_are_refused_not_truncated_to_root() {
             "process.user.additionalGids",
         ),
         ("additionalGids", json!(10), "process.user.additionalGids"),
+        (
+            "additionalGids",
+            json!([10, null]),
+            "process.user.additionalGids",
+        ),
     ] {
         let mut p = base.clone();
         p["user"][path] = value.clone();
