@@ -4,14 +4,14 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("cannot mount {what} on {target}: {source}")]
+    #[error("cannot mount {what} on {}", target.display())]
     Mount {
         what: String,
         target: PathBuf,
         #[source]
         source: nix::Error,
     },
-    #[error("cannot load kernel module {module}: {source}")]
+    #[error("cannot load kernel module {module}")]
     Module {
         module: String,
         #[source]
@@ -19,15 +19,15 @@ pub enum AgentError {
     },
     #[error("the host channel (virtio-serial port {0}) did not appear")]
     NoPort(&'static str),
-    #[error("cannot {what}: {source}")]
+    #[error("cannot {what}")]
     Sys {
         what: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("network setup failed: {0}")]
+    #[error("network setup failed")]
     Network(#[from] crate::network::NetError),
-    #[error("host channel: {0}")]
+    #[error("host channel")]
     Channel(#[from] runvm_protocol::FrameError),
     #[error("the host asked to start the container a second time")]
     AlreadyStarted,

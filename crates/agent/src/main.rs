@@ -17,6 +17,7 @@ mod process;
 mod reaper;
 mod server;
 
+use runvm_contract::report::ErrorChain;
 use std::time::Duration;
 
 fn main() {
@@ -43,7 +44,7 @@ fn main() {
         early::power_off();
     }
     if let Err(e) = early::setup() {
-        tracing::error!("{e}");
+        tracing::error!("{}", e.chain());
         early::power_off();
     }
     // /proc is mounted now: the host asks for debug entries on the kernel
@@ -62,7 +63,7 @@ fn main() {
     };
     let result = rt.block_on(server::serve());
     if let Err(e) = result {
-        tracing::error!("{e}");
+        tracing::error!("{}", e.chain());
     }
     rt.shutdown_timeout(Duration::from_millis(100));
     early::power_off();

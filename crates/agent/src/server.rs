@@ -2,6 +2,7 @@
 //! opens, starts the container, relays stdio and signals, reports the exit.
 
 use runvm_contract::guest::{AGENT_PORT_NAME, ROOTFS_TAG};
+use runvm_contract::report::ErrorChain;
 use runvm_protocol::exit::ExitCode;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -143,7 +144,7 @@ async fn handle_stream(agent: Arc<Agent>, mut s: MuxStream) {
     let header: StreamHeader = match read_frame(&mut s).await {
         Ok(h) => h,
         Err(e) => {
-            tracing::warn!("bad stream header: {e}");
+            tracing::warn!("bad stream header: {}", e.chain());
             return;
         }
     };
@@ -153,7 +154,7 @@ async fn handle_stream(agent: Arc<Agent>, mut s: MuxStream) {
         StreamHeader::Stderr { process } => agent.streams.put(process, Kind::Stderr, s),
         StreamHeader::Control { process } => {
             if let Err(e) = control(agent.clone(), process, s).await {
-                tracing::error!("{e}");
+                tracing::error!("{}", e.chain());
             }
         }
     }
@@ -181,13 +182,8 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
             }
             if let Err(e) = prepare_container(spec, &start.network).await {
                 agent.container.send_replace(Container::Gone);
-                send(
-                    &wr,
-                    &GuestMessage::SetupFailed {
-                        message: e.to_string(),
-                    },
-                )
-                .await?;
+                let message = e.chain().to_string();
+                send(&wr, &GuestMessage::SetupFailed { message }).await?;
             } else {
                 let _ = agent.confinement.set(Arc::new(Confinement::of(spec)));
                 let ran = run_process(&agent, process, &spec.process, None, &mut rd, &wr).await;

@@ -36,7 +36,7 @@ pub enum ExecSpecError {
     BadCount { value: String },
     #[error("{name} is missing: the exec spec arrived incomplete")]
     MissingPart { name: String },
-    #[error("the exec spec is not valid JSON: {0}")]
+    #[error("the exec spec is not valid JSON")]
     Json(#[from] serde_json::Error),
 }
 

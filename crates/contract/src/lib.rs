@@ -6,9 +6,11 @@
 //! - [`sockets`]: the helpers' sockets in the container's private `/run`;
 //! - [`guest`]: names the guest sees (the agent's port, the root's virtiofs
 //!   tag) and the initramfs layout the agent reads;
-//! - [`exec_spec`]: how an exec's process spec reaches the exec client.
+//! - [`exec_spec`]: how an exec's process spec reaches the exec client;
+//! - [`report`]: how an error and its causes are shown to the user.
 
 pub mod exec_spec;
+pub mod report;
 
 use serde::{Deserialize, Serialize};
 

@@ -82,7 +82,7 @@ pub enum Error {
 
     /// The kernel has a modules directory but its `modules.dep` is unreadable.
     #[error(
-        "cannot read the kernel module index {}: {source}: generate it with `{}`",
+        "cannot read the kernel module index {} (generate it with `{}`)",
         path.display(),
         depmod_hint(path)
     )]
@@ -109,7 +109,7 @@ pub enum Error {
     },
 
     /// Any other I/O failure.
-    #[error("cannot {what} {}: {source}", path.display())]
+    #[error("cannot {what} {}", path.display())]
     Io {
         /// What was being done, e.g. "read kernel module".
         what: String,

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use pathrs::error::ErrorKind;
 use pathrs::flags::OpenFlags;
 use pathrs::Root;
+use runvm_contract::report::ErrorChain;
 pub use runvm_contract::StagedMount;
 use rustix::mount::{move_mount, MountFlags, MoveMountFlags};
 
@@ -35,25 +36,25 @@ use rustix::mount::{move_mount, MountFlags, MoveMountFlags};
 /// says what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
-    #[error("cannot open the container's root filesystem {}: {source}", root.display())]
+    #[error("cannot open the container's root filesystem {}", root.display())]
     OpenRoot {
         root: PathBuf,
         #[source]
         source: pathrs::error::Error,
     },
-    #[error("cannot inspect the mount staged for {destination} at {staging}: {source}")]
+    #[error("cannot inspect the mount staged for {destination} at {staging}")]
     Staging {
         destination: String,
         staging: String,
         #[source]
         source: io::Error,
     },
-    #[error("mount destination {destination} cannot be resolved inside the image: {}", chain(.source))]
+    #[error("mount destination {destination} cannot be resolved inside the image")]
     Resolve {
         destination: String,
         source: pathrs::error::Error,
     },
-    #[error("mount destination {destination} cannot be created inside the image ({}); a symlink on the way may point nowhere: create its target in the image or mount at another path", chain(.source))]
+    #[error("mount destination {destination} cannot be created inside the image (a symlink on the way may point nowhere: create its target in the image or mount at another path)")]
     Create {
         destination: String,
         source: pathrs::error::Error,
@@ -66,36 +67,20 @@ pub enum MountError {
         found: &'static str,
         wanted: &'static str,
     },
-    #[error("cannot move the mount for {destination} into place: {source}")]
+    #[error("cannot move the mount for {destination} into place")]
     Move {
         destination: String,
         #[source]
         source: io::Error,
     },
-    #[error("cannot make the container's root filesystem read-only: {0}")]
+    #[error("cannot make the container's root filesystem read-only")]
     ReadOnly(#[source] io::Error),
-    #[error("cannot enter the container's mount namespace: {0}")]
+    #[error("cannot enter the container's mount namespace")]
     Enter(#[source] io::Error),
     /// A failure reported by the child that worked in the container's mount
     /// namespace (see [`place_in_container`]); the text is its message.
     #[error("{0}")]
     InContainer(String),
-}
-
-/// An error and its causes on one line (libpathrs keeps the errno in the
-/// cause).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let s = c.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        cause = c.source();
-    }
-    text.replace('\n', " ")
 }
 
 fn kind_name(is_dir: bool) -> &'static str {
@@ -291,7 +276,7 @@ pub fn place_in_container(
                 Ok(()) => 0,
                 Err(e) => {
                     let mut w = fs::File::from(wr);
-                    let _ = w.write_all(e.to_string().as_bytes());
+                    let _ = w.write_all(e.chain().to_string().as_bytes());
                     1
                 }
             };

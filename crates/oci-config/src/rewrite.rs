@@ -29,6 +29,7 @@
 //!   virtiofsd whatever the container asked for (`--privileged` and
 //!   `seccomp=unconfined` included).
 
+use runvm_contract::report::ErrorChain;
 use serde_json::{json, Map, Value};
 
 use crate::options::VmOptions;
@@ -160,7 +161,7 @@ pub enum RewriteError {
         want: String,
         limit: String,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Option(#[from] crate::options::OptionError),
     /// The container's seccomp profile cannot be compiled (the message of a
     /// [`crate::seccomp::SeccompError`]).
@@ -263,7 +264,9 @@ pub fn rewrite_config(
     let readonly_paths = string_list(linux.get("readonlyPaths"), "linux.readonlyPaths")?;
     let seccomp = match linux.get("seccomp") {
         None => None,
-        Some(p) => crate::seccomp::compile(p).map_err(|e| RewriteError::Seccomp(e.to_string()))?,
+        Some(p) => {
+            crate::seccomp::compile(p).map_err(|e| RewriteError::Seccomp(e.chain().to_string()))?
+        }
     };
     linux.insert("seccomp".into(), crate::host_seccomp::profile());
     linux.insert("maskedPaths".into(), json!(HOST_SIDE_MASKED));
@@ -899,7 +902,7 @@ pub fn rewrite_exec_process(mut process: Value) -> Result<(Value, ProcessSpec), 
     env.extend(
         runvm_contract::exec_spec::encode(&spec).map_err(|e| RewriteError::Malformed {
             field: "process",
-            why: e.to_string(),
+            why: e.chain().to_string(),
         })?,
     );
     p.insert("args".into(), json!([paths::SUPERVISOR, "exec"]));

@@ -60,13 +60,13 @@ pub enum SeccompError {
         what: String,
         why: &'static str,
     },
-    #[error("libseccomp cannot {what}: {source}")]
+    #[error("libseccomp cannot {what}")]
     Library {
         what: String,
         #[source]
         source: libseccomp::error::SeccompError,
     },
-    #[error("cannot export the compiled seccomp filter: {0}")]
+    #[error("cannot export the compiled seccomp filter")]
     Export(#[source] std::io::Error),
     #[error("the seccomp profile compiles to {0} BPF instructions, more than the kernel's limit of {MAX_INSTRUCTIONS}; shorten the profile")]
     TooLong(usize),

@@ -21,11 +21,11 @@ pub const MAX_SMALL_FRAME: usize = 64 * 1024;
 /// Errors of the framing layer.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    #[error("the channel failed: {0}")]
+    #[error("the channel failed")]
     Io(#[from] std::io::Error),
-    #[error("a frame is not valid JSON for the expected message: {0}")]
+    #[error("a frame is not valid JSON for the expected message")]
     Decode(#[source] serde_json::Error),
-    #[error("a message could not be encoded: {0}")]
+    #[error("a message could not be encoded")]
     Encode(#[source] serde_json::Error),
     #[error("the peer closed the stream before sending a message")]
     Closed,

@@ -59,6 +59,8 @@ impl fmt::Display for LookPathError {
     }
 }
 
+impl std::error::Error for LookPathError {}
+
 /// Go's text for an errno: the C library's text with a lower-case initial
 /// ("no such file or directory").
 pub fn go_errno_text(e: &io::Error) -> String {

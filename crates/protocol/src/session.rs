@@ -28,7 +28,7 @@ pub type MuxStream = Compat<yamux::Stream>;
 pub enum MuxError {
     #[error("the host-guest channel closed")]
     Closed,
-    #[error("the host-guest channel failed: {0}")]
+    #[error("the host-guest channel failed")]
     Yamux(#[from] yamux::ConnectionError),
 }
 

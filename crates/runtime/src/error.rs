@@ -5,31 +5,31 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} is not valid JSON: {source}")]
+    #[error("{path} is not valid JSON")]
     Json {
         path: PathBuf,
         #[source]
         source: serde_json::Error,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Option(#[from] runvm_config::options::OptionError),
-    #[error("{0}")]
+    #[error(transparent)]
     Rewrite(#[from] runvm_config::RewriteError),
-    #[error("{0}")]
+    #[error(transparent)]
     Kernel(#[from] runvm_initramfs::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Mounts(#[from] runvm_mounts::MountError),
     #[error("RUNVM_ACCEL=kvm was asked for but KVM is not available ({0}): load the kvm module and give the Docker host access to /dev/kvm, or use RUNVM_ACCEL=tcg")]
     NoKvm(String),
@@ -39,18 +39,18 @@ pub enum RuntimeError {
         looked: String,
         fix: &'static str,
     },
-    #[error("cannot run {program}: {source}")]
+    #[error("cannot run {program}")]
     Spawn {
         program: String,
         #[source]
         source: std::io::Error,
     },
     /// The workload cannot be executed; worded exactly as runc words it.
-    #[error("runc create failed: unable to start container process: {0}")]
-    Exec(runvm_protocol::runc_compat::LookPathError),
+    #[error("runc create failed: unable to start container process")]
+    Exec(#[source] runvm_protocol::runc_compat::LookPathError),
     /// An exec's program cannot be executed; worded as runc words it.
-    #[error("exec failed: unable to start container process: {0}")]
-    ExecInContainer(runvm_protocol::runc_compat::LookPathError),
+    #[error("exec failed: unable to start container process")]
+    ExecInContainer(#[source] runvm_protocol::runc_compat::LookPathError),
     #[error("{0}")]
     Usage(String),
 }

@@ -8,6 +8,7 @@ mod error;
 mod host;
 mod logging;
 
+use runvm_contract::report::ErrorChain;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,8 +31,8 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             let msg = match &e {
-                RuntimeError::Exec(_) | RuntimeError::ExecInContainer(_) => e.to_string(),
-                _ => format!("runvm: {e}"),
+                RuntimeError::Exec(_) | RuntimeError::ExecInContainer(_) => e.chain().to_string(),
+                _ => format!("runvm: {}", e.chain()),
             };
             tracing::error!("{msg}");
             if cli.log.is_some() {
@@ -248,7 +249,7 @@ fn check() -> Result<i32> {
     };
     let show = |r: Result<PathBuf>| {
         r.map(|p| p.display().to_string())
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.chain().to_string())
     };
     line("supervisor", show(install.supervisor()));
     line("guest agent", show(install.agent()));
@@ -258,7 +259,7 @@ fn check() -> Result<i32> {
         "guest kernel",
         runvm_initramfs::Kernel::discover(&install.kernels_dir())
             .map(|k| format!("{} ({})", k.vmlinuz.display(), k.version))
-            .map_err(|e| e.to_string()),
+            .map_err(|e| e.chain().to_string()),
     );
     if let Ok(all) = runvm_initramfs::Kernel::all_in_store(&install.kernels_dir()) {
         let names: Vec<String> = all
@@ -285,7 +286,7 @@ fn check() -> Result<i32> {
     match host::decide_accel(runvm_config::AccelRequest::Auto, host::kvm_problem()) {
         Ok((a, None)) => println!("ok      accelerator: {a:?}"),
         Ok((a, Some(w))) => println!("warning accelerator: {a:?}: {w}"),
-        Err(e) => println!("MISSING accelerator: {e}"),
+        Err(e) => println!("MISSING accelerator: {}", e.chain()),
     }
     Ok(if ok { 0 } else { 1 })
 }

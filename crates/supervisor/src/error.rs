@@ -1,24 +1,26 @@
 //! The supervisor's error type. Each message says what failed and why.
 
+use runvm_contract::report::ErrorChain;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
-    #[error("cannot read the VM configuration {path}: {source}")]
+    #[error("cannot read the VM configuration {path}")]
     Config {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("the VM configuration {path} is malformed: {source}")]
+    #[error("the VM configuration {path} is malformed")]
     ConfigJson {
         path: String,
         #[source]
         source: serde_json::Error,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Mounts(#[from] runvm_mounts::MountError),
-    #[error("network setup failed: {0}")]
+    #[error("network setup failed")]
     Network(#[from] crate::network::NetError),
-    #[error("cannot start {program}: {source}")]
+    #[error("cannot start {program}")]
     Spawn {
         program: String,
         #[source]
@@ -34,9 +36,9 @@ pub enum SupervisorError {
     NoAgentConnection { why: String, detail: String },
     #[error("the host-guest channel failed: {0}")]
     Channel(String),
-    #[error("{0}")]
+    #[error(transparent)]
     ExecSpec(#[from] runvm_contract::exec_spec::ExecSpecError),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         #[source]
@@ -55,7 +57,7 @@ impl SupervisorError {
 
 impl From<runvm_protocol::FrameError> for SupervisorError {
     fn from(e: runvm_protocol::FrameError) -> Self {
-        Self::Channel(e.to_string())
+        Self::Channel(e.chain().to_string())
     }
 }
 

@@ -15,6 +15,7 @@ mod session;
 mod vmm;
 mod watchdog;
 
+use runvm_contract::report::ErrorChain;
 use runvm_protocol::exit::ExitCode;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -61,7 +62,7 @@ fn main() {
         }) {
             Ok(code) => code,
             Err(e) => {
-                tracing::error!("{e}");
+                tracing::error!("{}", e.chain());
                 VM_FAILURE
             }
         },

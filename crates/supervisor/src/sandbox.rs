@@ -131,7 +131,7 @@ pub const SUPERVISOR_KEEPS: &[caps::Capability] = &[caps::Capability::CAP_KILL];
 pub enum DropError {
     #[error("the supervisor has {0} threads; its capabilities can only be dropped while it has one (capabilities are per thread)")]
     Threads(usize),
-    #[error("cannot drop the supervisor's capabilities: {0}")]
+    #[error("cannot drop the supervisor's capabilities")]
     Caps(#[from] caps::errors::CapsError),
 }
 

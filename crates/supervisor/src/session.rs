@@ -3,6 +3,7 @@
 //! size, and wait for the outcome. Used by the supervisor for the
 //! container's init and by the exec client for `docker exec`.
 
+use runvm_contract::report::ErrorChain;
 use std::future::Future;
 use std::time::Duration;
 
@@ -177,7 +178,7 @@ async fn or_pending<T>(f: Option<impl Future<Output = T>>) -> T {
 }
 
 fn channel_failure(e: &FrameError) -> String {
-    format!("the host-guest channel failed: {e}")
+    format!("the host-guest channel failed: {}", e.chain())
 }
 
 async fn send<W: AsyncWrite + Unpin>(w: &mut W, msg: &HostMessage) {

@@ -223,7 +223,7 @@ fn an_interface_without_its_nic_is_an_error_naming_it() {
     let links = booted(&interfaces[..1]);
     let err = plan(&interfaces, &routes, &links).unwrap_err();
     assert_eq!(
-        crate::error::AgentError::from(err).to_string(),
+        runvm_contract::report::ErrorChain::chain(&crate::error::AgentError::from(err)).to_string(),
         "network setup failed: no guest NIC has MAC 02:42:ac:17:00:02 (for eth1): \
          the VM has fewer NICs than the container"
     );

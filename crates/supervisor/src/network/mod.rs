@@ -42,14 +42,14 @@ pub struct Nic<T = OwnedFd> {
 /// What failed while taking over the network.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("cannot {what}: {source}")]
+    #[error("cannot {what}")]
     Netlink {
         what: String,
         // Boxed: a netlink error carries the whole message it answers.
         #[source]
         source: Box<rtnetlink::Error>,
     },
-    #[error("cannot {what}: {source}")]
+    #[error("cannot {what}")]
     Io {
         what: String,
         #[source]

@@ -2,6 +2,7 @@
 //! recorded in real containers (`tests/fixtures/net`, see its README), and
 //! [`apply`] on a fake that records the calls.
 
+use runvm_contract::report::ErrorChain;
 use std::cell::RefCell;
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -658,7 +659,7 @@ fn apply_stops_at_the_first_failure_and_names_it() {
             .expect("a failure");
         assert_eq!(fake.calls(), all[..=at], "failing at {at}");
         assert_eq!(
-            err.to_string(),
+            err.chain().to_string(),
             format!("cannot {:?}: permission denied", all[at])
         );
     }
@@ -670,7 +671,7 @@ fn a_tap_that_vanishes_is_named() {
     fake.taps_vanish = true;
     let err = block_on(take_over(true, || Ok(fake))).err().unwrap();
     assert_eq!(
-        crate::error::SupervisorError::from(err).to_string(),
+        crate::error::SupervisorError::from(err).chain().to_string(),
         "network setup failed: the tap runvm-tap0 is gone right after its creation"
     );
 }
