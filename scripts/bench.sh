@@ -2,10 +2,8 @@
 # runvm's benchmark: figures and ratios, never pass/fail.
 #
 #  1. wall time of `docker run --rm IMG true` under runc and under runvm;
-#  2. the floor: a bare QEMU boot of the same kernel + initramfs, with the
-#     same machine options, until the guest agent is ready (the agent is
-#     started with `runvm.probe`, prints "runvm-agent: ready" once it has
-#     opened the host channel, and powers off);
+#  2. the floor: a bare QEMU boot of the same machine, kernel and
+#     initramfs, until the guest agent is ready (`runvm boot-probe`);
 #  3. host memory (PSS) of QEMU + virtiofsd + supervisor for one idle
 #     container, against its guest RAM.
 # Medians with min-max over N runs (default 5): this machine is shared and
@@ -37,32 +35,11 @@ echo "== runvm benchmark ($(nproc) cores, $(uname -r), accelerator: $(runvm chec
 measure "docker run true (runc)" docker run --rm --runtime=runc "$IMG" true
 measure "docker run true (runvm)" docker run --rm --runtime=runvm "$IMG" true
 
-# The floor: QEMU with runvm's machine options, no Docker, no virtiofs.
-# The kernel a default container boots, and the newest initramfs built for
-# it (the runs above built it with the installed agent): never another
-# kernel's archive.
-KERNEL=$(runvm check | awk '/guest kernel:/ {print $4}')
-[ -f "$KERNEL" ] || die "runvm check names no guest kernel: run make install"
-VERSION=${KERNEL##*/vmlinuz-}
-INITRD=$(find "$RUNVM_DATA/cache" -name "initramfs-$VERSION-*.img" -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2-)
-[ -f "$INITRD" ] || die "no initramfs for kernel $VERSION in $RUNVM_DATA/cache: run a container first"
-# The same machine as runvm's default VM.
-ACCEL="tcg,thread=multi,tb-size=64"; CPU=max; SMP=$(nproc)
-if runvm check | grep -q "ok      accelerator: Kvm"; then ACCEL=kvm; CPU=host; fi
-bare_qemu() {
-    local dir; dir=$(mktemp -d)
-    qemu-system-x86_64 -nodefaults -no-user-config -nographic -no-reboot \
-        -machine q35,memory-backend=mem -accel "$ACCEL" -cpu "$CPU" -smp "$SMP" -m 512M \
-        -object memory-backend-memfd,id=mem,size=512M,share=on \
-        -kernel "$KERNEL" -initrd "$INITRD" \
-        -append "console=ttyS0 panic=-1 rdinit=/init pci=lastbus=0 random.trust_cpu=on 8250.nr_uarts=1 no_timer_check quiet runvm.probe" \
-        -device virtio-serial-pci,id=vser \
-        -chardev "socket,id=agent,path=$dir/agent.sock,server=on,wait=off" \
-        -device virtserialport,bus=vser.0,chardev=agent,name=io.runvm.agent \
-        -device virtio-rng-pci -serial stdio | grep -m1 -q "runvm-agent: ready"
-    rm -rf "$dir"
-}
-measure "bare QEMU boot to agent ready" bare_qemu
+# The floor: `runvm boot-probe` boots the machine a default container's VM
+# is (the supervisor's own QEMU command line, the same kernel and
+# initramfs) with no container and no root filesystem, until the agent is
+# ready: what runvm costs beyond booting its VM.
+measure "bare QEMU boot to agent ready" runvm boot-probe
 
 echo
 printf 'ratio runvm / runc        %6.1fx\n' "$(echo "${MED[docker run true (runvm)]} / ${MED[docker run true (runc)]}" | bc -l)"

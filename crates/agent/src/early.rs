@@ -86,7 +86,7 @@ pub fn power_off() -> ! {
 }
 
 /// Whether the kernel command line has the word `flag` (the host's
-/// settings for the agent: `runvm.probe`, `runvm.debug`).
+/// settings for the agent: `guest::PROBE_FLAG`, `guest::DEBUG_FLAG`).
 pub fn kernel_flag(flag: &str) -> bool {
     fs::read_to_string("/proc/cmdline").is_ok_and(|c| c.split_whitespace().any(|w| w == flag))
 }

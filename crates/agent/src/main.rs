@@ -49,7 +49,7 @@ fn main() {
     }
     // /proc is mounted now: the host asks for debug entries on the kernel
     // command line.
-    runvm_protocol::log::set_debug(early::kernel_flag("runvm.debug"));
+    runvm_protocol::log::set_debug(early::kernel_flag(runvm_contract::guest::DEBUG_FLAG));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

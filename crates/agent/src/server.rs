@@ -112,9 +112,10 @@ pub async fn serve() -> Result<()> {
     let port = tokio::task::spawn_blocking(|| early::open_port(AGENT_PORT_NAME))
         .await
         .map_err(|e| AgentError::sys("open the host channel", std::io::Error::other(e)))??;
-    if early::kernel_flag("runvm.probe") {
-        // Boot-time probe (`make bench`): the agent is ready; say so and stop.
-        tracing::info!("ready");
+    if early::kernel_flag(runvm_contract::guest::PROBE_FLAG) {
+        // Boot probe (`runvm boot-probe`): the agent is ready; say so on
+        // the console, where the probe watches for it, and stop.
+        eprintln!("{}", runvm_contract::guest::PROBE_READY);
         return Ok(());
     }
     let port = FdStream::new(port).map_err(|e| AgentError::sys("poll the host channel", e))?;

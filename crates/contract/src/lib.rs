@@ -68,6 +68,14 @@ pub mod guest {
     pub const LOAD_ORDER_FILE: &str = "load-order";
     /// [`LOAD_ORDER_FILE`]'s full path.
     pub const LOAD_ORDER: &str = "/lib/modules/load-order";
+    /// Kernel command-line flag: the agent logs its debug entries.
+    pub const DEBUG_FLAG: &str = "runvm.debug";
+    /// Kernel command-line flag: the agent is a boot probe; it prints
+    /// [`PROBE_READY`] on the console once its channel is open, and powers
+    /// off (`runvm boot-probe`, the floor of `make bench`).
+    pub const PROBE_FLAG: &str = "runvm.probe";
+    /// The probe's console line.
+    pub const PROBE_READY: &str = "runvm-agent: ready";
 }
 
 /// The accelerator QEMU uses.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use runvm_config::rewrite::HostEntry;
 use runvm_config::{rewrite_config, HostLayout, VmOptions};
-use runvm_contract::{paths, StagedMount};
+use runvm_contract::{paths, Accel, StagedMount};
 use runvm_initramfs::{ensure_initramfs, Kernel, DEFAULT_MODULES};
 use runvm_protocol::runc_compat::{look_path, path_of_env, FileInfo};
 use serde_json::Value;
@@ -59,6 +59,39 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     fs::rename(&tmp, path).map_err(werr)
 }
 
+/// What a container's VM boots: the kernel, the accelerator and the
+/// initramfs (built for that kernel with the installed agent, and locked
+/// against pruning while held).
+pub struct Guest {
+    pub kernel: Kernel,
+    pub accel: Accel,
+    /// Why KVM is not used, when the user did not ask for TCG.
+    pub accel_warning: Option<String>,
+    pub initrd: runvm_initramfs::Initramfs,
+}
+
+impl Guest {
+    /// The guest `opts` ask for on this host (also `runvm boot-probe`'s).
+    pub fn choose(opts: &VmOptions, install: &Install) -> Result<Self> {
+        let agent = install.agent()?;
+        let kernel = match &opts.kernel {
+            Some(name) => Kernel::from_store(&install.kernels_dir(), name)?,
+            None => Kernel::discover(&install.kernels_dir())?,
+        };
+        let (accel, accel_warning) = host::decide_accel(opts.accel, host::kvm_problem())?;
+        if let Some(w) = &accel_warning {
+            tracing::warn!("runvm: {w}");
+        }
+        let initrd = ensure_initramfs(&kernel, &agent, DEFAULT_MODULES, &install.cache_dir())?;
+        Ok(Guest {
+            kernel,
+            accel,
+            accel_warning,
+            initrd,
+        })
+    }
+}
+
 /// Rewrites the bundle at `bundle` for runvm. Nothing is written unless
 /// every check passed, so a refused container leaves nothing behind.
 /// `for_run`: the bundle is for `runc run`, which has no step between
@@ -78,18 +111,14 @@ pub fn prepare_bundle(bundle: &Path, for_run: bool) -> Result<Prepared> {
 
     let install = Install::locate();
     let supervisor = install.supervisor()?;
-    let agent = install.agent()?;
     let virtiofsd = install.virtiofsd()?;
     let qemu = install.qemu()?;
-    let kernel = match &opts.kernel {
-        Some(name) => Kernel::from_store(&install.kernels_dir(), name)?,
-        None => Kernel::discover(&install.kernels_dir())?,
-    };
-    let (accel, accel_warning) = host::decide_accel(opts.accel, host::kvm_problem())?;
-    if let Some(w) = &accel_warning {
-        tracing::warn!("runvm: {w}");
-    }
-    let initrd = ensure_initramfs(&kernel, &agent, DEFAULT_MODULES, &install.cache_dir())?;
+    let Guest {
+        kernel,
+        accel,
+        accel_warning,
+        initrd,
+    } = Guest::choose(&opts, &install)?;
 
     // runc refuses a root path that goes through a symlink (/var/run is one).
     let bundle_real = fs::canonicalize(bundle).map_err(|source| RuntimeError::Read {

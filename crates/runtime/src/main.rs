@@ -7,6 +7,7 @@ mod docker;
 mod error;
 mod host;
 mod logging;
+mod probe;
 
 use runvm_contract::report::ErrorChain;
 use std::os::unix::process::CommandExt;
@@ -85,7 +86,7 @@ fn run(cli: &Cli) -> Result<i32> {
     }
     let Some(verb) = cli.command.first() else {
         return Err(RuntimeError::Usage(
-            "no command given: runvm takes runc's commands (create, start, state, kill, delete, exec, …) and check, docker-register, docker-unregister".into(),
+            "no command given: runvm takes runc's commands (create, start, state, kill, delete, exec, …) and check, boot-probe, docker-register, docker-unregister".into(),
         ));
     };
     let args = &cli.command[1..];
@@ -98,6 +99,7 @@ fn run(cli: &Cli) -> Result<i32> {
             "{verb} is not supported: a runvm container's state lives in its VM, which runc's CRIU checkpointing cannot capture; stop and start the container instead"
         ))),
         "check" => check(),
+        "boot-probe" => probe::boot_probe(cli.debug),
         "docker-register" => docker_edit(args, true),
         "docker-unregister" => docker_edit(args, false),
         _ => exec_runc(cli, &cli.command),

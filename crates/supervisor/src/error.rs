@@ -34,6 +34,8 @@ pub enum SupervisorError {
     },
     #[error("QEMU never connected to the agent socket: {why}{detail}")]
     NoAgentConnection { why: String, detail: String },
+    #[error("boot probe failed: {0}")]
+    Probe(String),
     #[error("the host-guest channel failed: {0}")]
     Channel(String),
     #[error(transparent)]

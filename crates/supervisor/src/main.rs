@@ -8,6 +8,7 @@
 mod error;
 mod exec;
 mod network;
+mod probe;
 mod relay;
 mod ring;
 mod sandbox;
@@ -39,7 +40,7 @@ const DRAIN_SECS: u64 = 10;
 
 /// What is kept of the guest's console and of each helper's stderr.
 const CONSOLE_BYTES: usize = 64 * 1024;
-const HELPER_LOG_BYTES: usize = 16 * 1024;
+pub(crate) const HELPER_LOG_BYTES: usize = 16 * 1024;
 /// Console lines quoted when the VM fails.
 const CONSOLE_LINES: usize = 15;
 
@@ -54,10 +55,13 @@ fn main() {
         .build();
     let code = match rt {
         Ok(rt) => match rt.block_on(async {
-            if std::env::args().nth(1).as_deref() == Some("exec") {
-                exec::client().await
-            } else {
-                supervise().await
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            match args.first().map(String::as_str) {
+                Some("exec") => exec::client().await,
+                Some("boot-probe") if args.len() == 2 => {
+                    probe::run(std::path::Path::new(&args[1])).await
+                }
+                _ => supervise().await,
             }
         }) {
             Ok(code) => code,
@@ -76,13 +80,17 @@ fn main() {
 }
 
 fn load_config() -> Result<VmConfig> {
-    let text =
-        std::fs::read_to_string(paths::VM_CONFIG).map_err(|source| SupervisorError::Config {
-            path: paths::VM_CONFIG.into(),
-            source,
-        })?;
+    load_config_from(std::path::Path::new(paths::VM_CONFIG))
+}
+
+fn load_config_from(path: &std::path::Path) -> Result<VmConfig> {
+    let name = || path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| SupervisorError::Config {
+        path: name(),
+        source,
+    })?;
     serde_json::from_str(&text).map_err(|source| SupervisorError::ConfigJson {
-        path: paths::VM_CONFIG.into(),
+        path: name(),
         source,
     })
 }

@@ -1,7 +1,7 @@
 //! The helpers that make the VM: virtiofsd and QEMU, their command lines
 //! (pure functions, unit-tested) and their startup.
 
-use runvm_contract::guest::{AGENT_PORT_NAME, ROOTFS_TAG};
+use runvm_contract::guest::{AGENT_PORT_NAME, DEBUG_FLAG, PROBE_FLAG, ROOTFS_TAG};
 use runvm_contract::sockets::VIRTIOFS as VIRTIOFS_SOCKET;
 use runvm_contract::sockets::{AGENT as AGENT_SOCKET, CONSOLE as CONSOLE_SOCKET};
 use runvm_contract::{Accel, VmConfig};
@@ -32,8 +32,8 @@ pub fn virtiofsd_args(cfg: &VmConfig, listen_fd: i32) -> Vec<String> {
     ]
 }
 
-/// The kernel command line.
-pub fn kernel_cmdline(cfg: &VmConfig) -> String {
+/// The kernel command line; `extra` adds flags for the agent.
+pub fn kernel_cmdline(cfg: &VmConfig, extra: &[&str]) -> String {
     let mut parts = vec![
         "console=ttyS0",
         "panic=-1",
@@ -48,15 +48,21 @@ pub fn kernel_cmdline(cfg: &VmConfig) -> String {
     ];
     if cfg.debug {
         // The agent's debug entries, on the console.
-        parts.push("runvm.debug");
+        parts.push(DEBUG_FLAG);
     } else {
         parts.push("quiet");
     }
+    parts.extend(extra);
     parts.join(" ")
 }
 
-/// QEMU's arguments.
-pub fn qemu_args(cfg: &VmConfig, nics: &[NicArg]) -> Vec<String> {
+/// The machine every runvm VM is: accelerator, CPUs, shared memory, the
+/// kernel and initramfs, the agent's virtio-serial port on the chardev
+/// `agent_chardev`, a random number source, and QEMU's own sandbox. The
+/// container's VM ([`qemu_args`]) and the boot probe ([`probe_args`]) add
+/// only how they are wired to the host, so the probe measures this very
+/// machine.
+fn machine_args(cfg: &VmConfig, cmdline_extra: &[&str], agent_chardev: String) -> Vec<String> {
     let mem = cfg.memory_mib;
     let mut a: Vec<String> = vec![
         "-name".into(),
@@ -90,16 +96,11 @@ pub fn qemu_args(cfg: &VmConfig, nics: &[NicArg]) -> Vec<String> {
         "-initrd".into(),
         cfg.initrd.clone(),
         "-append".into(),
-        kernel_cmdline(cfg),
-        "-chardev".into(),
-        format!("socket,id=vfs,path={VIRTIOFS_SOCKET}"),
-        "-device".into(),
-        format!("vhost-user-fs-pci,chardev=vfs,tag={ROOTFS_TAG},queue-size=1024"),
+        kernel_cmdline(cfg, cmdline_extra),
         "-device".into(),
         "virtio-serial-pci,id=vser".into(),
         "-chardev".into(),
-        // QEMU connects to the supervisor, which listens before QEMU starts.
-        format!("socket,id=agent,path={AGENT_SOCKET}"),
+        agent_chardev,
         "-device".into(),
         format!("virtserialport,bus=vser.0,chardev=agent,name={AGENT_PORT_NAME}"),
         "-device".into(),
@@ -109,6 +110,21 @@ pub fn qemu_args(cfg: &VmConfig, nics: &[NicArg]) -> Vec<String> {
         // resource-limit changes.
         "-sandbox".into(),
         "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
+    ]);
+    a
+}
+
+/// QEMU's arguments for a container's VM: the root filesystem from
+/// virtiofsd, the agent's channel and the console on the supervisor's
+/// sockets, and one NIC per container interface.
+pub fn qemu_args(cfg: &VmConfig, nics: &[NicArg]) -> Vec<String> {
+    // QEMU connects to the supervisor, which listens before QEMU starts.
+    let mut a = machine_args(cfg, &[], format!("socket,id=agent,path={AGENT_SOCKET}"));
+    a.extend([
+        "-chardev".into(),
+        format!("socket,id=vfs,path={VIRTIOFS_SOCKET}"),
+        "-device".into(),
+        format!("vhost-user-fs-pci,chardev=vfs,tag={ROOTFS_TAG},queue-size=1024"),
         "-chardev".into(),
         format!("socket,id=console,path={CONSOLE_SOCKET}"),
         "-serial".into(),
@@ -124,6 +140,21 @@ pub fn qemu_args(cfg: &VmConfig, nics: &[NicArg]) -> Vec<String> {
             nic.mac
         ));
     }
+    a
+}
+
+/// QEMU's arguments for the boot probe (`runvm boot-probe`, the floor of
+/// `make bench`): the same machine with no root filesystem and no NIC; the
+/// agent, started with `runvm.probe`, prints "runvm-agent: ready" on the
+/// console (QEMU's standard output) once it has opened its channel, whose
+/// socket QEMU listens on at `agent_socket`, and powers off.
+pub fn probe_args(cfg: &VmConfig, agent_socket: &str) -> Vec<String> {
+    let mut a = machine_args(
+        cfg,
+        &[PROBE_FLAG],
+        format!("socket,id=agent,path={agent_socket},server=on,wait=off"),
+    );
+    a.extend(["-serial".into(), "stdio".into()]);
     a
 }
 
@@ -222,14 +253,14 @@ mod tests {
     #[test]
     fn quiet_console_unless_debugging() {
         let mut c = cfg(Accel::Tcg);
-        assert!(kernel_cmdline(&c).contains("quiet"));
+        assert!(kernel_cmdline(&c, &[]).contains("quiet"));
         c.debug = true;
-        assert!(!kernel_cmdline(&c).contains("quiet"));
+        assert!(!kernel_cmdline(&c, &[]).contains("quiet"));
     }
 
     #[test]
     fn a_busy_host_does_not_fail_the_guest_timer_check() {
-        let c = kernel_cmdline(&cfg(Accel::Tcg));
+        let c = kernel_cmdline(&cfg(Accel::Tcg), &[]);
         assert!(c.split(' ').any(|p| p == "no_timer_check"), "{c}");
     }
 
@@ -253,5 +284,30 @@ mod tests {
         assert!(a.contains(&"--fd=5".to_string()));
         assert!(a.contains(&"--shared-dir=/rootfs".to_string()));
         assert!(a.contains(&"--sandbox=none".to_string()));
+    }
+
+    #[test]
+    fn the_probe_boots_the_containers_machine_without_root_or_nics() {
+        let c = cfg(Accel::Tcg);
+        let vm = qemu_args(&c, &[]);
+        let probe = probe_args(&c, "/tmp/p/agent.sock");
+        for flag in [
+            "-machine", "-accel", "-cpu", "-smp", "-m", "-object", "-kernel", "-initrd", "-sandbox",
+        ] {
+            assert_eq!(pair(&probe, flag), pair(&vm, flag), "{flag}");
+        }
+        let append = pair(&probe, "-append");
+        assert_eq!(
+            append,
+            [format!("{} {PROBE_FLAG}", kernel_cmdline(&c, &[]))]
+        );
+        assert_eq!(
+            pair(&probe, "-chardev"),
+            ["socket,id=agent,path=/tmp/p/agent.sock,server=on,wait=off"]
+        );
+        assert_eq!(pair(&probe, "-serial"), ["stdio"]);
+        assert!(!probe
+            .iter()
+            .any(|x| x.contains("vhost-user-fs") || x.contains("netdev")));
     }
 }

@@ -312,6 +312,22 @@ pub fn runvm_runtime() -> String {
         .unwrap_or_else(|| "runvm".to_string())
 }
 
+/// The `runvm` binary behind [`runvm_runtime`], as dockerd has it
+/// registered.
+pub fn runvm_binary() -> String {
+    let name = runvm_runtime();
+    let format = format!("{{{{(index .Runtimes \"{name}\").Path}}}}");
+    let info = docker(&["info", "--format", &format], None);
+    info.assert_code(0, "docker info");
+    let path = info.stdout_str().trim().to_string();
+    assert!(
+        path.starts_with('/'),
+        "dockerd has no runtime {name}: {}",
+        info.describe()
+    );
+    path
+}
+
 /// Runs the `docker` CLI. (/usr/local/bin/docker may be newer than the daemon:
 /// it negotiates the API version.) `--runtime=runvm` means
 /// [`runvm_runtime`].

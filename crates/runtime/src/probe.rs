@@ -1,0 +1,70 @@
+//! `runvm boot-probe`: boots the VM a container with no `RUNVM_*` settings
+//! of its own would get (the same kernel, initramfs, accelerator, vCPUs and
+//! memory, chosen by the same code as `create`), without a container, and
+//! prints how long the guest agent took to be ready. It checks that the
+//! installation can boot a VM at all, and it is the floor of `make bench`.
+//! The supervisor boots it (`runvm-supervisor boot-probe DIR`), with the
+//! machine its containers' VMs have.
+
+use std::process::Command;
+
+use runvm_config::rewrite::DEFAULT_MEMORY_MIB;
+use runvm_config::VmOptions;
+use runvm_contract::VmConfig;
+use runvm_protocol::ContainerSpec;
+
+use crate::create::Guest;
+use crate::error::{Result, RuntimeError};
+use crate::host::Install;
+
+pub fn boot_probe(debug: bool) -> Result<i32> {
+    let opts = VmOptions::from_env(&[], |k| std::env::var(k).ok())?;
+    let install = Install::locate();
+    let supervisor = install.supervisor()?;
+    let qemu = install.qemu()?;
+    let guest = Guest::choose(&opts, &install)?;
+    let host_cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
+    let vm = VmConfig {
+        accel: guest.accel,
+        accel_warning: guest.accel_warning.clone(),
+        vcpus: opts.cpus.unwrap_or(host_cpus),
+        memory_mib: opts.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
+        qemu: qemu.to_string_lossy().into_owned(),
+        virtiofsd: String::new(),
+        kernel: guest.kernel.vmlinuz.to_string_lossy().into_owned(),
+        initrd: guest.initrd.path.to_string_lossy().into_owned(),
+        rootfs: String::new(),
+        debug: debug || opts.debug,
+        own_network: false,
+        qemu_uid: 0,
+        qemu_gid: 0,
+        staged_mounts: Vec::new(),
+        container: ContainerSpec::default(),
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("runvm-boot-probe-")
+        .tempdir()
+        .map_err(|source| RuntimeError::Write {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+    let config = dir.path().join("vm.json");
+    let json = serde_json::to_vec_pretty(&vm).expect("VmConfig serialises");
+    std::fs::write(&config, json).map_err(|source| RuntimeError::Write {
+        path: config,
+        source,
+    })?;
+    // `guest` holds the initramfs's lock until the probe has ended.
+    let status = Command::new(&supervisor)
+        .arg("boot-probe")
+        .arg(dir.path())
+        .status()
+        .map_err(|source| RuntimeError::Spawn {
+            program: supervisor.display().to_string(),
+            source,
+        })?;
+    drop(guest);
+    Ok(status.code().unwrap_or(1))
+}

@@ -1,0 +1,76 @@
+//! `runvm boot-probe`: the default guest boots without a container, the
+//! time is reported, and nothing is left behind; bad settings fail in one
+//! line. (`make bench` uses it as the floor.)
+
+use std::time::Duration;
+
+use runvm_e2e::*;
+
+/// Probe temp directories left in the temp dir.
+fn probe_dirs() -> Vec<String> {
+    std::fs::read_dir(std::env::temp_dir())
+        .expect("read the temp dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("runvm-boot-probe-"))
+        .collect()
+}
+
+/// QEMU processes booting a probe (their agent socket is in a probe dir).
+fn probe_qemus() -> Vec<String> {
+    let out = host_sh("pgrep -af 'runvm-boot-probe-' | grep -v pgrep || true");
+    out.stdout_str().lines().map(str::to_owned).collect()
+}
+
+#[e2e_test]
+fn the_default_guest_boots_without_a_container_and_is_timed() {
+    let _slot = vm_slots(1);
+    let before = probe_dirs();
+    let run = run_cmd(
+        &runvm_binary(),
+        &["boot-probe"],
+        None,
+        Duration::from_secs(600),
+    );
+    run.assert_code(0, "runvm boot-probe");
+    let out = run.stdout_str();
+    let secs: f64 = out
+        .strip_prefix("the guest agent was ready ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no boot time in the output:\n{}", run.describe()));
+    assert!(secs > 0.0 && secs < 600.0, "{}", run.describe());
+    assert!(out.contains(" MiB, /"), "names memory and kernel: {out}");
+    assert_eq!(probe_dirs(), before, "the probe's temp dir is removed");
+    assert!(
+        probe_qemus().is_empty(),
+        "QEMU is gone: {:?}",
+        probe_qemus()
+    );
+}
+
+#[e2e_test]
+fn an_unknown_kernel_fails_in_one_line_and_boots_nothing() {
+    let before = probe_dirs();
+    let run = run_cmd(
+        "env",
+        &["RUNVM_KERNEL=no-such-kernel", &runvm_binary(), "boot-probe"],
+        None,
+        Duration::from_secs(60),
+    );
+    run.assert_code(1, "runvm boot-probe with a bad RUNVM_KERNEL");
+    let lines: Vec<String> = run
+        .stderr_str()
+        .lines()
+        .filter(|l| l.contains("RUNVM_KERNEL"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", run.describe());
+    assert!(
+        lines[0].contains("give one of:"),
+        "names the fix: {}",
+        lines[0]
+    );
+    assert_eq!(probe_dirs(), before);
+    assert!(probe_qemus().is_empty());
+}
