@@ -20,11 +20,6 @@ use tracing_subscriber::registry::LookupSpan;
 
 static DEBUG: AtomicBool = AtomicBool::new(false);
 
-/// Lines `<program>: <message>`; debug entries `<program>: debug: …`.
-struct Plain {
-    program: &'static str,
-}
-
 /// The text of an event: its message, then its other fields as
 /// ` key=value`. Shared with the runtime's logrus-style log.
 pub fn event_text(event: &Event<'_>) -> String {
@@ -54,10 +49,16 @@ impl Visit for Message {
     }
 }
 
-impl<S, N> FormatEvent<S, N> for Plain
+/// An event format of one line per event: `write_line(writer, level,
+/// text)` writes it, `text` being [`event_text`]. The supervisor's and the
+/// agent's plain lines and the runtime's logrus entries are two of these.
+pub struct Lines<F>(pub F);
+
+impl<S, N, F> FormatEvent<S, N> for Lines<F>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
+    F: Fn(&mut Writer<'_>, Level, &str) -> fmt::Result,
 {
     fn format_event(
         &self,
@@ -65,14 +66,20 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let text = event_text(event);
-        let mark = match *event.metadata().level() {
+        (self.0)(&mut writer, *event.metadata().level(), &event_text(event))
+    }
+}
+
+/// Lines `<program>: <message>`; debug entries `<program>: debug: …`.
+fn plain(program: &'static str) -> Lines<impl Fn(&mut Writer<'_>, Level, &str) -> fmt::Result> {
+    Lines(move |writer: &mut Writer<'_>, level: Level, text: &str| {
+        let mark = match level {
             Level::DEBUG | Level::TRACE => "debug: ",
             Level::WARN => "warning: ",
             _ => "",
         };
-        writeln!(writer, "{}: {mark}{text}", self.program)
-    }
+        writeln!(writer, "{program}: {mark}{text}")
+    })
 }
 
 /// Installs the logger of `program` (the prefix of every line), writing
@@ -80,7 +87,7 @@ where
 /// entries once [`set_debug`] has switched them on.
 pub fn init(program: &'static str) {
     let layer = tracing_subscriber::fmt::layer()
-        .event_format(Plain { program })
+        .event_format(plain(program))
         .with_writer(std::io::stderr)
         .with_filter(filter_fn(|meta| {
             *meta.level() <= Level::INFO || DEBUG.load(Ordering::Relaxed)
@@ -120,7 +127,7 @@ mod tests {
         let buf = Buf::default();
         let out = buf.clone();
         let subscriber = tracing_subscriber::fmt()
-            .event_format(Plain { program: "runvm" })
+            .event_format(plain("runvm"))
             .with_max_level(Level::DEBUG)
             .with_writer(move || out.clone())
             .finish();

@@ -83,6 +83,31 @@ pub struct CreateArgs {
     pub id: Option<String>,
 }
 
+/// The flags of runc's `create`, `run` and `exec` that take a value. One
+/// list for all three: none of them is a switch in one verb and takes a
+/// value in another, and runc itself refuses a flag its verb does not have.
+const RUNC_FLAGS_WITH_VALUE: &[&str] = &[
+    "--bundle",
+    "-b",
+    "--console-socket",
+    "--pid-file",
+    "--preserve-fds",
+    "--cwd",
+    "--env",
+    "-e",
+    "--user",
+    "-u",
+    "--additional-gids",
+    "-g",
+    "--process",
+    "-p",
+    "--process-label",
+    "--apparmor",
+    "--cap",
+    "-c",
+    "--cgroup",
+];
+
 /// A verb's arguments split the way runc's CLI library splits them: flags
 /// (`--x v`, `--x=v`, or a bare switch) up to the first positional
 /// argument, then the positionals.
@@ -91,7 +116,7 @@ struct Scanned {
     positionals: Vec<String>,
 }
 
-fn scan(args: &[String], with_value: &[&str]) -> Scanned {
+fn scan(args: &[String]) -> Scanned {
     let mut out = Scanned {
         flags: Vec::new(),
         positionals: Vec::new(),
@@ -106,7 +131,7 @@ fn scan(args: &[String], with_value: &[&str]) -> Scanned {
             Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
             None => (a.clone(), None),
         };
-        let value = if inline.is_none() && with_value.contains(&flag.as_str()) {
+        let value = if inline.is_none() && RUNC_FLAGS_WITH_VALUE.contains(&flag.as_str()) {
             it.next().cloned()
         } else {
             inline
@@ -129,15 +154,7 @@ impl Scanned {
 /// Picks `--bundle`/`-b`, `--pid-file` and the container id out of the
 /// arguments of `runc create`/`runc run`.
 pub fn parse_create_args(args: &[String]) -> CreateArgs {
-    // runc create/run flags that take a value.
-    const WITH_VALUE: &[&str] = &[
-        "--bundle",
-        "-b",
-        "--console-socket",
-        "--pid-file",
-        "--preserve-fds",
-    ];
-    let s = scan(args, WITH_VALUE);
+    let s = scan(args);
     CreateArgs {
         bundle: s.value(&["--bundle", "-b"]),
         pid_file: s.value(&["--pid-file"]),
@@ -157,27 +174,7 @@ pub struct ExecArgs {
 /// Picks `--process`/`-p` and the container id out of `runc exec`'s
 /// arguments.
 pub fn parse_exec_args(args: &[String]) -> ExecArgs {
-    // runc exec flags that take a value.
-    const WITH_VALUE: &[&str] = &[
-        "--console-socket",
-        "--cwd",
-        "--env",
-        "-e",
-        "--user",
-        "-u",
-        "--additional-gids",
-        "-g",
-        "--process",
-        "-p",
-        "--pid-file",
-        "--process-label",
-        "--apparmor",
-        "--cap",
-        "-c",
-        "--preserve-fds",
-        "--cgroup",
-    ];
-    let s = scan(args, WITH_VALUE);
+    let s = scan(args);
     ExecArgs {
         process: s.value(&["--process", "-p"]),
         id: s.positionals.first().cloned(),

@@ -13,10 +13,9 @@ use std::fs::OpenOptions;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use tracing::{Event, Level, Subscriber};
+use runvm_protocol::log::Lines;
+use tracing::Level;
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-use tracing_subscriber::registry::LookupSpan;
 
 /// Where and how to log, from runc's global flags.
 #[derive(Debug, Clone, Default)]
@@ -24,11 +23,6 @@ pub struct Log {
     pub path: Option<String>,
     pub json: bool,
     pub debug: bool,
-}
-
-/// Events in runc's (logrus') format, text or JSON.
-pub struct Logrus {
-    pub json: bool,
 }
 
 /// logrus' name of a level.
@@ -42,27 +36,18 @@ fn level_name(level: Level) -> &'static str {
     }
 }
 
-impl<S, N> FormatEvent<S, N> for Logrus
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-{
-    fn format_event(
-        &self,
-        _ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
-        let msg = runvm_protocol::log::event_text(event);
-        let level = level_name(*event.metadata().level());
+/// Events in runc's (logrus') format, text or JSON.
+fn logrus(json: bool) -> Lines<impl Fn(&mut Writer<'_>, Level, &str) -> fmt::Result> {
+    Lines(move |writer: &mut Writer<'_>, level: Level, msg: &str| {
+        let level = level_name(level);
         let time = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
-        if self.json {
+        if json {
             let entry = serde_json::json!({"level": level, "msg": msg, "time": time});
             writeln!(writer, "{entry}")
         } else {
             writeln!(writer, "time=\"{time}\" level={level} msg={msg:?}")
         }
-    }
+    })
 }
 
 impl Log {
@@ -76,7 +61,7 @@ impl Log {
             Level::INFO
         };
         let builder = tracing_subscriber::fmt()
-            .event_format(Logrus { json: self.json })
+            .event_format(logrus(self.json))
             .with_max_level(level);
         let file = self
             .path
@@ -98,7 +83,7 @@ fn capture(json: bool, f: impl FnOnce()) -> String {
     let path = dir.path().join("log");
     let file = std::fs::File::create(&path).unwrap();
     let subscriber = tracing_subscriber::fmt()
-        .event_format(Logrus { json })
+        .event_format(logrus(json))
         .with_max_level(Level::DEBUG)
         .with_writer(Mutex::new(file))
         .finish();
