@@ -201,14 +201,7 @@ pub fn rewrite_config(
     // --- root
     let root = top.get_mut("root").ok_or(RewriteError::Missing("root"))?;
     let root = obj(root, "root")?;
-    let orig_root = root
-        .get("path")
-        .and_then(Value::as_str)
-        .ok_or(RewriteError::Malformed {
-            field: "root.path",
-            why: "missing or not a string".into(),
-        })?
-        .to_owned();
+    let orig_root = required_str(root.get("path"), "root.path")?;
     let readonly_root = root
         .get("readonly")
         .and_then(Value::as_bool)
@@ -491,6 +484,16 @@ fn u32_field(v: Option<&Value>, field: &'static str) -> Result<Option<u32>, Rewr
 }
 
 /// A list of strings (`null` or absent: empty).
+/// A string the config must have; `field` names it in the error.
+fn required_str(v: Option<&Value>, field: &'static str) -> Result<String, RewriteError> {
+    v.and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or(RewriteError::Malformed {
+            field,
+            why: "missing or not a string".into(),
+        })
+}
+
 fn string_list(v: Option<&Value>, field: &'static str) -> Result<Vec<String>, RewriteError> {
     match v {
         None | Some(Value::Null) => Ok(Vec::new()),
@@ -580,14 +583,7 @@ fn rewrite_mounts(
         }));
     }
     for m in orig {
-        let dest = m
-            .get("destination")
-            .and_then(Value::as_str)
-            .ok_or(RewriteError::Malformed {
-                field: "mounts[].destination",
-                why: "missing or not a string".into(),
-            })?
-            .to_owned();
+        let dest = required_str(m.get("destination"), "mounts[].destination")?;
         let kind = m
             .get("type")
             .and_then(Value::as_str)
