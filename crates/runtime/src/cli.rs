@@ -212,8 +212,8 @@ mod tests {
 
     #[test]
     fn docker_style_invocation_parses() {
-        let cli = Cli::try_parse_from(v(&[
-            "runvm",
+        // The global flags dockerd gives, which go to runc again as given.
+        let globals = [
             "--root",
             "/var/run/docker/runtime-runc/moby",
             "--log",
@@ -221,6 +221,8 @@ mod tests {
             "--log-format",
             "json",
             "--systemd-cgroup",
+        ];
+        let verb = [
             "create",
             "--bundle",
             "/run/x",
@@ -229,21 +231,16 @@ mod tests {
             "--console-socket",
             "/tmp/pty.sock",
             "abc123",
-        ]))
-        .unwrap();
+        ];
+        let argv: Vec<&str> = ["runvm"]
+            .iter()
+            .chain(&globals)
+            .chain(&verb)
+            .copied()
+            .collect();
+        let cli = Cli::try_parse_from(v(&argv)).unwrap();
         assert_eq!(cli.command[0], "create");
-        assert_eq!(
-            cli.runc_globals(),
-            v(&[
-                "--root",
-                "/var/run/docker/runtime-runc/moby",
-                "--log",
-                "/run/x/log.json",
-                "--log-format",
-                "json",
-                "--systemd-cgroup"
-            ])
-        );
+        assert_eq!(cli.runc_globals(), v(&globals));
         let c = parse_create_args(&cli.command[1..]);
         assert_eq!(c.bundle.as_deref(), Some("/run/x"));
         assert_eq!(c.pid_file.as_deref(), Some("/run/x/init.pid"));
