@@ -22,13 +22,8 @@ pub use plan::{plan, AddressSetup, GuestPlan, Link, RouteSetup};
 /// What failed while configuring the guest's network.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("cannot {what}")]
-    Netlink {
-        what: String,
-        // Boxed: a netlink error carries the whole message it answers.
-        #[source]
-        source: Box<rtnetlink::Error>,
-    },
+    #[error(transparent)]
+    Netlink(#[from] runvm_netlink::NetlinkError),
     #[error("cannot open a netlink socket")]
     Connect(#[source] std::io::Error),
     #[error("no guest NIC has MAC {mac} (for {name}): the VM has fewer NICs than the container")]

@@ -7,15 +7,9 @@ use netlink_packet_route::address::AddressHeaderFlag;
 use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::route::RouteScope;
 use rtnetlink::Handle;
+use runvm_netlink::nl;
 
 use super::{AddressSetup, GuestNetOps, Link, NetError, RouteSetup};
-
-fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
-    move |source| NetError::Netlink {
-        what: what.into(),
-        source: Box::new(source),
-    }
-}
 
 pub struct RtNetlink {
     handle: Handle,
@@ -23,8 +17,7 @@ pub struct RtNetlink {
 
 impl RtNetlink {
     pub fn connect() -> Result<Self, NetError> {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetError::Connect)?;
-        tokio::spawn(conn);
+        let handle = runvm_netlink::connect().map_err(NetError::Connect)?;
         Ok(Self { handle })
     }
 }
@@ -58,7 +51,8 @@ impl GuestNetOps for RtNetlink {
             .up()
             .execute()
             .await
-            .map_err(nl(format!("bring up {name}")))
+            .map_err(nl(format!("bring up {name}")))?;
+        Ok(())
     }
 
     async fn rename(&mut self, index: u32, from: &str, to: &str) -> Result<(), NetError> {
@@ -68,7 +62,8 @@ impl GuestNetOps for RtNetlink {
             .name(to.to_owned())
             .execute()
             .await
-            .map_err(nl(format!("rename {from} to {to}")))
+            .map_err(nl(format!("rename {from} to {to}")))?;
+        Ok(())
     }
 
     async fn set_mtu(&mut self, index: u32, name: &str, mtu: u32) -> Result<(), NetError> {
@@ -78,7 +73,8 @@ impl GuestNetOps for RtNetlink {
             .mtu(mtu)
             .execute()
             .await
-            .map_err(nl(format!("set the MTU of {name} to {mtu}")))
+            .map_err(nl(format!("set the MTU of {name} to {mtu}")))?;
+        Ok(())
     }
 
     async fn add_address(
@@ -99,7 +95,8 @@ impl GuestNetOps for RtNetlink {
         }
         req.execute()
             .await
-            .map_err(nl(format!("add {} to {name}", a.address)))
+            .map_err(nl(format!("add {} to {name}", a.address)))?;
+        Ok(())
     }
 
     async fn add_route(&mut self, r: &RouteSetup) -> Result<(), NetError> {
@@ -143,7 +140,8 @@ impl GuestNetOps for RtNetlink {
             Err(e) => Err(nl(format!(
                 "add the route to {} via {}",
                 r.destination, r.device
-            ))(e)),
+            ))(e)
+            .into()),
         }
     }
 }

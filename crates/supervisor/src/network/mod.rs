@@ -42,13 +42,8 @@ pub struct Nic<T = OwnedFd> {
 /// What failed while taking over the network.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("cannot {what}")]
-    Netlink {
-        what: String,
-        // Boxed: a netlink error carries the whole message it answers.
-        #[source]
-        source: Box<rtnetlink::Error>,
-    },
+    #[error(transparent)]
+    Netlink(#[from] runvm_netlink::NetlinkError),
     #[error("cannot {what}")]
     Io {
         what: String,

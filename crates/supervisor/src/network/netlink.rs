@@ -10,17 +10,11 @@ use netlink_packet_route::link::{LinkAttribute, LinkFlag, LinkInfo};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, IpVersion};
+use runvm_netlink::nl;
 use runvm_protocol::IpNet;
 
 use super::snapshot::{Address, Link, RouteEntry, Snapshot};
 use super::{NetError, NetlinkOps};
-
-fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
-    move |source| NetError::Netlink {
-        what: what.into(),
-        source: Box::new(source),
-    }
-}
 
 fn net(ip: IpAddr, len: u8, what: &str) -> Result<IpNet, NetError> {
     IpNet::new(ip, len).map_err(|_| NetError::BadPrefix {
@@ -45,11 +39,10 @@ pub struct RtNetlink {
 
 impl RtNetlink {
     pub fn connect() -> Result<Self, NetError> {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(|source| NetError::Io {
+        let handle = runvm_netlink::connect().map_err(|source| NetError::Io {
             what: "open a netlink socket".into(),
             source,
         })?;
-        tokio::spawn(conn);
         Ok(Self { handle })
     }
 
@@ -184,7 +177,7 @@ impl NetlinkOps for RtNetlink {
         match stream.try_next().await {
             Ok(Some(msg)) => Ok(msg.header.index),
             Ok(None) => Err(NetError::TapVanished(name.to_owned())),
-            Err(e) => Err(nl(format!("find {name}"))(e)),
+            Err(e) => Err(nl(format!("find {name}"))(e).into()),
         }
     }
 
@@ -196,7 +189,8 @@ impl NetlinkOps for RtNetlink {
             .up()
             .execute()
             .await
-            .map_err(nl(format!("bring up {name} with MTU {mtu}")))
+            .map_err(nl(format!("bring up {name} with MTU {mtu}")))?;
+        Ok(())
     }
 
     async fn remove_address(&mut self, name: &str, address: &Address) -> Result<(), NetError> {
@@ -221,7 +215,8 @@ impl NetlinkOps for RtNetlink {
             .del(msg)
             .execute()
             .await
-            .map_err(nl(format!("remove {net} from {name}")))
+            .map_err(nl(format!("remove {net} from {name}")))?;
+        Ok(())
     }
 
     async fn add_ingress_qdisc(&mut self, index: u32, name: &str) -> Result<(), NetError> {
@@ -231,7 +226,8 @@ impl NetlinkOps for RtNetlink {
             .ingress()
             .execute()
             .await
-            .map_err(nl(format!("add an ingress qdisc to {name}")))
+            .map_err(nl(format!("add an ingress qdisc to {name}")))?;
+        Ok(())
     }
 
     async fn add_redirect(&mut self, from: (u32, &str), to: (u32, &str)) -> Result<(), NetError> {
@@ -245,7 +241,8 @@ impl NetlinkOps for RtNetlink {
             .map_err(nl(what.clone()))?
             .execute()
             .await
-            .map_err(nl(what))
+            .map_err(nl(what))?;
+        Ok(())
     }
 }
 
