@@ -1,4 +1,9 @@
 //! Capability names and the system calls that apply capability sets.
+//!
+//! The calls are raw: nix has no wrapper for capset(2), PR_CAPBSET_DROP or
+//! PR_CAP_AMBIENT, and the caps crate's functions allocate (hash sets, error
+//! texts), which a forked child of the agent's threaded process must not
+//! do between fork and exec. The capability *names* are the caps crate's.
 
 use caps::Capability;
 use runvm_protocol::Capabilities;

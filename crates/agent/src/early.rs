@@ -1,6 +1,7 @@
 //! Boot steps that happen before the host speaks: kernel filesystems,
 //! modules, and the host channel.
 
+use nix::sys::signal::Signal;
 use std::fs;
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -73,11 +74,8 @@ pub fn open_port(name: &'static str) -> Result<OwnedFd> {
 /// Syncs the filesystems and powers the VM off. Never returns.
 pub fn power_off() -> ! {
     nix::unistd::sync();
-    // SAFETY: kill(-1) signals every process but ourselves; there are no
-    // memory-safety preconditions.
-    unsafe {
-        libc::kill(-1, libc::SIGKILL);
-    }
+    // Every process but ourselves.
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), Signal::SIGKILL);
     nix::unistd::sync();
     let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
     // reboot() only returns on failure; PID 1 must not exit (that panics

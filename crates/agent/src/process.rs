@@ -3,14 +3,21 @@
 //! directory and stdio.
 
 use runvm_protocol::exit::ExitCode;
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use nix::sched::{unshare, CloneFlags};
+use nix::errno::Errno;
+use nix::mount::MsFlags;
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+use nix::sys::stat::{umask, Mode};
+use nix::sys::statvfs::FsFlags;
+use nix::unistd::{chdir, setgid, setgroups, setsid, setuid, Gid, Uid};
 use runvm_protocol::runc_compat::{look_path, path_of_env, FileInfo, LookPathError};
 use runvm_protocol::{ContainerSpec, ProcessSpec, SeccompFilter};
 
@@ -144,13 +151,13 @@ struct ChildSetup {
     /// Mount namespace to join (opened before the fork).
     join_mount_ns: Option<OwnedFd>,
     terminal: bool,
-    uid: u32,
-    gid: u32,
-    groups: Vec<libc::gid_t>,
-    umask: Option<u32>,
-    rlimits: Vec<(u32, libc::rlimit)>,
+    uid: Uid,
+    gid: Gid,
+    groups: Vec<Gid>,
+    umask: Option<Mode>,
+    rlimits: Vec<Limit>,
     /// Inherited limits: applied best-effort.
-    soft_rlimits: Vec<(u32, libc::rlimit)>,
+    soft_rlimits: Vec<Limit>,
     caps: Option<crate::caps::Masks>,
     no_new_privileges: bool,
     cwd: CString,
@@ -222,6 +229,7 @@ impl Seccomp {
         // outlive the call; the kernel copies them.
         unsafe {
             // As runc: prctl when there are no flags, seccomp(2) otherwise.
+            // Raw: nix wraps neither PR_SET_SECCOMP nor seccomp(2).
             if self.flags == 0 {
                 check(libc::prctl(
                     libc::PR_SET_SECCOMP,
@@ -243,15 +251,21 @@ impl Seccomp {
     }
 }
 
+/// A resource limit, as setrlimit takes it.
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    resource: Resource,
+    soft: u64,
+    hard: u64,
+}
+
 /// An OCI rlimit as setrlimit takes it; unknown names are skipped.
-fn native_rlimit(r: &runvm_protocol::Rlimit) -> Option<(u32, libc::rlimit)> {
-    Some((
-        runvm_protocol::rlimits::resource(&r.kind)? as u32,
-        libc::rlimit {
-            rlim_cur: r.soft,
-            rlim_max: r.hard,
-        },
-    ))
+fn native_rlimit(r: &runvm_protocol::Rlimit) -> Option<Limit> {
+    Some(Limit {
+        resource: runvm_protocol::rlimits::resource(&r.kind)?,
+        soft: r.soft,
+        hard: r.hard,
+    })
 }
 
 fn check(ret: libc::c_int) -> io::Result<()> {
@@ -262,94 +276,66 @@ fn check(ret: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// The mount flags a bind remount must keep (runc's `readonlyPath`).
-///
-/// # Safety
-/// Only a system call on a NUL-terminated path; safe between fork and exec.
-unsafe fn locked_flags(path: &CString) -> io::Result<libc::c_ulong> {
-    // SAFETY: statfs writes into a zeroed struct we own.
-    unsafe {
-        let mut st: libc::statfs64 = std::mem::zeroed();
-        check(libc::statfs64(path.as_ptr(), &mut st))?;
-        Ok(st.f_flags as libc::c_ulong & (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC))
-    }
+/// `mount(2)` of `source` on `target`, with no data. Paths are `&CStr`
+/// prepared before the fork, so nix passes them on without allocating:
+/// safe between fork and exec.
+fn mount_at(
+    source: Option<&CStr>,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: MsFlags,
+) -> nix::Result<()> {
+    nix::mount::mount(source, target, fstype, flags, None::<&CStr>)
 }
 
-/// Makes a mount point read-only in this mount namespace.
-///
-/// # Safety
-/// Only system calls on NUL-terminated paths; safe between fork and exec.
-unsafe fn remount_readonly(path: &CString) -> io::Result<()> {
-    // SAFETY: as above.
-    unsafe {
-        let flags = locked_flags(path)?;
-        check(libc::mount(
-            path.as_ptr(),
-            path.as_ptr(),
-            std::ptr::null(),
-            flags | libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
-            std::ptr::null(),
-        ))
-    }
+/// The mount flags a bind remount must keep (runc's `readonlyPath`).
+fn locked_flags(path: &CStr) -> nix::Result<MsFlags> {
+    let st = nix::sys::statfs::statfs(path)?;
+    let f = st.flags();
+    let mut keep = MsFlags::empty();
+    keep.set(MsFlags::MS_NOSUID, f.contains(FsFlags::ST_NOSUID));
+    keep.set(MsFlags::MS_NODEV, f.contains(FsFlags::ST_NODEV));
+    keep.set(MsFlags::MS_NOEXEC, f.contains(FsFlags::ST_NOEXEC));
+    Ok(keep)
+}
+
+/// Makes a mount point read-only in this mount namespace. Safe between
+/// fork and exec (see [`mount_at`]).
+fn remount_readonly(path: &CStr) -> nix::Result<()> {
+    let flags = locked_flags(path)?;
+    mount_at(
+        Some(path),
+        path,
+        None,
+        flags | MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+    )
 }
 
 impl ChildSetup {
     /// runc's `readonlyPath`: bind the path onto itself, then remount the
-    /// bind read-only. A path that does not exist is skipped.
-    ///
-    /// # Safety
-    /// Only system calls; safe between fork and exec.
-    unsafe fn readonly_path(&self, path: &CString) -> io::Result<()> {
-        // SAFETY: NUL-terminated strings owned by `self`.
-        unsafe {
-            let rc = libc::mount(
-                path.as_ptr(),
-                path.as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND | libc::MS_REC,
-                std::ptr::null(),
-            );
-            if rc == -1 {
-                let e = io::Error::last_os_error();
-                return match e.raw_os_error() {
-                    Some(libc::ENOENT) => Ok(()),
-                    _ => Err(e),
-                };
-            }
-            remount_readonly(path)
+    /// bind read-only. A path that does not exist is skipped. Safe between
+    /// fork and exec.
+    fn readonly_path(&self, path: &CStr) -> nix::Result<()> {
+        match mount_at(Some(path), path, None, MsFlags::MS_BIND | MsFlags::MS_REC) {
+            Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(e),
+            Ok(()) => remount_readonly(path),
         }
     }
 
     /// runc's `maskPath`: `/dev/null` over a file, an empty read-only tmpfs
-    /// over a directory; a path that does not exist is skipped.
-    ///
-    /// # Safety
-    /// Only system calls; safe between fork and exec.
-    unsafe fn mask_path(&self, path: &CString) -> io::Result<()> {
-        // SAFETY: NUL-terminated strings owned by `self`.
-        unsafe {
-            let rc = libc::mount(
-                self.dev_null.as_ptr(),
-                path.as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND,
-                std::ptr::null(),
-            );
-            if rc == 0 {
-                return Ok(());
-            }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::ENOENT) => Ok(()),
-                Some(libc::ENOTDIR) => check(libc::mount(
-                    self.tmpfs.as_ptr(),
-                    path.as_ptr(),
-                    self.tmpfs.as_ptr(),
-                    libc::MS_RDONLY,
-                    std::ptr::null(),
-                )),
-                _ => Err(e),
-            }
+    /// over a directory; a path that does not exist is skipped. Safe
+    /// between fork and exec.
+    fn mask_path(&self, path: &CStr) -> nix::Result<()> {
+        match mount_at(Some(&self.dev_null), path, None, MsFlags::MS_BIND) {
+            Err(Errno::ENOENT) => Ok(()),
+            Err(Errno::ENOTDIR) => mount_at(
+                Some(&self.tmpfs),
+                path,
+                Some(&self.tmpfs),
+                MsFlags::MS_RDONLY,
+            ),
+            r => r,
         }
     }
 
@@ -359,98 +345,106 @@ impl ChildSetup {
     /// Must only be called in a freshly forked child; it calls only
     /// async-signal-safe functions on data prepared before the fork.
     unsafe fn apply(&self) -> io::Result<()> {
-        // SAFETY: plain system calls on valid, NUL-terminated strings and
-        // initialised structures owned by `self`; the caller guarantees we
-        // run in a freshly forked child.
+        // Every call below is a nix wrapper or a system call on data owned
+        // by `self` and prepared before the fork (paths as `&CStr`, ids,
+        // flag sets, fixed-size structures): nothing allocates.
+        if let Some(fd) = &self.join_mount_ns {
+            setns(fd, CloneFlags::CLONE_NEWNS)?;
+        }
+        if self.new_mount_ns {
+            unshare(CloneFlags::CLONE_NEWNS)?;
+            mount_at(
+                None,
+                &self.root,
+                None,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            )?;
+            // A /proc that shows the new PID namespace.
+            mount_at(
+                Some(&self.proc_src),
+                &self.proc_dir,
+                Some(&self.proc_type),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            )?;
+            // The container's read-only kernel filesystems, then its
+            // read-only and masked paths, in runc's order. They live in
+            // this mount namespace, which every exec joins.
+            for p in &self.remount_readonly {
+                match remount_readonly(p) {
+                    // Not a mount point (no cgroup2 in this kernel):
+                    // nothing of its own to protect.
+                    Err(Errno::EINVAL) => {}
+                    r => r?,
+                }
+            }
+            for p in &self.readonly_paths {
+                self.readonly_path(p)?;
+            }
+            for p in &self.masked_paths {
+                self.mask_path(p)?;
+            }
+        }
+        setsid()?;
+        if self.terminal {
+            // TIOCSCTTY takes an int argument (0: do not steal).
+            nix::ioctl_write_int_bad!(tiocsctty, libc::TIOCSCTTY);
+            // SAFETY: fd 0 is the pty's replica; the argument is an int.
+            unsafe { tiocsctty(0, 0) }?;
+        }
+        // Limits first, while still privileged (raising a hard limit
+        // needs CAP_SYS_RESOURCE).
+        for l in &self.soft_rlimits {
+            let _ = setrlimit(l.resource, l.soft, l.hard);
+        }
+        for l in &self.rlimits {
+            setrlimit(l.resource, l.soft, l.hard)?;
+        }
+        if self.no_new_privileges {
+            nix::sys::prctl::set_no_new_privs()?;
+        }
+        // runc's order: without no-new-privileges installing a filter
+        // needs CAP_SYS_ADMIN, so it goes in before the capabilities
+        // are dropped; with it, as the last step before execve.
+        if let (Some(f), false) = (&self.seccomp, self.no_new_privileges) {
+            // SAFETY: we run between fork and exec (the caller's promise).
+            unsafe { f.install() }?;
+        }
+        if let Some(m) = &self.caps {
+            nix::sys::prctl::set_keepcaps(true)?;
+            // SAFETY: as above.
+            unsafe { crate::caps::drop_bounding(m) }?;
+        }
+        setgroups(&self.groups)?;
+        setgid(self.gid)?;
+        setuid(self.uid)?;
+        if let Some(m) = &self.caps {
+            // SAFETY: as above.
+            unsafe { crate::caps::apply_sets(m) }?;
+        }
+        if let Some(mask) = self.umask {
+            umask(mask);
+        }
+        chdir(self.cwd.as_c_str())?;
+        if let (Some(f), true) = (&self.seccomp, self.no_new_privileges) {
+            // SAFETY: as above.
+            unsafe { f.install() }?;
+        }
+        // Signals the agent ignores or blocks must not stay so.
+        sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+        // nix's execve builds its argument arrays on the heap, which a
+        // forked child of this threaded process must not do: the arrays
+        // were built before the fork, and execve is called directly.
+        // SAFETY: NUL-terminated strings and NULL-terminated pointer arrays
+        // owned by `self`, valid for the call.
         unsafe {
-            if let Some(fd) = &self.join_mount_ns {
-                check(libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNS))?;
-            }
-            if self.new_mount_ns {
-                check(libc::unshare(libc::CLONE_NEWNS))?;
-                check(libc::mount(
-                    std::ptr::null(),
-                    self.root.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                ))?;
-                // A /proc that shows the new PID namespace.
-                check(libc::mount(
-                    self.proc_src.as_ptr(),
-                    self.proc_dir.as_ptr(),
-                    self.proc_type.as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                    std::ptr::null(),
-                ))?;
-                // The container's read-only kernel filesystems, then its
-                // read-only and masked paths, in runc's order. They live in
-                // this mount namespace, which every exec joins.
-                for p in &self.remount_readonly {
-                    match remount_readonly(p) {
-                        // Not a mount point (no cgroup2 in this kernel):
-                        // nothing of its own to protect.
-                        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                        r => r?,
-                    }
-                }
-                for p in &self.readonly_paths {
-                    self.readonly_path(p)?;
-                }
-                for p in &self.masked_paths {
-                    self.mask_path(p)?;
-                }
-            }
-            check(libc::setsid())?;
-            if self.terminal {
-                check(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
-            }
-            // Limits first, while still privileged (raising a hard limit
-            // needs CAP_SYS_RESOURCE).
-            for (res, lim) in &self.soft_rlimits {
-                libc::setrlimit(*res as _, lim);
-            }
-            for (res, lim) in &self.rlimits {
-                check(libc::setrlimit(*res as _, lim))?;
-            }
-            if self.no_new_privileges {
-                check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
-            }
-            // runc's order: without no-new-privileges installing a filter
-            // needs CAP_SYS_ADMIN, so it goes in before the capabilities
-            // are dropped; with it, as the last step before execve.
-            if let (Some(f), false) = (&self.seccomp, self.no_new_privileges) {
-                f.install()?;
-            }
-            if let Some(m) = &self.caps {
-                check(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0))?;
-                crate::caps::drop_bounding(m)?;
-            }
-            check(libc::setgroups(self.groups.len(), self.groups.as_ptr()))?;
-            check(libc::setgid(self.gid))?;
-            check(libc::setuid(self.uid))?;
-            if let Some(m) = &self.caps {
-                crate::caps::apply_sets(m)?;
-            }
-            if let Some(mask) = self.umask {
-                libc::umask(mask as libc::mode_t);
-            }
-            check(libc::chdir(self.cwd.as_ptr()))?;
-            if let (Some(f), true) = (&self.seccomp, self.no_new_privileges) {
-                f.install()?;
-            }
-            // Signals the agent ignores or blocks must not stay so.
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
             libc::execve(
                 self.path.as_ptr(),
                 self.argv_ptrs.0.as_ptr(),
                 self.envp_ptrs.0.as_ptr(),
             );
-            // Only reached when execve failed.
-            Err(io::Error::last_os_error())
         }
+        // Only reached when execve failed.
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -566,10 +560,16 @@ pub fn start(
         new_mount_ns: new_container,
         join_mount_ns,
         terminal: spec.terminal,
-        uid: spec.uid,
-        gid: spec.gid,
-        groups: spec.additional_gids.clone(),
-        umask: spec.umask,
+        uid: Uid::from_raw(spec.uid),
+        gid: Gid::from_raw(spec.gid),
+        groups: spec
+            .additional_gids
+            .iter()
+            .map(|&g| Gid::from_raw(g))
+            .collect(),
+        umask: spec
+            .umask
+            .map(|m| Mode::from_bits_truncate(m as libc::mode_t)),
         rlimits: spec.rlimits.iter().filter_map(native_rlimit).collect(),
         soft_rlimits: spec
             .inherited_rlimits
@@ -697,14 +697,13 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), StartError> {
 
 /// Sets the window size of a pty master.
 pub fn resize(master: RawFd, rows: u16, cols: u16) {
-    let ws = libc::winsize {
+    nix::ioctl_write_ptr_bad!(tiocswinsz, libc::TIOCSWINSZ, nix::pty::Winsize);
+    let ws = nix::pty::Winsize {
         ws_row: rows,
         ws_col: cols,
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
     // SAFETY: TIOCSWINSZ reads a `winsize` from a valid pointer.
-    unsafe {
-        libc::ioctl(master, libc::TIOCSWINSZ, &ws);
-    }
+    let _ = unsafe { tiocswinsz(master, &ws) };
 }

@@ -72,6 +72,8 @@ impl Reaper {
         if !slots.contains_key(&pid) {
             return false;
         }
+        // Raw kill(2): nix's takes a `Signal`, which has no real-time
+        // signals, and any signal number may come from `docker kill -s`.
         // SAFETY: kill() has no memory-safety preconditions; `pid` is an
         // unreaped child (see above).
         unsafe { libc::kill(pid, signal) == 0 }

@@ -1,5 +1,6 @@
 //! The initramfs cache.
 
+use nix::fcntl::{Flock, FlockArg};
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -24,7 +25,7 @@ const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
 #[derive(Debug)]
 pub struct Initramfs {
     pub path: PathBuf,
-    lock: File,
+    lock: Flock<File>,
 }
 
 impl Initramfs {
@@ -79,15 +80,15 @@ pub fn ensure_initramfs(
 
 /// Opens `path` and takes a shared lock on it; `None` if it does not exist
 /// (or was removed while we waited for the lock).
-fn lock_shared(path: &Path) -> Result<Option<File>, Error> {
+fn lock_shared(path: &Path) -> Result<Option<Flock<File>>, Error> {
     use std::os::unix::fs::MetadataExt;
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("open", path, e)),
     };
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockShared)
-        .map_err(|e| Error::io("lock", path, e.into()))?;
+    let file = Flock::lock(file, FlockArg::LockShared)
+        .map_err(|(_, e)| Error::io("lock", path, e.into()))?;
     let held = file.metadata().map_err(|e| Error::io("stat", path, e))?;
     match fs::metadata(path) {
         Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => Ok(Some(file)),
@@ -178,7 +179,7 @@ fn remove_unless_held(path: &Path) {
     let Ok(file) = File::open(path) else {
         return;
     };
-    if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok() {
+    if Flock::lock(file, FlockArg::LockExclusiveNonblock).is_ok() {
         let _ = fs::remove_file(path);
     }
 }

@@ -25,12 +25,15 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use nix::mount::MsFlags;
 use pathrs::error::ErrorKind;
 use pathrs::flags::OpenFlags;
 use pathrs::Root;
 use runvm_contract::report::ErrorChain;
 pub use runvm_contract::StagedMount;
-use rustix::mount::{move_mount, MountFlags, MoveMountFlags};
+use std::ffi::{CStr, CString};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 
 /// Why a mount could not be placed. Every message names the destination and
 /// says what to change.
@@ -92,13 +95,13 @@ fn kind_name(is_dir: bool) -> &'static str {
 }
 
 fn dev_ino(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
-    let st = rustix::fs::fstat(fd)?;
+    let st = nix::sys::stat::fstat(fd.as_raw_fd())?;
     Ok((st.st_dev, st.st_ino))
 }
 
 fn is_dir_fd(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    let st = rustix::fs::fstat(fd)?;
-    Ok(rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory)
+    let st = nix::sys::stat::fstat(fd.as_raw_fd())?;
+    Ok(st.st_mode & libc::S_IFMT == libc::S_IFDIR)
 }
 
 fn not_found(e: &pathrs::error::Error) -> bool {
@@ -167,17 +170,39 @@ fn place(root: &Root, root_id: (u64, u64), m: &StagedMount) -> Result<(), MountE
             destination: m.destination.clone(),
         });
     }
-    move_mount(
-        rustix::fs::CWD,
-        m.staging.as_str(),
-        target.as_fd(),
-        "",
-        MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
-    )
-    .map_err(|e| MountError::Move {
+    let staging = CString::new(std::path::Path::new(&m.staging).as_os_str().as_bytes())
+        .map_err(|e| staging_err(e.into()))?;
+    move_mount_onto(&staging, target.as_fd()).map_err(|source| MountError::Move {
         destination: m.destination.clone(),
-        source: e.into(),
+        source,
     })
+}
+
+/// move_mount(2): moves the mount at the path `from` onto the file that
+/// `to` refers to (`MOVE_MOUNT_T_EMPTY_PATH`), so the destination is the
+/// descriptor resolved inside the image root, not a path that could be
+/// swapped. nix has no wrapper for move_mount(2) (nix-rust/nix#1237): this
+/// is the crate's one raw system call.
+fn move_mount_onto(from: &CStr, to: BorrowedFd<'_>) -> io::Result<()> {
+    const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x0000_0040;
+    // SAFETY: the kernel reads the NUL-terminated `from` and the empty
+    // path, both valid for the call, and uses the descriptor `to`, which
+    // is open for the call's duration; nothing is written to our memory.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            to.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Moves every staged mount, in order, to its destination inside `root`.
@@ -223,8 +248,14 @@ pub fn make_mountpoints(root: &Path, dirs: &[String]) {
 /// Makes the mount at `root` read-only (`--read-only`). Done after the
 /// mounts are placed, because placing may create their mount points.
 pub fn make_readonly(root: &Path) -> Result<(), MountError> {
-    rustix::mount::mount_remount(root, MountFlags::BIND | MountFlags::RDONLY, "")
-        .map_err(|e| MountError::ReadOnly(e.into()))
+    nix::mount::mount(
+        None::<&str>,
+        root,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .map_err(|e| MountError::ReadOnly(e.into()))
 }
 
 /// Places the mounts from the host: enters the mount namespace of the
@@ -281,7 +312,8 @@ pub fn place_in_container(
                 }
             };
             // SAFETY: ends the forked child without running the parent's
-            // exit handlers or destructors twice.
+            // exit handlers or destructors twice. (nix has no wrapper for
+            // _exit(2).)
             unsafe { libc::_exit(code) }
         }
         ForkResult::Parent { child } => {

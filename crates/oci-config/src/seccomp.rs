@@ -20,6 +20,7 @@
 //! the profile names fail with ENOSYS rather than the default action, so
 //! that programs fall back to older syscalls).
 
+use nix::sys::memfd::MemFdCreateFlag;
 use std::io::{Read, Seek};
 
 use libseccomp::ScmpSyscall;
@@ -371,7 +372,7 @@ pub fn compile(profile: &Value) -> Result<Option<SeccompFilter>, SeccompError> {
 
 /// The filter's BPF program, as libseccomp exports it.
 fn export(ctx: &ScmpFilterContext) -> Result<Vec<SockFilter>, SeccompError> {
-    let fd = rustix::fs::memfd_create("runvm-seccomp", rustix::fs::MemfdFlags::CLOEXEC)
+    let fd = nix::sys::memfd::memfd_create(c"runvm-seccomp", MemFdCreateFlag::MFD_CLOEXEC)
         .map_err(|e| SeccompError::Export(e.into()))?;
     let mut file = std::fs::File::from(fd);
     ctx.export_bpf(&file).map_err(lib("export the filter"))?;

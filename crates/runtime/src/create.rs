@@ -221,7 +221,8 @@ pub fn place_mounts(pid: i32, prepared: &Prepared) -> Result<()> {
 /// Checks, inside the created container's root, that the workload's
 /// program can be executed, with runc's rules and wording.
 pub fn check_program(container_pid: i32, process: &runvm_protocol::ProcessSpec) -> Result<()> {
-    use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let root_path = format!("/proc/{container_pid}/root{}", paths::ROOTFS);
     let root = match fs::File::open(&root_path) {
         Ok(f) => f,
@@ -235,17 +236,15 @@ pub fn check_program(container_pid: i32, process: &runvm_protocol::ProcessSpec) 
         } else {
             rel
         };
-        let fd = openat2(
-            &root,
-            rel,
-            OFlags::PATH | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::IN_ROOT,
-        )?;
-        let st = rustix::fs::fstat(&fd)?;
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT);
+        let raw = openat2(root.as_raw_fd(), rel, how)?;
+        // SAFETY: openat2 just returned this descriptor; nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let st = nix::sys::stat::fstat(fd.as_raw_fd())?;
         Ok(FileInfo {
-            is_dir: rustix::fs::FileType::from_raw_mode(st.st_mode)
-                == rustix::fs::FileType::Directory,
+            is_dir: st.st_mode & libc::S_IFMT == libc::S_IFDIR,
             mode: st.st_mode,
         })
     };

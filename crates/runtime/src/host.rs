@@ -171,8 +171,8 @@ pub fn devices(accel: Accel) -> Vec<HostDevice> {
             let rdev = m.rdev();
             Some(HostDevice {
                 path: p.into(),
-                major: libc::major(rdev) as i64,
-                minor: libc::minor(rdev) as i64,
+                major: nix::sys::stat::major(rdev) as i64,
+                minor: nix::sys::stat::minor(rdev) as i64,
             })
         })
         .collect()
@@ -193,12 +193,15 @@ pub fn kvm_problem() -> Option<String> {
     match std::fs::OpenOptions::new().read(true).write(true).open(dev) {
         Err(e) => Some(format!("/dev/kvm cannot be opened: {e}")),
         Ok(f) => {
-            const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
+            // KVM_GET_API_VERSION is _IO(KVMIO = 0xAE, 0x00).
+            nix::ioctl_none!(kvm_get_api_version, 0xAE, 0x00);
             // SAFETY: KVM_GET_API_VERSION takes no argument and only
-            // returns an integer.
-            let v =
-                unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), KVM_GET_API_VERSION, 0) };
-            (v != 12).then(|| format!("/dev/kvm answers KVM API version {v}, not 12"))
+            // returns an integer; `f` is an open descriptor.
+            match unsafe { kvm_get_api_version(std::os::fd::AsRawFd::as_raw_fd(&f)) } {
+                Ok(12) => None,
+                Ok(v) => Some(format!("/dev/kvm answers KVM API version {v}, not 12")),
+                Err(e) => Some(format!("/dev/kvm does not answer KVM_GET_API_VERSION: {e}")),
+            }
         }
     }
 }

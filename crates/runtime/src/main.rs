@@ -113,10 +113,13 @@ fn create_or_run(cli: &Cli, verb: &str, args: &[String]) -> Result<i32> {
     if verb == "run" {
         // runc takes over: it inherits the lock on the initramfs, which
         // then lasts until runc has mounted it.
+        // The descriptor is made inheritable here, in the process that
+        // becomes runc (exec, not fork): runc is the child that needs it.
         let fd = std::os::fd::AsRawFd::as_raw_fd(&prepared.initrd.lock_fd());
-        // SAFETY: F_SETFD on a descriptor this process owns (held by
-        // `prepared`, alive until the exec).
-        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        let _ = nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        );
         return exec_runc(cli, &cli.command);
     }
     let status = runc(cli, &cli.command)

@@ -97,6 +97,14 @@ fn load_config_from(path: &std::path::Path) -> Result<VmConfig> {
 
 /// Starts virtiofsd or QEMU: no stdin or stdout, stderr kept in `log`
 /// (and copied to ours when debugging), killed if the supervisor goes away.
+///
+/// The fork and exec run on the runtime's one thread, on purpose: they
+/// happen at startup, before any relay or exec server shares that thread,
+/// so nothing waits behind them; and a helper thread (`spawn_blocking`)
+/// would still exist, or linger in `/proc/self/task`, when the supervisor
+/// drops its capabilities, which it can only do while it has one thread.
+/// (The guest agent, whose runtime serves many streams while it starts
+/// processes, forks on a thread of its own.)
 fn spawn_helper(
     cfg: &VmConfig,
     program: &str,

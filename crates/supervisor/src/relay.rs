@@ -154,9 +154,8 @@ pub fn self_inflicted(signal: i32, code: i32, sender: i32, own_pid: i32) -> bool
 }
 
 extern "C" fn on_signal(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // SAFETY: a signal handler may read errno and must restore it; the
-    // location is this thread's errno.
-    let saved_errno = unsafe { *libc::__errno_location() };
+    // A signal handler must leave errno as it found it.
+    let saved_errno = Errno::last_raw();
     let (code, sender) = if info.is_null() {
         (libc::SI_USER, 0)
     } else {
@@ -165,19 +164,16 @@ extern "C" fn on_signal(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut
         // `self_inflicted` looks at it for.
         unsafe { ((*info).si_code, (*info).si_pid()) }
     };
-    // SAFETY: getpid is async-signal-safe.
-    let own = unsafe { libc::getpid() };
+    let own = nix::unistd::getpid().as_raw();
     let fd = SIGNAL_PIPE.load(AtomicOrdering::Relaxed);
     if fd >= 0 && !self_inflicted(signal, code, sender, own) {
-        let byte = signal as u8;
-        // SAFETY: write is async-signal-safe; the pipe is non-blocking, so a
-        // full pipe drops the signal instead of blocking the handler.
-        unsafe {
-            libc::write(fd, (&byte as *const u8).cast(), 1);
-        }
+        // SAFETY: the pipe's write end is never closed once stored.
+        let pipe = unsafe { BorrowedFd::borrow_raw(fd) };
+        // write(2) is async-signal-safe; the pipe is non-blocking, so a full
+        // pipe drops the signal instead of blocking the handler.
+        let _ = nix::unistd::write(pipe, &[signal as u8]);
     }
-    // SAFETY: as above.
-    unsafe { *libc::__errno_location() = saved_errno };
+    Errno::set_raw(saved_errno);
 }
 
 /// Starts forwarding every signal of [`forwarded_signals`] into `tx`,
@@ -198,16 +194,18 @@ fn forward(signals: &[i32], tx: mpsc::Sender<i32>) -> std::io::Result<()> {
         std::os::fd::IntoRawFd::into_raw_fd(wr),
         AtomicOrdering::Relaxed,
     );
+    // Raw sigaction(2): nix's takes a `Signal`, which has no real-time
+    // signals, and those are forwarded too (`docker kill -s RTMIN+3`).
+    // SAFETY: `sigaction` is plain data; zeroed is a valid value (empty
+    // mask, no flags) that is filled in below.
+    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+    act.sa_sigaction = on_signal as *const () as usize;
+    act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
     for &sig in signals {
-        // SAFETY: `sigaction` is plain data; zeroed is a valid value
-        // (empty mask, no flags) that is filled in below.
-        let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
-        act.sa_sigaction = on_signal as *const () as usize;
-        act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-        // SAFETY: installs an async-signal-safe handler with a valid
-        // sigaction structure; failures (uncatchable signals) are skipped.
+        // SAFETY: installs an async-signal-safe handler (atomics, getpid
+        // and a non-blocking write) with a valid sigaction structure whose
+        // mask is empty; failures (uncatchable signals) are skipped.
         unsafe {
-            libc::sigemptyset(&mut act.sa_mask);
             libc::sigaction(sig, &act, std::ptr::null_mut());
         }
     }
@@ -231,11 +229,16 @@ fn forward(signals: &[i32], tx: mpsc::Sender<i32>) -> std::io::Result<()> {
 
 /// The terminal size of fd 0, if it is a terminal with a size.
 pub fn window_size() -> Option<(u16, u16)> {
-    // SAFETY: `winsize` is plain data; zeroed is a valid value.
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    nix::ioctl_read_bad!(tiocgwinsz, libc::TIOCGWINSZ, nix::pty::Winsize);
+    let mut ws = nix::pty::Winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCGWINSZ writes a `winsize` to a valid pointer.
-    let rc = unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) };
-    (rc == 0 && ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
+    let ok = unsafe { tiocgwinsz(0, &mut ws) }.is_ok();
+    (ok && ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
 }
 
 /// Puts the container's terminal in raw mode: the guest's pty does the
@@ -319,8 +322,7 @@ mod tests {
         drop(r);
         assert_eq!(nix::unistd::write(&w, b"x"), Err(Errno::EPIPE));
         // A signal to ourselves.
-        // SAFETY: kill() has no memory-safety preconditions.
-        unsafe { libc::kill(libc::getpid(), libc::SIGUSR2) };
+        nix::sys::signal::raise(nix::sys::signal::Signal::SIGUSR2).unwrap();
         let quiet = tokio::time::timeout(std::time::Duration::from_millis(300), rx.recv()).await;
         assert!(
             quiet.is_err(),

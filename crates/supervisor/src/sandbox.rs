@@ -16,6 +16,8 @@
 //! Everything here runs in the forked child between fork and exec, so it
 //! only makes async-signal-safe system calls on data prepared before.
 
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
 use std::io;
 use std::os::fd::RawFd;
 
@@ -54,7 +56,10 @@ fn last_cap() -> u32 {
 }
 
 /// Drops every capability up to `last` but `keep` from the bounding set.
-/// Async-signal-safe (prctl only): for use between fork and exec.
+/// Async-signal-safe (prctl only): for use between fork and exec. nix has
+/// no wrapper for PR_CAPBSET_DROP or PR_CAP_AMBIENT, and the caps crate's
+/// allocate on failure, which a forked child of a threaded process must
+/// not: hence raw prctl here.
 fn drop_bounding_except(keep: &[u32], last: u32) -> io::Result<()> {
     for cap in (0..=last).filter(|c| !keep.contains(c)) {
         // SAFETY: prctl with plain integer arguments.
@@ -75,8 +80,15 @@ fn no_ambient_no_new_privileges() -> io::Result<()> {
             0,
         )
     })?;
-    // SAFETY: as above.
-    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
+    Ok(nix::sys::prctl::set_no_new_privs()?)
+}
+
+/// Clears close-on-exec on `fds`, in the child that inherits them.
+fn inherit(fds: &[RawFd]) -> io::Result<()> {
+    for fd in fds {
+        fcntl(*fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
+    }
+    Ok(())
 }
 
 /// Makes `cmd` start as `uid`:`gid` with no supplementary groups, no
@@ -84,21 +96,20 @@ fn no_ambient_no_new_privileges() -> io::Result<()> {
 /// close-on-exec in the supervisor).
 pub fn run_unprivileged(cmd: &mut Command, uid: u32, gid: u32, keep_fds: Vec<RawFd>) {
     let last = last_cap();
+    let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
     // SAFETY: the closure only makes async-signal-safe system calls
-    // (fcntl, setgroups, setresgid, setresuid, prctl) on plain integers
-    // captured before the fork.
+    // (fcntl, setgroups with an empty list, setresgid, setresuid, prctl)
+    // on plain integers captured before the fork; nothing allocates.
     unsafe {
         cmd.pre_exec(move || {
-            for fd in &keep_fds {
-                check(libc::fcntl(*fd, libc::F_SETFD, 0))?;
-            }
+            inherit(&keep_fds)?;
             // An empty bounding set too, while CAP_SETPCAP is still held.
             drop_bounding_except(&[], last)?;
-            check(libc::setgroups(0, std::ptr::null()))?;
-            check(libc::setresgid(gid, gid, gid))?;
+            setgroups(&[])?;
+            setresgid(gid, gid, gid)?;
             // From uid 0 to a non-zero uid without PR_SET_KEEPCAPS the
             // permitted and effective sets are cleared; ambient ones too.
-            check(libc::setresuid(uid, uid, uid))?;
+            setresuid(uid, uid, uid)?;
             no_ambient_no_new_privileges()
         });
     }
@@ -113,9 +124,7 @@ pub fn bound_capabilities(cmd: &mut Command, keep: &'static [u32], keep_fds: Vec
     // captured before the fork.
     unsafe {
         cmd.pre_exec(move || {
-            for fd in &keep_fds {
-                check(libc::fcntl(*fd, libc::F_SETFD, 0))?;
-            }
+            inherit(&keep_fds)?;
             drop_bounding_except(keep, last)?;
             no_ambient_no_new_privileges()
         });

@@ -913,13 +913,13 @@ impl PtySession {
             .stdin(Stdio::from(slave.try_clone().expect("dup")))
             .stdout(Stdio::from(slave.try_clone().expect("dup")))
             .stderr(Stdio::from(slave));
+        nix::ioctl_write_int_bad!(tiocsctty, libc::TIOCSCTTY);
         // SAFETY: setsid and ioctl(TIOCSCTTY) are async-signal-safe system
         // calls on the child's own stdin; nothing is allocated.
         unsafe {
             cmd.pre_exec(|| {
-                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                nix::unistd::setsid()?;
+                tiocsctty(0, 0)?;
                 Ok(())
             });
         }
@@ -948,15 +948,15 @@ impl PtySession {
 
     /// Changes the terminal size (the program gets SIGWINCH).
     pub fn resize(&self, rows: u16, cols: u16) {
-        let ws = libc::winsize {
+        nix::ioctl_write_ptr_bad!(tiocswinsz, libc::TIOCSWINSZ, nix::pty::Winsize);
+        let ws = nix::pty::Winsize {
             ws_row: rows,
             ws_col: cols,
             ws_xpixel: 0,
             ws_ypixel: 0,
         };
         // SAFETY: TIOCSWINSZ reads a `winsize` from a valid pointer.
-        let rc = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-        assert_eq!(rc, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+        unsafe { tiocswinsz(self.master.as_raw_fd(), &ws) }.expect("TIOCSWINSZ");
     }
 
     /// Reads output until `needle` has appeared since the last call;

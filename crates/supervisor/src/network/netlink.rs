@@ -261,14 +261,12 @@ fn open_tap(name: &str) -> Result<OwnedFd, NetError> {
     }
     req.ifr_ifru.ifru_flags =
         (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+    // TUNSETIFF is _IOW('T', 202, int) but takes a pointer to an ifreq.
+    nix::ioctl_write_ptr_bad!(tunsetiff, libc::TUNSETIFF, libc::ifreq);
     // SAFETY: TUNSETIFF reads an `ifreq` from a valid pointer to an
     // initialised structure.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF as _, &req) };
-    if rc < 0 {
-        return Err(io(format!("create tap {name}"))(
-            std::io::Error::last_os_error(),
-        ));
-    }
+    unsafe { tunsetiff(file.as_raw_fd(), &req) }
+        .map_err(|e| io(format!("create tap {name}"))(e.into()))?;
     // Close-on-exec stays set: only QEMU inherits it (see `sandbox`), never
     // virtiofsd.
     Ok(OwnedFd::from(file))
