@@ -72,8 +72,9 @@ kernel: deps
 	@scripts/install-kernel.sh
 
 # The leftovers check is a step of its own, after every other test.
+# --no-fail-fast: one failing test binary does not hide the others' results.
 e2e: images
-	RUNVM_E2E=1 cargo test --locked -p runvm-e2e -- --test-threads=2
+	RUNVM_E2E=1 cargo test --locked --no-fail-fast -p runvm-e2e -- --test-threads=2
 	RUNVM_E2E=1 cargo test --locked -p runvm-e2e --test leftovers
 
 test: images lint unit e2e

@@ -2,9 +2,20 @@
 //! time is reported, and nothing is left behind; bad settings fail in one
 //! line. (`make bench` uses it as the floor.)
 
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use runvm_e2e::*;
+
+/// Both tests look for probe directories and QEMUs left behind, so one
+/// must not run while the other's probe is under way.
+static ONE_PROBE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn alone() -> MutexGuard<'static, ()> {
+    ONE_PROBE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Probe temp directories left in the temp dir.
 fn probe_dirs() -> Vec<String> {
@@ -24,6 +35,7 @@ fn probe_qemus() -> Vec<String> {
 
 #[e2e_test]
 fn the_default_guest_boots_without_a_container_and_is_timed() {
+    let _alone = alone();
     let _slot = vm_slots(1);
     let before = probe_dirs();
     let run = run_cmd(
@@ -51,6 +63,7 @@ fn the_default_guest_boots_without_a_container_and_is_timed() {
 
 #[e2e_test]
 fn an_unknown_kernel_fails_in_one_line_and_boots_nothing() {
+    let _alone = alone();
     let before = probe_dirs();
     let run = run_cmd(
         "env",
