@@ -6,6 +6,14 @@ use std::time::Duration;
 
 use runvm_e2e::*;
 
+/// The tests here compare the temp dir and the process table before and
+/// after a probe: they run one at a time, or one sees another's probe.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Probe temp directories left in the temp dir.
 fn probe_dirs() -> Vec<String> {
     std::fs::read_dir(std::env::temp_dir())
@@ -24,6 +32,7 @@ fn probe_qemus() -> Vec<String> {
 
 #[e2e_test]
 fn the_default_guest_boots_without_a_container_and_is_timed() {
+    let _one = one_at_a_time();
     let _slot = vm_slots(1);
     let before = probe_dirs();
     let run = run_cmd(
@@ -51,6 +60,7 @@ fn the_default_guest_boots_without_a_container_and_is_timed() {
 
 #[e2e_test]
 fn an_unknown_kernel_fails_in_one_line_and_boots_nothing() {
+    let _one = one_at_a_time();
     let before = probe_dirs();
     let run = run_cmd(
         "env",
