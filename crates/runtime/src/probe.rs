@@ -8,6 +8,8 @@
 
 use std::process::Command;
 
+use nix::sys::signal::{SigSet, Signal};
+
 use runvm_config::rewrite::DEFAULT_MEMORY_MIB;
 use runvm_config::VmOptions;
 use runvm_contract::VmConfig;
@@ -56,15 +58,46 @@ pub fn boot_probe(debug: bool) -> Result<i32> {
         path: config,
         source,
     })?;
+    // The signals that would end runvm before it removes `dir` are blocked
+    // here and passed on to the supervisor, which stops QEMU and ends (it
+    // unblocks them first: the mask survives exec).
+    let stop = stop_signals();
+    // (pthread_sigmask fails only for an invalid `how`.)
+    let _ = stop.thread_block();
     // `guest` holds the initramfs's lock until the probe has ended.
-    let status = Command::new(&supervisor)
+    let mut child = Command::new(&supervisor)
         .arg("boot-probe")
         .arg(dir.path())
-        .status()
+        .spawn()
         .map_err(|source| RuntimeError::Spawn {
             program: supervisor.display().to_string(),
             source,
         })?;
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    // The thread inherits the mask: the signals wait for it in `wait`.
+    std::thread::spawn(move || {
+        while let Ok(signal) = stop.wait() {
+            // The child is not reaped before this process exits, so the
+            // pid is still its own.
+            let _ = nix::sys::signal::kill(pid, signal);
+        }
+    });
+    let status = child.wait().map_err(|source| RuntimeError::Spawn {
+        program: supervisor.display().to_string(),
+        source,
+    })?;
     drop(guest);
     Ok(status.code().unwrap_or(1))
+}
+
+/// Ctrl-C and the other signals that stop `runvm boot-probe`.
+fn stop_signals() -> SigSet {
+    [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ]
+    .into_iter()
+    .collect()
 }

@@ -84,3 +84,50 @@ fn an_unknown_kernel_fails_in_one_line_and_boots_nothing() {
     assert_eq!(probe_dirs(), before);
     assert!(probe_qemus().is_empty());
 }
+
+/// `runvm boot-probe` stopped while the VM boots (a `timeout`, a Ctrl-C, a
+/// closed terminal): QEMU stops, runvm ends at once and removes its temp
+/// dir. (It used to die at once and leave the dir behind, while the
+/// supervisor and QEMU booted on without it.)
+#[e2e_test]
+fn a_probe_stopped_while_the_vm_boots_leaves_nothing_behind() {
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+    let _one = one_at_a_time();
+    let _slot = vm_slots(1);
+    for signal in ["TERM", "INT", "HUP"] {
+        let before = probe_dirs();
+        let mut probe = Command::new(runvm_binary())
+            .arg("boot-probe")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start runvm boot-probe");
+        poll_until(
+            "the probe's QEMU to start",
+            Duration::from_secs(120),
+            || (!probe_qemus().is_empty()).then_some(()),
+        );
+        host_sh(&format!("kill -{signal} {}", probe.id())).assert_code(0, "kill");
+        let sent = Instant::now();
+        let status = probe.wait().expect("wait for runvm boot-probe");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut probe.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(
+            sent.elapsed() < Duration::from_secs(10),
+            "SIG{signal}: runvm took {:?} to end",
+            sent.elapsed()
+        );
+        assert!(!status.success(), "SIG{signal}: {status}: {stderr}");
+        assert!(
+            stderr.contains(&format!("interrupted by SIG{signal}")),
+            "SIG{signal}: says why: {stderr}"
+        );
+        assert_eq!(probe_dirs(), before, "SIG{signal}: the temp dir is removed");
+        assert!(
+            probe_qemus().is_empty(),
+            "SIG{signal}: QEMU is gone: {:?}",
+            probe_qemus()
+        );
+    }
+}
