@@ -10,7 +10,7 @@ use std::process::Command;
 
 use nix::sys::signal::{SigSet, Signal};
 
-use runvm_config::rewrite::DEFAULT_MEMORY_MIB;
+use runvm_config::rewrite::{guest_cpus, guest_memory_mib};
 use runvm_config::VmOptions;
 use runvm_contract::VmConfig;
 use runvm_protocol::ContainerSpec;
@@ -28,11 +28,14 @@ pub fn boot_probe(debug: bool) -> Result<i32> {
     let host_cpus = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1);
+    // Sized as `create` sizes a container's VM with no limits of its own.
+    let vcpus = guest_cpus(&opts, None, host_cpus)?;
+    let memory_mib = guest_memory_mib(&opts, None, crate::host::memory_mib())?;
     let vm = VmConfig {
         accel: guest.accel,
         accel_warning: guest.accel_warning.clone(),
-        vcpus: opts.cpus.unwrap_or(host_cpus),
-        memory_mib: opts.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
+        vcpus,
+        memory_mib,
         qemu: qemu.to_string_lossy().into_owned(),
         virtiofsd: String::new(),
         kernel: guest.kernel.vmlinuz.to_string_lossy().into_owned(),

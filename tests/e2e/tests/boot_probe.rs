@@ -131,3 +131,34 @@ fn a_probe_stopped_while_the_vm_boots_leaves_nothing_behind() {
         );
     }
 }
+
+/// The probe's VM is sized by the code that sizes a container's: settings
+/// `runvm create` refuses are refused here too, in one line, before any
+/// boot. (It booted 9 vCPUs on a 2-CPU host, and 64 MiB of RAM.)
+#[e2e_test]
+fn settings_a_container_could_not_have_fail_in_one_line() {
+    let _one = one_at_a_time();
+    let before = probe_dirs();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) + 1;
+    for (setting, names) in [
+        (format!("RUNVM_CPUS={cpus}"), "RUNVM_CPUS"),
+        ("RUNVM_MEMORY=64m".to_owned(), "RUNVM_MEMORY"),
+    ] {
+        let run = run_cmd(
+            "env",
+            &[&setting, &runvm_binary(), "boot-probe"],
+            None,
+            Duration::from_secs(60),
+        );
+        run.assert_code(1, &format!("runvm boot-probe with {setting}"));
+        let lines: Vec<String> = run
+            .stderr_str()
+            .lines()
+            .filter(|l| l.contains(names))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(lines.len(), 1, "{}", run.describe());
+        assert_eq!(probe_dirs(), before);
+        assert!(probe_qemus().is_empty());
+    }
+}
