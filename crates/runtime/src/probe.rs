@@ -48,8 +48,11 @@ pub fn boot_probe(debug: bool) -> Result<i32> {
         staged_mounts: Vec::new(),
         container: ContainerSpec::default(),
     };
+    // Private: tempfile makes directories 0777 less the umask, and QEMU's
+    // agent socket lives here.
     let dir = tempfile::Builder::new()
         .prefix("runvm-boot-probe-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()
         .map_err(|source| RuntimeError::Write {
             path: std::env::temp_dir(),
