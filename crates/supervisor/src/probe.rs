@@ -106,7 +106,8 @@ pub async fn run(dir: &Path) -> Result<i32> {
             Ok(0)
         }
         Ok(false) => Err(SupervisorError::Probe(format!(
-            "QEMU exited before the guest agent was ready; last console lines: {}; QEMU said: {}",
+            "QEMU exited ({}) before the guest agent was ready; last console lines: {}; QEMU said: {}",
+            crate::status_text(qemu.wait().await),
             or_nothing(&last),
             or_nothing(&stderr.last_lines(5)),
         ))),
