@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use runvm_contract::guest::PROBE_READY;
-use runvm_contract::{Accel, VmConfig};
+use runvm_contract::VmConfig;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::time::Instant;
@@ -95,10 +95,7 @@ pub async fn run(dir: &Path) -> Result<i32> {
             println!(
                 "the guest agent was ready {:.3} s after QEMU started ({}, {} vCPUs, {} MiB, {})",
                 elapsed.as_secs_f64(),
-                match cfg.accel {
-                    Accel::Kvm => "KVM",
-                    Accel::Tcg => "TCG",
-                },
+                cfg.accel,
                 cfg.vcpus,
                 cfg.memory_mib,
                 cfg.kernel,
