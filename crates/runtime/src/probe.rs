@@ -9,6 +9,7 @@
 use std::process::Command;
 
 use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::{waitid, Id, WaitPidFlag};
 
 use runvm_config::rewrite::{guest_cpus, guest_memory_mib};
 use runvm_config::VmOptions;
@@ -80,14 +81,23 @@ pub fn boot_probe(debug: bool) -> Result<i32> {
             source,
         })?;
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    // Signals go to the child only while it is unreaped (its pid cannot be
+    // anyone else's): `ended` is set, under the lock, before it is reaped.
+    let ended = std::sync::Arc::new(std::sync::Mutex::new(false));
+    let forwarder_ended = ended.clone();
     // The thread inherits the mask: the signals wait for it in `wait`.
     std::thread::spawn(move || {
         while let Ok(signal) = stop.wait() {
-            // The child is not reaped before this process exits, so the
-            // pid is still its own.
-            let _ = nix::sys::signal::kill(pid, signal);
+            let ended = forwarder_ended.lock().unwrap_or_else(|e| e.into_inner());
+            if !*ended {
+                let _ = nix::sys::signal::kill(pid, signal);
+            }
         }
     });
+    // Wait for the end without reaping, mark it, then reap.
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
+    while let Err(nix::errno::Errno::EINTR) = waitid(Id::Pid(pid), flags) {}
+    *ended.lock().unwrap_or_else(|e| e.into_inner()) = true;
     let status = child.wait().map_err(|source| RuntimeError::Spawn {
         program: supervisor.display().to_string(),
         source,
