@@ -5,7 +5,7 @@
 use runvm_protocol::exit::ExitCode;
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -605,15 +605,10 @@ pub fn start(
     let mut cmd = Command::new(&resolved);
     cmd.arg0(program).env_clear();
     let parent = if spec.terminal {
-        let winsize = spec.console_size.map(|(rows, cols)| nix::pty::Winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        });
-        let pty = nix::pty::openpty(winsize.as_ref(), None)
-            .map_err(|e| io_err("cannot open a pseudo-terminal", e.into()))?;
-        let slave = pty.slave;
+        let (master, slave) = open_pty().map_err(|e| io_err("cannot open a pseudo-terminal", e))?;
+        if let Some((rows, cols)) = spec.console_size {
+            resize(master.as_raw_fd(), rows, cols);
+        }
         cmd.stdin(Stdio::from(
             slave.try_clone().map_err(|e| io_err("dup", e))?,
         ));
@@ -621,7 +616,7 @@ pub fn start(
             slave.try_clone().map_err(|e| io_err("dup", e))?,
         ));
         cmd.stderr(Stdio::from(slave));
-        ParentStdio::Pty { master: pty.master }
+        ParentStdio::Pty { master }
     } else {
         let (in_r, in_w) = pipe()?;
         let (out_r, out_w) = pipe()?;
@@ -695,6 +690,31 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), StartError> {
     })
 }
 
+/// Opens a pseudo-terminal: its master and its replica, both close-on-exec
+/// from the start. (`openpty(3)` leaves both inheritable: every process the
+/// agent started afterwards, any `docker exec -u nobody` included, held the
+/// master of the container's terminal and could type into its root shell.)
+/// Race-free: the agent forks on other threads while this runs.
+fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
+    use nix::fcntl::OFlag;
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    use std::os::unix::fs::OpenOptionsExt;
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let name = ptsname_r(&master)?;
+    // std opens with O_CLOEXEC.
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(&name)?;
+    // nix's PtyMaster converts to no OwnedFd; the duplicate is
+    // close-on-exec too (F_DUPFD_CLOEXEC), and the original is closed here.
+    let master = master.as_fd().try_clone_to_owned()?;
+    Ok((master, OwnedFd::from(slave)))
+}
+
 /// Sets the window size of a pty master.
 pub fn resize(master: RawFd, rows: u16, cols: u16) {
     nix::ioctl_write_ptr_bad!(tiocswinsz, libc::TIOCSWINSZ, nix::pty::Winsize);
@@ -706,4 +726,64 @@ pub fn resize(master: RawFd, rows: u16, cols: u16) {
     };
     // SAFETY: TIOCSWINSZ reads a `winsize` from a valid pointer.
     let _ = unsafe { tiocswinsz(master, &ws) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+
+    fn close_on_exec(fd: &OwnedFd) -> bool {
+        let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFD).unwrap();
+        FdFlag::from_bits_retain(flags).contains(FdFlag::FD_CLOEXEC)
+    }
+
+    #[test]
+    fn a_pty_is_close_on_exec_on_both_ends_and_connected() {
+        let (master, slave) = open_pty().unwrap();
+        assert!(close_on_exec(&master), "the master is inheritable");
+        assert!(close_on_exec(&slave), "the replica is inheritable");
+        resize(master.as_raw_fd(), 30, 100);
+        nix::ioctl_read_bad!(tiocgwinsz, libc::TIOCGWINSZ, nix::pty::Winsize);
+        let mut ws = nix::pty::Winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCGWINSZ writes a `winsize` to a valid pointer.
+        unsafe { tiocgwinsz(slave.as_raw_fd(), &mut ws) }.unwrap();
+        assert_eq!((ws.ws_row, ws.ws_col), (30, 100));
+        // What the master writes, the replica reads (canonical mode: a line).
+        nix::unistd::write(&master, b"hi\n").unwrap();
+        let mut buf = [0u8; 16];
+        let n = nix::unistd::read(slave.as_raw_fd(), &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"hi\n");
+    }
+
+    #[test]
+    fn a_process_started_while_a_pty_is_open_does_not_inherit_it() {
+        let (master, slave) = open_pty().unwrap();
+        let target = |fd: &OwnedFd| {
+            std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        };
+        let (master_path, slave_path) = (target(&master), target(&slave));
+        assert!(master_path.ends_with("ptmx"), "{master_path}");
+        let out = Command::new("/bin/sh")
+            .args(["-c", "ls -l /proc/self/fd"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&out.stdout);
+        for path in [&master_path, &slave_path] {
+            assert!(
+                !listing.contains(&format!("-> {path}")),
+                "{path} inherited:\n{listing}"
+            );
+        }
+    }
 }

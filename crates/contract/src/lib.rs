@@ -86,6 +86,16 @@ pub enum Accel {
     Tcg,
 }
 
+/// As users know them: `KVM`, `TCG`.
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "KVM",
+            Accel::Tcg => "TCG",
+        })
+    }
+}
+
 /// One mount runc made at a staging point, and where the container wants it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StagedMount {
@@ -149,5 +159,16 @@ mod tests {
         ] {
             assert!(s.starts_with(&format!("{}/", sockets::RUN_DIR)), "{s}");
         }
+    }
+}
+
+#[cfg(test)]
+mod accel_tests {
+    use super::Accel;
+
+    #[test]
+    fn accelerators_show_as_users_know_them() {
+        assert_eq!(Accel::Kvm.to_string(), "KVM");
+        assert_eq!(Accel::Tcg.to_string(), "TCG");
     }
 }

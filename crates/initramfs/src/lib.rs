@@ -41,7 +41,7 @@ pub enum Error {
     /// No `*/boot/vmlinuz-*` under the kernels directory.
     #[error(
         "no guest kernel found in {}: run `make install` (it unpacks Debian's \
-         linux-image-cloud-amd64 there) or set RUNVM_KERNEL to a vmlinuz file",
+         linux-image-cloud-amd64 there)",
         dir.display()
     )]
     NoKernel {
@@ -51,8 +51,7 @@ pub enum Error {
 
     /// An explicitly given kernel file does not exist.
     #[error(
-        "guest kernel {} does not exist: set RUNVM_KERNEL to an existing vmlinuz file \
-         or unset it to use the installed kernel",
+        "guest kernel {} does not exist",
         path.display()
     )]
     KernelNotFound {

@@ -271,23 +271,7 @@ pub fn rewrite_config(
     // 5.3 s against 5.8 s with one vCPU, medians of 3.)
     // RUNVM_CPUS and RUNVM_MEMORY may come from the image's ENV: they may
     // lower what the engine granted, never raise it.
-    let cpu_cap = cpu_limit(linux);
-    if let Some(want) = opts.cpus {
-        let cap = cpu_cap.unwrap_or(host.host_cpus);
-        if want > cap {
-            return Err(RewriteError::AboveLimit {
-                variable: "RUNVM_CPUS",
-                want: format!("{want} vCPUs"),
-                limit: match cpu_cap {
-                    Some(c) => {
-                        format!("the container's CPU limit ({c}, from --cpus or --cpuset-cpus)")
-                    }
-                    None => format!("this host's {} CPUs", host.host_cpus),
-                },
-            });
-        }
-    }
-    let cpus = opts.cpus.or(cpu_cap).unwrap_or(host.host_cpus).max(1);
+    let cpus = guest_cpus(opts, cpu_limit(linux), host.host_cpus)?;
     // Under TCG a boot takes about 4 CPU-seconds, and more on a busy
     // host: with less than a tenth of a CPU it takes many minutes, and may
     // reach the supervisor's 10-minute limit for a guest that never
@@ -325,32 +309,7 @@ pub fn rewrite_config(
         .get("hostname")
         .and_then(Value::as_str)
         .map(str::to_owned);
-    if let Some(want) = opts.memory_mib {
-        let cap = limit_mib.unwrap_or(host.host_memory_mib);
-        if want > cap {
-            return Err(RewriteError::AboveLimit {
-                variable: "RUNVM_MEMORY",
-                want: format!("{want} MiB of guest RAM"),
-                limit: match limit_mib {
-                    Some(l) => format!("the container's memory limit ({l} MiB, from --memory)"),
-                    None => format!("this host's {} MiB of memory", host.host_memory_mib),
-                },
-            });
-        }
-    }
-    let memory_mib = opts.memory_mib.or(limit_mib).unwrap_or(DEFAULT_MEMORY_MIB);
-    if memory_mib < MIN_MEMORY_MIB {
-        // Name what set it: RUNVM_MEMORY, not --memory, when that was it.
-        if opts.memory_mib.is_some() {
-            return Err(crate::options::OptionError {
-                name: "RUNVM_MEMORY",
-                value: format!("{memory_mib}m"),
-                expected: "give the guest at least 128m of RAM (less cannot boot its kernel)",
-            }
-            .into());
-        }
-        return Err(RewriteError::MemoryTooSmall { mib: memory_mib });
-    }
+    let memory_mib = guest_memory_mib(opts, limit_mib, host.host_memory_mib)?;
 
     let vm = VmConfig {
         accel: host.accel,
@@ -848,6 +807,72 @@ pub fn rewrite_update_resources(mut resources: Value) -> Value {
 /// reasonable time (measured: `--cpus 0.1` boots in 55 s on a 2-core host
 /// at load 4.8).
 pub const MIN_TCG_CPU_MILLIS: u64 = 100;
+
+/// The guest's vCPUs: `RUNVM_CPUS`, else the container's CPU limit
+/// (`cpu_cap`), else every host CPU. `RUNVM_CPUS` may lower the limit,
+/// never raise it (nor exceed the host's CPUs). `runvm create` and `runvm
+/// boot-probe` size their VMs with this.
+pub fn guest_cpus(
+    opts: &VmOptions,
+    cpu_cap: Option<u32>,
+    host_cpus: u32,
+) -> Result<u32, RewriteError> {
+    if let Some(want) = opts.cpus {
+        let cap = cpu_cap.unwrap_or(host_cpus);
+        if want > cap {
+            return Err(RewriteError::AboveLimit {
+                variable: "RUNVM_CPUS",
+                want: format!("{want} vCPUs"),
+                limit: match cpu_cap {
+                    Some(c) => {
+                        format!("the container's CPU limit ({c}, from --cpus or --cpuset-cpus)")
+                    }
+                    None => format!("this host's {host_cpus} CPUs"),
+                },
+            });
+        }
+    }
+    Ok(opts.cpus.or(cpu_cap).unwrap_or(host_cpus).max(1))
+}
+
+/// The guest's RAM in MiB: `RUNVM_MEMORY`, else the container's memory
+/// limit (`limit_mib`), else [`DEFAULT_MEMORY_MIB`]; at least
+/// [`MIN_MEMORY_MIB`]. `RUNVM_MEMORY` may lower the limit, never raise it
+/// (nor exceed the host's memory). `runvm create` and `runvm boot-probe`
+/// size their VMs with this.
+pub fn guest_memory_mib(
+    opts: &VmOptions,
+    limit_mib: Option<u64>,
+    host_memory_mib: u64,
+) -> Result<u64, RewriteError> {
+    if let Some(want) = opts.memory_mib {
+        let cap = limit_mib.unwrap_or(host_memory_mib);
+        if want > cap {
+            return Err(RewriteError::AboveLimit {
+                variable: "RUNVM_MEMORY",
+                want: format!("{want} MiB of guest RAM"),
+                limit: match limit_mib {
+                    Some(l) => format!("the container's memory limit ({l} MiB, from --memory)"),
+                    None => format!("this host's {host_memory_mib} MiB of memory"),
+                },
+            });
+        }
+    }
+    let memory_mib = opts.memory_mib.or(limit_mib).unwrap_or(DEFAULT_MEMORY_MIB);
+    if memory_mib < MIN_MEMORY_MIB {
+        // Name what set it: RUNVM_MEMORY, not --memory, when that was it.
+        if opts.memory_mib.is_some() {
+            return Err(crate::options::OptionError {
+                name: "RUNVM_MEMORY",
+                value: format!("{memory_mib}m"),
+                expected: "give the guest at least 128m of RAM (less cannot boot its kernel)",
+            }
+            .into());
+        }
+        return Err(RewriteError::MemoryTooSmall { mib: memory_mib });
+    }
+    Ok(memory_mib)
+}
 
 /// The CPU quota (`--cpus`) in thousandths of a CPU, when there is one.
 fn cpu_quota_millis(linux: &Map<String, Value>) -> Option<u64> {

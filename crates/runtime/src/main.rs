@@ -289,8 +289,8 @@ fn check() -> Result<i32> {
         );
     }
     match host::decide_accel(runvm_config::AccelRequest::Auto, host::kvm_problem()) {
-        Ok((a, None)) => println!("ok      accelerator: {a:?}"),
-        Ok((a, Some(w))) => println!("warning accelerator: {a:?}: {w}"),
+        Ok((a, None)) => println!("ok      accelerator: {a}"),
+        Ok((a, Some(w))) => println!("warning accelerator: {a}: {w}"),
         Err(e) => println!("MISSING accelerator: {}", e.chain()),
     }
     Ok(if ok { 0 } else { 1 })

@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use runvm_contract::guest::PROBE_READY;
-use runvm_contract::{Accel, VmConfig};
+use runvm_contract::VmConfig;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::time::Instant;
@@ -36,6 +36,12 @@ pub async fn run(dir: &Path) -> Result<i32> {
     let cfg: VmConfig = crate::load_config_from(&config)?;
     let socket = dir.join("agent.sock");
     let args = vmm::probe_args(&cfg, &socket.to_string_lossy());
+    // Listening before QEMU starts: no signal between kills us alone.
+    let mut interrupted = Interrupt::listen()?;
+    // `runvm boot-probe` blocks these signals while it waits (it passes
+    // them on to us), and a blocked mask survives exec: unblock them, for
+    // us and for QEMU.
+    let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
     tracing::debug!("starting {} {}", cfg.qemu, args.join(" "));
     let started = Instant::now();
     let mut qemu = Command::new(&cfg.qemu)
@@ -56,7 +62,7 @@ pub async fn run(dir: &Path) -> Result<i32> {
     let console = qemu.stdout.take().expect("QEMU's stdout is piped");
     let mut lines = BufReader::new(console).lines();
     let mut last = Vec::new();
-    let ready = tokio::time::timeout(LIMIT, async {
+    let boot = tokio::time::timeout(LIMIT, async {
         while let Ok(Some(line)) = lines.next_line().await {
             if cfg.debug {
                 eprintln!("{line}");
@@ -70,8 +76,18 @@ pub async fn run(dir: &Path) -> Result<i32> {
             }
         }
         false
-    })
-    .await;
+    });
+    // Ctrl-C, or `runvm boot-probe` stopped: QEMU goes with the probe.
+    let ready = tokio::select! {
+        biased;
+        signal = interrupted.recv() => {
+            let _ = qemu.kill().await;
+            return Err(SupervisorError::Probe(format!(
+                "interrupted by {signal}; QEMU was stopped"
+            )));
+        }
+        ready = boot => ready,
+    };
     let elapsed = started.elapsed();
     let _ = qemu.kill().await;
     match ready {
@@ -79,10 +95,7 @@ pub async fn run(dir: &Path) -> Result<i32> {
             println!(
                 "the guest agent was ready {:.3} s after QEMU started ({}, {} vCPUs, {} MiB, {})",
                 elapsed.as_secs_f64(),
-                match cfg.accel {
-                    Accel::Kvm => "KVM",
-                    Accel::Tcg => "TCG",
-                },
+                cfg.accel,
                 cfg.vcpus,
                 cfg.memory_mib,
                 cfg.kernel,
@@ -90,7 +103,8 @@ pub async fn run(dir: &Path) -> Result<i32> {
             Ok(0)
         }
         Ok(false) => Err(SupervisorError::Probe(format!(
-            "QEMU exited before the guest agent was ready; last console lines: {}; QEMU said: {}",
+            "QEMU exited ({}) before the guest agent was ready; last console lines: {}; QEMU said: {}",
+            crate::status_text(qemu.wait().await),
             or_nothing(&last),
             or_nothing(&stderr.last_lines(5)),
         ))),
@@ -99,6 +113,43 @@ pub async fn run(dir: &Path) -> Result<i32> {
             LIMIT.as_secs(),
             or_nothing(&last),
         ))),
+    }
+}
+
+/// The signals that stop a probe: the terminal's (SIGINT, SIGQUIT, SIGHUP)
+/// and SIGTERM, which `runvm boot-probe` passes on when it gets one.
+/// Without them, the supervisor would die without stopping QEMU.
+struct Interrupt(Vec<(&'static str, tokio::signal::unix::Signal)>);
+
+impl Interrupt {
+    fn listen() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let kinds = [
+            ("SIGINT", SignalKind::interrupt()),
+            ("SIGTERM", SignalKind::terminate()),
+            ("SIGHUP", SignalKind::hangup()),
+            ("SIGQUIT", SignalKind::quit()),
+        ];
+        kinds
+            .into_iter()
+            .map(|(name, kind)| {
+                signal(kind)
+                    .map(|s| (name, s))
+                    .map_err(|e| SupervisorError::io(format!("handle {name}"), e))
+            })
+            .collect::<Result<_>>()
+            .map(Interrupt)
+    }
+
+    /// The name of the first of the signals to arrive.
+    async fn recv(&mut self) -> &'static str {
+        let waits = self.0.iter_mut().map(|(name, s)| {
+            Box::pin(async move {
+                s.recv().await;
+                *name
+            })
+        });
+        futures::future::select_all(waits).await.0
     }
 }
 

@@ -149,6 +149,9 @@ pub fn qemu_args(cfg: &VmConfig, nics: &[NicArg]) -> Vec<String> {
 /// console (QEMU's standard output) once it has opened its channel, whose
 /// socket QEMU listens on at `agent_socket`, and powers off.
 pub fn probe_args(cfg: &VmConfig, agent_socket: &str) -> Vec<String> {
+    // The socket is in the caller's temp dir ($TMPDIR), which may hold a
+    // comma: QEMU reads one doubled.
+    let agent_socket = agent_socket.replace(',', ",,");
     let mut a = machine_args(
         cfg,
         &[PROBE_FLAG],
@@ -194,6 +197,15 @@ mod tests {
             .filter(|w| w[0] == flag)
             .map(|w| w[1].as_str())
             .collect()
+    }
+
+    #[test]
+    fn a_comma_in_the_probe_socket_path_stays_in_the_path() {
+        let a = probe_args(&cfg(Accel::Tcg), "/tmp/a,server=off/agent.sock");
+        assert_eq!(
+            pair(&a, "-chardev"),
+            ["socket,id=agent,path=/tmp/a,,server=off/agent.sock,server=on,wait=off"]
+        );
     }
 
     #[test]

@@ -246,3 +246,20 @@ fn healthcheck_reports_healthy_and_unhealthy() {
         );
     }
 }
+
+/// No process of the container holds a descriptor of the container's
+/// terminal but its stdio: the workload's own pty master was inherited by
+/// the workload and by every exec, so `docker exec -u 1000 c sh -c 'echo
+/// id >&12'` typed into the root shell of `docker run -it`.
+#[e2e_test]
+fn execs_and_the_workload_inherit_no_terminal_descriptor() {
+    let _slots = vm_slots(1);
+    let a = running("runc", &["-t"]);
+    let b = running("runvm", &["-t"]);
+    for user in ["0", "1000"] {
+        same_exec(&a, &b, &["-u", user], &["ls", "/proc/self/fd"], None);
+        same_exec(&a, &b, &["-t", "-u", user], &["ls", "/proc/self/fd"], None);
+    }
+    let (runc, runvm) = run_both(&["-t"], &[IMAGE, "ls", "/proc/self/fd"], None);
+    assert_same(&runc, &runvm, "docker run -t ls /proc/self/fd");
+}
