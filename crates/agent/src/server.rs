@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use crate::error::{AgentError, Result};
 use crate::process::{self, Confinement, ContainerNamespaces, Namespaces, ParentStdio};
 use crate::reaper::Reaper;
-use crate::{early, mounts, network};
+use crate::{dns, early, mounts, network};
 use runvm_protocol::session::{read_frame, write_frame, FdStream, Mode, Mux, MuxStream};
 use runvm_protocol::{ContainerSpec, GuestMessage, GuestNetwork, HostMessage, StreamHeader};
 
@@ -24,6 +24,8 @@ enum Kind {
     Stdin,
     Stdout,
     Stderr,
+    /// The DNS relay's stream (process 0, the container's).
+    Dns,
 }
 
 /// Stdio streams that arrived, waiting for their process.
@@ -153,6 +155,7 @@ async fn handle_stream(agent: Arc<Agent>, mut s: MuxStream) {
         StreamHeader::Stdin { process } => agent.streams.put(process, Kind::Stdin, s),
         StreamHeader::Stdout { process } => agent.streams.put(process, Kind::Stdout, s),
         StreamHeader::Stderr { process } => agent.streams.put(process, Kind::Stderr, s),
+        StreamHeader::Dns => agent.streams.put(0, Kind::Dns, s),
         StreamHeader::Control { process } => {
             if let Err(e) = control(agent.clone(), process, s).await {
                 tracing::error!("{}", e.chain());
@@ -181,7 +184,13 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
                 }
                 *started = true;
             }
-            if let Err(e) = prepare_container(spec, &start.network).await {
+            let prepared = prepare_container(spec, &start.network).await;
+            if prepared.is_ok() && start.network.dns_relay {
+                if let Some(host) = agent.streams.take(0, Kind::Dns).await {
+                    start_dns_relay(host).await;
+                }
+            }
+            if let Err(e) = prepared {
                 agent.container.send_replace(Container::Gone);
                 let message = e.chain().to_string();
                 send(&wr, &GuestMessage::SetupFailed { message }).await?;
@@ -395,6 +404,23 @@ async fn prepare_container(spec: &ContainerSpec, net: &GuestNetwork) -> Result<(
     }
     network::configure(&net.interfaces, &net.routes).await?;
     Ok(())
+}
+
+/// Answers Docker's embedded resolver address in the guest when the
+/// container's resolv.conf names it (see [`dns`]). A relay that cannot
+/// start leaves lookups failing as they would without it: logged, not
+/// fatal.
+async fn start_dns_relay(host: MuxStream) {
+    let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    if !dns::names_embedded_resolver(&conf) {
+        return;
+    }
+    if let Err(e) = dns::relay(host, dns::EMBEDDED_RESOLVER).await {
+        tracing::warn!(
+            "cannot answer DNS on {}: {e}; name lookups will fail",
+            dns::EMBEDDED_RESOLVER
+        );
+    }
 }
 
 /// Copies host bytes to the process's stdin; end of stream closes it.

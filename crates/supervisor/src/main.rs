@@ -5,6 +5,7 @@
 //! then hands the container to the guest agent over a virtio-serial port
 //! and relays stdio, signals, terminal size and finally the exit status.
 
+mod dns;
 mod error;
 mod exec;
 mod network;
@@ -29,7 +30,7 @@ use tokio::time::Instant;
 use error::{Result, SupervisorError};
 use runvm_contract::{paths, sockets, VmConfig};
 use runvm_protocol::session::{write_frame, Mode, Mux};
-use runvm_protocol::{GuestNetwork, HostMessage, StartContainer};
+use runvm_protocol::{GuestNetwork, HostMessage, StartContainer, StreamHeader};
 
 /// Exit code when the VM itself fails (as opposed to the workload).
 const VM_FAILURE: i32 = ExitCode::VmFailure.code();
@@ -331,6 +332,13 @@ async fn supervise() -> Result<i32> {
         }
     };
     let (mux, _) = Mux::start(sock, Mode::Client);
+    // The DNS relay is open before the workload starts, which may look a
+    // name up at once.
+    let dns_relay = cfg.own_network;
+    if dns_relay {
+        let stream = mux.open_typed(&StreamHeader::Dns).await?;
+        tokio::spawn(dns::serve(stream, dns::EMBEDDED_RESOLVER, dns::ANSWER_WAIT));
+    }
 
     let mut spec = cfg.container.clone();
     spec.process.inherited_rlimits = session::own_rlimits();
@@ -344,7 +352,11 @@ async fn supervise() -> Result<i32> {
         &mux,
         HostMessage::StartContainer(Box::new(StartContainer {
             container: spec,
-            network: GuestNetwork { interfaces, routes },
+            network: GuestNetwork {
+                interfaces,
+                routes,
+                dns_relay,
+            },
         })),
         terminal,
         sig_rx,

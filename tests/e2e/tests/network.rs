@@ -51,66 +51,6 @@ fn containers_reach_each_other_by_ip() {
     assert_same(&runc, &runvm, "B's output");
 }
 
-/// With `--network host` the VM must leave the host's interfaces alone (it
-/// gets loopback only): the host's addresses, routes and qdiscs are the same
-/// before and after.
-#[e2e_test]
-fn host_network_is_never_taken_over() {
-    let _slot = vm_slots(1);
-    let snapshot = || {
-        // Containers that other tests start meanwhile add and remove veths,
-        // and docker0's carrier (`linkdown`) comes and goes with them.
-        // Other tests create and remove networks (bridges) too: only the
-        // links that are not Docker's per-container or per-network ones
-        // count.
-        let r = host_sh(
-            "{ ip -o addr; ip route; ip -6 route; tc qdisc show; } | grep -v 'veth\\|br-' | sed 's/ linkdown//'",
-        );
-        r.assert_code(0, "host network snapshot");
-        r.stdout_str()
-    };
-    let before = snapshot();
-    let r = run_one(
-        "runvm",
-        &["--network", "host"],
-        &[IMAGE, "sh", "-c", "ip -o link | cut -d: -f2"],
-        None,
-    );
-    r.assert_code(0, "docker run --network host");
-    assert_eq!(
-        r.stdout_str().trim(),
-        "lo",
-        "the VM gets loopback only:\n{}",
-        r.describe()
-    );
-    assert_eq!(snapshot(), before, "the host's network changed");
-}
-
-/// A Docker network of this test process, removed when the guard drops
-/// (after the containers on it: declare it before them).
-struct Network {
-    name: String,
-}
-
-impl Network {
-    fn create(tag: &str, options: &[&str]) -> Self {
-        let name = unique_name(tag);
-        let mut args = vec!["network", "create"];
-        args.extend_from_slice(options);
-        args.push(&name);
-        docker(&args, None).assert_code(0, &format!("docker network create {name}"));
-        Network { name }
-    }
-}
-
-impl Drop for Network {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("docker")
-            .args(["network", "rm", &self.name])
-            .output();
-    }
-}
-
 /// The container's addresses and routes with the parts that differ from
 /// one container to the next left out: interface index (and so the order
 /// of the interfaces, which under runc follows the order in which Docker
