@@ -17,7 +17,9 @@ use crate::process::{self, Confinement, ContainerNamespaces, Namespaces, ParentS
 use crate::reaper::Reaper;
 use crate::{dns, early, mounts, network};
 use runvm_protocol::session::{read_frame, write_frame, FdStream, Mode, Mux, MuxStream};
-use runvm_protocol::{ContainerSpec, GuestMessage, GuestNetwork, HostMessage, StreamHeader};
+use runvm_protocol::{
+    ContainerSpec, GuestMessage, GuestNetwork, HostMessage, NetworkUpdated, StreamHeader,
+};
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Kind {
@@ -106,6 +108,9 @@ struct Agent {
     confinement: std::sync::OnceLock<Arc<Confinement>>,
     /// Fired when the host allows the VM to power off.
     shutdown: Notify,
+    /// The container's network as last configured; `None` until the
+    /// container is set up. Held during an update, so updates take turns.
+    network: tokio::sync::Mutex<Option<GuestNetwork>>,
 }
 
 /// Runs until the container has ended and the host has acknowledged it.
@@ -129,6 +134,7 @@ pub async fn serve() -> Result<()> {
         container: tokio::sync::watch::channel(Container::Starting).0,
         confinement: std::sync::OnceLock::new(),
         shutdown: Notify::new(),
+        network: tokio::sync::Mutex::new(None),
     });
     let shutdown = agent.shutdown.notified();
     tokio::pin!(shutdown);
@@ -156,6 +162,7 @@ async fn handle_stream(agent: Arc<Agent>, mut s: MuxStream) {
         StreamHeader::Stdout { process } => agent.streams.put(process, Kind::Stdout, s),
         StreamHeader::Stderr { process } => agent.streams.put(process, Kind::Stderr, s),
         StreamHeader::Dns => agent.streams.put(0, Kind::Dns, s),
+        StreamHeader::Network => network_update(&agent, s).await,
         StreamHeader::Control { process } => {
             if let Err(e) = control(agent.clone(), process, s).await {
                 tracing::error!("{}", e.chain());
@@ -185,6 +192,9 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
                 *started = true;
             }
             let prepared = prepare_container(spec, &start.network).await;
+            if prepared.is_ok() {
+                *agent.network.lock().await = Some(start.network.clone());
+            }
             if prepared.is_ok() && start.network.dns_relay {
                 if let Some(host) = agent.streams.take(0, Kind::Dns).await {
                     start_dns_relay(host).await;
@@ -404,6 +414,31 @@ async fn prepare_container(spec: &ContainerSpec, net: &GuestNetwork) -> Result<(
     }
     network::configure(&net.interfaces, &net.routes).await?;
     Ok(())
+}
+
+/// One network change (see [`StreamHeader::Network`]): configures the
+/// guest for the network the host sends and answers.
+async fn network_update(agent: &Agent, mut s: MuxStream) {
+    let new: GuestNetwork = match read_frame(&mut s).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!("bad network update: {}", e.chain());
+            return;
+        }
+    };
+    let mut current = agent.network.lock().await;
+    let error = match current.as_ref() {
+        None => Some("the container's network is not set up yet".to_owned()),
+        Some(old) => match network::reconfigure(old, &new).await {
+            Ok(()) => None,
+            Err(e) => Some(e.chain().to_string()),
+        },
+    };
+    if error.is_none() {
+        *current = Some(new);
+    }
+    let _ = write_frame(&mut s, &NetworkUpdated { error }).await;
+    let _ = s.shutdown().await;
 }
 
 /// Answers Docker's embedded resolver address in the guest when the

@@ -52,6 +52,9 @@ pub mod sockets {
     pub const CONSOLE: &str = "/run/runvm/console.sock";
     /// Where `docker exec`'s client reaches the supervisor.
     pub const EXEC: &str = "/run/runvm/exec.sock";
+    /// QEMU's monitor (QMP): QEMU connects; the supervisor plugs and
+    /// unplugs NICs through it when the container's networks change.
+    pub const QMP: &str = "/run/runvm/qmp.sock";
 }
 
 /// What the guest sees: device names and the initramfs layout.

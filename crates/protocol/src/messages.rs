@@ -23,6 +23,17 @@ pub enum StreamHeader {
     /// The DNS relay (see [`crate::dns`]), opened once, before the
     /// container's control stream, when [`GuestNetwork::dns_relay`] is set.
     Dns,
+    /// One change of the container's networks while it runs: the host
+    /// sends the whole new [`GuestNetwork`] (its NICs already plugged in),
+    /// the guest answers [`NetworkUpdated`] once it is configured.
+    Network,
+}
+
+/// The guest's answer on a [`StreamHeader::Network`] stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkUpdated {
+    /// Why the guest could not take the new network, if it could not.
+    pub error: Option<String>,
 }
 
 /// A host-to-guest control message.

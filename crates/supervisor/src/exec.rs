@@ -120,14 +120,14 @@ async fn refuse(conn: UnixStream, message: String) {
 
 /// The streams of one exec: one of each kind, all of process 0 of the
 /// client, which becomes `process` towards the agent. A client has no
-/// business with the DNS relay: `None`.
+/// business with the DNS relay or the network: `None`.
 fn renumber(header: StreamHeader, process: u32) -> Option<(StreamHeader, u8)> {
     Some(match header {
         StreamHeader::Control { .. } => (StreamHeader::Control { process }, 0),
         StreamHeader::Stdin { .. } => (StreamHeader::Stdin { process }, 1),
         StreamHeader::Stdout { .. } => (StreamHeader::Stdout { process }, 2),
         StreamHeader::Stderr { .. } => (StreamHeader::Stderr { process }, 3),
-        StreamHeader::Dns => return None,
+        StreamHeader::Dns | StreamHeader::Network => return None,
     })
 }
 

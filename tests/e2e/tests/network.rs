@@ -341,3 +341,84 @@ fn published_ports_answer_from_the_host_and_other_containers() {
     );
     assert_same(&runc, &runvm, "published ports from another container");
 }
+
+/// `docker network connect` and `disconnect` on a running container: the
+/// VM gets a NIC with the new address and routes within seconds (its
+/// address answers a peer's ping within 10 s), as under runc; after the
+/// disconnect the address is gone from the guest.
+#[e2e_test]
+fn networks_connected_and_disconnected_while_running() {
+    let net_a = Network::create("hot-a", &[]);
+    let net_b = Network::create("hot-b", &[]);
+    let peer = Container::run_detached(
+        "hot-peer",
+        "runc",
+        &["--network", &net_b.name, IMAGE, "sleep", "600"],
+    );
+    let address_on = |c: &Container, net: &str| {
+        c.inspect(&format!(
+            "{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"
+        ))
+    };
+    let exec = |c: &Container, script: &str| {
+        run_cmd_quiet(
+            "docker",
+            &["exec", &c.name, "sh", "-c", script],
+            None,
+            COMMAND_TIMEOUT,
+        )
+    };
+    let mut states = Vec::new();
+    for runtime in ["runc", "runvm"] {
+        let _slot = (runtime == "runvm").then(|| vm_slots(1));
+        let c = Container::run_detached(
+            &format!("hot-{runtime}"),
+            runtime,
+            &[
+                "--network",
+                &net_a.name,
+                IMAGE,
+                "sh",
+                "-c",
+                "echo up; sleep 600",
+            ],
+        );
+        c.wait_for_log("up", Duration::from_secs(120));
+        let start = std::time::Instant::now();
+        docker(&["network", "connect", &net_b.name, &c.name], None)
+            .assert_code(0, "docker network connect");
+        let ip_b = address_on(&c, &net_b.name);
+        // The address must be the container's own (under runvm the
+        // namespace holds it too, until the new link is the VM's).
+        poll_until(
+            &format!("{runtime}: {ip_b} is on the container and answers the peer's ping"),
+            Duration::from_secs(10),
+            || {
+                let own = exec(&c, "ip -o addr")
+                    .stdout_str()
+                    .contains(&format!(" {ip_b}/"));
+                (own && exec(&peer, &format!("ping -c 1 -W 1 {ip_b}")).code == 0).then_some(())
+            },
+        );
+        eprintln!(
+            "{runtime}: the connected address answered after {:.1} s",
+            start.elapsed().as_secs_f64()
+        );
+        states.push(exec(&c, SHOW_NETWORK));
+        docker(&["network", "disconnect", &net_b.name, &c.name], None)
+            .assert_code(0, "docker network disconnect");
+        poll_until(
+            &format!("{runtime}: {ip_b} is gone from the container"),
+            Duration::from_secs(10),
+            || {
+                let r = exec(&c, "ip -o addr");
+                (r.code == 0 && !r.stdout_str().contains(&format!(" {ip_b}/"))).then_some(())
+            },
+        );
+        states.push(exec(&c, SHOW_NETWORK));
+    }
+    let (runc_connected, runc_after) = (&states[0], &states[1]);
+    let (runvm_connected, runvm_after) = (&states[2], &states[3]);
+    assert_same_with(runc_connected, runvm_connected, "connected", normalise_ipv4);
+    assert_same_with(runc_after, runvm_after, "disconnected", normalise_ipv4);
+}

@@ -21,6 +21,7 @@
 //! and [`apply`], which carries the plan out through [`NetlinkOps`]: rtnetlink
 //! and `/dev/net/tun` in [`netlink::RtNetlink`], a recorder in the tests.
 
+pub mod hotplug;
 mod netlink;
 mod plan;
 mod snapshot;
@@ -37,6 +38,8 @@ pub use snapshot::Snapshot;
 
 /// One container interface handed to the VM.
 pub struct Nic<T = OwnedFd> {
+    /// The namespace's link (its index).
+    pub link: u32,
     pub interface: Interface,
     /// The tap's file descriptor, inherited by QEMU.
     pub tap: T,
@@ -133,6 +136,7 @@ pub async fn apply<O: NetlinkOps>(
             ops.add_filter(on, filter, other).await?;
         }
         nics.push(Nic {
+            link: nic.link,
             interface: nic.interface,
             tap,
         });

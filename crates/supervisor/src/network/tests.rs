@@ -692,3 +692,99 @@ fn the_real_reader_sees_what_ip_shows() {
         .unwrap();
     assert_eq!(read, snapshot_from_ip_json(&shown));
 }
+
+// ---------------------------------------------------------------------------
+// Networks connected and disconnected while the container runs
+// ---------------------------------------------------------------------------
+
+use super::hotplug::{diff, tap_name, Plugged};
+
+/// The NICs the VM got at boot in `scenario`, on slots 1, 2, …
+fn plugged_at_boot(scenario: &str) -> (Vec<Plugged>, Vec<Route>) {
+    let p = plan(&recorded(scenario));
+    let plugged = p
+        .nics
+        .iter()
+        .zip(1..)
+        .map(|(n, slot)| Plugged {
+            link: n.link,
+            slot,
+            interface: n.interface.clone(),
+        })
+        .collect();
+    (plugged, p.routes)
+}
+
+#[test]
+fn nothing_changed_nothing_to_do() {
+    let (plugged, routes) = plugged_at_boot("two");
+    let s = recorded("two");
+    let c = diff(&plugged, &routes, &plan(&s), &s);
+    assert_eq!(c, hotplug::Changes::default());
+}
+
+#[test]
+fn a_connected_link_is_plugged_into_a_free_slot_once_it_is_up() {
+    // The VM booted with the first network; the second arrives.
+    let (mut plugged, routes) = plugged_at_boot("two");
+    plugged.truncate(1);
+    let mut s = recorded("two");
+    let second = s.links.iter().position(|l| l.index == 5340).unwrap();
+    let up = s.links[second].flags;
+    s.links[second].flags &= !(libc::IFF_UP as u32);
+    let c = diff(&plugged, &routes, &plan(&s), &s);
+    assert!(c.plug.is_empty(), "not yet up");
+    s.links[second].flags = up;
+    let c = diff(&plugged, &routes, &plan(&s), &s);
+    assert_eq!(c.plug.len(), 1);
+    assert_eq!((c.plug[0].0.link, c.plug[0].1), (5340, 2));
+    assert!(c.unplug.is_empty());
+    assert!(c.tell_guest);
+    assert_eq!(
+        tap_name(2),
+        "runvm-tap1",
+        "the tap the boot plan names for NIC 2"
+    );
+}
+
+#[test]
+fn a_disconnected_link_is_unplugged_and_its_slot_reused() {
+    let (plugged, routes) = plugged_at_boot("two");
+    let mut s = recorded("two");
+    // The first network goes.
+    s.links.retain(|l| l.index != 5338);
+    s.addresses.retain(|a| a.link != 5338);
+    s.routes.retain(|r| r.oif != Some(5338));
+    let p = plan(&s);
+    let c = diff(&plugged, &routes, &p, &s);
+    assert_eq!(c.unplug, [0]);
+    assert!(c.plug.is_empty());
+    assert!(c.tell_guest);
+    // A link that comes back with a new index takes the freed slot 1.
+    let mut back = recorded("two");
+    for l in &mut back.links {
+        if l.index == 5338 {
+            l.index = 6000;
+        }
+    }
+    for a in &mut back.addresses {
+        if a.link == 5338 {
+            a.link = 6000;
+        }
+    }
+    let c = diff(&plugged[1..], &routes, &plan(&back), &back);
+    assert_eq!(c.plug.len(), 1);
+    assert_eq!((c.plug[0].0.link, c.plug[0].1), (6000, 1));
+}
+
+#[test]
+fn a_changed_route_or_address_is_told_to_the_guest_alone() {
+    let (plugged, routes) = plugged_at_boot("two");
+    let s = recorded("two");
+    let c = diff(&plugged, &[], &plan(&s), &s);
+    assert!(c.tell_guest && c.plug.is_empty() && c.unplug.is_empty());
+    let mut changed = plugged.clone();
+    changed[1].interface.mtu = 9000;
+    let c = diff(&changed, &routes, &plan(&s), &s);
+    assert!(c.tell_guest && c.plug.is_empty() && c.unplug.is_empty());
+}
