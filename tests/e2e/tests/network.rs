@@ -422,3 +422,87 @@ fn networks_connected_and_disconnected_while_running() {
     assert_same_with(runc_connected, runvm_connected, "connected", normalise_ipv4);
     assert_same_with(runc_after, runvm_after, "disconnected", normalise_ipv4);
 }
+
+/// The addressing and name options reach the guest as they reach a runc
+/// container: a fixed IPv4 and IPv6 address and MAC, DNS servers, search
+/// domains and options in resolv.conf, extra hosts in /etc/hosts.
+#[e2e_test]
+fn addressing_and_name_options_as_under_runc() {
+    let id = std::process::id() & 0xff;
+    let subnet4 = format!("10.251.{id}.0/24");
+    let subnet6 = format!("fd00:7f:{id:x}::/64");
+    let net = Network::create(
+        "net-opts",
+        &["--ipv6", "--subnet", &subnet4, "--subnet", &subnet6],
+    );
+    let ip4 = format!("10.251.{id}.77");
+    let ip6 = format!("fd00:7f:{id:x}::77");
+    let script = "cat /etc/resolv.conf; grep -v '^#' /etc/hosts; hostname; \
+                  ip -o addr show scope global | awk '{ print $2, $3, $4 }'; \
+                  cat /sys/class/net/eth0/address; \
+                  ping -c 1 -W 5 {gw} >/dev/null && echo gateway-ok";
+    let gw = format!("10.251.{id}.1");
+    let script = script.replace("{gw}", &gw);
+    let (runc, _) = same_sh(
+        &[
+            "--network",
+            &net.name,
+            "--ip",
+            &ip4,
+            "--ip6",
+            &ip6,
+            "--hostname",
+            "opts-host",
+            "--dns",
+            "10.251.0.53",
+            "--dns-search",
+            "example.test",
+            "--dns-option",
+            "ndots:3",
+            "--add-host",
+            "extra.test:10.9.9.9",
+        ],
+        &script,
+    );
+    runc.assert_code(0, "the options under runc");
+    assert!(
+        runc.stdout_str().ends_with("gateway-ok\n"),
+        "{}",
+        runc.describe()
+    );
+    // --mac-address: the docker CLI of Docker 25 and later sets it per
+    // network, which this engine's API (1.41) lacks; the engine's own CLI
+    // (Debian's docker.io, /usr/bin/docker) sets it as the engine expects.
+    let mac = |runtime: &str| {
+        let _slot = (runtime == "runvm").then(|| vm_slots(1));
+        let rt = format!(
+            "--runtime={}",
+            if runtime == "runvm" {
+                runvm_runtime()
+            } else {
+                "runc".into()
+            }
+        );
+        let r = run_cmd(
+            "/usr/bin/docker",
+            &[
+                "run",
+                "--rm",
+                &rt,
+                "--network",
+                &net.name,
+                "--mac-address",
+                "02:42:0a:fb:00:78",
+                IMAGE,
+                "cat",
+                "/sys/class/net/eth0/address",
+            ],
+            None,
+            COMMAND_TIMEOUT,
+        );
+        r.assert_code(0, &format!("{runtime}: --mac-address"));
+        r.stdout_str()
+    };
+    assert_eq!(mac("runc"), "02:42:0a:fb:00:78\n");
+    assert_eq!(mac("runvm"), "02:42:0a:fb:00:78\n");
+}
