@@ -426,9 +426,17 @@ async fn network_update(agent: &Agent, mut s: MuxStream) {
             return;
         }
     };
+    // A network connected while the VM boots comes before the container's
+    // own setup: it waits for it.
     let mut current = agent.network.lock().await;
+    let since = tokio::time::Instant::now();
+    while current.is_none() && since.elapsed() < Duration::from_secs(120) {
+        drop(current);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        current = agent.network.lock().await;
+    }
     let error = match current.as_ref() {
-        None => Some("the container's network is not set up yet".to_owned()),
+        None => Some("the container's network was never set up".to_owned()),
         Some(old) => match network::reconfigure(old, &new).await {
             Ok(()) => None,
             Err(e) => Some(e.chain().to_string()),
