@@ -15,6 +15,7 @@ LIBEXEC := $(PREFIX)/lib/runvm
 DATA ?= /var/lib/runvm
 TARGET := x86_64-unknown-linux-gnu
 AGENT := target/$(TARGET)/release/runvm-agent
+NETTOOL := target/$(TARGET)/release/runvm-nettool
 export RUNVM_PREFIX := $(PREFIX)
 
 .PHONY: all build deps kernel install uninstall demo test unit e2e lint bench soak images
@@ -45,8 +46,11 @@ uninstall:
 	rm -f $(PREFIX)/bin/runvm
 	rm -rf $(LIBEXEC) $(DATA)
 
+# The test image carries nettool (tests/nettool), static like the agent.
 images: install
-	@scripts/build-test-images.sh
+	RUSTFLAGS="-C target-feature=+crt-static" \
+		cargo build --release --locked -p runvm-nettool --target $(TARGET)
+	@scripts/build-test-images.sh $(NETTOOL)
 
 demo: images
 	@echo "host kernel:  $$(uname -r)"

@@ -5,7 +5,10 @@
 #  2. the floor: a bare QEMU boot of the same machine, kernel and
 #     initramfs, until the guest agent is ready (`runvm boot-probe`);
 #  3. host memory (PSS) of QEMU + virtiofsd + supervisor for one idle
-#     container, against its guest RAM.
+#     container, against its guest RAM;
+#  4. TCP throughput and HTTP request latency between two containers on a
+#     user-defined network, for each pairing of runtimes, against
+#     runc to runc (nettool, the test image's static tool).
 # Medians with min-max over N runs (default 5): this machine is shared and
 # noisy, single times mean little.
 . "$(dirname "$0")/lib.sh"
@@ -80,3 +83,39 @@ guest_mib=$(grep -o '"memory_mib": [0-9]*' "/proc/$(docker inspect -f '{{.State.
 docker rm -f "$name" >/dev/null
 printf 'idle container host memory: PSS %d MiB (RSS %d MiB) for a guest of %d MiB RAM: %.0f%% of guest RAM\n' \
     $((total_pss / 1024)) $((total_rss / 1024)) "$guest_mib" "$(echo "$total_pss / 1024 * 100 / $guest_mib" | bc -l)"
+
+# Networking between two containers on a user-defined network. The server
+# runs nettool's TCP sink and HTTP server; the client sends for 5 s, then
+# makes 200 requests one after another, each on a new connection.
+echo
+NET_RUNS="${BENCH_NET_RUNS:-3}"
+net=runvm-bench-net-$$
+docker network create "$net" >/dev/null
+declare -A MBPS LAT
+for pair in runc:runc runvm:runvm runc:runvm runvm:runc; do
+    client=${pair%%:*} server=${pair##*:}
+    s=runvm-bench-srv-$$
+    docker run -d --rm --name "$s" --runtime="$server" --network "$net" "$IMG" \
+        sh -c 'nettool tcp-sink 5001 & nettool http-serve 8080 & sleep 1; echo up; wait' >/dev/null
+    for _ in $(seq 1 60); do docker logs "$s" 2>/dev/null | grep -q up && break; sleep 1; done
+    ip=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$net\").IPAddress}}" "$s")
+    mbps=() lat=()
+    for _ in $(seq 1 "$NET_RUNS"); do
+        out=$(docker run --rm --runtime="$client" --network "$net" "$IMG" \
+            sh -c "nettool tcp-send $ip 5001 5 && nettool http-latency $ip 8080 200" 2>&1 || true)
+        mbps+=("$(echo "$out" | awk '/Mbit/ {print $1}')")
+        lat+=("$(echo "$out" | awk '/^median/ {print $2}')")
+    done
+    docker rm -f "$s" >/dev/null
+    read -r m mn mx < <(printf '%s\n' "${mbps[@]}" | stats)
+    read -r l ln lx < <(printf '%s\n' "${lat[@]}" | stats)
+    MBPS[$pair]=$m LAT[$pair]=$l
+    printf '%-14s -> %-6s  TCP %9.1f Mbit/s (min %.1f, max %.1f)   HTTP median %7.0f us (min %.0f, max %.0f), n=%d\n' \
+        "$client" "$server" "$m" "$mn" "$mx" "$l" "$ln" "$lx" "$NET_RUNS"
+done
+docker network rm "$net" >/dev/null
+for pair in runvm:runvm runc:runvm runvm:runc; do
+    printf 'ratio %-12s / runc:runc   throughput %5.2fx   request latency %5.2fx\n' "$pair" \
+        "$(echo "${MBPS[$pair]} / ${MBPS[runc:runc]}" | bc -l)" \
+        "$(echo "${LAT[$pair]} / ${LAT[runc:runc]}" | bc -l)"
+done

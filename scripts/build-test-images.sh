@@ -2,12 +2,15 @@
 # Builds the local images the demo and the tests use (no registry needed).
 #
 # Each image carries a label with the hash of its recipe (this script and
-# the busybox binary it copies): an image built by an older recipe, or on a
-# machine with another busybox, is rebuilt, never trusted.
+# the binaries it copies: busybox and runvm's nettool, given as $1): an
+# image built by an older recipe, on a machine with another busybox, or
+# with another nettool, is rebuilt, never trusted.
 . "$(dirname "$0")/lib.sh"
 need_root
+NETTOOL=${1:?usage: build-test-images.sh PATH-TO-STATIC-NETTOOL}
+[ -x "$NETTOOL" ] || die "$NETTOOL is missing: run make images"
 IMAGE=runvm-test/busybox
-recipe=$( { cat "$0"; sha256sum /bin/busybox; } | sha256sum | cut -c1-16)
+recipe=$( { cat "$0"; sha256sum /bin/busybox; sha256sum <"$NETTOOL"; } | sha256sum | cut -c1-16)
 have=$(docker image inspect -f '{{index .Config.Labels "io.runvm.recipe"}}' "$IMAGE" 2>/dev/null || true)
 if [ "$have" != "$recipe" ]; then
     say "building image $IMAGE from Debian's busybox-static (recipe $recipe)"
@@ -17,6 +20,7 @@ if [ "$have" != "$recipe" ]; then
     chmod 1777 "$tmp/tmp"
     chown 1000:1000 "$tmp/home/user"
     cp /bin/busybox "$tmp/bin/busybox"
+    cp "$NETTOOL" "$tmp/bin/nettool"
     for a in $(/bin/busybox --list); do
         [ "$a" = busybox ] || ln -s busybox "$tmp/bin/$a"
     done

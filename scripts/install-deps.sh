@@ -7,7 +7,7 @@ command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (1
 # libseccomp-dev (with libseccomp2): runvm compiles seccomp profiles with it,
 # and virtiofsd's build needs it; libcap-ng-dev, pkg-config: to build virtiofsd;
 # kmod: depmod for the guest kernel's modules; busybox-static: test images;
-# iproute2, procps, util-linux (script): used by the tests; shellcheck:
-# make lint.
+# iproute2, procps, util-linux (script): used by the tests; dnsmasq-base:
+# the upstream DNS server of the network tests; shellcheck: make lint.
 apt_install qemu-system-x86 docker.io runc libseccomp-dev libcap-ng-dev pkg-config \
-    kmod busybox-static iproute2 procps util-linux ca-certificates shellcheck
+    kmod busybox-static iproute2 procps util-linux ca-certificates dnsmasq-base shellcheck

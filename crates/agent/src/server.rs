@@ -15,15 +15,19 @@ use tokio::sync::Notify;
 use crate::error::{AgentError, Result};
 use crate::process::{self, Confinement, ContainerNamespaces, Namespaces, ParentStdio};
 use crate::reaper::Reaper;
-use crate::{early, mounts, network};
+use crate::{dns, early, mounts, network};
 use runvm_protocol::session::{read_frame, write_frame, FdStream, Mode, Mux, MuxStream};
-use runvm_protocol::{ContainerSpec, GuestMessage, GuestNetwork, HostMessage, StreamHeader};
+use runvm_protocol::{
+    ContainerSpec, GuestMessage, GuestNetwork, HostMessage, NetworkUpdated, StreamHeader,
+};
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Kind {
     Stdin,
     Stdout,
     Stderr,
+    /// The DNS relay's stream (process 0, the container's).
+    Dns,
 }
 
 /// Stdio streams that arrived, waiting for their process.
@@ -104,6 +108,9 @@ struct Agent {
     confinement: std::sync::OnceLock<Arc<Confinement>>,
     /// Fired when the host allows the VM to power off.
     shutdown: Notify,
+    /// The container's network as last configured; `None` until the
+    /// container is set up. Held during an update, so updates take turns.
+    network: tokio::sync::Mutex<Option<GuestNetwork>>,
 }
 
 /// Runs until the container has ended and the host has acknowledged it.
@@ -127,6 +134,7 @@ pub async fn serve() -> Result<()> {
         container: tokio::sync::watch::channel(Container::Starting).0,
         confinement: std::sync::OnceLock::new(),
         shutdown: Notify::new(),
+        network: tokio::sync::Mutex::new(None),
     });
     let shutdown = agent.shutdown.notified();
     tokio::pin!(shutdown);
@@ -153,6 +161,8 @@ async fn handle_stream(agent: Arc<Agent>, mut s: MuxStream) {
         StreamHeader::Stdin { process } => agent.streams.put(process, Kind::Stdin, s),
         StreamHeader::Stdout { process } => agent.streams.put(process, Kind::Stdout, s),
         StreamHeader::Stderr { process } => agent.streams.put(process, Kind::Stderr, s),
+        StreamHeader::Dns => agent.streams.put(0, Kind::Dns, s),
+        StreamHeader::Network => network_update(&agent, s).await,
         StreamHeader::Control { process } => {
             if let Err(e) = control(agent.clone(), process, s).await {
                 tracing::error!("{}", e.chain());
@@ -181,7 +191,16 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
                 }
                 *started = true;
             }
-            if let Err(e) = prepare_container(spec, &start.network).await {
+            let prepared = prepare_container(spec, &start.network).await;
+            if prepared.is_ok() {
+                *agent.network.lock().await = Some(start.network.clone());
+            }
+            if prepared.is_ok() && start.network.dns_relay {
+                if let Some(host) = agent.streams.take(0, Kind::Dns).await {
+                    start_dns_relay(host).await;
+                }
+            }
+            if let Err(e) = prepared {
                 agent.container.send_replace(Container::Gone);
                 let message = e.chain().to_string();
                 send(&wr, &GuestMessage::SetupFailed { message }).await?;
@@ -395,6 +414,56 @@ async fn prepare_container(spec: &ContainerSpec, net: &GuestNetwork) -> Result<(
     }
     network::configure(&net.interfaces, &net.routes).await?;
     Ok(())
+}
+
+/// One network change (see [`StreamHeader::Network`]): configures the
+/// guest for the network the host sends and answers.
+async fn network_update(agent: &Agent, mut s: MuxStream) {
+    let new: GuestNetwork = match read_frame(&mut s).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!("bad network update: {}", e.chain());
+            return;
+        }
+    };
+    // A network connected while the VM boots comes before the container's
+    // own setup: it waits for it.
+    let mut current = agent.network.lock().await;
+    let since = tokio::time::Instant::now();
+    while current.is_none() && since.elapsed() < Duration::from_secs(120) {
+        drop(current);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        current = agent.network.lock().await;
+    }
+    let error = match current.as_ref() {
+        None => Some("the container's network was never set up".to_owned()),
+        Some(old) => match network::reconfigure(old, &new).await {
+            Ok(()) => None,
+            Err(e) => Some(e.chain().to_string()),
+        },
+    };
+    if error.is_none() {
+        *current = Some(new);
+    }
+    let _ = write_frame(&mut s, &NetworkUpdated { error }).await;
+    let _ = s.shutdown().await;
+}
+
+/// Answers Docker's embedded resolver address in the guest when the
+/// container's resolv.conf names it (see [`dns`]). A relay that cannot
+/// start leaves lookups failing as they would without it: logged, not
+/// fatal.
+async fn start_dns_relay(host: MuxStream) {
+    let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    if !dns::names_embedded_resolver(&conf) {
+        return;
+    }
+    if let Err(e) = dns::relay(host, dns::EMBEDDED_RESOLVER).await {
+        tracing::warn!(
+            "cannot answer DNS on {}: {e}; name lookups will fail",
+            dns::EMBEDDED_RESOLVER
+        );
+    }
 }
 
 /// Copies host bytes to the process's stdin; end of stream closes it.

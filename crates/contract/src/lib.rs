@@ -52,6 +52,9 @@ pub mod sockets {
     pub const CONSOLE: &str = "/run/runvm/console.sock";
     /// Where `docker exec`'s client reaches the supervisor.
     pub const EXEC: &str = "/run/runvm/exec.sock";
+    /// QEMU's monitor (QMP): QEMU connects; the supervisor plugs and
+    /// unplugs NICs through it when the container's networks change.
+    pub const QMP: &str = "/run/runvm/qmp.sock";
 }
 
 /// What the guest sees: device names and the initramfs layout.
@@ -120,9 +123,11 @@ pub struct VmConfig {
     pub initrd: String,
     pub rootfs: String,
     pub debug: bool,
-    /// The container has a network namespace of its own whose interfaces
-    /// move into the VM. False with `--network host`: the supervisor then
-    /// leaves the host's interfaces alone and the VM has loopback only.
+    /// The supervisor runs in a network namespace of the container's own,
+    /// whose interfaces move into the VM (always, for a container: runvm
+    /// refuses `--network host` and `container:X`). False for the boot
+    /// probe, which runs in the host's namespace: the supervisor then
+    /// touches no interface and the VM has loopback only.
     #[serde(default)]
     pub own_network: bool,
     /// QEMU's unprivileged uid and gid.
@@ -170,5 +175,40 @@ mod accel_tests {
     fn accelerators_show_as_users_know_them() {
         assert_eq!(Accel::Kvm.to_string(), "KVM");
         assert_eq!(Accel::Tcg.to_string(), "TCG");
+    }
+}
+
+/// The container's network namespace on the host, once its interfaces are
+/// the VM's.
+pub mod netns {
+    /// The ephemeral ports of the namespace's own stack
+    /// (`net.ipv4.ip_local_port_range`, set through config.json). dockerd
+    /// forwards the lookups its embedded resolver cannot answer from inside
+    /// the namespace, from one of these ports; the supervisor lets answers
+    /// to them through to the namespace's stack and sends everything else
+    /// to the VM. The range lies above the guest kernel's default
+    /// (32768–60999), so the workload's own connections never use it, and
+    /// it is aligned ([`LOCAL_PORTS_MASK`]) so a single u32 match selects
+    /// it.
+    pub const LOCAL_PORTS: (u16, u16) = (61440, 65535);
+    /// The bits every port of [`LOCAL_PORTS`] has set, and no port below it.
+    pub const LOCAL_PORTS_MASK: u16 = 0xf000;
+    /// [`LOCAL_PORTS`] as the sysctl writes it.
+    pub const LOCAL_PORTS_SYSCTL: (&str, &str) = ("net.ipv4.ip_local_port_range", "61440 65535");
+}
+
+#[cfg(test)]
+mod netns_tests {
+    use super::netns::*;
+
+    #[test]
+    fn the_local_ports_are_exactly_those_the_mask_selects() {
+        let (lo, hi) = LOCAL_PORTS;
+        assert_eq!(lo & LOCAL_PORTS_MASK, LOCAL_PORTS_MASK);
+        assert_eq!(hi, u16::MAX);
+        assert_eq!((lo - 1) & LOCAL_PORTS_MASK, LOCAL_PORTS_MASK - 0x1000);
+        assert_eq!(LOCAL_PORTS_SYSCTL.1, format!("{lo} {hi}"));
+        // Above the guest kernel's default ephemeral range.
+        assert!(lo > 60999);
     }
 }

@@ -31,3 +31,35 @@ pub fn connect() -> std::io::Result<Handle> {
     tokio::spawn(conn);
     Ok(handle)
 }
+
+/// Watches the calling thread's network namespace: the receiver gets a
+/// `()` for every change of a link, an address or a route (the changes
+/// themselves are read with a fresh snapshot: they come in bursts, and a
+/// snapshot sees them all). It ends when the connection fails.
+pub fn watch() -> std::io::Result<tokio::sync::mpsc::Receiver<()>> {
+    use netlink_sys::AsyncSocket;
+    use rtnetlink::constants::{
+        RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE, RTMGRP_LINK,
+    };
+    let (mut conn, _handle, mut messages) = rtnetlink::new_connection()?;
+    let groups = RTMGRP_LINK
+        | RTMGRP_IPV4_IFADDR
+        | RTMGRP_IPV6_IFADDR
+        | RTMGRP_IPV4_ROUTE
+        | RTMGRP_IPV6_ROUTE;
+    conn.socket_mut()
+        .socket_mut()
+        .bind(&netlink_sys::SocketAddr::new(0, groups))?;
+    tokio::spawn(conn);
+    // One pending notice is enough: the watcher looks at the whole state.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        use futures::StreamExt;
+        while messages.next().await.is_some() {
+            if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) = tx.try_send(()) {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}

@@ -33,10 +33,10 @@ use runvm_contract::report::ErrorChain;
 use serde_json::{json, Map, Value};
 
 use crate::options::VmOptions;
-use runvm_contract::paths;
 use runvm_contract::Accel;
 use runvm_contract::StagedMount;
 use runvm_contract::VmConfig;
+use runvm_contract::{netns, paths};
 use runvm_protocol::{Capabilities, ContainerSpec, GuestMount, ProcessSpec, Rlimit};
 
 /// Host memory that QEMU, virtiofsd and the supervisor need on top of the
@@ -161,12 +161,40 @@ pub enum RewriteError {
         want: String,
         limit: String,
     },
+    #[error("--network {mode} is not supported by runvm: {why}")]
+    NetworkMode {
+        mode: &'static str,
+        why: &'static str,
+    },
     #[error(transparent)]
     Option(#[from] crate::options::OptionError),
     /// The container's seccomp profile cannot be compiled (the message of a
     /// [`crate::seccomp::SeccompError`]).
     #[error("{0}")]
     Seccomp(String),
+}
+
+/// Refuses a network namespace that is not the container's own (see
+/// [`RewriteError::NetworkMode`]).
+fn network_mode(linux: &Map<String, Value>) -> Result<(), RewriteError> {
+    let network = linux
+        .get("namespaces")
+        .and_then(Value::as_array)
+        .and_then(|ns| {
+            ns.iter()
+                .find(|n| n.get("type").and_then(Value::as_str) == Some("network"))
+        });
+    match network.map(|n| n.get("path").and_then(Value::as_str).unwrap_or("")) {
+        Some("") => Ok(()),
+        None => Err(RewriteError::NetworkMode {
+            mode: "host",
+            why: "a VM runs its own kernel and cannot share the host's network stack; publish ports with -p or use a user-defined network",
+        }),
+        Some(_) => Err(RewriteError::NetworkMode {
+            mode: "container:<name>",
+            why: "a VM runs its own kernel and cannot share another container's network stack; put both containers on a user-defined network",
+        }),
+    }
 }
 
 fn obj<'a>(
@@ -235,21 +263,18 @@ pub fn rewrite_config(
     // --- linux: devices, resources
     let linux = top.entry("linux").or_insert_with(|| json!({}));
     let linux = obj(linux, "linux")?;
-    // Only a network namespace made for this container (no "path") is taken
-    // over. With --network host Docker names the host's namespace by path,
-    // and with --network container:X another container's: their interfaces
-    // must never be touched.
-    let own_network = linux
-        .get("namespaces")
-        .and_then(Value::as_array)
-        .is_some_and(|ns| {
-            ns.iter().any(|n| {
-                n.get("type").and_then(Value::as_str) == Some("network")
-                    && n.get("path")
-                        .and_then(Value::as_str)
-                        .is_none_or(str::is_empty)
-            })
-        });
+    // Only a network namespace made for this container (no "path") can be
+    // the VM's. With --network host Docker leaves the namespace out (the
+    // host's), and with --network container:X names X's by path: a VM has a
+    // kernel of its own and cannot share either stack, so both are refused
+    // before anything is set up.
+    network_mode(linux)?;
+    // dockerd's embedded resolver forwards lookups from the container's
+    // namespace; the answers come back to these ports, which the
+    // supervisor keeps apart from the VM's traffic (runvm_contract::netns).
+    let sysctl = linux.entry("sysctl").or_insert_with(|| json!({}));
+    let (key, value) = netns::LOCAL_PORTS_SYSCTL;
+    obj(sysctl, "linux.sysctl")?.insert(key.into(), json!(value));
     // Confinement: the container's for the guest, runvm's own for the
     // host side. The masked and read-only paths stay for the supervisor's
     // container too.
@@ -284,23 +309,6 @@ pub fn rewrite_config(
         }
     }
 
-    if !own_network {
-        // --network host or container:X: the supervisor touches no
-        // interface there, so it gets no network capability in a namespace
-        // that is not the container's own.
-        if let Some(caps) = top
-            .get_mut("process")
-            .and_then(|p| p.get_mut("capabilities"))
-            .and_then(Value::as_object_mut)
-        {
-            for set in caps.values_mut() {
-                if let Some(list) = set.as_array_mut() {
-                    list.retain(|c| c != "CAP_NET_ADMIN");
-                }
-            }
-        }
-    }
-
     // --- annotations
     let ann = top.entry("annotations").or_insert_with(|| json!({}));
     obj(ann, "annotations")?.insert(paths::ANNOTATION.into(), json!("1"));
@@ -322,7 +330,7 @@ pub fn rewrite_config(
         initrd: paths::INITRD.into(),
         rootfs: paths::ROOTFS.into(),
         debug: opts.debug,
-        own_network,
+        own_network: true,
         staged_mounts,
         qemu_uid: host.qemu_ids.0,
         qemu_gid: host.qemu_ids.1,

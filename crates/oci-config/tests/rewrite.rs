@@ -40,10 +40,13 @@ fn everything_runvm_does_not_own_passes_through() {
         "readonlyPaths",
         "namespaces",
         "cgroupsPath",
-        "sysctl",
         "x-extra",
     ] {
         assert_eq!(out["linux"][key], orig["linux"][key], "linux.{key} changed");
+    }
+    // The sysctls stay; runvm adds the resolver's port range.
+    for (k, v) in orig["linux"]["sysctl"].as_object().into_iter().flatten() {
+        assert_eq!(&out["linux"]["sysctl"][k], v, "linux.sysctl.{k} changed");
     }
     assert_eq!(out["hooks"], orig["hooks"]);
     assert_eq!(out["x-vendor"], orig["x-vendor"]);
@@ -419,30 +422,51 @@ fn privileged_and_cap_add_do_not_reach_the_host_side() {
 }
 
 #[test]
-fn only_a_private_network_namespace_is_taken_over() {
+fn only_a_private_network_namespace_is_accepted_and_gets_the_resolver_ports() {
     let r = rewrite_config(fixture("docker-20.10-default.json"), &opts(&[]), &host()).unwrap();
     assert!(r.vm.own_network);
+    assert_eq!(
+        r.config["linux"]["sysctl"]["net.ipv4.ip_local_port_range"],
+        "61440 65535"
+    );
     let mut host_net = fixture("docker-20.10-default.json");
     host_net["linux"]["namespaces"]
         .as_array_mut()
         .unwrap()
         .retain(|n| n["type"] != "network");
-    let r = rewrite_config(host_net, &opts(&[]), &host()).unwrap();
+    let err = rewrite_config(host_net, &opts(&[]), &host()).unwrap_err();
     assert!(
-        !r.vm.own_network,
-        "no network namespace: the host's interfaces"
+        err.to_string()
+            .starts_with("--network host is not supported by runvm: a VM runs its own kernel"),
+        "{err}"
     );
-    // What Docker 20.10 writes for --network host / container:X.
+    // What Docker 20.10 writes for --network container:X.
     let mut joined = fixture("docker-20.10-default.json");
     for n in joined["linux"]["namespaces"].as_array_mut().unwrap() {
         if n["type"] == "network" {
             n["path"] = json!("/proc/4211/ns/net");
         }
     }
-    let r = rewrite_config(joined, &opts(&[]), &host()).unwrap();
+    let err = rewrite_config(joined, &opts(&[]), &host()).unwrap_err();
     assert!(
-        !r.vm.own_network,
-        "a joined namespace must never be taken over"
+        err.to_string()
+            .starts_with("--network container:<name> is not supported by runvm"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains('\n'));
+}
+
+#[test]
+fn the_containers_own_sysctls_are_kept_beside_the_resolver_ports() {
+    let mut orig = fixture("docker-20.10-default.json");
+    orig["linux"]["sysctl"] = json!({"net.ipv4.ping_group_range": "0 2147483647"});
+    let r = rewrite_config(orig, &opts(&[]), &host()).unwrap();
+    assert_eq!(
+        r.config["linux"]["sysctl"],
+        json!({
+            "net.ipv4.ping_group_range": "0 2147483647",
+            "net.ipv4.ip_local_port_range": "61440 65535"
+        })
     );
 }
 
@@ -677,28 +701,6 @@ fn the_host_side_gets_runvms_devices_and_confinement_whatever_the_container_asks
     assert!(!sys["options"].as_array().unwrap().contains(&json!("rw")));
     // The guest still follows the container.
     assert!(r.vm.container.masked_paths.is_empty());
-}
-
-#[test]
-fn no_network_capability_on_the_host_side_without_a_network_of_its_own() {
-    let mut orig = fixture("docker-20.10-default.json");
-    for ns in orig["linux"]["namespaces"].as_array_mut().unwrap() {
-        if ns["type"] == "network" {
-            ns["path"] = json!("/proc/1/ns/net");
-        }
-    }
-    let r = rewrite_config(orig, &opts(&[]), &host()).unwrap();
-    for set in ["bounding", "effective", "permitted"] {
-        assert!(!r.config["process"]["capabilities"][set]
-            .as_array()
-            .unwrap()
-            .contains(&json!("CAP_NET_ADMIN")));
-    }
-    let r = rewrite_config(fixture("docker-20.10-default.json"), &opts(&[]), &host()).unwrap();
-    assert!(r.config["process"]["capabilities"]["bounding"]
-        .as_array()
-        .unwrap()
-        .contains(&json!("CAP_NET_ADMIN")));
 }
 
 #[test]

@@ -287,6 +287,7 @@ mod tests {
                         metric: None,
                     },
                 ],
+                dns_relay: true,
             },
         };
         let json =

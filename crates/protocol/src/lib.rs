@@ -8,12 +8,15 @@
 //! * a **control** stream carries [`HostMessage`]s one way and
 //!   [`GuestMessage`]s the other, as length-delimited JSON frames;
 //! * **stdin**, **stdout** and **stderr** streams carry raw bytes of one
-//!   process's standard stream; end of stream is end of file.
+//!   process's standard stream; end of stream is end of file;
+//! * the **dns** stream carries the workload's name lookups to Docker's
+//!   embedded resolver and its answers back (see [`dns`]).
 //!
 //! The guest reports a process's exit only after that process's stdout and
 //! stderr streams have been written to the end and closed, so the host never
 //! loses output written just before exit.
 
+pub mod dns;
 pub mod exit;
 pub mod framing;
 pub mod log;

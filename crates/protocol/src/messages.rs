@@ -20,6 +20,20 @@ pub enum StreamHeader {
     Stdout { process: u32 },
     /// Standard error of a process (guest → host).
     Stderr { process: u32 },
+    /// The DNS relay (see [`crate::dns`]), opened once, before the
+    /// container's control stream, when [`GuestNetwork::dns_relay`] is set.
+    Dns,
+    /// One change of the container's networks while it runs: the host
+    /// sends the whole new [`GuestNetwork`] (its NICs already plugged in),
+    /// the guest answers [`NetworkUpdated`] once it is configured.
+    Network,
+}
+
+/// The guest's answer on a [`StreamHeader::Network`] stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkUpdated {
+    /// Why the guest could not take the new network, if it could not.
+    pub error: Option<String>,
 }
 
 /// A host-to-guest control message.
@@ -73,6 +87,11 @@ pub struct StartContainer {
 pub struct GuestNetwork {
     pub interfaces: Vec<Interface>,
     pub routes: Vec<Route>,
+    /// The host opened a [`StreamHeader::Dns`] stream: the guest relays
+    /// lookups of `127.0.0.11` over it (when the container's
+    /// `/etc/resolv.conf` names that address).
+    #[serde(default)]
+    pub dns_relay: bool,
 }
 
 /// The container as the runtime describes it, from its config.json.

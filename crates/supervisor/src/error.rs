@@ -20,6 +20,8 @@ pub enum SupervisorError {
     Mounts(#[from] runvm_mounts::MountError),
     #[error("network setup failed")]
     Network(#[from] crate::network::NetError),
+    #[error("the container has {0} network interfaces; a runvm VM takes 31 at most: connect fewer networks")]
+    TooManyNics(usize),
     #[error("cannot start {program}")]
     Spawn {
         program: String,

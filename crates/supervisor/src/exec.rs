@@ -119,14 +119,16 @@ async fn refuse(conn: UnixStream, message: String) {
 }
 
 /// The streams of one exec: one of each kind, all of process 0 of the
-/// client, which becomes `process` towards the agent.
-fn renumber(header: StreamHeader, process: u32) -> (StreamHeader, u8) {
-    match header {
+/// client, which becomes `process` towards the agent. A client has no
+/// business with the DNS relay or the network: `None`.
+fn renumber(header: StreamHeader, process: u32) -> Option<(StreamHeader, u8)> {
+    Some(match header {
         StreamHeader::Control { .. } => (StreamHeader::Control { process }, 0),
         StreamHeader::Stdin { .. } => (StreamHeader::Stdin { process }, 1),
         StreamHeader::Stdout { .. } => (StreamHeader::Stdout { process }, 2),
         StreamHeader::Stderr { .. } => (StreamHeader::Stderr { process }, 3),
-    }
+        StreamHeader::Dns | StreamHeader::Network => return None,
+    })
 }
 
 /// Forwards one exec client's streams to the agent as process `process`.
@@ -160,7 +162,9 @@ async fn forward(
         let Ok(Ok(header)) = header else {
             continue;
         };
-        let (header, kind) = renumber(header, process);
+        let Some((header, kind)) = renumber(header, process) else {
+            continue; // not a stream of a process: refused (dropped)
+        };
         if !seen.insert(kind) {
             continue; // a second stream of a kind: refused (dropped)
         }

@@ -5,10 +5,12 @@
 //! then hands the container to the guest agent over a virtio-serial port
 //! and relays stdio, signals, terminal size and finally the exit status.
 
+mod dns;
 mod error;
 mod exec;
 mod network;
 mod probe;
+mod qmp;
 mod relay;
 mod ring;
 mod sandbox;
@@ -27,9 +29,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use error::{Result, SupervisorError};
+use qmp::Qmp;
 use runvm_contract::{paths, sockets, VmConfig};
 use runvm_protocol::session::{write_frame, Mode, Mux};
-use runvm_protocol::{GuestNetwork, HostMessage, StartContainer};
+use runvm_protocol::{GuestNetwork, HostMessage, StartContainer, StreamHeader};
 
 /// Exit code when the VM itself fails (as opposed to the workload).
 const VM_FAILURE: i32 = ExitCode::VmFailure.code();
@@ -237,7 +240,16 @@ async fn supervise() -> Result<i32> {
         .map_err(|e| SupervisorError::io(format!("listen on {}", sockets::EXEC), e))?;
     tokio::spawn(exec::serve(listener, agent_rx));
 
+    // Watched before the snapshot is taken: no change is missed between.
+    let network_changes = if cfg.own_network {
+        network::hotplug::watch()
+    } else {
+        None
+    };
     let (nics, routes) = network::capture(cfg.own_network).await?;
+    if nics.len() > vmm::NIC_SLOTS.count() {
+        return Err(SupervisorError::TooManyNics(nics.len()));
+    }
 
     // The sockets listen before the helpers start: nobody ever connects
     // to a socket that is not ready.
@@ -249,6 +261,8 @@ async fn supervise() -> Result<i32> {
         .map_err(|e| SupervisorError::io(format!("listen on {}", sockets::AGENT), e))?;
     let console_listener = tokio::net::UnixListener::bind(sockets::CONSOLE)
         .map_err(|e| SupervisorError::io(format!("listen on {}", sockets::CONSOLE), e))?;
+    let qmp_listener = tokio::net::UnixListener::bind(sockets::QMP)
+        .map_err(|e| SupervisorError::io(format!("listen on {}", sockets::QMP), e))?;
     let logs = Logs {
         console: ring::Log::new(CONSOLE_BYTES),
         qemu: ring::Log::new(HELPER_LOG_BYTES),
@@ -274,15 +288,22 @@ async fn supervise() -> Result<i32> {
 
     let nic_args: Vec<vmm::NicArg> = nics
         .iter()
-        .map(|n| vmm::NicArg {
+        .zip(vmm::NIC_SLOTS)
+        .map(|(n, slot)| vmm::NicArg {
             mac: n.interface.mac.to_string(),
             tap_fd: std::os::fd::AsRawFd::as_raw_fd(&n.tap),
+            slot,
         })
         .collect();
     // QEMU runs under its own unprivileged uid: it gets the sockets it
     // connects to, and inherits only the taps.
     let (quid, qgid) = (cfg.qemu_uid, cfg.qemu_gid);
-    for path in [sockets::AGENT, sockets::VIRTIOFS, sockets::CONSOLE] {
+    for path in [
+        sockets::AGENT,
+        sockets::VIRTIOFS,
+        sockets::CONSOLE,
+        sockets::QMP,
+    ] {
         sandbox::give_to(path, quid, qgid)
             .map_err(|e| SupervisorError::io(format!("give {path} to QEMU's uid {quid}"), e))?;
     }
@@ -301,7 +322,13 @@ async fn supervise() -> Result<i32> {
     let qemu_pid = qemu.id().unwrap_or_default();
     let mut give_up = Box::pin(watchdog::unanswered(qemu_pid, Instant::now()));
     let mut interfaces = Vec::new();
-    for n in nics {
+    let mut plugged = Vec::new();
+    for (n, slot) in nics.into_iter().zip(vmm::NIC_SLOTS) {
+        plugged.push(network::hotplug::Plugged {
+            link: n.link,
+            slot,
+            interface: n.interface.clone(),
+        });
         interfaces.push(n.interface);
         drop(n.tap); // QEMU has its own copy now
     }
@@ -331,6 +358,32 @@ async fn supervise() -> Result<i32> {
         }
     };
     let (mux, _) = Mux::start(sock, Mode::Client);
+    // The DNS relay is open before the workload starts, which may look a
+    // name up at once.
+    let dns_relay = cfg.own_network;
+    if dns_relay {
+        let stream = mux.open_typed(&StreamHeader::Dns).await?;
+        tokio::spawn(dns::serve(stream, dns::EMBEDDED_RESOLVER, dns::ANSWER_WAIT));
+    }
+    // Networks connected and disconnected from now on reach the VM.
+    if let Some(changes) = network_changes {
+        let (mux, routes) = (mux.clone(), routes.clone());
+        tokio::spawn(async move {
+            let qmp =
+                match tokio::time::timeout(Duration::from_secs(60), qmp_listener.accept()).await {
+                    Ok(Ok((conn, _))) => Qmp::handshake(conn).await,
+                    _ => Err(qmp::QmpError::Closed),
+                };
+            match qmp {
+                Ok(qmp) => {
+                    network::hotplug::follow(changes, qmp, mux, plugged, routes, dns_relay).await
+                }
+                Err(e) => tracing::warn!(
+                    "QEMU's monitor is not there ({e}): networks connected while the container runs will not reach the VM"
+                ),
+            }
+        });
+    }
 
     let mut spec = cfg.container.clone();
     spec.process.inherited_rlimits = session::own_rlimits();
@@ -344,7 +397,11 @@ async fn supervise() -> Result<i32> {
         &mux,
         HostMessage::StartContainer(Box::new(StartContainer {
             container: spec,
-            network: GuestNetwork { interfaces, routes },
+            network: GuestNetwork {
+                interfaces,
+                routes,
+                dns_relay,
+            },
         })),
         terminal,
         sig_rx,

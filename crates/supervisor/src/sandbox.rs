@@ -132,8 +132,14 @@ pub fn bound_capabilities(cmd: &mut Command, keep: &'static [u32], keep_fds: Vec
 }
 
 /// What the supervisor keeps once the VM runs: CAP_KILL, to stop QEMU (which
-/// runs under another uid) if it does not stop by itself.
-pub const SUPERVISOR_KEEPS: &[caps::Capability] = &[caps::Capability::CAP_KILL];
+/// runs under another uid) if it does not stop by itself, and
+/// CAP_NET_ADMIN, to wire the taps of networks connected while the
+/// container runs (`docker network connect`). The latter acts on the
+/// container's own network namespace only: the supervisor cannot enter
+/// another (runvm's seccomp profile refuses setns and unshare), and a
+/// Docker container's namespace holds nothing but the container's links.
+pub const SUPERVISOR_KEEPS: &[caps::Capability] =
+    &[caps::Capability::CAP_KILL, caps::Capability::CAP_NET_ADMIN];
 
 /// Why the supervisor could not drop its capabilities.
 #[derive(Debug, thiserror::Error)]

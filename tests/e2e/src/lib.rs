@@ -741,6 +741,31 @@ impl Drop for Container {
     }
 }
 
+/// A Docker network of this test process, removed when the guard drops
+/// (after the containers on it: declare it before them).
+pub struct Network {
+    pub name: String,
+}
+
+impl Network {
+    pub fn create(tag: &str, options: &[&str]) -> Self {
+        let name = unique_name(tag);
+        let mut args = vec!["network", "create"];
+        args.extend_from_slice(options);
+        args.push(&name);
+        docker(&args, None).assert_code(0, &format!("docker network create {name}"));
+        Network { name }
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["network", "rm", &self.name])
+            .output();
+    }
+}
+
 /// Builds `tag` from a Dockerfile text (no build context besides it).
 pub fn build_image(tag: &str, dockerfile: &str) {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -10,14 +10,17 @@ use std::time::Duration;
 use runvm_e2e::*;
 
 fn check_rejected(env: &str, must_mention: &[&str]) {
+    check_refused(&["-e", env], must_mention);
+}
+
+/// `docker run --rm --runtime=runvm ARGS IMAGE true` fails with exit 125
+/// and one line naming `must_mention`, and leaves nothing behind.
+fn check_refused(args: &[&str], must_mention: &[&str]) {
     let c = Container::new("bad-input");
-    let run = run_one(
-        "runvm",
-        &["--name", &c.name, "-e", env],
-        &[IMAGE, "true"],
-        None,
-    );
-    let what = format!("docker run --rm --runtime=runvm -e {env}");
+    let mut all = vec!["--name", &c.name];
+    all.extend_from_slice(args);
+    let run = run_one("runvm", &all, &[IMAGE, "true"], None);
+    let what = format!("docker run --rm --runtime=runvm {}", args.join(" "));
     run.assert_code(125, &what);
     let stderr = run.stderr_str();
     let lines: Vec<&str> = stderr
@@ -42,6 +45,34 @@ fn check_rejected(env: &str, must_mention: &[&str]) {
 
     c.wait_removed(&what, Duration::from_secs(10));
     assert_no_leftovers(&what, Duration::from_secs(10));
+}
+
+/// A VM cannot share the host's network stack nor another container's:
+/// both modes are refused before anything is set up. (Under runc they
+/// work; the host's network is left as it was.)
+#[e2e_test]
+fn network_modes_a_vm_cannot_share_are_refused() {
+    let host_network = || {
+        let r = host_sh("{ ip -o addr; ip route; ip -6 route; tc qdisc show; } | grep -v 'veth\\|br-' | sed 's/ linkdown//'");
+        r.assert_code(0, "host network snapshot");
+        r.stdout_str()
+    };
+    let before = host_network();
+    check_refused(
+        &["--network", "host"],
+        &["--network host is not supported by runvm", "-p"],
+    );
+    let peer = Container::run_detached("net-peer", "runc", &[IMAGE, "sleep", "300"]);
+    let mode = format!("container:{}", peer.name);
+    check_refused(
+        &["--network", &mode],
+        &[
+            "--network container:<name> is not supported by runvm",
+            "user-defined network",
+        ],
+    );
+    drop(peer);
+    assert_eq!(host_network(), before, "the host's network changed");
 }
 
 #[e2e_test]

@@ -283,6 +283,9 @@ enum Call {
     Mtu { index: u32, mtu: u32 },
     Address { index: u32, address: AddressSetup },
     Route(RouteSetup),
+    DelRoute(RouteSetup),
+    Flush(u32),
+    Down(u32),
 }
 
 #[derive(Default)]
@@ -293,6 +296,12 @@ struct Fake {
     fail_at: Option<usize>,
     /// Destinations of the routes the kernel has already.
     existing: Vec<IpNet>,
+    /// Addresses the links have already.
+    addresses: Vec<IpNet>,
+    /// Links that appear only after this many calls of `links` (a NIC
+    /// plugged in while the guest runs).
+    late: Vec<(usize, Link)>,
+    link_calls: usize,
 }
 
 impl Fake {
@@ -311,6 +320,12 @@ impl Fake {
 impl GuestNetOps for Fake {
     async fn links(&mut self) -> Result<Vec<Link>, NetError> {
         self.record(Call::Links)?;
+        self.link_calls += 1;
+        let calls = self.link_calls;
+        let (now, later): (Vec<_>, Vec<_>) =
+            self.late.drain(..).partition(|(after, _)| calls > *after);
+        self.late = later;
+        self.links.extend(now.into_iter().map(|(_, l)| l));
         Ok(self.links.clone())
     }
     async fn set_up(&mut self, index: u32, _: &str) -> Result<(), NetError> {
@@ -320,7 +335,11 @@ impl GuestNetOps for Fake {
         self.record(Call::Rename {
             index,
             to: to.into(),
-        })
+        })?;
+        if let Some(l) = self.links.iter_mut().find(|l| l.index == index) {
+            l.name = to.into();
+        }
+        Ok(())
     }
     async fn set_mtu(&mut self, index: u32, _: &str, mtu: u32) -> Result<(), NetError> {
         self.record(Call::Mtu { index, mtu })
@@ -334,7 +353,14 @@ impl GuestNetOps for Fake {
         self.record(Call::Address {
             index,
             address: *address,
-        })
+        })?;
+        if self.addresses.contains(&address.address) {
+            return Err(NetError::AddressExists {
+                address: address.address,
+                device: String::new(),
+            });
+        }
+        Ok(())
     }
     async fn add_route(&mut self, r: &RouteSetup) -> Result<(), NetError> {
         self.record(Call::Route(r.clone()))?;
@@ -346,10 +372,20 @@ impl GuestNetOps for Fake {
         }
         Ok(())
     }
+    async fn del_route(&mut self, r: &RouteSetup) -> Result<(), NetError> {
+        self.record(Call::DelRoute(r.clone()))
+    }
+    async fn flush_addresses(&mut self, index: u32, _: &str) -> Result<(), NetError> {
+        self.record(Call::Flush(index))
+    }
+    async fn set_down(&mut self, index: u32, _: &str) -> Result<(), NetError> {
+        self.record(Call::Down(index))
+    }
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
+        .enable_time()
         .build()
         .unwrap()
         .block_on(f)
@@ -491,4 +527,161 @@ fn macs_match_whatever_case_the_host_wrote() {
         &"02:42:ac:11:00:02".parse::<MacAddr>().unwrap().octets(),
     )];
     assert_eq!(plan(&interfaces, &routes, &links).unwrap().nics[0].index, 2);
+}
+
+// ---------------------------------------------------------------------------
+// Updates while the container runs (docker network connect / disconnect)
+// ---------------------------------------------------------------------------
+
+fn network(scenario: &str) -> GuestNetwork {
+    let (interfaces, routes) = sent(scenario);
+    GuestNetwork {
+        interfaces,
+        routes,
+        dns_relay: true,
+    }
+}
+
+/// "two" without its second network: what the guest had before
+/// `docker network connect`, or has after `disconnect`.
+fn first_of_two() -> GuestNetwork {
+    let mut n = network("two");
+    n.interfaces.truncate(1);
+    n.routes.retain(|r| r.device == "eth0");
+    n
+}
+
+#[test]
+fn only_what_runvm_configured_and_the_host_no_longer_sends_is_removed() {
+    let two = network("two");
+    let one = first_of_two();
+    let (macs, routes) = removed(&two, &one);
+    assert_eq!(macs, [two.interfaces[1].mac]);
+    assert!(
+        routes.is_empty(),
+        "eth1 had no route of its own: {routes:?}"
+    );
+    let (macs, routes) = removed(&one, &two);
+    assert!(macs.is_empty() && routes.is_empty());
+    // A default route that moves to another network goes from the first.
+    let mut moved = two.clone();
+    moved.routes = vec![Route {
+        destination: net("0.0.0.0/0"),
+        gateway: Some(ip("172.23.0.1")),
+        device: "eth1".into(),
+        metric: None,
+    }];
+    let (_, routes) = removed(&two, &moved);
+    assert_eq!(routes, two.routes);
+}
+
+#[test]
+fn a_connected_network_waits_for_its_nic_then_configures_it() {
+    let two = network("two");
+    let one = first_of_two();
+    let mut links = booted(&one.interfaces);
+    // The NIC QEMU plugs in shows up on the third look, as eth1.
+    let late = link(3, "eth1", &two.interfaces[1].mac.octets());
+    links.truncate(2);
+    let mut fake = Fake {
+        links,
+        late: vec![(2, late)],
+        // eth0's address is there from the boot.
+        addresses: vec![one.interfaces[0].addresses[0]],
+        ..Fake::default()
+    };
+    block_on(update(
+        &mut fake,
+        &one,
+        &two,
+        std::time::Duration::from_secs(5),
+    ))
+    .unwrap();
+    let looks = fake
+        .calls
+        .iter()
+        .filter(|c| matches!(c, Call::Links))
+        .count();
+    assert_eq!(
+        looks, 4,
+        "three looks until the NIC is there, one before the plan"
+    );
+    assert!(fake.calls.contains(&Call::Address {
+        index: 3,
+        address: AddressSetup {
+            address: two.interfaces[1].addresses[0],
+            nodad: false
+        }
+    }));
+    assert!(fake.calls.contains(&Call::Up(3)));
+    assert!(!fake
+        .calls
+        .iter()
+        .any(|c| matches!(c, Call::DelRoute(_) | Call::Flush(_) | Call::Down(_))));
+}
+
+#[test]
+fn a_disconnected_network_loses_its_routes_addresses_link_and_name() {
+    let mut two = network("two");
+    // The default route goes out of eth1 before the disconnect...
+    two.routes = vec![Route {
+        destination: net("0.0.0.0/0"),
+        gateway: Some(ip("172.23.0.1")),
+        device: "eth1".into(),
+        metric: None,
+    }];
+    // ...and out of eth0 after it.
+    let one = first_of_two();
+    let mut fake = Fake {
+        links: booted(&two.interfaces),
+        ..Fake::default()
+    };
+    block_on(update(
+        &mut fake,
+        &two,
+        &one,
+        std::time::Duration::from_secs(5),
+    ))
+    .unwrap();
+    let first: Vec<&Call> = fake.calls.iter().skip(1).take(4).collect();
+    assert_eq!(
+        first,
+        [
+            &Call::DelRoute(route(3, "eth1", "0.0.0.0/0", Some("172.23.0.1"), None)),
+            &Call::Flush(3),
+            &Call::Down(3),
+            &Call::Rename {
+                index: 3,
+                to: "gone3".into()
+            },
+        ]
+    );
+    assert_eq!(
+        fake.calls.last(),
+        Some(&Call::Route(route(
+            2,
+            "eth0",
+            "0.0.0.0/0",
+            Some("172.22.0.1"),
+            None
+        )))
+    );
+}
+
+#[test]
+fn an_update_whose_nic_never_comes_fails_naming_it() {
+    let two = network("two");
+    let one = first_of_two();
+    let mut fake = Fake {
+        links: booted(&one.interfaces),
+        ..Fake::default()
+    };
+    let err = block_on(update(
+        &mut fake,
+        &one,
+        &two,
+        std::time::Duration::from_millis(300),
+    ))
+    .unwrap_err();
+    assert!(matches!(err, NetError::NoNicForMac { .. }), "{err}");
 }

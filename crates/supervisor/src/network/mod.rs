@@ -2,13 +2,15 @@
 //!
 //! For every Ethernet interface of the container (Docker's veth), the
 //! supervisor records its MAC, MTU, addresses and routes, creates a tap
-//! device for QEMU, and joins the two with tc: everything that arrives on
-//! the veth is redirected to the tap and the other way round (an ingress
-//! qdisc with a match-all u32 filter and a mirred redirect, as Kata's
-//! "tcfilter" model does). The guest NIC gets the veth's MAC and the guest
-//! gets the addresses, so to the rest of the network the VM *is* the
-//! container. The addresses are removed from the veth so the container's own
-//! stack never answers in the guest's place.
+//! device for QEMU, and joins the two with tc filters on their ingress
+//! (as Kata's "tcfilter" model does): what the VM sends goes out of the
+//! veth, and what arrives on the veth goes to the VM, but for the answers
+//! to lookups that dockerd's embedded resolver forwards upstream from
+//! inside the namespace, which its own stack must get (see [`tc`]). The
+//! guest NIC gets the veth's MAC and the guest gets the addresses, so to
+//! the rest of the network the VM *is* the container. The addresses stay on
+//! the veth too, for dockerd's forwarded lookups; the namespace's stack
+//! sees nothing else, so it never answers in the guest's place.
 //!
 //! The tap is opened by the supervisor and handed to QEMU as a file
 //! descriptor; it is not persistent, so it disappears with QEMU.
@@ -19,9 +21,11 @@
 //! and [`apply`], which carries the plan out through [`NetlinkOps`]: rtnetlink
 //! and `/dev/net/tun` in [`netlink::RtNetlink`], a recorder in the tests.
 
+pub mod hotplug;
 mod netlink;
 mod plan;
 mod snapshot;
+pub mod tc;
 #[cfg(test)]
 mod tests;
 
@@ -30,10 +34,12 @@ use std::os::fd::OwnedFd;
 use runvm_protocol::{Interface, Route};
 
 pub use plan::{plan, HostPlan};
-pub use snapshot::{Address, Snapshot};
+pub use snapshot::Snapshot;
 
 /// One container interface handed to the VM.
 pub struct Nic<T = OwnedFd> {
+    /// The namespace's link (its index).
+    pub link: u32,
     pub interface: Interface,
     /// The tap's file descriptor, inherited by QEMU.
     pub tap: T,
@@ -69,22 +75,25 @@ pub trait NetlinkOps {
     async fn link_index(&mut self, name: &str) -> Result<u32, NetError>;
     /// Sets the MTU of a link and brings it up.
     async fn set_mtu_and_up(&mut self, index: u32, name: &str, mtu: u32) -> Result<(), NetError>;
-    /// Removes an address from a link.
-    async fn remove_address(&mut self, name: &str, address: &Address) -> Result<(), NetError>;
     /// Adds an ingress qdisc to a link.
     async fn add_ingress_qdisc(&mut self, index: u32, name: &str) -> Result<(), NetError>;
-    /// Adds a match-all filter to a link's ingress qdisc that redirects
-    /// every frame out of another link.
-    async fn add_redirect(&mut self, from: (u32, &str), to: (u32, &str)) -> Result<(), NetError>;
+    /// Adds `filter` to the ingress qdisc of link `on`; `other` is where
+    /// its copies and redirects go.
+    async fn add_filter(
+        &mut self,
+        on: (u32, &str),
+        filter: &tc::Filter,
+        other: (u32, &str),
+    ) -> Result<(), NetError>;
 }
 
 /// Takes over the container's network: each Ethernet interface gets a tap
 /// wired to it, and the guest gets its addresses and routes.
 ///
-/// Only a network namespace of the container's own is taken over. With
-/// `--network host` or `container:X` (`own_network` false) the interfaces
-/// are someone else's: nothing is read or changed and the VM has loopback
-/// only.
+/// Only a network namespace of the container's own is taken over. Without
+/// one (`own_network` false: the boot probe, in the host's namespace) the
+/// interfaces are someone else's: nothing is read or changed and the VM
+/// has loopback only.
 pub async fn capture(own_network: bool) -> crate::error::Result<(Vec<Nic>, Vec<Route>)> {
     Ok(take_over(own_network, netlink::RtNetlink::connect).await?)
 }
@@ -102,8 +111,8 @@ async fn take_over<O: NetlinkOps>(
 }
 
 /// Carries out `plan`, NIC by NIC: creates the tap, sets its MTU and brings
-/// it up, removes the addresses from the container's link, then redirects
-/// the link's frames to the tap and the tap's to the link.
+/// it up, then gives the link and the tap an ingress qdisc each and adds
+/// the filters of [`tc::filters`].
 pub async fn apply<O: NetlinkOps>(
     ops: &mut O,
     plan: HostPlan,
@@ -115,17 +124,19 @@ pub async fn apply<O: NetlinkOps>(
         let tap_index = ops.link_index(&nic.tap).await?;
         ops.set_mtu_and_up(tap_index, &nic.tap, nic.interface.mtu)
             .await?;
-        for address in &nic.remove {
-            ops.remove_address(name, address).await?;
-        }
-        for (from, to) in [
-            ((nic.link, name), (tap_index, nic.tap.as_str())),
-            ((tap_index, nic.tap.as_str()), (nic.link, name)),
-        ] {
-            ops.add_ingress_qdisc(from.0, from.1).await?;
-            ops.add_redirect(from, to).await?;
+        let link = (nic.link, name);
+        let tap_end = (tap_index, nic.tap.as_str());
+        ops.add_ingress_qdisc(link.0, link.1).await?;
+        ops.add_ingress_qdisc(tap_end.0, tap_end.1).await?;
+        for filter in &nic.filters {
+            let (on, other) = match filter.on {
+                tc::Side::Link => (link, tap_end),
+                tc::Side::Tap => (tap_end, link),
+            };
+            ops.add_filter(on, filter, other).await?;
         }
         nics.push(Nic {
+            link: nic.link,
             interface: nic.interface,
             tap,
         });

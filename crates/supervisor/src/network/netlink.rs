@@ -5,15 +5,20 @@ use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use futures::TryStreamExt;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{LinkAttribute, LinkFlag, LinkInfo};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
-use netlink_packet_route::AddressFamily;
+use netlink_packet_route::tc::{
+    TcAction, TcActionAttribute, TcActionMirror, TcActionMirrorOption, TcActionOption,
+    TcActionType, TcFilterU32Option, TcMirror, TcMirrorActionType, TcU32Key, TcU32Selector,
+    TcU32SelectorFlag,
+};
 use rtnetlink::{Handle, IpVersion};
 use runvm_netlink::nl;
 use runvm_protocol::IpNet;
 
 use super::snapshot::{Address, Link, RouteEntry, Snapshot};
+use super::tc::{Action, Filter};
 use super::{NetError, NetlinkOps};
 
 fn net(ip: IpAddr, len: u8, what: &str) -> Result<IpNet, NetError> {
@@ -193,32 +198,6 @@ impl NetlinkOps for RtNetlink {
         Ok(())
     }
 
-    async fn remove_address(&mut self, name: &str, address: &Address) -> Result<(), NetError> {
-        let Some(net) = address.address else {
-            return Ok(());
-        };
-        let mut msg = AddressMessage::default();
-        msg.header.index = address.link;
-        msg.header.prefix_len = net.prefix_len();
-        msg.header.family = match net {
-            IpNet::V4(_) => AddressFamily::Inet,
-            IpNet::V6(_) => AddressFamily::Inet6,
-        };
-        msg.attributes.push(AddressAttribute::Address(net.addr()));
-        // With IFA_LOCAL the kernel removes exactly this IPv4 address, not
-        // the first one of the same subnet.
-        if let Some(local) = address.local {
-            msg.attributes.push(AddressAttribute::Local(local));
-        }
-        self.handle
-            .address()
-            .del(msg)
-            .execute()
-            .await
-            .map_err(nl(format!("remove {net} from {name}")))?;
-        Ok(())
-    }
-
     async fn add_ingress_qdisc(&mut self, index: u32, name: &str) -> Result<(), NetError> {
         self.handle
             .qdisc()
@@ -230,14 +209,66 @@ impl NetlinkOps for RtNetlink {
         Ok(())
     }
 
-    async fn add_redirect(&mut self, from: (u32, &str), to: (u32, &str)) -> Result<(), NetError> {
-        let what = format!("redirect the frames of {} to {}", from.1, to.1);
+    async fn add_filter(
+        &mut self,
+        on: (u32, &str),
+        filter: &Filter,
+        other: (u32, &str),
+    ) -> Result<(), NetError> {
+        let what = format!(
+            "add a filter ({:?}, {:?}) to the ingress of {}",
+            filter.matches, filter.action, on.1
+        );
+        let u32 = filter.matches.u32();
+        let selector = {
+            let mut sel = TcU32Selector::default();
+            sel.flags = vec![TcU32SelectorFlag::Terminal];
+            // The kernel compares the packet's words, in network order,
+            // with mask and value as they are stored: big-endian too.
+            sel.keys = if u32.keys.is_empty() {
+                vec![TcU32Key::default()] // matches every frame
+            } else {
+                u32.keys
+                    .iter()
+                    .map(|k| {
+                        let mut key = TcU32Key::default();
+                        key.mask = k.mask.to_be();
+                        key.val = k.value.to_be();
+                        key.off = k.offset;
+                        key
+                    })
+                    .collect()
+            };
+            sel.nkeys = u8::try_from(sel.keys.len()).expect("a handful of keys");
+            sel
+        };
+        let mut options = vec![TcFilterU32Option::Selector(selector)];
+        let mirred = match filter.action {
+            Action::Stack => None,
+            Action::Copy => Some((TcMirrorActionType::EgressMirror, TcActionType::Pipe)),
+            Action::Redirect => Some((TcMirrorActionType::EgressRedir, TcActionType::Stolen)),
+        };
+        if let Some((eaction, then)) = mirred {
+            let mut parms = TcMirror::default();
+            parms.generic.action = then;
+            parms.eaction = eaction;
+            parms.ifindex = other.0;
+            let mut action = TcAction::default();
+            action.attributes = vec![
+                TcActionAttribute::Kind(TcActionMirror::KIND.to_string()),
+                TcActionAttribute::Options(vec![TcActionOption::Mirror(
+                    TcActionMirrorOption::Parms(parms),
+                )]),
+            ];
+            options.push(TcFilterU32Option::Action(vec![action]));
+        }
         self.handle
-            .traffic_filter(from.0 as i32)
+            .traffic_filter(on.0 as i32)
             .add()
             .parent(0xffff_0000)
-            .protocol((libc::ETH_P_ALL as u16).to_be())
-            .redirect(to.0)
+            .priority(filter.priority)
+            .protocol(u32.protocol.to_be())
+            .u32(&options)
             .map_err(nl(what.clone()))?
             .execute()
             .await

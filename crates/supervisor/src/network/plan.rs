@@ -3,7 +3,7 @@
 
 use runvm_protocol::{Interface, IpNet, MacAddr, Route};
 
-use super::snapshot::{Address, LinkType, RouteEntry, RouteKind, RouteProtocol, Snapshot};
+use super::snapshot::{LinkType, RouteEntry, RouteKind, RouteProtocol, Snapshot};
 
 /// Names of the taps the supervisor creates; a link named so is one of
 /// runvm's own and never taken over.
@@ -25,7 +25,7 @@ pub struct HostPlan {
 }
 
 /// A link handed to the VM: a tap is created for it, the two are joined by
-/// redirects both ways, and its addresses move to the guest.
+/// tc filters, and the guest gets its addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NicPlan {
     /// Index of the container's link (Docker's veth).
@@ -34,10 +34,8 @@ pub struct NicPlan {
     pub tap: String,
     /// What the guest is told about the NIC (its name is the link's).
     pub interface: Interface,
-    /// The addresses removed from the link, so that the container's own
-    /// stack never answers in the guest's place. IPv6 link-local
-    /// addresses stay: the guest makes its own.
-    pub remove: Vec<Address>,
+    /// The filters that join the link and the tap.
+    pub filters: Vec<super::tc::Filter>,
 }
 
 /// A link the plan does not touch.
@@ -74,8 +72,8 @@ fn is_v6_link_local(net: &IpNet) -> bool {
     matches!(net, IpNet::V6(n) if n.addr().is_unicast_link_local())
 }
 
-/// Decides which links become NICs, which addresses leave them, and which
-/// routes the guest gets.
+/// Decides which links become NICs, with which addresses, and which routes
+/// the guest gets.
 ///
 /// Every Ethernet link with a 6-byte MAC becomes a NIC (`runvm-tapN` for
 /// the N-th), with its MTU and its addresses but the IPv6 link-local ones.
@@ -115,16 +113,14 @@ pub fn plan(snapshot: &Snapshot) -> HostPlan {
                 continue;
             }
         };
-        let mut addresses = Vec::new();
-        let mut remove = Vec::new();
-        for a in snapshot.addresses.iter().filter(|a| a.link == link.index) {
-            let Some(net) = a.address else { continue };
-            if is_v6_link_local(&net) {
-                continue;
-            }
-            addresses.push(net);
-            remove.push(a.clone());
-        }
+        // IPv6 link-local addresses stay behind: the guest makes its own.
+        let addresses = snapshot
+            .addresses
+            .iter()
+            .filter(|a| a.link == link.index)
+            .filter_map(|a| a.address)
+            .filter(|net| !is_v6_link_local(net))
+            .collect();
         out.nics.push(NicPlan {
             link: link.index,
             tap: format!("{TAP_PREFIX}-tap{}", out.nics.len()),
@@ -134,7 +130,7 @@ pub fn plan(snapshot: &Snapshot) -> HostPlan {
                 mtu: link.mtu.unwrap_or(DEFAULT_MTU),
                 addresses,
             },
-            remove,
+            filters: super::tc::filters(),
         });
     }
     out.routes = snapshot

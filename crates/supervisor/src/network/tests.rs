@@ -11,7 +11,7 @@ use runvm_protocol::{Interface, IpNet, Route};
 use serde_json::Value;
 
 use super::plan::{LeftAlone, Why};
-use super::snapshot::{Link, LinkType, RouteEntry, RouteKind, RouteProtocol};
+use super::snapshot::{Address, Link, LinkType, RouteEntry, RouteKind, RouteProtocol};
 use super::*;
 
 // ---------------------------------------------------------------------------
@@ -210,9 +210,8 @@ pub enum Call {
     CreateTap(String),
     LinkIndex(String),
     SetMtuAndUp { index: u32, mtu: u32 },
-    RemoveAddress { link: u32, address: IpNet },
     IngressQdisc(u32),
-    Redirect { from: u32, to: u32 },
+    Filter { on: u32, priority: u16, other: u32 },
 }
 
 /// Index of the first tap the fake creates.
@@ -286,21 +285,20 @@ impl NetlinkOps for Fake {
         self.record(Call::SetMtuAndUp { index, mtu })
     }
 
-    async fn remove_address(&mut self, _: &str, address: &Address) -> Result<(), NetError> {
-        self.record(Call::RemoveAddress {
-            link: address.link,
-            address: address.address.unwrap(),
-        })
-    }
-
     async fn add_ingress_qdisc(&mut self, index: u32, _: &str) -> Result<(), NetError> {
         self.record(Call::IngressQdisc(index))
     }
 
-    async fn add_redirect(&mut self, from: (u32, &str), to: (u32, &str)) -> Result<(), NetError> {
-        self.record(Call::Redirect {
-            from: from.0,
-            to: to.0,
+    async fn add_filter(
+        &mut self,
+        on: (u32, &str),
+        filter: &tc::Filter,
+        other: (u32, &str),
+    ) -> Result<(), NetError> {
+        self.record(Call::Filter {
+            on: on.0,
+            priority: filter.priority,
+            other: other.0,
         })
     }
 }
@@ -329,30 +327,28 @@ fn left(index: u32, name: &str, why: Why) -> LeftAlone {
 }
 
 /// The calls that wire one NIC: tap `n` (index FIRST_TAP_INDEX + n) for
-/// `link`, removing `addresses` from the link.
-fn wiring(n: u32, link: u32, mtu: u32, addresses: &[&str]) -> Vec<Call> {
+/// `link`, with the filters of [`tc::filters`].
+fn wiring(n: u32, link: u32, mtu: u32) -> Vec<Call> {
     let tap = FIRST_TAP_INDEX + n;
     let mut calls = vec![
         Call::CreateTap(format!("runvm-tap{n}")),
         Call::LinkIndex(format!("runvm-tap{n}")),
         Call::SetMtuAndUp { index: tap, mtu },
-    ];
-    calls.extend(addresses.iter().map(|a| Call::RemoveAddress {
-        link,
-        address: net(a),
-    }));
-    calls.extend([
         Call::IngressQdisc(link),
-        Call::Redirect {
-            from: link,
-            to: tap,
-        },
         Call::IngressQdisc(tap),
-        Call::Redirect {
-            from: tap,
-            to: link,
+    ];
+    calls.extend(tc::filters().iter().map(|f| match f.on {
+        tc::Side::Link => Call::Filter {
+            on: link,
+            priority: f.priority,
+            other: tap,
         },
-    ]);
+        tc::Side::Tap => Call::Filter {
+            on: tap,
+            priority: f.priority,
+            other: link,
+        },
+    }));
     calls
 }
 
@@ -375,15 +371,7 @@ fn default_bridge_one_veth_and_a_default_route() {
     assert_eq!(p.nics.len(), 1);
     assert_eq!(p.nics[0].link, 5334);
     assert_eq!(p.nics[0].tap, "runvm-tap0");
-    // The address leaves the veth, found by its IFA_LOCAL too.
-    assert_eq!(
-        p.nics[0].remove,
-        [Address {
-            link: 5334,
-            address: Some(net("172.17.0.2/16")),
-            local: Some(ip("172.17.0.2")),
-        }]
-    );
+    assert_eq!(p.nics[0].filters, tc::filters());
     assert_eq!(p.left_alone, [left(1, "lo", Why::Loopback)]);
 }
 
@@ -407,18 +395,15 @@ fn two_networks_two_nics_one_default_route() {
 }
 
 #[test]
-fn dual_stack_moves_both_families_and_leaves_link_local_alone() {
+fn dual_stack_gives_both_families_but_not_the_link_local_address() {
     let p = plan(&recorded("dualstack"));
     assert_guest_side("dualstack", &p);
-    // fe80::42:acff:fe18:2/64 stays on the veth (the guest makes its own
-    // from the same MAC); the global addresses move.
-    let removed: Vec<IpNet> = p.nics[0]
-        .remove
-        .iter()
-        .map(|a| a.address.unwrap())
-        .collect();
-    assert_eq!(removed, [net("172.24.0.2/16"), net("fd00:7::2/64")]);
-    assert_eq!(p.nics[0].remove[1].local, None, "IPv6 has no IFA_LOCAL");
+    // fe80::42:acff:fe18:2/64 is not sent: the guest makes its own from
+    // the same MAC.
+    assert_eq!(
+        p.nics[0].interface.addresses,
+        [net("172.24.0.2/16"), net("fd00:7::2/64")]
+    );
     // The IPv6 default route loses its metric (1024); the kernel's
     // fd00:7::/64 and fe80::/64 and the local table's ff00::/8 stay out.
     assert_eq!(
@@ -538,7 +523,7 @@ fn only_ethernet_links_with_a_mac_and_not_runvms_own_or_the_kernels_tunnels_are_
 }
 
 #[test]
-fn addresses_without_ifa_address_stay_where_they_are() {
+fn addresses_without_ifa_address_are_not_sent() {
     let mut s = recorded("default");
     s.addresses.push(Address {
         link: 5334,
@@ -547,7 +532,6 @@ fn addresses_without_ifa_address_stay_where_they_are() {
     });
     let p = plan(&s);
     assert_eq!(p.nics[0].interface.addresses, [net("172.17.0.2/16")]);
-    assert_eq!(p.nics[0].remove.len(), 1);
 }
 
 #[test]
@@ -617,8 +601,8 @@ fn take_over_reads_plans_and_wires_each_nic_in_order() {
     let log = fake.log.clone();
     let (nics, routes) = block_on(take_over(true, || Ok(fake))).unwrap();
     let mut calls = vec![Call::Snapshot];
-    calls.extend(wiring(0, 5338, 1500, &["172.22.0.2/16"]));
-    calls.extend(wiring(1, 5340, 1500, &["172.23.0.2/16"]));
+    calls.extend(wiring(0, 5338, 1500));
+    calls.extend(wiring(1, 5340, 1500));
     assert_eq!(*log.borrow(), calls);
     let taps: Vec<&str> = nics.iter().map(|n| n.tap.as_str()).collect();
     assert_eq!(taps, ["runvm-tap0", "runvm-tap1"]);
@@ -632,15 +616,12 @@ fn take_over_reads_plans_and_wires_each_nic_in_order() {
 fn apply_makes_the_calls_of_the_plan_in_order() {
     let mut fake = Fake::new(recorded("dualstack"));
     block_on(apply(&mut fake, plan(&recorded("dualstack")))).unwrap();
-    assert_eq!(
-        fake.calls(),
-        wiring(0, 5342, 1500, &["172.24.0.2/16", "fd00:7::2/64"])
-    );
+    assert_eq!(fake.calls(), wiring(0, 5342, 1500));
     let mut fake = Fake::new(recorded("default"));
     let mut p = plan(&recorded("default"));
     p.nics[0].interface.mtu = 9000;
     block_on(apply(&mut fake, p)).unwrap();
-    assert_eq!(fake.calls(), wiring(0, 5334, 9000, &["172.17.0.2/16"]));
+    assert_eq!(fake.calls(), wiring(0, 5334, 9000));
 }
 
 #[test]
@@ -650,7 +631,7 @@ fn apply_stops_at_the_first_failure_and_names_it() {
         block_on(apply(&mut fake, plan(&recorded("two")))).unwrap();
         fake.calls()
     };
-    assert_eq!(all.len(), 2 * 8);
+    assert_eq!(all.len(), 2 * (5 + tc::filters().len()));
     for at in 0..all.len() {
         let mut fake = Fake::new(recorded("two"));
         fake.fail_at = Some(at);
@@ -710,4 +691,100 @@ fn the_real_reader_sees_what_ip_shows() {
         .block_on(async { netlink::RtNetlink::connect()?.snapshot().await })
         .unwrap();
     assert_eq!(read, snapshot_from_ip_json(&shown));
+}
+
+// ---------------------------------------------------------------------------
+// Networks connected and disconnected while the container runs
+// ---------------------------------------------------------------------------
+
+use super::hotplug::{diff, tap_name, Plugged};
+
+/// The NICs the VM got at boot in `scenario`, on slots 1, 2, …
+fn plugged_at_boot(scenario: &str) -> (Vec<Plugged>, Vec<Route>) {
+    let p = plan(&recorded(scenario));
+    let plugged = p
+        .nics
+        .iter()
+        .zip(1..)
+        .map(|(n, slot)| Plugged {
+            link: n.link,
+            slot,
+            interface: n.interface.clone(),
+        })
+        .collect();
+    (plugged, p.routes)
+}
+
+#[test]
+fn nothing_changed_nothing_to_do() {
+    let (plugged, routes) = plugged_at_boot("two");
+    let s = recorded("two");
+    let c = diff(&plugged, &routes, &plan(&s), &s);
+    assert_eq!(c, hotplug::Changes::default());
+}
+
+#[test]
+fn a_connected_link_is_plugged_into_a_free_slot_once_it_is_up() {
+    // The VM booted with the first network; the second arrives.
+    let (mut plugged, routes) = plugged_at_boot("two");
+    plugged.truncate(1);
+    let mut s = recorded("two");
+    let second = s.links.iter().position(|l| l.index == 5340).unwrap();
+    let up = s.links[second].flags;
+    s.links[second].flags &= !(libc::IFF_UP as u32);
+    let c = diff(&plugged, &routes, &plan(&s), &s);
+    assert!(c.plug.is_empty(), "not yet up");
+    s.links[second].flags = up;
+    let c = diff(&plugged, &routes, &plan(&s), &s);
+    assert_eq!(c.plug.len(), 1);
+    assert_eq!((c.plug[0].0.link, c.plug[0].1), (5340, 2));
+    assert!(c.unplug.is_empty());
+    assert!(c.tell_guest);
+    assert_eq!(
+        tap_name(2),
+        "runvm-tap1",
+        "the tap the boot plan names for NIC 2"
+    );
+}
+
+#[test]
+fn a_disconnected_link_is_unplugged_and_its_slot_reused() {
+    let (plugged, routes) = plugged_at_boot("two");
+    let mut s = recorded("two");
+    // The first network goes.
+    s.links.retain(|l| l.index != 5338);
+    s.addresses.retain(|a| a.link != 5338);
+    s.routes.retain(|r| r.oif != Some(5338));
+    let p = plan(&s);
+    let c = diff(&plugged, &routes, &p, &s);
+    assert_eq!(c.unplug, [0]);
+    assert!(c.plug.is_empty());
+    assert!(c.tell_guest);
+    // A link that comes back with a new index takes the freed slot 1.
+    let mut back = recorded("two");
+    for l in &mut back.links {
+        if l.index == 5338 {
+            l.index = 6000;
+        }
+    }
+    for a in &mut back.addresses {
+        if a.link == 5338 {
+            a.link = 6000;
+        }
+    }
+    let c = diff(&plugged[1..], &routes, &plan(&back), &back);
+    assert_eq!(c.plug.len(), 1);
+    assert_eq!((c.plug[0].0.link, c.plug[0].1), (6000, 1));
+}
+
+#[test]
+fn a_changed_route_or_address_is_told_to_the_guest_alone() {
+    let (plugged, routes) = plugged_at_boot("two");
+    let s = recorded("two");
+    let c = diff(&plugged, &[], &plan(&s), &s);
+    assert!(c.tell_guest && c.plug.is_empty() && c.unplug.is_empty());
+    let mut changed = plugged.clone();
+    changed[1].interface.mtu = 9000;
+    let c = diff(&changed, &routes, &plan(&s), &s);
+    assert!(c.tell_guest && c.plug.is_empty() && c.unplug.is_empty());
 }

@@ -1,0 +1,325 @@
+//! Networks connected or disconnected while the container runs (`docker
+//! network connect` / `disconnect`).
+//!
+//! Docker changes the container's namespace as it would under runc: it
+//! moves a new veth in (renamed, addressed, then brought up) or takes one
+//! away, and changes routes. The supervisor watches the namespace with
+//! netlink; once a burst of changes has settled, it takes a snapshot and
+//! compares the plan made from it with what the VM has ([`diff`], a pure
+//! function):
+//!
+//! 1. each new link (once it is up) gets a tap wired to it as at boot and
+//!    a NIC plugged into the VM through QEMU's monitor, on a free slot of
+//!    the NIC bridge;
+//! 2. the guest is sent the whole new network and configures it (new NICs
+//!    found by MAC, the NICs of gone links retired, routes added and
+//!    removed) and answers;
+//! 3. the NIC of each gone link is unplugged, and its tap goes with it.
+
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use runvm_protocol::session::{read_frame_limited, write_frame, Mux};
+use runvm_protocol::{GuestNetwork, Interface, MacAddr, NetworkUpdated, Route, StreamHeader};
+use serde_json::json;
+
+use super::plan::{HostPlan, NicPlan, TAP_PREFIX};
+use super::snapshot::Snapshot;
+use super::{apply, netlink, NetError, NetlinkOps};
+use crate::qmp::Qmp;
+use crate::vmm;
+
+/// How long the namespace must be quiet before the supervisor acts: Docker
+/// makes a connection in a quick burst of changes.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// How long the guest may take to configure a change, and to give up an
+/// unplugged NIC.
+const GUEST_WAIT: Duration = Duration::from_secs(60);
+const UNPLUG_WAIT: Duration = Duration::from_secs(20);
+
+/// A NIC in the VM, standing for a link of the namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plugged {
+    /// The namespace's link (its index).
+    pub link: u32,
+    /// The slot on the NIC bridge; QEMU's ids are `nic{slot}` and
+    /// `net{slot}`.
+    pub slot: u8,
+    pub interface: Interface,
+}
+
+/// What differs between the VM's NICs and a plan of the namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Changes {
+    /// Links to plug in, with the slot each gets.
+    pub plug: Vec<(NicPlan, u8)>,
+    /// Indexes into the plugged NICs of those whose link is gone.
+    pub unplug: Vec<usize>,
+    /// The guest must be told: NICs come or go, or an interface's
+    /// addresses or MTU, or the routes, changed.
+    pub tell_guest: bool,
+}
+
+/// Compares the plugged NICs and the routes the guest has with `plan`.
+///
+/// A link is plugged in only once it is up (Docker brings a link up after
+/// renaming and addressing it) and while a slot is free; a plugged NIC
+/// whose link is gone, or has another MAC now, is unplugged.
+pub fn diff(
+    plugged: &[Plugged],
+    routes: &[Route],
+    plan: &HostPlan,
+    snapshot: &Snapshot,
+) -> Changes {
+    let is_up = |index: u32| {
+        snapshot
+            .links
+            .iter()
+            .any(|l| l.index == index && l.flags & libc::IFF_UP as u32 != 0)
+    };
+    let mut out = Changes::default();
+    for (i, p) in plugged.iter().enumerate() {
+        let still = plan
+            .nics
+            .iter()
+            .any(|n| n.link == p.link && n.interface.mac == p.interface.mac);
+        if !still {
+            out.unplug.push(i);
+        }
+    }
+    let mut free = vmm::NIC_SLOTS.filter(|s| {
+        !plugged
+            .iter()
+            .enumerate()
+            .any(|(i, p)| p.slot == *s && !out.unplug.contains(&i))
+    });
+    for n in &plan.nics {
+        if plugged.iter().any(|p| p.link == n.link) || !is_up(n.link) {
+            continue;
+        }
+        match free.next() {
+            Some(slot) => out.plug.push((n.clone(), slot)),
+            None => tracing::warn!(
+                "no free slot for another NIC ({} at most): {} is not in the VM",
+                vmm::NIC_SLOTS.count(),
+                n.interface.name
+            ),
+        }
+    }
+    let changed_interface = plugged.iter().any(|p| {
+        plan.nics
+            .iter()
+            .any(|n| n.link == p.link && n.interface != p.interface)
+    });
+    out.tell_guest = !out.plug.is_empty()
+        || !out.unplug.is_empty()
+        || changed_interface
+        || plan.routes != routes;
+    out
+}
+
+/// The tap of the NIC in `slot` (the boot NICs' too: slot N has the tap
+/// the boot plan named for NIC N-1).
+pub fn tap_name(slot: u8) -> String {
+    format!("{TAP_PREFIX}-tap{}", slot - 1)
+}
+
+/// Starts watching the namespace, before its boot snapshot is taken, so
+/// that no change made meanwhile is missed.
+pub fn watch() -> Option<tokio::sync::mpsc::Receiver<()>> {
+    match runvm_netlink::watch() {
+        Ok(rx) => Some(rx),
+        Err(e) => {
+            tracing::warn!("cannot watch the container's network, so networks connected while it runs will not reach the VM: {e}");
+            None
+        }
+    }
+}
+
+/// Keeps the VM's NICs in step with the namespace, on every notice of
+/// `changes` (from [`watch`]), until the watch ends. `plugged` and
+/// `routes` are what the VM got at boot.
+pub async fn follow(
+    mut changes: tokio::sync::mpsc::Receiver<()>,
+    mut qmp: Qmp,
+    mux: Mux,
+    mut plugged: Vec<Plugged>,
+    mut routes: Vec<Route>,
+    dns_relay: bool,
+) {
+    while changes.recv().await.is_some() {
+        // Let the burst settle.
+        loop {
+            match tokio::time::timeout(SETTLE, changes.recv()).await {
+                Ok(Some(())) => continue,
+                Ok(None) => return,
+                Err(_) => break,
+            }
+        }
+        let synced = sync(&mut qmp, &mux, &mut plugged, &mut routes, dns_relay).await;
+        if let Err(e) = synced {
+            tracing::warn!(
+                "the VM's network could not follow the container's: {}",
+                runvm_contract::report::ErrorChain::chain(&e)
+            );
+        }
+    }
+}
+
+/// What failed while following a change.
+#[derive(Debug, thiserror::Error)]
+pub enum HotplugError {
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("cannot plug {name}'s NIC into the VM")]
+    Plug {
+        name: String,
+        #[source]
+        source: crate::qmp::QmpError,
+    },
+    #[error("cannot tell the guest about the new network")]
+    Channel(#[source] runvm_protocol::FrameError),
+    #[error("the guest could not take the new network: {0}")]
+    Guest(String),
+}
+
+async fn sync(
+    qmp: &mut Qmp,
+    mux: &Mux,
+    plugged: &mut Vec<Plugged>,
+    routes: &mut Vec<Route>,
+    dns_relay: bool,
+) -> Result<(), HotplugError> {
+    let mut ops = netlink::RtNetlink::connect()?;
+    let snapshot = ops.snapshot().await?;
+    let plan = super::plan(&snapshot);
+    let changes = diff(plugged, routes, &plan, &snapshot);
+    if !changes.tell_guest {
+        return Ok(());
+    }
+    for (nic, slot) in changes.plug {
+        let name = nic.interface.name.clone();
+        let mut one = nic;
+        one.tap = tap_name(slot);
+        let link = one.link;
+        let (mut nics, _) = apply(
+            &mut ops,
+            HostPlan {
+                nics: vec![one],
+                ..HostPlan::default()
+            },
+        )
+        .await?;
+        let nic = nics.remove(0);
+        plug(qmp, &nic.interface.mac, slot, nic.tap.as_fd())
+            .await
+            .map_err(|source| HotplugError::Plug { name, source })?;
+        tracing::debug!(
+            "plugged {} ({}) into slot {slot}",
+            nic.interface.name,
+            nic.interface.mac
+        );
+        plugged.push(Plugged {
+            link,
+            slot,
+            interface: nic.interface,
+        });
+        // QEMU has its own copy of the tap now.
+    }
+    let gone: Vec<Plugged> = changes.unplug.iter().map(|&i| plugged[i].clone()).collect();
+    plugged.retain(|p| !gone.contains(p));
+    // The interfaces' current data, in the namespace's order (the order
+    // the guest names them in).
+    let mut interfaces = Vec::new();
+    for n in &plan.nics {
+        if let Some(p) = plugged.iter_mut().find(|p| p.link == n.link) {
+            p.interface = n.interface.clone();
+            interfaces.push(n.interface.clone());
+        }
+    }
+    let network = GuestNetwork {
+        interfaces,
+        routes: plan.routes.clone(),
+        dns_relay,
+    };
+    tell_guest(mux, &network).await?;
+    *routes = plan.routes;
+    for p in gone {
+        unplug(qmp, p.slot).await;
+        tracing::debug!("unplugged {} from slot {}", p.interface.name, p.slot);
+    }
+    Ok(())
+}
+
+/// Hands the tap to QEMU and plugs a NIC with `mac` into `slot`.
+async fn plug(
+    qmp: &mut Qmp,
+    mac: &MacAddr,
+    slot: u8,
+    tap: std::os::fd::BorrowedFd<'_>,
+) -> Result<(), crate::qmp::QmpError> {
+    let fd_name = format!("tap{slot}");
+    qmp.send_fd(&fd_name, tap).await?;
+    qmp.execute(
+        "netdev_add",
+        json!({"type": "tap", "id": format!("net{slot}"), "fd": fd_name}),
+    )
+    .await?;
+    qmp.execute(
+        "device_add",
+        json!({
+            "driver": "virtio-net-pci",
+            "id": format!("nic{slot}"),
+            "netdev": format!("net{slot}"),
+            "mac": mac.to_string(),
+            "bus": vmm::NIC_BRIDGE,
+            "addr": format!("{slot:#x}"),
+            "romfile": "",
+        }),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Unplugs the NIC in `slot` and, once the guest has let it go, its
+/// netdev (which closes the tap). A guest that never lets go keeps a NIC
+/// without a link: nothing reaches it.
+async fn unplug(qmp: &mut Qmp, slot: u8) {
+    let id = format!("nic{slot}");
+    if let Err(e) = qmp.execute("device_del", json!({"id": id})).await {
+        tracing::warn!("cannot unplug {id}: {e}");
+        return;
+    }
+    if !qmp.wait_device_deleted(&id, UNPLUG_WAIT).await {
+        tracing::warn!("the guest did not let {id} go within {UNPLUG_WAIT:?}");
+        return;
+    }
+    if let Err(e) = qmp
+        .execute("netdev_del", json!({"id": format!("net{slot}")}))
+        .await
+    {
+        tracing::warn!("cannot remove net{slot}: {e}");
+    }
+}
+
+async fn tell_guest(mux: &Mux, network: &GuestNetwork) -> Result<(), HotplugError> {
+    let mut s = mux
+        .open_typed(&StreamHeader::Network)
+        .await
+        .map_err(HotplugError::Channel)?;
+    write_frame(&mut s, network)
+        .await
+        .map_err(HotplugError::Channel)?;
+    let answer = tokio::time::timeout(
+        GUEST_WAIT,
+        read_frame_limited::<_, NetworkUpdated>(&mut s, runvm_protocol::framing::MAX_SMALL_FRAME),
+    )
+    .await
+    .map_err(|_| HotplugError::Guest(format!("no answer within {GUEST_WAIT:?}")))?
+    .map_err(HotplugError::Channel)?;
+    match answer.error {
+        None => Ok(()),
+        Some(e) => Err(HotplugError::Guest(e)),
+    }
+}
