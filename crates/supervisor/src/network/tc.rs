@@ -10,6 +10,15 @@
 //! discovery go to both, since both stacks use the container's addresses
 //! (the VM for everything, the namespace for those lookups).
 //!
+//! A large answer (EDNS) may come in IP fragments, and only the first
+//! fragment carries the ports: it goes to the namespace like any answer,
+//! and every later fragment (fragment offset not zero) goes to both
+//! stacks, since it cannot tell whose it is. Each stack reassembles what it
+//! has the first fragment of and silently drops the rest after its
+//! reassembly timeout (no ICMP error is sent without the first fragment).
+//! u32 has no "not zero" test, so a later fragment is matched by each of
+//! the offset's 13 bits in turn.
+//!
 //! Filters are u32 classifiers, described here as data ([`Filter`],
 //! [`U32`]) so that what they match is tested without root.
 
@@ -32,6 +41,13 @@ pub enum Match {
     /// An answer from port 53 to one of the namespace's ephemeral ports,
     /// over UDP or TCP, IPv4 or IPv6.
     ResolverAnswer { ipv6: bool, tcp: bool },
+    /// The first fragment of an answer from port 53 over UDP and IPv6 to
+    /// one of the namespace's ephemeral ports (IPv4 first fragments carry
+    /// their ports where unfragmented packets do).
+    ResolverAnswerFirstFragmentV6,
+    /// An IP fragment that is not the first: bit `bit` (0–12) of its
+    /// fragment offset is set.
+    LaterFragment { ipv6: bool, bit: u8 },
     /// Any ARP frame.
     Arp,
     /// ICMPv6 neighbour solicitation (135) or advertisement (136).
@@ -83,6 +99,16 @@ pub fn filters() -> Vec<Filter> {
             );
         }
     }
+    add(
+        Side::Link,
+        Match::ResolverAnswerFirstFragmentV6,
+        Action::Stack,
+    );
+    for ipv6 in [false, true] {
+        for bit in 0..13 {
+            add(Side::Link, Match::LaterFragment { ipv6, bit }, Action::Copy);
+        }
+    }
     add(Side::Link, Match::Arp, Action::Copy);
     for icmp_type in [ND_SOLICITATION, ND_ADVERTISEMENT] {
         add(Side::Link, Match::Neighbour { icmp_type }, Action::Copy);
@@ -101,6 +127,7 @@ const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IPV6: u16 = 0x86dd;
 
 const IPPROTO_TCP: u32 = 6;
+const IPPROTO_FRAGMENT: u32 = 44;
 const IPPROTO_UDP: u32 = 17;
 const IPPROTO_ICMPV6: u32 = 58;
 
@@ -154,6 +181,13 @@ impl Match {
                         mask: 0x0f00_0000,
                         value: 0x0500_0000,
                     },
+                    // Identification | flags | fragment offset: offset 0,
+                    // so the ports are really there.
+                    Key {
+                        offset: 4,
+                        mask: 0x0000_1fff,
+                        value: 0,
+                    },
                     // TTL | protocol | checksum.
                     Key {
                         offset: 8,
@@ -178,6 +212,51 @@ impl Match {
                     Key {
                         offset: 40,
                         ..ports
+                    },
+                ],
+            },
+            Match::ResolverAnswerFirstFragmentV6 => U32 {
+                protocol: ETH_P_IPV6,
+                keys: vec![
+                    Key {
+                        offset: 4,
+                        mask: 0x0000_ff00,
+                        value: IPPROTO_FRAGMENT << 8,
+                    },
+                    // Fragment header: next header | reserved | offset,
+                    // flags: UDP, offset 0.
+                    Key {
+                        offset: 40,
+                        mask: 0xff00_fff8,
+                        value: IPPROTO_UDP << 24,
+                    },
+                    Key {
+                        offset: 48,
+                        ..ports
+                    },
+                ],
+            },
+            Match::LaterFragment { ipv6: false, bit } => U32 {
+                protocol: ETH_P_IP,
+                keys: vec![Key {
+                    offset: 4,
+                    mask: 1 << bit,
+                    value: 1 << bit,
+                }],
+            },
+            Match::LaterFragment { ipv6: true, bit } => U32 {
+                protocol: ETH_P_IPV6,
+                keys: vec![
+                    Key {
+                        offset: 4,
+                        mask: 0x0000_ff00,
+                        value: IPPROTO_FRAGMENT << 8,
+                    },
+                    // The offset is the fragment header's bits 3–15.
+                    Key {
+                        offset: 40,
+                        mask: 1 << (3 + bit),
+                        value: 1 << (3 + bit),
                     },
                 ],
             },
@@ -235,6 +314,41 @@ mod tests {
         if options {
             p.extend([1, 1, 1, 1]);
         }
+        p.extend(sport.to_be_bytes());
+        p.extend(dport.to_be_bytes());
+        p.extend([0; 8]);
+        p
+    }
+
+    /// An IPv4 fragment at `offset` (in 8-byte units) of a UDP datagram;
+    /// the first carries the UDP header.
+    fn ipv4_fragment(offset: u16, more: bool, sport: u16, dport: u16) -> Vec<u8> {
+        let field = offset | if more { 0x2000 } else { 0 };
+        let mut p = vec![0x45, 0, 0, 0, 0x12, 0x34];
+        p.extend(field.to_be_bytes());
+        p.extend([64, 17, 0, 0, 172, 18, 0, 1, 172, 18, 0, 2]);
+        if offset == 0 {
+            p.extend(sport.to_be_bytes());
+            p.extend(dport.to_be_bytes());
+            p.extend([0; 8]);
+        } else {
+            // Payload bytes that look like ports 53 → 62000.
+            p.extend(53u16.to_be_bytes());
+            p.extend(62000u16.to_be_bytes());
+            p.extend([0; 8]);
+        }
+        p
+    }
+
+    /// An IPv6 packet with a fragment header at `offset`; the first
+    /// fragment carries the UDP header.
+    fn ipv6_fragment(offset: u16, more: bool, sport: u16, dport: u16) -> Vec<u8> {
+        let mut p = vec![0x60, 0, 0, 0, 0, 16, 44, 64];
+        p.extend([0; 32]);
+        let field = (offset << 3) | u16::from(more);
+        p.extend([17, 0]);
+        p.extend(field.to_be_bytes());
+        p.extend([0, 0, 0x12, 0x34]);
         p.extend(sport.to_be_bytes());
         p.extend(dport.to_be_bytes());
         p.extend([0; 8]);
@@ -315,17 +429,70 @@ mod tests {
             fate(Side::Link, ETH_P_IPV6, &ipv6(17, ports(53, 40000))),
             TO_VM
         );
-        // An ICMPv6 echo is the VM's; a fragment header hides the ports.
+        // An ICMPv6 echo is the VM's.
         assert_eq!(
             fate(Side::Link, ETH_P_IPV6, &ipv6(58, [128, 0, 0, 0])),
             TO_VM
         );
-        assert_eq!(
-            fate(Side::Link, ETH_P_IPV6, &ipv6(44, ports(53, 62000))),
-            TO_VM
-        );
         // A truncated packet matches no key.
         assert_eq!(fate(Side::Link, ETH_P_IP, &[0x45, 0, 0]), TO_VM);
+    }
+
+    #[test]
+    fn a_fragmented_answer_reaches_the_namespace_whole() {
+        // IPv4: the first fragment by its ports, every later one by its
+        // offset (whatever its payload looks like), to both stacks.
+        assert_eq!(
+            fate(Side::Link, ETH_P_IP, &ipv4_fragment(0, true, 53, 62000)),
+            TO_STACK
+        );
+        for offset in [1, 185, 0x1000, 0x1fff] {
+            for more in [true, false] {
+                assert_eq!(
+                    fate(Side::Link, ETH_P_IP, &ipv4_fragment(offset, more, 0, 0)),
+                    TO_BOTH,
+                    "offset {offset}"
+                );
+            }
+        }
+        // IPv6 likewise.
+        assert_eq!(
+            fate(Side::Link, ETH_P_IPV6, &ipv6_fragment(0, true, 53, 62000)),
+            TO_STACK
+        );
+        for offset in [1, 181, 0x1fff] {
+            assert_eq!(
+                fate(Side::Link, ETH_P_IPV6, &ipv6_fragment(offset, false, 0, 0)),
+                TO_BOTH,
+                "offset {offset}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_vms_own_fragmented_datagrams_reach_it_whole() {
+        // The first fragment goes to the VM only; the later ones reach it
+        // too (and the namespace, which drops them).
+        assert_eq!(
+            fate(Side::Link, ETH_P_IP, &ipv4_fragment(0, true, 5000, 6000)),
+            TO_VM
+        );
+        assert_eq!(
+            fate(Side::Link, ETH_P_IP, &ipv4_fragment(0, true, 53, 40000)),
+            TO_VM
+        );
+        assert_eq!(
+            fate(Side::Link, ETH_P_IP, &ipv4_fragment(185, false, 0, 0)),
+            TO_BOTH
+        );
+        assert_eq!(
+            fate(Side::Link, ETH_P_IPV6, &ipv6_fragment(0, true, 5000, 6000)),
+            TO_VM
+        );
+        assert_eq!(
+            fate(Side::Link, ETH_P_IPV6, &ipv6_fragment(9, false, 0, 0)),
+            TO_BOTH
+        );
     }
 
     #[test]
