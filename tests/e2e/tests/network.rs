@@ -51,6 +51,18 @@ fn containers_reach_each_other_by_ip() {
     assert_same(&runc, &runvm, "B's output");
 }
 
+/// A detached runvm container on `net` running `script` (which prints
+/// `up` when ready), and its address there (`field` of the network's
+/// settings: `IPAddress` or `GlobalIPv6Address`).
+fn vm_on(net: &str, tag: &str, script: &str, field: &str) -> (Container, String) {
+    let c = Container::run_detached(tag, "runvm", &["--network", net, IMAGE, "sh", "-c", script]);
+    c.wait_for_log("up", Duration::from_secs(120));
+    let ip = c.inspect(&format!(
+        "{{{{(index .NetworkSettings.Networks \"{net}\").{field}}}}}"
+    ));
+    (c, ip)
+}
+
 /// The container's addresses and routes with the parts that differ from
 /// one container to the next left out: interface index (and so the order
 /// of the interfaces, which under runc follows the order in which Docker
@@ -146,23 +158,12 @@ fn dual_stack_user_network() {
     let subnet = format!("fd00:7e:{:x}::/64", std::process::id() & 0xffff);
     let net = Network::create("net-v6", &["--ipv6", "--subnet", &subnet]);
     let _slots = vm_slots(2);
-    let server = Container::run_detached(
+    let (_server, server_ip) = vm_on(
+        &net.name,
         "v6-server",
-        "runvm",
-        &[
-            "--network",
-            &net.name,
-            IMAGE,
-            "sh",
-            "-c",
-            "while true; do nc -l -p 8080 -e echo hi-over-ipv6; done & echo up; wait",
-        ],
+        "while true; do nc -l -p 8080 -e echo hi-over-ipv6; done & echo up; wait",
+        "GlobalIPv6Address",
     );
-    server.wait_for_log("up", Duration::from_secs(120));
-    let server_ip = server.inspect(&format!(
-        "{{{{(index .NetworkSettings.Networks \"{}\").GlobalIPv6Address}}}}",
-        net.name
-    ));
     assert!(
         server_ip.parse::<std::net::Ipv6Addr>().is_ok(),
         "the server has no IPv6 address: {server_ip:?}"
@@ -206,23 +207,7 @@ fn jumbo_frames_on_an_mtu_9000_network() {
         &["--opt", "com.docker.network.driver.mtu=9000"],
     );
     let _slots = vm_slots(2);
-    let peer = Container::run_detached(
-        "jumbo-peer",
-        "runvm",
-        &[
-            "--network",
-            &net.name,
-            IMAGE,
-            "sh",
-            "-c",
-            "echo up; sleep 600",
-        ],
-    );
-    peer.wait_for_log("up", Duration::from_secs(120));
-    let peer_ip = peer.inspect(&format!(
-        "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
-        net.name
-    ));
+    let (_peer, peer_ip) = vm_on(&net.name, "jumbo-peer", "echo up; sleep 600", "IPAddress");
     // Fragments would be counted by the guest's kernel: none may be made.
     let script = format!(
         "cat /sys/class/net/eth0/mtu; \

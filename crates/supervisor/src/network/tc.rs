@@ -149,6 +149,16 @@ pub struct U32 {
     pub keys: Vec<Key>,
 }
 
+/// The IPv6 header's next header is `proto` (payload length | next header
+/// | hop limit).
+fn next_header(proto: u32) -> Key {
+    Key {
+        offset: 4,
+        mask: 0x0000_ff00,
+        value: proto << 8,
+    }
+}
+
 impl Match {
     /// The protocol and keys that select these frames.
     ///
@@ -203,12 +213,7 @@ impl Match {
             Match::ResolverAnswer { ipv6: true, tcp } => U32 {
                 protocol: ETH_P_IPV6,
                 keys: vec![
-                    // Payload length | next header | hop limit.
-                    Key {
-                        offset: 4,
-                        mask: 0x0000_ff00,
-                        value: proto(tcp) << 8,
-                    },
+                    next_header(proto(tcp)),
                     Key {
                         offset: 40,
                         ..ports
@@ -218,11 +223,7 @@ impl Match {
             Match::ResolverAnswerFirstFragmentV6 => U32 {
                 protocol: ETH_P_IPV6,
                 keys: vec![
-                    Key {
-                        offset: 4,
-                        mask: 0x0000_ff00,
-                        value: IPPROTO_FRAGMENT << 8,
-                    },
+                    next_header(IPPROTO_FRAGMENT),
                     // Fragment header: next header | reserved | offset,
                     // flags: UDP, offset 0.
                     Key {
@@ -247,11 +248,7 @@ impl Match {
             Match::LaterFragment { ipv6: true, bit } => U32 {
                 protocol: ETH_P_IPV6,
                 keys: vec![
-                    Key {
-                        offset: 4,
-                        mask: 0x0000_ff00,
-                        value: IPPROTO_FRAGMENT << 8,
-                    },
+                    next_header(IPPROTO_FRAGMENT),
                     // The offset is the fragment header's bits 3–15.
                     Key {
                         offset: 40,
@@ -263,11 +260,7 @@ impl Match {
             Match::Neighbour { icmp_type } => U32 {
                 protocol: ETH_P_IPV6,
                 keys: vec![
-                    Key {
-                        offset: 4,
-                        mask: 0x0000_ff00,
-                        value: IPPROTO_ICMPV6 << 8,
-                    },
+                    next_header(IPPROTO_ICMPV6),
                     Key {
                         offset: 40,
                         mask: 0xff00_0000,
