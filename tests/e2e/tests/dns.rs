@@ -168,7 +168,7 @@ struct Upstream {
 }
 
 impl Upstream {
-    fn start(name: &str, answer: Ipv4Addr) -> Self {
+    fn start(name: &str, answer: Ipv4Addr, extra: &[&str]) -> Self {
         let id = std::process::id();
         let link = format!("rvdns{}", id % 100_000);
         let address = Ipv4Addr::new(10, 254, (id >> 8) as u8, (id as u8).max(1));
@@ -180,7 +180,8 @@ impl Upstream {
         host_sh(&format!(
             "dnsmasq --pid-file={pidfile} --listen-address={address} --bind-interfaces \
              --port=53 --no-resolv --no-hosts --log-facility=/dev/null \
-             --address=/{name}/{answer}"
+             --address=/{name}/{answer} {}",
+            extra.join(" ")
         ))
         .assert_code(0, "start dnsmasq");
         let pid = std::fs::read_to_string(&pidfile)
@@ -203,7 +204,7 @@ impl Drop for Upstream {
 /// reaches dockerd there rather than the VM.
 #[e2e_test]
 fn names_dockerd_forwards_upstream_resolve_in_the_vm() {
-    let upstream = Upstream::start("only-upstream.runvm.test", Ipv4Addr::new(10, 9, 8, 7));
+    let upstream = Upstream::start("only-upstream.runvm.test", Ipv4Addr::new(10, 9, 8, 7), &[]);
     let net = Network::create("dns-up", &[]);
     let dns = upstream.address.to_string();
     let script = format!(
@@ -235,4 +236,41 @@ fn names_dockerd_forwards_upstream_resolve_in_the_vm() {
         );
     }
     assert_same(&runc, &runvm, "lookups forwarded upstream");
+}
+
+/// An answer too large for one packet (EDNS, over 1500 bytes) that dockerd
+/// forwards upstream comes back in IP fragments: it reaches dockerd in the
+/// container's namespace whole, and so the workload in the VM.
+#[e2e_test]
+fn a_fragmented_upstream_answer_arrives_whole() {
+    // Nine strings of 250 bytes: about 2.3 KB of TXT record.
+    let strings: Vec<String> = (b'a'..=b'i')
+        .map(|c| char::from(c).to_string().repeat(250))
+        .collect();
+    let record = format!("--txt-record=big.runvm.test,{}", strings.join(","));
+    let upstream = Upstream::start(
+        "only-upstream.runvm.test",
+        Ipv4Addr::new(10, 9, 8, 7),
+        &["--edns-packet-max=4096", &record],
+    );
+    let net = Network::create("dns-frag", &[]);
+    let dns = upstream.address.to_string();
+    let (runc, runvm) = run_both(
+        &["--network", &net.name, "--dns", &dns],
+        &[IMAGE, "nettool", "dns-txt", "127.0.0.11", "big.runvm.test"],
+        None,
+    );
+    runc.assert_code(0, "runc: the large answer");
+    let out = runc.stdout_str();
+    let size: usize = out
+        .strip_prefix("answer ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no size: {}", runc.describe()));
+    assert!(
+        size > 1500 && out.ends_with("tc 0, 1 records\n"),
+        "{}",
+        runc.describe()
+    );
+    assert_same(&runc, &runvm, "a fragmented answer");
 }
