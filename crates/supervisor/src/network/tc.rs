@@ -32,6 +32,17 @@ pub enum Match {
     /// An answer from port 53 to one of the namespace's ephemeral ports,
     /// over UDP or TCP, IPv4 or IPv6.
     ResolverAnswer { ipv6: bool, tcp: bool },
+    /// The first fragment of an IPv6 UDP answer from port 53 to one of the
+    /// namespace's ephemeral ports (an answer larger than the MTU, with a
+    /// large EDNS buffer).
+    ResolverAnswerFirstFragment,
+    /// An IPv4 packet that is no later fragment (fragment offset 0), or
+    /// an IPv6 one with a fragment header of offset 0.
+    NoLaterFragment { ipv6: bool },
+    /// Every IPv4 packet, or every IPv6 one with a fragment header: placed
+    /// after [`Match::NoLaterFragment`], the later fragments, which carry
+    /// no ports.
+    LaterFragment { ipv6: bool },
     /// Any ARP frame.
     Arp,
     /// ICMPv6 neighbour solicitation (135) or advertisement (136).
@@ -83,9 +94,26 @@ pub fn filters() -> Vec<Filter> {
             );
         }
     }
+    add(
+        Side::Link,
+        Match::ResolverAnswerFirstFragment,
+        Action::Stack,
+    );
     add(Side::Link, Match::Arp, Action::Copy);
     for icmp_type in [ND_SOLICITATION, ND_ADVERTISEMENT] {
         add(Side::Link, Match::Neighbour { icmp_type }, Action::Copy);
+    }
+    // The later fragments of a datagram carry no ports: whose they are
+    // cannot be told. Both stacks get them; each reassembles the datagrams
+    // whose first fragment it got, and lets the rest expire (silently:
+    // without the first fragment no error is sent).
+    for ipv6 in [false, true] {
+        add(
+            Side::Link,
+            Match::NoLaterFragment { ipv6 },
+            Action::Redirect,
+        );
+        add(Side::Link, Match::LaterFragment { ipv6 }, Action::Copy);
     }
     add(Side::Link, Match::Everything, Action::Redirect);
     add(Side::Tap, Match::Everything, Action::Redirect);
@@ -101,6 +129,7 @@ const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IPV6: u16 = 0x86dd;
 
 const IPPROTO_TCP: u32 = 6;
+const IPPROTO_FRAGMENT: u32 = 44;
 const IPPROTO_UDP: u32 = 17;
 const IPPROTO_ICMPV6: u32 = 58;
 
@@ -126,9 +155,11 @@ impl Match {
     /// The protocol and keys that select these frames.
     ///
     /// IPv4 answers are matched only without IP options (header length 5
-    /// words), so the ports sit at a fixed offset; IPv6 ones only without
-    /// extension headers. An answer that has either goes to the VM and is
-    /// lost to dockerd, which then asks again: no resolver adds them.
+    /// words), so the ports sit at a fixed offset, and only in a first
+    /// fragment or a whole datagram (in a later fragment those bytes are
+    /// data); IPv6 ones only without extension headers, or with just a
+    /// fragment header. An answer with other headers goes to the VM and
+    /// is lost to dockerd, which then asks again: no resolver adds them.
     pub fn u32(&self) -> U32 {
         let ports = Key {
             offset: 0,
@@ -136,6 +167,18 @@ impl Match {
             value: (53 << 16) | u32::from(LOCAL_PORTS_MASK),
         };
         let proto = |tcp: bool| if tcp { IPPROTO_TCP } else { IPPROTO_UDP };
+        // Identification | flags | fragment offset: offset 0.
+        let v4_offset_0 = Key {
+            offset: 4,
+            mask: 0x0000_1fff,
+            value: 0,
+        };
+        // Payload length | next header | hop limit.
+        let v6_next = |next: u32| Key {
+            offset: 4,
+            mask: 0x0000_ff00,
+            value: next << 8,
+        };
         match *self {
             Match::Everything => U32 {
                 protocol: ETH_P_ALL,
@@ -154,6 +197,7 @@ impl Match {
                         mask: 0x0f00_0000,
                         value: 0x0500_0000,
                     },
+                    v4_offset_0,
                     // TTL | protocol | checksum.
                     Key {
                         offset: 8,
@@ -166,15 +210,50 @@ impl Match {
                     },
                 ],
             },
+            Match::ResolverAnswerFirstFragment => U32 {
+                protocol: ETH_P_IPV6,
+                keys: vec![
+                    v6_next(IPPROTO_FRAGMENT),
+                    // Fragment header: next header | reserved | offset,
+                    // flags: UDP, offset 0.
+                    Key {
+                        offset: 40,
+                        mask: 0xff00_fff8,
+                        value: IPPROTO_UDP << 24,
+                    },
+                    Key {
+                        offset: 48,
+                        ..ports
+                    },
+                ],
+            },
+            Match::NoLaterFragment { ipv6: false } => U32 {
+                protocol: ETH_P_IP,
+                keys: vec![v4_offset_0],
+            },
+            Match::NoLaterFragment { ipv6: true } => U32 {
+                protocol: ETH_P_IPV6,
+                keys: vec![
+                    v6_next(IPPROTO_FRAGMENT),
+                    Key {
+                        offset: 40,
+                        mask: 0x0000_fff8,
+                        value: 0,
+                    },
+                ],
+            },
+            Match::LaterFragment { ipv6: false } => U32 {
+                protocol: ETH_P_IP,
+                keys: Vec::new(),
+            },
+            Match::LaterFragment { ipv6: true } => U32 {
+                protocol: ETH_P_IPV6,
+                keys: vec![v6_next(IPPROTO_FRAGMENT)],
+            },
             Match::ResolverAnswer { ipv6: true, tcp } => U32 {
                 protocol: ETH_P_IPV6,
                 keys: vec![
-                    // Payload length | next header | hop limit.
-                    Key {
-                        offset: 4,
-                        mask: 0x0000_ff00,
-                        value: proto(tcp) << 8,
-                    },
+                    v6_next(proto(tcp)),
                     Key {
                         offset: 40,
                         ..ports
@@ -184,11 +263,7 @@ impl Match {
             Match::Neighbour { icmp_type } => U32 {
                 protocol: ETH_P_IPV6,
                 keys: vec![
-                    Key {
-                        offset: 4,
-                        mask: 0x0000_ff00,
-                        value: IPPROTO_ICMPV6 << 8,
-                    },
+                    v6_next(IPPROTO_ICMPV6),
                     Key {
                         offset: 40,
                         mask: 0xff00_0000,
@@ -321,11 +396,74 @@ mod tests {
             TO_VM
         );
         assert_eq!(
-            fate(Side::Link, ETH_P_IPV6, &ipv6(44, ports(53, 62000))),
+            fate(Side::Link, ETH_P_IPV6, &ipv6(44, [17, 0, 0, 0])),
+            TO_VM,
+            "the first fragment of a datagram that is no answer"
+        );
+        // A truncated packet matches no port key.
+        assert!(fate(Side::Link, ETH_P_IP, &[0x45, 0, 0]).0);
+    }
+
+    /// `ipv4` as a fragment at `offset` (in 8-byte units), more to come.
+    fn fragment(mut p: Vec<u8>, offset: u16) -> Vec<u8> {
+        let word = 0x2000 | offset; // MF
+        p[6..8].copy_from_slice(&word.to_be_bytes());
+        p
+    }
+
+    /// An IPv6 packet with a fragment header (at `offset`, in 8-byte
+    /// units, more to come) before a UDP header from `sport` to `dport`.
+    fn ipv6_fragment(offset: u16, sport: u16, dport: u16) -> Vec<u8> {
+        let mut p = vec![0x60, 0, 0, 0, 0, 24, 44, 64];
+        p.extend([0; 32]);
+        p.extend([17, 0]);
+        p.extend(((offset << 3) | 1).to_be_bytes());
+        p.extend([0, 0, 0, 1]);
+        p.extend(ports(sport, dport));
+        p.extend([0; 12]);
+        p
+    }
+
+    #[test]
+    fn an_answer_larger_than_the_mtu_reaches_the_namespace_whole() {
+        // dockerd forwards a query with a 4096-byte EDNS buffer; the 3 KB
+        // answer comes in fragments, and only the first has ports.
+        let first = fragment(ipv4(17, 53, 62000, false), 0);
+        assert_eq!(fate(Side::Link, ETH_P_IP, &first), TO_STACK);
+        // The later ones: bytes of the answer where the ports would be.
+        for data in [(53, 62000), (1, 2), (0x1234, 0x5678)] {
+            let later = fragment(ipv4(17, data.0, data.1, false), 185);
+            let (vm, stack) = fate(Side::Link, ETH_P_IP, &later);
+            assert!(stack, "the namespace lacks a fragment of {data:?}");
+            assert!(vm, "the VM lacks a fragment of {data:?}");
+        }
+        assert_eq!(
+            fate(Side::Link, ETH_P_IPV6, &ipv6_fragment(0, 53, 62000)),
+            TO_STACK
+        );
+        assert_eq!(
+            fate(Side::Link, ETH_P_IPV6, &ipv6_fragment(0, 53, 40000)),
             TO_VM
         );
-        // A truncated packet matches no key.
-        assert_eq!(fate(Side::Link, ETH_P_IP, &[0x45, 0, 0]), TO_VM);
+        assert_eq!(
+            fate(Side::Link, ETH_P_IPV6, &ipv6_fragment(150, 53, 62000)),
+            TO_BOTH
+        );
+    }
+
+    #[test]
+    fn the_vms_own_fragmented_datagrams_reach_it_whole() {
+        // A first fragment that is no answer is the VM's alone; its later
+        // fragments reach the VM too (and the namespace, which drops them).
+        let first = fragment(ipv4(17, 5000, 6000, false), 0);
+        assert_eq!(fate(Side::Link, ETH_P_IP, &first), TO_VM);
+        let (vm, _) = fate(Side::Link, ETH_P_IP, &fragment(ipv4(17, 0, 0, false), 100));
+        assert!(vm);
+        // A whole datagram is not copied.
+        assert_eq!(
+            fate(Side::Link, ETH_P_IP, &ipv4(17, 5000, 6000, false)),
+            TO_VM
+        );
     }
 
     #[test]
