@@ -222,14 +222,18 @@ async fn sync(
     }
     // 2. New links get NICs on free slots.
     let changes = diff(plugged, routes, &plan, &snapshot);
+    let mut new_nics = false;
     for (nic, slot) in changes.plug {
-        if let Err(e) = plug_link(&mut ops, qmp, plugged, nic, slot).await {
-            failed.get_or_insert(e);
+        match plug_link(&mut ops, qmp, plugged, nic, slot).await {
+            Ok(()) => new_nics = true,
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
         }
     }
     // 3. The guest configures them (and any change of addresses, MTU or
     //    routes).
-    if diff(plugged, routes, &plan, &snapshot).tell_guest {
+    if new_nics || changes.tell_guest {
         let network = guest_network(plugged, &plan, dns_relay);
         match tell_guest(mux, &network).await {
             Ok(()) => *routes = network.routes,
