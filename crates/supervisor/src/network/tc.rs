@@ -6,9 +6,11 @@
 //! that dockerd's embedded resolver forwarded upstream from inside the
 //! namespace: those come from port 53 to one of the namespace's own
 //! ephemeral ports ([`runvm_contract::netns::LOCAL_PORTS`]) and go to the
-//! namespace's stack, where dockerd waits for them. ARP and IPv6 neighbour
-//! discovery go to both, since both stacks use the container's addresses
-//! (the VM for everything, the namespace for those lookups).
+//! namespace's stack, where dockerd waits for them. ARP replies and IPv6
+//! neighbour advertisements go to both, since both stacks use the
+//! container's addresses (the VM for everything, the namespace for those
+//! lookups); requests and solicitations only to the VM, which alone
+//! answers them.
 //!
 //! Filters are u32 classifiers, described here as data ([`Filter`],
 //! [`U32`]) so that what they match is tested without root.
@@ -43,10 +45,10 @@ pub enum Match {
     /// after [`Match::NoLaterFragment`], the later fragments, which carry
     /// no ports.
     LaterFragment { ipv6: bool },
-    /// Any ARP frame.
-    Arp,
-    /// ICMPv6 neighbour solicitation (135) or advertisement (136).
-    Neighbour { icmp_type: u8 },
+    /// An ARP reply.
+    ArpReply,
+    /// An ICMPv6 neighbour advertisement.
+    NeighbourAdvertisement,
 }
 
 /// What happens to the frames a filter selects.
@@ -99,10 +101,13 @@ pub fn filters() -> Vec<Filter> {
         Match::ResolverAnswerFirstFragment,
         Action::Stack,
     );
-    add(Side::Link, Match::Arp, Action::Copy);
-    for icmp_type in [ND_SOLICITATION, ND_ADVERTISEMENT] {
-        add(Side::Link, Match::Neighbour { icmp_type }, Action::Copy);
-    }
+    // The namespace's stack resolves its gateway's address for the
+    // lookups dockerd forwards: it gets the replies too. Requests (and
+    // solicitations) are the VM's alone, which answers for the container
+    // with its MAC: were the namespace to answer too, every peer would get
+    // two replies, conflicting ones once the guest changes its MAC.
+    add(Side::Link, Match::ArpReply, Action::Copy);
+    add(Side::Link, Match::NeighbourAdvertisement, Action::Copy);
     // The later fragments of a datagram carry no ports: whose they are
     // cannot be told. Both stacks get them; each reassembles the datagrams
     // whose first fragment it got, and lets the rest expire (silently:
@@ -120,8 +125,8 @@ pub fn filters() -> Vec<Filter> {
     out
 }
 
-const ND_SOLICITATION: u8 = 135;
-const ND_ADVERTISEMENT: u8 = 136;
+const ND_ADVERTISEMENT: u32 = 136;
+const ARP_REPLY: u32 = 2;
 
 const ETH_P_ALL: u16 = 0x0003;
 const ETH_P_IP: u16 = 0x0800;
@@ -184,9 +189,14 @@ impl Match {
                 protocol: ETH_P_ALL,
                 keys: Vec::new(),
             },
-            Match::Arp => U32 {
+            Match::ArpReply => U32 {
                 protocol: ETH_P_ARP,
-                keys: Vec::new(),
+                // Hardware and protocol address lengths | operation.
+                keys: vec![Key {
+                    offset: 4,
+                    mask: 0x0000_ffff,
+                    value: ARP_REPLY,
+                }],
             },
             Match::ResolverAnswer { ipv6: false, tcp } => U32 {
                 protocol: ETH_P_IP,
@@ -260,14 +270,14 @@ impl Match {
                     },
                 ],
             },
-            Match::Neighbour { icmp_type } => U32 {
+            Match::NeighbourAdvertisement => U32 {
                 protocol: ETH_P_IPV6,
                 keys: vec![
                     v6_next(IPPROTO_ICMPV6),
                     Key {
                         offset: 40,
                         mask: 0xff00_0000,
-                        value: u32::from(icmp_type) << 24,
+                        value: ND_ADVERTISEMENT << 24,
                     },
                 ],
             },
@@ -467,14 +477,25 @@ mod tests {
     }
 
     #[test]
-    fn address_resolution_reaches_both_stacks() {
-        assert_eq!(fate(Side::Link, ETH_P_ARP, &[0, 1, 8, 0]), TO_BOTH);
-        for t in [135, 136] {
-            assert_eq!(
-                fate(Side::Link, ETH_P_IPV6, &ipv6(58, [t, 0, 0, 0])),
-                TO_BOTH
-            );
-        }
+    fn address_resolution_replies_reach_both_stacks_and_requests_the_vm_alone() {
+        // Ethernet/IPv4 ARP: hardware type, protocol type, lengths, operation.
+        let arp = |op: u8| [0, 1, 8, 0, 6, 4, 0, op];
+        assert_eq!(fate(Side::Link, ETH_P_ARP, &arp(2)), TO_BOTH, "a reply");
+        assert_eq!(
+            fate(Side::Link, ETH_P_ARP, &arp(1)),
+            TO_VM,
+            "a request: only the VM answers it"
+        );
+        assert_eq!(
+            fate(Side::Link, ETH_P_IPV6, &ipv6(58, [136, 0, 0, 0])),
+            TO_BOTH,
+            "an advertisement"
+        );
+        assert_eq!(
+            fate(Side::Link, ETH_P_IPV6, &ipv6(58, [135, 0, 0, 0])),
+            TO_VM,
+            "a solicitation: only the VM answers it"
+        );
         // Router advertisements and the rest of ICMPv6 are the VM's.
         assert_eq!(
             fate(Side::Link, ETH_P_IPV6, &ipv6(58, [134, 0, 0, 0])),
