@@ -169,9 +169,18 @@ struct Upstream {
 
 impl Upstream {
     fn start(name: &str, answer: Ipv4Addr) -> Self {
+        Self::start_with(&format!("--address=/{name}/{answer}"))
+    }
+
+    /// dnsmasq with `records` (its options) as what it knows.
+    fn start_with(records: &str) -> Self {
+        // One link and address per server, also for the tests that run
+        // at once.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = std::process::id();
-        let link = format!("rvdns{}", id % 100_000);
-        let address = Ipv4Addr::new(10, 254, (id >> 8) as u8, (id as u8).max(1));
+        let link = format!("rvdns{}x{n}", id % 100_000);
+        let address = Ipv4Addr::new(10, 254, (id >> 8) as u8 ^ (n as u8), (id as u8).max(1));
         host_sh(&format!(
             "ip link add {link} type bridge && ip addr add {address}/32 dev {link} && ip link set {link} up"
         ))
@@ -179,8 +188,7 @@ impl Upstream {
         let pidfile = format!("/tmp/{link}.pid");
         host_sh(&format!(
             "dnsmasq --pid-file={pidfile} --listen-address={address} --bind-interfaces \
-             --port=53 --no-resolv --no-hosts --log-facility=/dev/null \
-             --address=/{name}/{answer}"
+             --port=53 --no-resolv --no-hosts --log-facility=/dev/null {records}"
         ))
         .assert_code(0, "start dnsmasq");
         let pid = std::fs::read_to_string(&pidfile)
@@ -235,4 +243,78 @@ fn names_dockerd_forwards_upstream_resolve_in_the_vm() {
         );
     }
     assert_same(&runc, &runvm, "lookups forwarded upstream");
+}
+
+/// A query for the TXT records of `name` with an EDNS buffer of `edns`
+/// bytes.
+fn txt_query(name: &str, edns: u16) -> Vec<u8> {
+    let mut q = vec![0x52, 0x38, 1, 0, 0, 1, 0, 0, 0, 0, 0, 1];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend(label.as_bytes());
+    }
+    q.extend([0, 0, 16, 0, 1]);
+    // OPT: root name, type 41, class = the buffer size, TTL 0, no data.
+    q.extend([0, 0, 41]);
+    q.extend(edns.to_be_bytes());
+    q.extend([0, 0, 0, 0, 0, 0]);
+    q
+}
+
+/// Asks Docker's embedded resolver, from inside the network namespace of
+/// the process `pid` on the host (as the supervisor does, and as a runc
+/// container's process does), over UDP; the answer's size, if one came.
+fn ask_in_namespace(pid: &str, query: Vec<u8>) -> Option<usize> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).expect("the namespace");
+    std::thread::spawn(move || {
+        // The network namespace is per thread: this one only.
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        s.send_to(&query, "127.0.0.11:53").unwrap();
+        let mut buf = vec![0u8; 65536];
+        s.recv(&mut buf).ok()
+    })
+    .join()
+    .unwrap()
+}
+
+/// An upstream answer larger than the MTU (a lookup with a large EDNS
+/// buffer) comes back to dockerd in fragments, only the first of which has
+/// ports: it reaches dockerd whole in a runvm container's namespace, as in
+/// a runc container's, and is not lost to the VM.
+#[e2e_test]
+fn an_upstream_answer_larger_than_the_mtu_reaches_dockerd() {
+    let text = "x".repeat(200);
+    let records: Vec<String> = (0..15)
+        .map(|i| format!("--txt-record=big.runvm.test,{i}{text}"))
+        .collect();
+    let upstream = Upstream::start_with(&format!("--edns-packet-max=4096 {}", records.join(" ")));
+    let net = Network::create("dns-big", &[]);
+    let dns = upstream.address.to_string();
+    for runtime in ["runc", "runvm"] {
+        let _slot = (runtime == "runvm").then(|| vm_slots(1));
+        let c = Container::run_detached(
+            &format!("dns-big-{runtime}"),
+            runtime,
+            &[
+                "--network",
+                &net.name,
+                "--dns",
+                &dns,
+                IMAGE,
+                "sh",
+                "-c",
+                "echo up; sleep 600",
+            ],
+        );
+        // Under runvm the VM runs: the namespace's link is wired to it.
+        c.wait_for_log("up", Duration::from_secs(120));
+        let pid = c.inspect("{{.State.Pid}}");
+        let size = ask_in_namespace(&pid, txt_query("big.runvm.test", 4096));
+        assert!(
+            size.is_some_and(|n| n > 3000),
+            "{runtime}: the 3 KB answer, got {size:?} bytes"
+        );
+    }
 }
