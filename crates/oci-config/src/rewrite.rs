@@ -184,16 +184,33 @@ fn network_mode(linux: &Map<String, Value>) -> Result<(), RewriteError> {
             ns.iter()
                 .find(|n| n.get("type").and_then(Value::as_str) == Some("network"))
         });
-    match network.map(|n| n.get("path").and_then(Value::as_str).unwrap_or("")) {
-        Some("") => Ok(()),
-        None => Err(RewriteError::NetworkMode {
-            mode: "host",
-            why: "a VM runs its own kernel and cannot share the host's network stack; publish ports with -p or use a user-defined network",
-        }),
-        Some(_) => Err(RewriteError::NetworkMode {
+    let host = |path: &str| same_namespace(path, "/proc/self/ns/net");
+    match network.map(|n| n.get("path").and_then(Value::as_str)) {
+        Some(None | Some("")) => Ok(()),
+        // Docker 20.10 names the host's namespace by a path of its own
+        // (/var/run/docker/netns/default); runvm runs in that namespace.
+        None => Err(host_mode()),
+        Some(Some(path)) if host(path) => Err(host_mode()),
+        Some(Some(_)) => Err(RewriteError::NetworkMode {
             mode: "container:<name>",
             why: "a VM runs its own kernel and cannot share another container's network stack; put both containers on a user-defined network",
         }),
+    }
+}
+
+/// Whether two namespace files are the same namespace.
+fn same_namespace(a: &str, b: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+fn host_mode() -> RewriteError {
+    RewriteError::NetworkMode {
+        mode: "host",
+        why: "a VM runs its own kernel and cannot share the host's network stack; publish ports with -p or use a user-defined network",
     }
 }
 

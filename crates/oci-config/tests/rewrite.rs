@@ -440,6 +440,21 @@ fn only_a_private_network_namespace_is_accepted_and_gets_the_resolver_ports() {
             .starts_with("--network host is not supported by runvm: a VM runs its own kernel"),
         "{err}"
     );
+    // What Docker 20.10 writes for --network host: the host's namespace by
+    // path (/var/run/docker/netns/default, a bind mount of it), the one
+    // runvm itself runs in.
+    let mut host_by_path = fixture("docker-20.10-default.json");
+    for n in host_by_path["linux"]["namespaces"].as_array_mut().unwrap() {
+        if n["type"] == "network" {
+            n["path"] = json!("/proc/self/ns/net");
+        }
+    }
+    let err = rewrite_config(host_by_path, &opts(&[]), &host()).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("--network host is not supported by runvm"),
+        "{err}"
+    );
     // What Docker 20.10 writes for --network container:X.
     let mut joined = fixture("docker-20.10-default.json");
     for n in joined["linux"]["namespaces"].as_array_mut().unwrap() {

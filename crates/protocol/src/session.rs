@@ -32,18 +32,30 @@ pub enum MuxError {
     Yamux(#[from] yamux::ConnectionError),
 }
 
+/// Streams the host opens besides the processes' own: the DNS relay's, and
+/// one network update's at a time.
+pub const OTHER_STREAMS: usize = 2;
+
 /// Most streams the client (the side that opens them) has open at once.
 /// The host opens four per process (control, stdin, stdout, stderr), so
-/// this allows the container's init and 31 concurrent execs; the
-/// supervisor refuses execs beyond that before it opens any stream.
-pub const MAX_STREAMS: usize = 128;
+/// this allows the container's init and 31 concurrent execs, plus
+/// [`OTHER_STREAMS`]; the supervisor refuses execs beyond that before it
+/// opens any stream.
+pub const MAX_STREAMS: usize = 4 * 32 + OTHER_STREAMS;
+
+/// The limit yamux enforces on the client. yamux refuses a stream beyond
+/// it by ending the whole session (the container would end with it), so it
+/// lies above [`MAX_STREAMS`], leaving room for streams that were closed
+/// but that yamux has not forgotten yet.
+const CLIENT_STREAM_LIMIT: usize = MAX_STREAMS + 32;
+const _: () = assert!(MAX_STREAMS / 4 * 4 + OTHER_STREAMS == MAX_STREAMS);
 
 /// Most streams the server holds at once: more than the client may open,
 /// since the server forgets a stream the client closed a little later than
 /// the client does. (A peer that opens a stream beyond this, or overruns a
 /// window, gets a go-away frame and the excess is refused; yamux keeps the
 /// session until the peer closes it, and buffers nothing more.)
-pub const SERVER_MAX_STREAMS: usize = 2 * MAX_STREAMS;
+pub const SERVER_MAX_STREAMS: usize = 2 * CLIENT_STREAM_LIMIT;
 
 /// Receive window, across all streams of a session, that yamux may grow
 /// beyond its fixed 256 KiB per stream (its auto-tuning for throughput).
@@ -52,7 +64,7 @@ const EXTRA_WINDOW: usize = 8 * 1024 * 1024;
 /// Largest total receive window of the client's side of a session: what a
 /// peer can make the host buffer, whatever it sends (yamux never buffers
 /// more than the credit it granted).
-pub const MAX_RECEIVE_WINDOW: usize = window_for(MAX_STREAMS);
+pub const MAX_RECEIVE_WINDOW: usize = window_for(CLIENT_STREAM_LIMIT);
 
 const fn window_for(streams: usize) -> usize {
     streams * yamux::DEFAULT_CREDIT as usize + EXTRA_WINDOW
@@ -63,7 +75,7 @@ const fn window_for(streams: usize) -> usize {
 /// no keep-alive pings, so a VM frozen by `docker pause` keeps its session.
 pub fn config(mode: Mode) -> yamux::Config {
     let streams = match mode {
-        Mode::Client => MAX_STREAMS,
+        Mode::Client => CLIENT_STREAM_LIMIT,
         Mode::Server => SERVER_MAX_STREAMS,
     };
     let mut c = yamux::Config::default();
@@ -387,24 +399,76 @@ mod tests {
             kept.len()
         });
         let mut open = Vec::new();
-        for _ in 0..MAX_STREAMS {
+        for _ in 0..CLIENT_STREAM_LIMIT {
             let mut s = host_mux.open().await.expect("within the cap");
             s.write_all(b"x").await.unwrap();
             open.push(s);
         }
         assert!(
             host_mux.open().await.is_err(),
-            "a stream beyond {MAX_STREAMS} is refused"
+            "a stream beyond {CLIENT_STREAM_LIMIT} is refused"
         );
         drop(open);
         drop(host_mux);
         let _ = tokio::time::timeout(Duration::from_secs(5), taker).await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_stream_the_host_may_open_at_once_leaves_the_session_working() {
+        // `docker run -i` on a network and 31 `docker exec -i` at once:
+        // four streams per process, the DNS relay's, a network update's.
+        let (h, g) = pair();
+        let (host_mux, _) = Mux::start(h, Mode::Client);
+        let (_guest_mux, mut guest_in) = Mux::start(g, Mode::Server);
+        let taker = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            while let Some(mut s) = guest_in.recv().await {
+                let h: StreamHeader = read_frame(&mut s).await.unwrap();
+                if h == (StreamHeader::Stdout { process: 999 }) {
+                    s.write_all(b"alive").await.unwrap();
+                    s.shutdown().await.unwrap();
+                }
+                kept.push(s);
+            }
+        });
+        let mut open = Vec::new();
+        for i in 0..4 * (1 + 31) + 2 {
+            let s = host_mux
+                .open_typed(&StreamHeader::Stdin { process: i })
+                .await
+                .unwrap_or_else(|e| panic!("stream {i}: {e}"));
+            open.push(s);
+        }
+        // Two closed streams are replaced at once by new ones, before
+        // yamux may have forgotten them.
+        open.truncate(open.len() - 2);
+        for i in 0..2 {
+            open.push(
+                host_mux
+                    .open_typed(&StreamHeader::Stdin { process: 500 + i })
+                    .await
+                    .unwrap(),
+            );
+        }
+        let mut last = host_mux
+            .open_typed(&StreamHeader::Stdout { process: 999 })
+            .await
+            .expect("the session still works");
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), last.read_to_end(&mut got))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert_eq!(got, b"alive");
+        drop(open);
+        drop(host_mux);
+        taker.abort();
+    }
+
     #[test]
     fn the_receive_window_is_bounded() {
         assert_eq!(
-            MAX_STREAMS * 256 * 1024 + 8 * 1024 * 1024,
+            CLIENT_STREAM_LIMIT * 256 * 1024 + 8 * 1024 * 1024,
             MAX_RECEIVE_WINDOW
         );
         // The settings are accepted by yamux (it asserts their consistency).

@@ -20,7 +20,9 @@ use crate::error::{Result, SupervisorError};
 use crate::relay;
 use crate::session::{self, Outcome};
 use runvm_protocol::framing::MAX_SMALL_FRAME;
-use runvm_protocol::session::{read_frame_limited, write_frame, Mode, Mux, MuxStream, MAX_STREAMS};
+use runvm_protocol::session::{
+    read_frame_limited, write_frame, Mode, Mux, MuxStream, MAX_STREAMS, OTHER_STREAMS,
+};
 use runvm_protocol::{GuestMessage, HostMessage, StreamHeader};
 
 use runvm_contract::sockets::EXEC as EXEC_SOCKET;
@@ -29,7 +31,7 @@ const BOOT_WAIT: Duration = Duration::from_secs(120);
 /// Execs that may run at once: each takes up to four streams of the
 /// agent's session, whose stream count is capped, and the container's init
 /// takes four more.
-pub const MAX_EXECS: usize = MAX_STREAMS / 4 - 1;
+pub const MAX_EXECS: usize = (MAX_STREAMS - OTHER_STREAMS) / 4 - 1;
 /// How long an exec client may take to name a stream it opened.
 const HEADER_WAIT: Duration = Duration::from_secs(30);
 

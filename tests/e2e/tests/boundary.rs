@@ -190,8 +190,8 @@ fn qemu_is_unprivileged_and_only_qemu_holds_the_taps() {
     assert_eq!(vfs.len(), 1, "one virtiofsd: {vfs:?}");
     assert_eq!(taps(vfs[0]), 0, "virtiofsd holds a tap");
     // Once the VM runs, every thread of the supervisor holds CAP_KILL
-    // (bit 5) and CAP_NET_ADMIN (bit 12, for networks connected while the
-    // container runs) at most, in every set.
+    // (bit 5) and CAP_NET_ADMIN (bit 12, for networks connected while it
+    // runs) at most, in every set.
     let sup = c.host_pids_of("runvm-superviso");
     assert_eq!(sup.len(), 1, "one supervisor: {sup:?}");
     for task in std::fs::read_dir(format!("/proc/{}/task", sup[0]))

@@ -168,10 +168,19 @@ struct Upstream {
 }
 
 impl Upstream {
-    fn start(name: &str, answer: Ipv4Addr, extra: &[&str]) -> Self {
+    fn start(name: &str, answer: Ipv4Addr) -> Self {
+        Self::start_with(&format!("--address=/{name}/{answer}"))
+    }
+
+    /// dnsmasq with `records` (its options) as what it knows.
+    fn start_with(records: &str) -> Self {
+        // One link and address per server, also for the tests that run
+        // at once.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = std::process::id();
-        let link = format!("rvdns{}", id % 100_000);
-        let address = Ipv4Addr::new(10, 254, (id >> 8) as u8, (id as u8).max(1));
+        let link = format!("rvdns{}x{n}", id % 100_000);
+        let address = Ipv4Addr::new(10, 254, (id >> 8) as u8 ^ (n as u8), (id as u8).max(1));
         host_sh(&format!(
             "ip link add {link} type bridge && ip addr add {address}/32 dev {link} && ip link set {link} up"
         ))
@@ -179,9 +188,7 @@ impl Upstream {
         let pidfile = format!("/tmp/{link}.pid");
         host_sh(&format!(
             "dnsmasq --pid-file={pidfile} --listen-address={address} --bind-interfaces \
-             --port=53 --no-resolv --no-hosts --log-facility=/dev/null \
-             --address=/{name}/{answer} {}",
-            extra.join(" ")
+             --port=53 --no-resolv --no-hosts --log-facility=/dev/null {records}"
         ))
         .assert_code(0, "start dnsmasq");
         let pid = std::fs::read_to_string(&pidfile)
@@ -204,7 +211,7 @@ impl Drop for Upstream {
 /// reaches dockerd there rather than the VM.
 #[e2e_test]
 fn names_dockerd_forwards_upstream_resolve_in_the_vm() {
-    let upstream = Upstream::start("only-upstream.runvm.test", Ipv4Addr::new(10, 9, 8, 7), &[]);
+    let upstream = Upstream::start("only-upstream.runvm.test", Ipv4Addr::new(10, 9, 8, 7));
     let net = Network::create("dns-up", &[]);
     let dns = upstream.address.to_string();
     let script = format!(
@@ -239,20 +246,19 @@ fn names_dockerd_forwards_upstream_resolve_in_the_vm() {
 }
 
 /// An answer too large for one packet (EDNS, over 1500 bytes) that dockerd
-/// forwards upstream comes back in IP fragments: it reaches dockerd in the
-/// container's namespace whole, and so the workload in the VM.
+/// forwards upstream comes back in IP fragments, only the first of which
+/// has ports: it reaches dockerd in the container's namespace whole, and
+/// so the workload in the VM, as under runc.
 #[e2e_test]
 fn a_fragmented_upstream_answer_arrives_whole() {
     // Nine strings of 250 bytes: about 2.3 KB of TXT record.
     let strings: Vec<String> = (b'a'..=b'i')
         .map(|c| char::from(c).to_string().repeat(250))
         .collect();
-    let record = format!("--txt-record=big.runvm.test,{}", strings.join(","));
-    let upstream = Upstream::start(
-        "only-upstream.runvm.test",
-        Ipv4Addr::new(10, 9, 8, 7),
-        &["--edns-packet-max=4096", &record],
-    );
+    let upstream = Upstream::start_with(&format!(
+        "--edns-packet-max=4096 --txt-record=big.runvm.test,{}",
+        strings.join(",")
+    ));
     let net = Network::create("dns-frag", &[]);
     let dns = upstream.address.to_string();
     let (runc, runvm) = run_both(

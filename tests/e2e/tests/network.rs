@@ -491,3 +491,85 @@ fn addressing_and_name_options_as_under_runc() {
     assert_eq!(mac("runc"), "02:42:0a:fb:00:78\n");
     assert_eq!(mac("runvm"), "02:42:0a:fb:00:78\n");
 }
+
+/// `docker network disconnect N c && docker network connect N c`, which
+/// Docker does within one burst of namespace changes: the VM's NIC is
+/// replaced by one for the new link (same MAC, same address), and a
+/// network connected afterwards still reaches the VM. The checks ping
+/// from inside the container: a peer's ping to its address would be
+/// answered by the namespace's own stack even with no NIC in the VM.
+#[e2e_test]
+fn a_network_reconnected_at_once_reaches_the_vm_again() {
+    let net_a = Network::create("recon-a", &[]);
+    let net_b = Network::create("recon-b", &[]);
+    let peer_a = Container::run_detached(
+        "recon-peer-a",
+        "runc",
+        &["--network", &net_a.name, IMAGE, "sleep", "600"],
+    );
+    let peer_b = Container::run_detached(
+        "recon-peer-b",
+        "runc",
+        &["--network", &net_b.name, IMAGE, "sleep", "600"],
+    );
+    let ip = |c: &Container, net: &Network| {
+        c.inspect(&format!(
+            "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
+            net.name
+        ))
+    };
+    let _slot = vm_slots(1);
+    let c = Container::run_detached(
+        "recon",
+        "runvm",
+        &[
+            "--network",
+            &net_a.name,
+            IMAGE,
+            "sh",
+            "-c",
+            "echo up; sleep 600",
+        ],
+    );
+    c.wait_for_log("up", Duration::from_secs(120));
+    let reaches = |target: &str| {
+        run_cmd_quiet(
+            "docker",
+            &["exec", &c.name, "ping", "-c", "1", "-W", "1", target],
+            None,
+            COMMAND_TIMEOUT,
+        )
+        .code
+            == 0
+    };
+    for round in 1..=2 {
+        let out = run_cmd_quiet(
+            "sh",
+            &[
+                "-c",
+                &format!(
+                    "docker network disconnect {n} {c} && docker network connect {n} {c}",
+                    n = net_a.name,
+                    c = c.name
+                ),
+            ],
+            None,
+            COMMAND_TIMEOUT,
+        );
+        out.assert_code(0, "disconnect && connect");
+        let target = ip(&peer_a, &net_a);
+        poll_until(
+            &format!("round {round}: the VM reaches {target} again"),
+            Duration::from_secs(20),
+            || reaches(&target).then_some(()),
+        );
+    }
+    docker(&["network", "connect", &net_b.name, &c.name], None)
+        .assert_code(0, "docker network connect");
+    let target = ip(&peer_b, &net_b);
+    poll_until(
+        &format!("the VM reaches {target} on the network connected afterwards"),
+        Duration::from_secs(20),
+        || reaches(&target).then_some(()),
+    );
+}

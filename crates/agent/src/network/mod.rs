@@ -113,12 +113,12 @@ pub async fn update<O: GuestNetOps>(
     wait: Duration,
 ) -> Result<(), NetError> {
     let deadline = tokio::time::Instant::now() + wait;
-    let mut links = ops.links().await?;
+    let mut links = in_service(ops.links().await?);
     while !new.interfaces.iter().all(|i| has_mac(&links, i.mac))
         && tokio::time::Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        links = ops.links().await?;
+        links = in_service(ops.links().await?);
     }
     let (gone_macs, gone_routes) = removed(old, new);
     for r in &gone_routes {
@@ -138,12 +138,23 @@ pub async fn update<O: GuestNetOps>(
         if let Some(link) = links.iter().find(|l| has_mac(std::slice::from_ref(l), mac)) {
             ops.flush_addresses(link.index, &link.name).await?;
             ops.set_down(link.index, &link.name).await?;
-            let aside = format!("gone{}", link.index);
+            let aside = format!("{RETIRED}{}", link.index);
             ops.rename(link.index, &link.name, &aside).await?;
         }
     }
-    let links = ops.links().await?;
+    let links = in_service(ops.links().await?);
     apply(ops, &plan(&new.interfaces, &new.routes, &links)?).await
+}
+
+/// The name prefix of a retired NIC, which waits for QEMU to unplug it.
+const RETIRED: &str = "gone";
+
+/// `links` without the retired NICs: a network connected again comes
+/// back with the same MAC, and its new NIC is the one to configure, even
+/// while the old one is still there.
+fn in_service(mut links: Vec<Link>) -> Vec<Link> {
+    links.retain(|l| !l.name.starts_with(RETIRED));
+    links
 }
 
 fn has_mac(links: &[Link], mac: MacAddr) -> bool {

@@ -685,3 +685,41 @@ fn an_update_whose_nic_never_comes_fails_naming_it() {
     .unwrap_err();
     assert!(matches!(err, NetError::NoNicForMac { .. }), "{err}");
 }
+
+#[test]
+fn a_reconnected_network_gets_its_new_nic_not_the_retired_one_of_the_same_mac() {
+    // The network was disconnected and connected again: Docker gave the
+    // new interface the same MAC. The old NIC was retired (gone3) but QEMU
+    // has not unplugged it yet; the new one shows up on a later look.
+    let two = network("two");
+    let one = first_of_two();
+    let mac = two.interfaces[1].mac.octets();
+    let mut links = booted(&one.interfaces);
+    links.push(link(3, "gone3", &mac));
+    let mut fake = Fake {
+        links,
+        late: vec![(2, link(4, "eth2", &mac))],
+        addresses: vec![one.interfaces[0].addresses[0]],
+        ..Fake::default()
+    };
+    block_on(update(
+        &mut fake,
+        &one,
+        &two,
+        std::time::Duration::from_secs(5),
+    ))
+    .unwrap();
+    assert!(
+        fake.calls.contains(&Call::Up(4)),
+        "the new NIC is configured: {:?}",
+        fake.calls
+    );
+    assert!(
+        !fake
+            .calls
+            .iter()
+            .any(|c| matches!(c, Call::Up(3) | Call::Rename { index: 3, .. })),
+        "the retired NIC is left alone: {:?}",
+        fake.calls
+    );
+}

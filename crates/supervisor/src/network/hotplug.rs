@@ -88,12 +88,10 @@ pub fn diff(
             out.unplug.push(i);
         }
     }
-    let mut free = vmm::NIC_SLOTS.filter(|s| {
-        !plugged
-            .iter()
-            .enumerate()
-            .any(|(i, p)| p.slot == *s && !out.unplug.contains(&i))
-    });
+    // A slot whose NIC is to be unplugged is not free yet: QEMU holds its
+    // device (and the guest the NIC) until the unplug is done, which
+    // comes after the plugging of this round.
+    let mut free = vmm::NIC_SLOTS.filter(|s| !plugged.iter().any(|p| p.slot == *s));
     for n in &plan.nics {
         if plugged.iter().any(|p| p.link == n.link) || !is_up(n.link) {
             continue;
@@ -198,39 +196,63 @@ async fn sync(
     if !changes.tell_guest {
         return Ok(());
     }
-    for (nic, slot) in changes.plug {
-        let name = nic.interface.name.clone();
-        let mut one = nic;
-        one.tap = tap_name(slot);
-        let link = one.link;
-        let (mut nics, _) = apply(
-            &mut ops,
-            HostPlan {
-                nics: vec![one],
-                ..HostPlan::default()
-            },
-        )
-        .await?;
-        let nic = nics.remove(0);
-        plug(qmp, &nic.interface.mac, slot, nic.tap.as_fd())
-            .await
-            .map_err(|source| HotplugError::Plug { name, source })?;
-        tracing::debug!(
-            "plugged {} ({}) into slot {slot}",
-            nic.interface.name,
-            nic.interface.mac
-        );
-        plugged.push(Plugged {
-            link,
-            slot,
-            interface: nic.interface,
-        });
-        // QEMU has its own copy of the tap now.
+    // The first failure is reported; the steps after it are still taken,
+    // so that what QEMU has and what `plugged` says stay the same.
+    let mut failed: Option<HotplugError> = None;
+    // 1. NICs whose link is gone leave first: the guest retires them, then
+    //    they are unplugged. A network disconnected and connected again
+    //    in one burst comes back with the same MAC (Docker derives it from
+    //    the address); were the old NIC still there, the guest could not
+    //    tell the two apart. A NIC that does not go keeps its slot.
+    if !changes.unplug.is_empty() {
+        let gone: Vec<Plugged> = changes.unplug.iter().map(|&i| plugged[i].clone()).collect();
+        plugged.retain(|p| !gone.contains(p));
+        let network = guest_network(plugged, &plan, dns_relay);
+        match tell_guest(mux, &network).await {
+            Ok(()) => *routes = network.routes,
+            Err(e) => failed = Some(e),
+        }
+        for p in gone {
+            if unplug(qmp, p.slot).await {
+                tracing::debug!("unplugged {} from slot {}", p.interface.name, p.slot);
+            } else {
+                plugged.push(p);
+            }
+        }
     }
-    let gone: Vec<Plugged> = changes.unplug.iter().map(|&i| plugged[i].clone()).collect();
-    plugged.retain(|p| !gone.contains(p));
-    // The interfaces' current data, in the namespace's order (the order
-    // the guest names them in).
+    // 2. New links get NICs on free slots.
+    let changes = diff(plugged, routes, &plan, &snapshot);
+    let mut new_nics = false;
+    for (nic, slot) in changes.plug {
+        match plug_link(&mut ops, qmp, plugged, nic, slot).await {
+            Ok(()) => new_nics = true,
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    // 3. The guest configures them (and any change of addresses, MTU or
+    //    routes).
+    if new_nics || changes.tell_guest {
+        let network = guest_network(plugged, &plan, dns_relay);
+        match tell_guest(mux, &network).await {
+            Ok(()) => *routes = network.routes,
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    match failed {
+        None => Ok(()),
+        Some(e) => Err(e),
+    }
+}
+
+/// The network the guest is to have: the plugged NICs whose link is in
+/// `plan`, with their current data, in the namespace's order (the order
+/// the guest names them in), and the plan's routes (the guest leaves out
+/// those out of a NIC it is not given).
+fn guest_network(plugged: &mut [Plugged], plan: &HostPlan, dns_relay: bool) -> GuestNetwork {
     let mut interfaces = Vec::new();
     for n in &plan.nics {
         if let Some(p) = plugged.iter_mut().find(|p| p.link == n.link) {
@@ -238,17 +260,48 @@ async fn sync(
             interfaces.push(n.interface.clone());
         }
     }
-    let network = GuestNetwork {
+    GuestNetwork {
         interfaces,
         routes: plan.routes.clone(),
         dns_relay,
-    };
-    tell_guest(mux, &network).await?;
-    *routes = plan.routes;
-    for p in gone {
-        unplug(qmp, p.slot).await;
-        tracing::debug!("unplugged {} from slot {}", p.interface.name, p.slot);
     }
+}
+
+/// Wires a tap to the link of `nic` and plugs a NIC for it into `slot`.
+async fn plug_link(
+    ops: &mut netlink::RtNetlink,
+    qmp: &mut Qmp,
+    plugged: &mut Vec<Plugged>,
+    nic: NicPlan,
+    slot: u8,
+) -> Result<(), HotplugError> {
+    let name = nic.interface.name.clone();
+    let mut one = nic;
+    one.tap = tap_name(slot);
+    let link = one.link;
+    let (mut nics, _) = apply(
+        ops,
+        HostPlan {
+            nics: vec![one],
+            ..HostPlan::default()
+        },
+    )
+    .await?;
+    let nic = nics.remove(0);
+    plug(qmp, &nic.interface.mac, slot, nic.tap.as_fd())
+        .await
+        .map_err(|source| HotplugError::Plug { name, source })?;
+    tracing::debug!(
+        "plugged {} ({}) into slot {slot}",
+        nic.interface.name,
+        nic.interface.mac
+    );
+    plugged.push(Plugged {
+        link,
+        slot,
+        interface: nic.interface,
+    });
+    // QEMU has its own copy of the tap now.
     Ok(())
 }
 
@@ -266,41 +319,58 @@ async fn plug(
         json!({"type": "tap", "id": format!("net{slot}"), "fd": fd_name}),
     )
     .await?;
-    qmp.execute(
-        "device_add",
-        json!({
-            "driver": "virtio-net-pci",
-            "id": format!("nic{slot}"),
-            "netdev": format!("net{slot}"),
-            "mac": mac.to_string(),
-            "bus": vmm::NIC_BRIDGE,
-            "addr": format!("{slot:#x}"),
-            "romfile": "",
-        }),
-    )
-    .await?;
+    let added = qmp
+        .execute(
+            "device_add",
+            json!({
+                "driver": "virtio-net-pci",
+                "id": format!("nic{slot}"),
+                "netdev": format!("net{slot}"),
+                "mac": mac.to_string(),
+                "bus": vmm::NIC_BRIDGE,
+                "addr": format!("{slot:#x}"),
+                "romfile": "",
+            }),
+        )
+        .await;
+    if let Err(e) = added {
+        // Without its device the netdev would hold the tap and the id:
+        // the next plug into this slot would be refused.
+        let _ = qmp
+            .execute("netdev_del", json!({"id": format!("net{slot}")}))
+            .await;
+        return Err(e);
+    }
     Ok(())
 }
 
 /// Unplugs the NIC in `slot` and, once the guest has let it go, its
-/// netdev (which closes the tap). A guest that never lets go keeps a NIC
-/// without a link: nothing reaches it.
-async fn unplug(qmp: &mut Qmp, slot: u8) {
+/// netdev (which closes the tap). True once both are gone. A guest that
+/// never lets go keeps a NIC without a link: nothing reaches it, and its
+/// slot stays taken (a later round tries again).
+async fn unplug(qmp: &mut Qmp, slot: u8) -> bool {
     let id = format!("nic{slot}");
-    if let Err(e) = qmp.execute("device_del", json!({"id": id})).await {
-        tracing::warn!("cannot unplug {id}: {e}");
-        return;
-    }
-    if !qmp.wait_device_deleted(&id, UNPLUG_WAIT).await {
-        tracing::warn!("the guest did not let {id} go within {UNPLUG_WAIT:?}");
-        return;
+    // A second try finds the device on its way out already (refused) or
+    // gone (its DEVICE_DELETED kept): the wait tells.
+    let wait = match qmp.execute("device_del", json!({"id": id})).await {
+        Ok(_) => UNPLUG_WAIT,
+        Err(e) => {
+            tracing::debug!("device_del {id}: {e}");
+            Duration::from_millis(100)
+        }
+    };
+    if !qmp.wait_device_deleted(&id, wait).await {
+        tracing::warn!("the guest did not let {id} go within {wait:?}");
+        return false;
     }
     if let Err(e) = qmp
         .execute("netdev_del", json!({"id": format!("net{slot}")}))
         .await
     {
         tracing::warn!("cannot remove net{slot}: {e}");
+        return false;
     }
+    true
 }
 
 async fn tell_guest(mux: &Mux, network: &GuestNetwork) -> Result<(), HotplugError> {

@@ -6,18 +6,11 @@
 //! that dockerd's embedded resolver forwarded upstream from inside the
 //! namespace: those come from port 53 to one of the namespace's own
 //! ephemeral ports ([`runvm_contract::netns::LOCAL_PORTS`]) and go to the
-//! namespace's stack, where dockerd waits for them. ARP and IPv6 neighbour
-//! discovery go to both, since both stacks use the container's addresses
-//! (the VM for everything, the namespace for those lookups).
-//!
-//! A large answer (EDNS) may come in IP fragments, and only the first
-//! fragment carries the ports: it goes to the namespace like any answer,
-//! and every later fragment (fragment offset not zero) goes to both
-//! stacks, since it cannot tell whose it is. Each stack reassembles what it
-//! has the first fragment of and silently drops the rest after its
-//! reassembly timeout (no ICMP error is sent without the first fragment).
-//! u32 has no "not zero" test, so a later fragment is matched by each of
-//! the offset's 13 bits in turn.
+//! namespace's stack, where dockerd waits for them. ARP replies and IPv6
+//! neighbour advertisements go to both, since both stacks use the
+//! container's addresses (the VM for everything, the namespace for those
+//! lookups); requests and solicitations only to the VM, which alone
+//! answers them.
 //!
 //! Filters are u32 classifiers, described here as data ([`Filter`],
 //! [`U32`]) so that what they match is tested without root.
@@ -41,17 +34,21 @@ pub enum Match {
     /// An answer from port 53 to one of the namespace's ephemeral ports,
     /// over UDP or TCP, IPv4 or IPv6.
     ResolverAnswer { ipv6: bool, tcp: bool },
-    /// The first fragment of an answer from port 53 over UDP and IPv6 to
-    /// one of the namespace's ephemeral ports (IPv4 first fragments carry
-    /// their ports where unfragmented packets do).
-    ResolverAnswerFirstFragmentV6,
-    /// An IP fragment that is not the first: bit `bit` (0–12) of its
-    /// fragment offset is set.
-    LaterFragment { ipv6: bool, bit: u8 },
-    /// Any ARP frame.
-    Arp,
-    /// ICMPv6 neighbour solicitation (135) or advertisement (136).
-    Neighbour { icmp_type: u8 },
+    /// The first fragment of an IPv6 UDP answer from port 53 to one of the
+    /// namespace's ephemeral ports (an answer larger than the MTU, with a
+    /// large EDNS buffer).
+    ResolverAnswerFirstFragment,
+    /// An IPv4 packet that is no later fragment (fragment offset 0), or
+    /// an IPv6 one with a fragment header of offset 0.
+    NoLaterFragment { ipv6: bool },
+    /// Every IPv4 packet, or every IPv6 one with a fragment header: placed
+    /// after [`Match::NoLaterFragment`], the later fragments, which carry
+    /// no ports.
+    LaterFragment { ipv6: bool },
+    /// An ARP reply.
+    ArpReply,
+    /// An ICMPv6 neighbour advertisement.
+    NeighbourAdvertisement,
 }
 
 /// What happens to the frames a filter selects.
@@ -101,25 +98,35 @@ pub fn filters() -> Vec<Filter> {
     }
     add(
         Side::Link,
-        Match::ResolverAnswerFirstFragmentV6,
+        Match::ResolverAnswerFirstFragment,
         Action::Stack,
     );
+    // The namespace's stack resolves its gateway's address for the
+    // lookups dockerd forwards: it gets the replies too. Requests (and
+    // solicitations) are the VM's alone, which answers for the container
+    // with its MAC: were the namespace to answer too, every peer would get
+    // two replies, conflicting ones once the guest changes its MAC.
+    add(Side::Link, Match::ArpReply, Action::Copy);
+    add(Side::Link, Match::NeighbourAdvertisement, Action::Copy);
+    // The later fragments of a datagram carry no ports: whose they are
+    // cannot be told. Both stacks get them; each reassembles the datagrams
+    // whose first fragment it got, and lets the rest expire (silently:
+    // without the first fragment no error is sent).
     for ipv6 in [false, true] {
-        for bit in 0..13 {
-            add(Side::Link, Match::LaterFragment { ipv6, bit }, Action::Copy);
-        }
-    }
-    add(Side::Link, Match::Arp, Action::Copy);
-    for icmp_type in [ND_SOLICITATION, ND_ADVERTISEMENT] {
-        add(Side::Link, Match::Neighbour { icmp_type }, Action::Copy);
+        add(
+            Side::Link,
+            Match::NoLaterFragment { ipv6 },
+            Action::Redirect,
+        );
+        add(Side::Link, Match::LaterFragment { ipv6 }, Action::Copy);
     }
     add(Side::Link, Match::Everything, Action::Redirect);
     add(Side::Tap, Match::Everything, Action::Redirect);
     out
 }
 
-const ND_SOLICITATION: u8 = 135;
-const ND_ADVERTISEMENT: u8 = 136;
+const ND_ADVERTISEMENT: u32 = 136;
+const ARP_REPLY: u32 = 2;
 
 const ETH_P_ALL: u16 = 0x0003;
 const ETH_P_IP: u16 = 0x0800;
@@ -149,23 +156,15 @@ pub struct U32 {
     pub keys: Vec<Key>,
 }
 
-/// The IPv6 header's next header is `proto` (payload length | next header
-/// | hop limit).
-fn next_header(proto: u32) -> Key {
-    Key {
-        offset: 4,
-        mask: 0x0000_ff00,
-        value: proto << 8,
-    }
-}
-
 impl Match {
     /// The protocol and keys that select these frames.
     ///
     /// IPv4 answers are matched only without IP options (header length 5
-    /// words), so the ports sit at a fixed offset; IPv6 ones only without
-    /// extension headers. An answer that has either goes to the VM and is
-    /// lost to dockerd, which then asks again: no resolver adds them.
+    /// words), so the ports sit at a fixed offset, and only in a first
+    /// fragment or a whole datagram (in a later fragment those bytes are
+    /// data); IPv6 ones only without extension headers, or with just a
+    /// fragment header. An answer with other headers goes to the VM and
+    /// is lost to dockerd, which then asks again: no resolver adds them.
     pub fn u32(&self) -> U32 {
         let ports = Key {
             offset: 0,
@@ -173,14 +172,31 @@ impl Match {
             value: (53 << 16) | u32::from(LOCAL_PORTS_MASK),
         };
         let proto = |tcp: bool| if tcp { IPPROTO_TCP } else { IPPROTO_UDP };
+        // Identification | flags | fragment offset: offset 0.
+        let v4_offset_0 = Key {
+            offset: 4,
+            mask: 0x0000_1fff,
+            value: 0,
+        };
+        // Payload length | next header | hop limit.
+        let v6_next = |next: u32| Key {
+            offset: 4,
+            mask: 0x0000_ff00,
+            value: next << 8,
+        };
         match *self {
             Match::Everything => U32 {
                 protocol: ETH_P_ALL,
                 keys: Vec::new(),
             },
-            Match::Arp => U32 {
+            Match::ArpReply => U32 {
                 protocol: ETH_P_ARP,
-                keys: Vec::new(),
+                // Hardware and protocol address lengths | operation.
+                keys: vec![Key {
+                    offset: 4,
+                    mask: 0x0000_ffff,
+                    value: ARP_REPLY,
+                }],
             },
             Match::ResolverAnswer { ipv6: false, tcp } => U32 {
                 protocol: ETH_P_IP,
@@ -191,13 +207,7 @@ impl Match {
                         mask: 0x0f00_0000,
                         value: 0x0500_0000,
                     },
-                    // Identification | flags | fragment offset: offset 0,
-                    // so the ports are really there.
-                    Key {
-                        offset: 4,
-                        mask: 0x0000_1fff,
-                        value: 0,
-                    },
+                    v4_offset_0,
                     // TTL | protocol | checksum.
                     Key {
                         offset: 8,
@@ -210,20 +220,10 @@ impl Match {
                     },
                 ],
             },
-            Match::ResolverAnswer { ipv6: true, tcp } => U32 {
+            Match::ResolverAnswerFirstFragment => U32 {
                 protocol: ETH_P_IPV6,
                 keys: vec![
-                    next_header(proto(tcp)),
-                    Key {
-                        offset: 40,
-                        ..ports
-                    },
-                ],
-            },
-            Match::ResolverAnswerFirstFragmentV6 => U32 {
-                protocol: ETH_P_IPV6,
-                keys: vec![
-                    next_header(IPPROTO_FRAGMENT),
+                    v6_next(IPPROTO_FRAGMENT),
                     // Fragment header: next header | reserved | offset,
                     // flags: UDP, offset 0.
                     Key {
@@ -237,34 +237,47 @@ impl Match {
                     },
                 ],
             },
-            Match::LaterFragment { ipv6: false, bit } => U32 {
+            Match::NoLaterFragment { ipv6: false } => U32 {
                 protocol: ETH_P_IP,
-                keys: vec![Key {
-                    offset: 4,
-                    mask: 1 << bit,
-                    value: 1 << bit,
-                }],
+                keys: vec![v4_offset_0],
             },
-            Match::LaterFragment { ipv6: true, bit } => U32 {
+            Match::NoLaterFragment { ipv6: true } => U32 {
                 protocol: ETH_P_IPV6,
                 keys: vec![
-                    next_header(IPPROTO_FRAGMENT),
-                    // The offset is the fragment header's bits 3–15.
+                    v6_next(IPPROTO_FRAGMENT),
                     Key {
                         offset: 40,
-                        mask: 1 << (3 + bit),
-                        value: 1 << (3 + bit),
+                        mask: 0x0000_fff8,
+                        value: 0,
                     },
                 ],
             },
-            Match::Neighbour { icmp_type } => U32 {
+            Match::LaterFragment { ipv6: false } => U32 {
+                protocol: ETH_P_IP,
+                keys: Vec::new(),
+            },
+            Match::LaterFragment { ipv6: true } => U32 {
+                protocol: ETH_P_IPV6,
+                keys: vec![v6_next(IPPROTO_FRAGMENT)],
+            },
+            Match::ResolverAnswer { ipv6: true, tcp } => U32 {
                 protocol: ETH_P_IPV6,
                 keys: vec![
-                    next_header(IPPROTO_ICMPV6),
+                    v6_next(proto(tcp)),
+                    Key {
+                        offset: 40,
+                        ..ports
+                    },
+                ],
+            },
+            Match::NeighbourAdvertisement => U32 {
+                protocol: ETH_P_IPV6,
+                keys: vec![
+                    v6_next(IPPROTO_ICMPV6),
                     Key {
                         offset: 40,
                         mask: 0xff00_0000,
-                        value: u32::from(icmp_type) << 24,
+                        value: ND_ADVERTISEMENT << 24,
                     },
                 ],
             },
@@ -307,41 +320,6 @@ mod tests {
         if options {
             p.extend([1, 1, 1, 1]);
         }
-        p.extend(sport.to_be_bytes());
-        p.extend(dport.to_be_bytes());
-        p.extend([0; 8]);
-        p
-    }
-
-    /// An IPv4 fragment at `offset` (in 8-byte units) of a UDP datagram;
-    /// the first carries the UDP header.
-    fn ipv4_fragment(offset: u16, more: bool, sport: u16, dport: u16) -> Vec<u8> {
-        let field = offset | if more { 0x2000 } else { 0 };
-        let mut p = vec![0x45, 0, 0, 0, 0x12, 0x34];
-        p.extend(field.to_be_bytes());
-        p.extend([64, 17, 0, 0, 172, 18, 0, 1, 172, 18, 0, 2]);
-        if offset == 0 {
-            p.extend(sport.to_be_bytes());
-            p.extend(dport.to_be_bytes());
-            p.extend([0; 8]);
-        } else {
-            // Payload bytes that look like ports 53 → 62000.
-            p.extend(53u16.to_be_bytes());
-            p.extend(62000u16.to_be_bytes());
-            p.extend([0; 8]);
-        }
-        p
-    }
-
-    /// An IPv6 packet with a fragment header at `offset`; the first
-    /// fragment carries the UDP header.
-    fn ipv6_fragment(offset: u16, more: bool, sport: u16, dport: u16) -> Vec<u8> {
-        let mut p = vec![0x60, 0, 0, 0, 0, 16, 44, 64];
-        p.extend([0; 32]);
-        let field = (offset << 3) | u16::from(more);
-        p.extend([17, 0]);
-        p.extend(field.to_be_bytes());
-        p.extend([0, 0, 0x12, 0x34]);
         p.extend(sport.to_be_bytes());
         p.extend(dport.to_be_bytes());
         p.extend([0; 8]);
@@ -422,81 +400,102 @@ mod tests {
             fate(Side::Link, ETH_P_IPV6, &ipv6(17, ports(53, 40000))),
             TO_VM
         );
-        // An ICMPv6 echo is the VM's.
+        // An ICMPv6 echo is the VM's; a fragment header hides the ports.
         assert_eq!(
             fate(Side::Link, ETH_P_IPV6, &ipv6(58, [128, 0, 0, 0])),
             TO_VM
         );
-        // A truncated packet matches no key.
-        assert_eq!(fate(Side::Link, ETH_P_IP, &[0x45, 0, 0]), TO_VM);
+        assert_eq!(
+            fate(Side::Link, ETH_P_IPV6, &ipv6(44, [17, 0, 0, 0])),
+            TO_VM,
+            "the first fragment of a datagram that is no answer"
+        );
+        // A truncated packet matches no port key.
+        assert!(fate(Side::Link, ETH_P_IP, &[0x45, 0, 0]).0);
+    }
+
+    /// `ipv4` as a fragment at `offset` (in 8-byte units), more to come.
+    fn fragment(mut p: Vec<u8>, offset: u16) -> Vec<u8> {
+        let word = 0x2000 | offset; // MF
+        p[6..8].copy_from_slice(&word.to_be_bytes());
+        p
+    }
+
+    /// An IPv6 packet with a fragment header (at `offset`, in 8-byte
+    /// units, more to come) before a UDP header from `sport` to `dport`.
+    fn ipv6_fragment(offset: u16, sport: u16, dport: u16) -> Vec<u8> {
+        let mut p = vec![0x60, 0, 0, 0, 0, 24, 44, 64];
+        p.extend([0; 32]);
+        p.extend([17, 0]);
+        p.extend(((offset << 3) | 1).to_be_bytes());
+        p.extend([0, 0, 0, 1]);
+        p.extend(ports(sport, dport));
+        p.extend([0; 12]);
+        p
     }
 
     #[test]
-    fn a_fragmented_answer_reaches_the_namespace_whole() {
-        // IPv4: the first fragment by its ports, every later one by its
-        // offset (whatever its payload looks like), to both stacks.
+    fn an_answer_larger_than_the_mtu_reaches_the_namespace_whole() {
+        // dockerd forwards a query with a 4096-byte EDNS buffer; the 3 KB
+        // answer comes in fragments, and only the first has ports.
+        let first = fragment(ipv4(17, 53, 62000, false), 0);
+        assert_eq!(fate(Side::Link, ETH_P_IP, &first), TO_STACK);
+        // The later ones: bytes of the answer where the ports would be.
+        for data in [(53, 62000), (1, 2), (0x1234, 0x5678)] {
+            let later = fragment(ipv4(17, data.0, data.1, false), 185);
+            let (vm, stack) = fate(Side::Link, ETH_P_IP, &later);
+            assert!(stack, "the namespace lacks a fragment of {data:?}");
+            assert!(vm, "the VM lacks a fragment of {data:?}");
+        }
         assert_eq!(
-            fate(Side::Link, ETH_P_IP, &ipv4_fragment(0, true, 53, 62000)),
+            fate(Side::Link, ETH_P_IPV6, &ipv6_fragment(0, 53, 62000)),
             TO_STACK
         );
-        for offset in [1, 185, 0x1000, 0x1fff] {
-            for more in [true, false] {
-                assert_eq!(
-                    fate(Side::Link, ETH_P_IP, &ipv4_fragment(offset, more, 0, 0)),
-                    TO_BOTH,
-                    "offset {offset}"
-                );
-            }
-        }
-        // IPv6 likewise.
         assert_eq!(
-            fate(Side::Link, ETH_P_IPV6, &ipv6_fragment(0, true, 53, 62000)),
-            TO_STACK
+            fate(Side::Link, ETH_P_IPV6, &ipv6_fragment(0, 53, 40000)),
+            TO_VM
         );
-        for offset in [1, 181, 0x1fff] {
-            assert_eq!(
-                fate(Side::Link, ETH_P_IPV6, &ipv6_fragment(offset, false, 0, 0)),
-                TO_BOTH,
-                "offset {offset}"
-            );
-        }
+        assert_eq!(
+            fate(Side::Link, ETH_P_IPV6, &ipv6_fragment(150, 53, 62000)),
+            TO_BOTH
+        );
     }
 
     #[test]
     fn the_vms_own_fragmented_datagrams_reach_it_whole() {
-        // The first fragment goes to the VM only; the later ones reach it
-        // too (and the namespace, which drops them).
+        // A first fragment that is no answer is the VM's alone; its later
+        // fragments reach the VM too (and the namespace, which drops them).
+        let first = fragment(ipv4(17, 5000, 6000, false), 0);
+        assert_eq!(fate(Side::Link, ETH_P_IP, &first), TO_VM);
+        let (vm, _) = fate(Side::Link, ETH_P_IP, &fragment(ipv4(17, 0, 0, false), 100));
+        assert!(vm);
+        // A whole datagram is not copied.
         assert_eq!(
-            fate(Side::Link, ETH_P_IP, &ipv4_fragment(0, true, 5000, 6000)),
+            fate(Side::Link, ETH_P_IP, &ipv4(17, 5000, 6000, false)),
             TO_VM
-        );
-        assert_eq!(
-            fate(Side::Link, ETH_P_IP, &ipv4_fragment(0, true, 53, 40000)),
-            TO_VM
-        );
-        assert_eq!(
-            fate(Side::Link, ETH_P_IP, &ipv4_fragment(185, false, 0, 0)),
-            TO_BOTH
-        );
-        assert_eq!(
-            fate(Side::Link, ETH_P_IPV6, &ipv6_fragment(0, true, 5000, 6000)),
-            TO_VM
-        );
-        assert_eq!(
-            fate(Side::Link, ETH_P_IPV6, &ipv6_fragment(9, false, 0, 0)),
-            TO_BOTH
         );
     }
 
     #[test]
-    fn address_resolution_reaches_both_stacks() {
-        assert_eq!(fate(Side::Link, ETH_P_ARP, &[0, 1, 8, 0]), TO_BOTH);
-        for t in [135, 136] {
-            assert_eq!(
-                fate(Side::Link, ETH_P_IPV6, &ipv6(58, [t, 0, 0, 0])),
-                TO_BOTH
-            );
-        }
+    fn address_resolution_replies_reach_both_stacks_and_requests_the_vm_alone() {
+        // Ethernet/IPv4 ARP: hardware type, protocol type, lengths, operation.
+        let arp = |op: u8| [0, 1, 8, 0, 6, 4, 0, op];
+        assert_eq!(fate(Side::Link, ETH_P_ARP, &arp(2)), TO_BOTH, "a reply");
+        assert_eq!(
+            fate(Side::Link, ETH_P_ARP, &arp(1)),
+            TO_VM,
+            "a request: only the VM answers it"
+        );
+        assert_eq!(
+            fate(Side::Link, ETH_P_IPV6, &ipv6(58, [136, 0, 0, 0])),
+            TO_BOTH,
+            "an advertisement"
+        );
+        assert_eq!(
+            fate(Side::Link, ETH_P_IPV6, &ipv6(58, [135, 0, 0, 0])),
+            TO_VM,
+            "a solicitation: only the VM answers it"
+        );
         // Router advertisements and the rest of ICMPv6 are the VM's.
         assert_eq!(
             fate(Side::Link, ETH_P_IPV6, &ipv6(58, [134, 0, 0, 0])),

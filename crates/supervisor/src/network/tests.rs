@@ -788,3 +788,36 @@ fn a_changed_route_or_address_is_told_to_the_guest_alone() {
     let c = diff(&changed, &routes, &plan(&s), &s);
     assert!(c.tell_guest && c.plug.is_empty() && c.unplug.is_empty());
 }
+
+#[test]
+fn a_network_reconnected_in_one_burst_gets_a_slot_that_is_not_being_unplugged() {
+    // `docker network disconnect n c && docker network connect n c`: within
+    // one settle, the first network's link is replaced by a new one (a new
+    // index, the same MAC: Docker derives it from the same address).
+    let (plugged, routes) = plugged_at_boot("two");
+    let mut s = recorded("two");
+    for l in &mut s.links {
+        if l.index == 5338 {
+            l.index = 6000;
+        }
+    }
+    for a in &mut s.addresses {
+        if a.link == 5338 {
+            a.link = 6000;
+        }
+    }
+    for r in &mut s.routes {
+        if r.oif == Some(5338) {
+            r.oif = Some(6000);
+        }
+    }
+    let c = diff(&plugged, &routes, &plan(&s), &s);
+    assert_eq!(c.unplug, [0], "the old NIC goes");
+    assert_eq!(c.plug.len(), 1);
+    let (nic, slot) = &c.plug[0];
+    assert_eq!(nic.link, 6000);
+    assert!(
+        plugged.iter().all(|p| p.slot != *slot),
+        "slot {slot} still holds the NIC being unplugged: QEMU refuses a second nic{slot}"
+    );
+}
