@@ -51,6 +51,18 @@ fn containers_reach_each_other_by_ip() {
     assert_same(&runc, &runvm, "B's output");
 }
 
+/// A detached container of `runtime` on `net` that only sleeps, once it
+/// runs.
+fn idle_on(net: &str, tag: &str, runtime: &str) -> Container {
+    let c = Container::run_detached(
+        tag,
+        runtime,
+        &["--network", net, IMAGE, "sh", "-c", "echo up; sleep 600"],
+    );
+    c.wait_for_log("up", Duration::from_secs(120));
+    c
+}
+
 /// A detached runvm container on `net` running `script` (which prints
 /// `up` when ready), and its address there (`field` of the network's
 /// settings: `IPAddress` or `GlobalIPv6Address`).
@@ -356,19 +368,7 @@ fn networks_connected_and_disconnected_while_running() {
     let mut states = Vec::new();
     for runtime in ["runc", "runvm"] {
         let _slot = (runtime == "runvm").then(|| vm_slots(1));
-        let c = Container::run_detached(
-            &format!("hot-{runtime}"),
-            runtime,
-            &[
-                "--network",
-                &net_a.name,
-                IMAGE,
-                "sh",
-                "-c",
-                "echo up; sleep 600",
-            ],
-        );
-        c.wait_for_log("up", Duration::from_secs(120));
+        let c = idle_on(&net_a.name, &format!("hot-{runtime}"), runtime);
         let start = std::time::Instant::now();
         docker(&["network", "connect", &net_b.name, &c.name], None)
             .assert_code(0, "docker network connect");
@@ -519,19 +519,7 @@ fn a_network_reconnected_at_once_reaches_the_vm_again() {
         ))
     };
     let _slot = vm_slots(1);
-    let c = Container::run_detached(
-        "recon",
-        "runvm",
-        &[
-            "--network",
-            &net_a.name,
-            IMAGE,
-            "sh",
-            "-c",
-            "echo up; sleep 600",
-        ],
-    );
-    c.wait_for_log("up", Duration::from_secs(120));
+    let c = idle_on(&net_a.name, "recon", "runvm");
     let reaches = |target: &str| {
         run_cmd_quiet(
             "docker",

@@ -551,6 +551,11 @@ fn first_of_two() -> GuestNetwork {
     n
 }
 
+/// Runs an update from `old` to `new` on `fake`, waiting up to 5 s for NICs.
+fn updated(fake: &mut Fake, old: &GuestNetwork, new: &GuestNetwork) {
+    block_on(update(fake, old, new, std::time::Duration::from_secs(5))).unwrap();
+}
+
 #[test]
 fn only_what_runvm_configured_and_the_host_no_longer_sends_is_removed() {
     let two = network("two");
@@ -590,13 +595,7 @@ fn a_connected_network_waits_for_its_nic_then_configures_it() {
         addresses: vec![one.interfaces[0].addresses[0]],
         ..Fake::default()
     };
-    block_on(update(
-        &mut fake,
-        &one,
-        &two,
-        std::time::Duration::from_secs(5),
-    ))
-    .unwrap();
+    updated(&mut fake, &one, &two);
     let looks = fake
         .calls
         .iter()
@@ -702,13 +701,7 @@ fn a_reconnected_network_gets_its_new_nic_not_the_retired_one_of_the_same_mac() 
         addresses: vec![one.interfaces[0].addresses[0]],
         ..Fake::default()
     };
-    block_on(update(
-        &mut fake,
-        &one,
-        &two,
-        std::time::Duration::from_secs(5),
-    ))
-    .unwrap();
+    updated(&mut fake, &one, &two);
     assert!(
         fake.calls.contains(&Call::Up(4)),
         "the new NIC is configured: {:?}",
