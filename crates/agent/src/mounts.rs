@@ -47,6 +47,36 @@ pub fn switch_to_container_root(tag: &str, readonly: bool) -> Result<()> {
     Ok(())
 }
 
+/// Mounts the guest kernel's modules (virtiofs tag `tag`) read-only at
+/// `/lib/modules/<version>` in the container's root, so `modprobe` finds
+/// them. An image without that directory gets it created, empty, as runc
+/// creates the mount points of Docker's mounts; a read-only root without it
+/// gets no modules. A failure is reported, not fatal: the workload runs,
+/// without modules, as it would have before.
+pub fn mount_kernel_modules(tag: &str, version: &str) {
+    let single_component =
+        !version.is_empty() && !version.contains('/') && version != "." && version != "..";
+    if !single_component {
+        tracing::warn!("kernel modules not mounted: {version:?} is not a kernel version");
+        return;
+    }
+    let target = format!("/lib/modules/{version}");
+    if let Err(e) = fs::create_dir_all(&target) {
+        tracing::warn!("kernel modules not mounted: cannot create {target}: {e}");
+        return;
+    }
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if let Err(e) = mount(
+        Some(tag),
+        target.as_str(),
+        Some("virtiofs"),
+        flags,
+        None::<&str>,
+    ) {
+        tracing::warn!("kernel modules not mounted at {target}: {e}");
+    }
+}
+
 /// Mounts what a container has besides its root: kernel filesystems, the
 /// device tree, and the tmpfs mounts the container asked for.
 pub fn mount_container_filesystems(extra: &[GuestMount]) -> Result<()> {

@@ -1,7 +1,7 @@
 //! The agent's side of the host channel: accepts the streams the host
 //! opens, starts the container, relays stdio and signals, reports the exit.
 
-use runvm_contract::guest::{AGENT_PORT_NAME, ROOTFS_TAG};
+use runvm_contract::guest::{AGENT_PORT_NAME, MODULES_TAG, ROOTFS_TAG};
 use runvm_contract::report::ErrorChain;
 use runvm_protocol::exit::ExitCode;
 use std::collections::HashMap;
@@ -409,6 +409,9 @@ async fn prepare_container(spec: &ContainerSpec, net: &GuestNetwork) -> Result<(
     // kernel gives virtiofs submounts the flags of the mount above them.
     mounts::switch_to_container_root(ROOTFS_TAG, false)?;
     mounts::mount_container_filesystems(&spec.mounts)?;
+    if let Some(version) = &spec.kernel_modules {
+        mounts::mount_kernel_modules(MODULES_TAG, version);
+    }
     if let Some(h) = &spec.hostname {
         nix::unistd::sethostname(h).map_err(|e| AgentError::sys("set the hostname", e))?;
     }

@@ -25,6 +25,10 @@ pub mod paths {
     pub const VM_CONFIG: &str = "/runvm/vm.json";
     pub const KERNEL: &str = "/runvm/vmlinuz";
     pub const INITRD: &str = "/runvm/initrd.img";
+    /// The guest kernel's modules (`lib/modules/<version>` of its tree in
+    /// the kernel store), read-only, served to the guest by a virtiofsd of
+    /// their own.
+    pub const MODULES: &str = "/runvm/modules";
     pub const SUPERVISOR: &str = "/runvm/bin/runvm-supervisor";
     pub const VIRTIOFSD: &str = "/runvm/bin/virtiofsd";
     /// Where runc mounts Docker's bind mounts (`/runvm/mnt/<n>`) before
@@ -44,6 +48,8 @@ pub mod sockets {
     /// virtiofsd's vhost-user socket (the supervisor listens, virtiofsd
     /// inherits it, QEMU connects).
     pub const VIRTIOFS: &str = "/run/runvm/virtiofs.sock";
+    /// The virtiofsd that serves the kernel's modules.
+    pub const MODULES_VIRTIOFS: &str = "/run/runvm/modules.sock";
     /// The guest agent's channel: QEMU connects to the supervisor here.
     pub const AGENT: &str = "/run/runvm/agent.sock";
     /// The guest's serial console: QEMU connects and the supervisor keeps
@@ -64,6 +70,9 @@ pub mod guest {
     /// virtiofs tag under which the container's root filesystem is
     /// exported.
     pub const ROOTFS_TAG: &str = "runvm-root";
+    /// virtiofs tag of the guest kernel's modules, which the agent mounts
+    /// read-only at `/lib/modules/<version>` in the container's root.
+    pub const MODULES_TAG: &str = "runvm-modules";
     /// Where the initramfs puts the kernel modules.
     pub const MODULES_DIR: &str = "/lib/modules";
     /// The file in [`MODULES_DIR`] that lists the modules in load order,

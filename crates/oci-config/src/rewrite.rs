@@ -102,6 +102,8 @@ pub struct HostLayout {
     pub virtiofsd: String,
     pub kernel: String,
     pub initrd: String,
+    /// The kernel's modules in the store, if it has any.
+    pub modules: Option<KernelModules>,
     /// QEMU's path; must be inside one of the bound host directories.
     pub qemu: String,
     pub devices: Vec<HostDevice>,
@@ -113,6 +115,13 @@ pub struct HostLayout {
     pub qemu_ids: (u32, u32),
     pub accel: Accel,
     pub accel_warning: Option<String>,
+}
+
+/// A kernel's modules: `lib/modules/<version>` of its tree in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelModules {
+    pub dir: String,
+    pub version: String,
 }
 
 /// First uid (and gid) of the range QEMU processes run under.
@@ -361,6 +370,7 @@ pub fn rewrite_config(
             sysfs_readonly,
             cgroup_readonly,
             seccomp,
+            kernel_modules: host.modules.as_ref().map(|m| m.version.clone()),
         },
     };
     Ok(Rewritten { config, vm })
@@ -560,6 +570,9 @@ fn rewrite_mounts(
     mounts.push(bind(paths::VIRTIOFSD, &host.virtiofsd, true));
     mounts.push(bind(paths::KERNEL, &host.kernel, true));
     mounts.push(bind(paths::INITRD, &host.initrd, true));
+    if let Some(m) = &host.modules {
+        mounts.push(bind(paths::MODULES, &m.dir, true));
+    }
     for dest in ["/run", "/tmp"] {
         mounts.push(json!({
             "destination": dest, "type": "tmpfs", "source": "tmpfs",

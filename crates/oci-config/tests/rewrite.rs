@@ -763,3 +763,33 @@ fn an_oversized_console_is_clamped_not_wrapped() {
         Some((u16::MAX, 80))
     );
 }
+
+#[test]
+fn the_kernels_modules_are_bound_read_only_for_the_guest() {
+    let r = rewrite_config(fixture("docker-20.10-default.json"), &opts(&[]), &host()).unwrap();
+    let m = r.config["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["destination"] == "/runvm/modules")
+        .expect("a mount of the modules");
+    assert_eq!(
+        m["source"],
+        "/var/lib/runvm/kernel/6.1.0-57-cloud-amd64/lib/modules/6.1.0-57-cloud-amd64"
+    );
+    assert!(m["options"].as_array().unwrap().contains(&json!("ro")));
+    assert_eq!(
+        r.vm.container.kernel_modules.as_deref(),
+        Some("6.1.0-57-cloud-amd64")
+    );
+    // A kernel with everything built in has no modules to serve.
+    let mut h = host();
+    h.modules = None;
+    let r = rewrite_config(fixture("docker-20.10-default.json"), &opts(&[]), &h).unwrap();
+    assert!(r.vm.container.kernel_modules.is_none());
+    assert!(!r.config["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["destination"] == "/runvm/modules"));
+}

@@ -260,6 +260,7 @@ mod tests {
                 program: vec![SockFilter(0x06, 0, 0, 0x7fff_0000)],
                 flags: 0,
             }),
+            kernel_modules: Some("6.1.0-57-cloud-amd64".into()),
         };
         let spec = StartContainer {
             container,

@@ -123,6 +123,12 @@ pub struct ContainerSpec {
     /// container is unconfined.
     #[serde(default)]
     pub seccomp: Option<SeccompFilter>,
+    /// The guest kernel's version, when its modules are served to the
+    /// guest (virtiofs tag `runvm-modules`): the agent mounts
+    /// them at `/lib/modules/<version>`, so `modprobe` works for the
+    /// workload.
+    #[serde(default)]
+    pub kernel_modules: Option<String>,
 }
 
 /// A compiled seccomp filter, ready for `seccomp(2)`.

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
-use runvm_config::rewrite::HostEntry;
+use runvm_config::rewrite::{HostEntry, KernelModules};
 use runvm_config::{rewrite_config, HostLayout, VmOptions};
 use runvm_contract::{paths, Accel, StagedMount};
 use runvm_initramfs::{ensure_initramfs, Kernel, DEFAULT_MODULES};
@@ -134,6 +134,10 @@ pub fn prepare_bundle(bundle: &Path, for_run: bool) -> Result<Prepared> {
         virtiofsd: virtiofsd.to_string_lossy().into_owned(),
         kernel: kernel.vmlinuz.to_string_lossy().into_owned(),
         initrd: initrd.path.to_string_lossy().into_owned(),
+        modules: kernel.has_modules().then(|| KernelModules {
+            dir: kernel.modules_dir.to_string_lossy().into_owned(),
+            version: kernel.version.clone(),
+        }),
         qemu: qemu.to_string_lossy().into_owned(),
         devices: host::devices(accel),
         host_cpus: std::thread::available_parallelism()
@@ -163,6 +167,7 @@ pub fn prepare_bundle(bundle: &Path, for_run: bool) -> Result<Prepared> {
         "rootfs",
         "runvm/bin",
         "runvm/mnt",
+        "runvm/modules",
     ] {
         mk(new_root.join(d))?;
     }

@@ -285,6 +285,26 @@ async fn supervise() -> Result<i32> {
         |c| sandbox::bound_capabilities(c, sandbox::VIRTIOFSD_CAPS, vec![vfs_fd]),
     )?;
     drop(vfs_listener); // virtiofsd has it
+                        // The kernel's modules, for modprobe in the guest, from a virtiofsd of
+                        // their own (read-only). Killed when dropped, at the end.
+    let _modules_virtiofsd = match cfg.container.kernel_modules {
+        None => None,
+        Some(_) => {
+            let listener = std::os::unix::net::UnixListener::bind(sockets::MODULES_VIRTIOFS)
+                .map_err(|e| {
+                    SupervisorError::io(format!("listen on {}", sockets::MODULES_VIRTIOFS), e)
+                })?;
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+            let child = spawn_helper(
+                &cfg,
+                &cfg.virtiofsd,
+                vmm::modules_virtiofsd_args(&cfg, fd),
+                &logs.virtiofsd,
+                |c| sandbox::bound_capabilities(c, sandbox::VIRTIOFSD_CAPS, vec![fd]),
+            )?;
+            Some(child)
+        }
+    };
 
     let nic_args: Vec<vmm::NicArg> = nics
         .iter()
@@ -303,7 +323,11 @@ async fn supervise() -> Result<i32> {
         sockets::VIRTIOFS,
         sockets::CONSOLE,
         sockets::QMP,
+        sockets::MODULES_VIRTIOFS,
     ] {
+        if path == sockets::MODULES_VIRTIOFS && cfg.container.kernel_modules.is_none() {
+            continue;
+        }
         sandbox::give_to(path, quid, qgid)
             .map_err(|e| SupervisorError::io(format!("give {path} to QEMU's uid {quid}"), e))?;
     }

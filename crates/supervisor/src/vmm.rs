@@ -1,7 +1,8 @@
 //! The helpers that make the VM: virtiofsd and QEMU, their command lines
 //! (pure functions, unit-tested) and their startup.
 
-use runvm_contract::guest::{AGENT_PORT_NAME, DEBUG_FLAG, PROBE_FLAG, ROOTFS_TAG};
+use runvm_contract::guest::{AGENT_PORT_NAME, DEBUG_FLAG, MODULES_TAG, PROBE_FLAG, ROOTFS_TAG};
+use runvm_contract::sockets::MODULES_VIRTIOFS as MODULES_SOCKET;
 use runvm_contract::sockets::VIRTIOFS as VIRTIOFS_SOCKET;
 use runvm_contract::sockets::{
     AGENT as AGENT_SOCKET, CONSOLE as CONSOLE_SOCKET, QMP as QMP_SOCKET,
@@ -49,6 +50,21 @@ pub fn virtiofsd_args(cfg: &VmConfig, listen_fd: i32) -> Vec<String> {
         "--cache=auto".into(),
         "--announce-submounts".into(),
         "--xattr".into(),
+        format!("--log-level={}", if cfg.debug { "info" } else { "error" }),
+    ]
+}
+
+/// The second virtiofsd's arguments, when the kernel has modules: serve
+/// them read-only (they never change while the VM runs, so the guest may
+/// cache them for good).
+pub fn modules_virtiofsd_args(cfg: &VmConfig, listen_fd: i32) -> Vec<String> {
+    vec![
+        format!("--fd={listen_fd}"),
+        format!("--shared-dir={}", runvm_contract::paths::MODULES),
+        "--readonly".into(),
+        "--sandbox=none".into(),
+        "--inode-file-handles=never".into(),
+        "--cache=always".into(),
         format!("--log-level={}", if cfg.debug { "info" } else { "error" }),
     ]
 }
@@ -160,6 +176,14 @@ pub fn qemu_args(cfg: &VmConfig, nics: &[NicArg]) -> Vec<String> {
         "-device".into(),
         format!("pcie-pci-bridge,id={NIC_BRIDGE},bus=pcie.0"),
     ]);
+    if cfg.container.kernel_modules.is_some() {
+        a.extend([
+            "-chardev".into(),
+            format!("socket,id=vfsmod,path={MODULES_SOCKET}"),
+            "-device".into(),
+            format!("vhost-user-fs-pci,chardev=vfsmod,tag={MODULES_TAG}"),
+        ]);
+    }
     for nic in nics {
         a.push("-netdev".into());
         a.push(format!("tap,id=net{},fd={}", nic.slot, nic.tap_fd));
@@ -288,6 +312,22 @@ mod tests {
         assert!(devs
             .iter()
             .any(|d| d.starts_with("virtserialport") && d.ends_with(AGENT_PORT_NAME)));
+    }
+
+    #[test]
+    fn the_kernels_modules_get_a_read_only_share_of_their_own_when_it_has_any() {
+        let mut c = cfg(Accel::Tcg);
+        let a = qemu_args(&c, &[]);
+        assert!(!pair(&a, "-device")
+            .iter()
+            .any(|d| d.contains("runvm-modules")));
+        c.container.kernel_modules = Some("6.1.0-57-cloud-amd64".into());
+        let a = qemu_args(&c, &[]);
+        assert!(pair(&a, "-device").contains(&"vhost-user-fs-pci,chardev=vfsmod,tag=runvm-modules"));
+        assert!(pair(&a, "-chardev").contains(&"socket,id=vfsmod,path=/run/runvm/modules.sock"));
+        let v = modules_virtiofsd_args(&c, 5);
+        assert!(v.contains(&"--readonly".to_string()));
+        assert!(v.contains(&"--shared-dir=/runvm/modules".to_string()));
     }
 
     #[test]

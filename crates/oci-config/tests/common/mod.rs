@@ -1,6 +1,6 @@
 //! Fixtures shared by the rewrite's test files.
 
-use runvm_config::rewrite::{HostDevice, HostEntry};
+use runvm_config::rewrite::{HostDevice, HostEntry, KernelModules};
 use runvm_config::HostLayout;
 use runvm_contract::Accel;
 use serde_json::Value;
@@ -27,6 +27,11 @@ pub fn host() -> HostLayout {
         virtiofsd: "/usr/local/lib/runvm/virtiofsd".into(),
         kernel: "/var/lib/runvm/kernel/boot/vmlinuz".into(),
         initrd: "/var/lib/runvm/cache/initramfs.img".into(),
+        modules: Some(KernelModules {
+            dir: "/var/lib/runvm/kernel/6.1.0-57-cloud-amd64/lib/modules/6.1.0-57-cloud-amd64"
+                .into(),
+            version: "6.1.0-57-cloud-amd64".into(),
+        }),
         qemu: "/usr/bin/qemu-system-x86_64".into(),
         devices: vec![HostDevice {
             path: "/dev/kvm".into(),
