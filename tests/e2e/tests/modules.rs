@@ -26,8 +26,31 @@ fn modprobe_loads_a_module_of_the_guest_kernel() {
     let r = run_one(
         "runvm",
         &[],
-        &[IMAGE, "sh", "-c", "modprobe dummy 2>/dev/null || echo refused"],
+        &[
+            IMAGE,
+            "sh",
+            "-c",
+            "modprobe dummy 2>/dev/null || echo refused",
+        ],
         None,
     );
     assert_eq!(r.stdout_str(), "refused\n", "{}", r.describe());
+    // Even root in the guest, remounting them read-write, cannot change
+    // the store's modules, which every container shares: virtiofsd serves
+    // them read-only.
+    let r = run_one(
+        "runvm",
+        &["--privileged"],
+        &[
+            IMAGE,
+            "sh",
+            "-c",
+            "v=$(uname -r); mount -o remount,rw /lib/modules/$v; \
+             touch /lib/modules/$v/planted 2>/dev/null || echo refused",
+        ],
+        None,
+    );
+    assert_eq!(r.stdout_str(), "refused\n", "{}", r.describe());
+    let planted = host_sh("ls /var/lib/runvm/kernel/*/lib/modules/*/planted 2>/dev/null | wc -l");
+    assert_eq!(planted.stdout_str().trim(), "0");
 }
