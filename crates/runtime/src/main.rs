@@ -6,6 +6,7 @@ mod create;
 mod docker;
 mod error;
 mod host;
+mod kernel_store;
 mod logging;
 mod probe;
 
@@ -86,7 +87,7 @@ fn run(cli: &Cli) -> Result<i32> {
     }
     let Some(verb) = cli.command.first() else {
         return Err(RuntimeError::Usage(
-            "no command given: runvm takes runc's commands (create, start, state, kill, delete, exec, …) and check, boot-probe, docker-register, docker-unregister".into(),
+            "no command given: runvm takes runc's commands (create, start, state, kill, delete, exec, …) and check, kernel, boot-probe, docker-register, docker-unregister".into(),
         ));
     };
     let args = &cli.command[1..];
@@ -99,6 +100,7 @@ fn run(cli: &Cli) -> Result<i32> {
             "{verb} is not supported: a runvm container's state lives in its VM, which runc's CRIU checkpointing cannot capture; stop and start the container instead"
         ))),
         "check" => check(),
+        "kernel" => kernel_store::run(&host::Install::locate().kernels_dir(), args),
         "boot-probe" => probe::boot_probe(cli.debug),
         "docker-register" => docker_edit(args, true),
         "docker-unregister" => docker_edit(args, false),

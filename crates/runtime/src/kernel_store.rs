@@ -1,0 +1,373 @@
+//! `runvm kernel list|add|remove`: the kernel store, where `RUNVM_KERNEL`
+//! picks kernels by name (`/var/lib/runvm/kernel/<name>/boot/vmlinuz-<v>`
+//! with `lib/modules/<v>`).
+//!
+//! Only the administrator runs these (root on the host): the paths given to
+//! `add` are trusted. A name is a plain file name, as `RUNVM_KERNEL` takes
+//! it. A kernel is added under `<name>.partial` and renamed when complete,
+//! so a container never sees half a kernel; one in use by a running
+//! container is not removed.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use runvm_initramfs::Kernel;
+
+use crate::error::{Result, RuntimeError};
+
+const USAGE: &str = "usage: runvm kernel list | runvm kernel add NAME VMLINUZ [MODULES_DIR] | runvm kernel add NAME --package DEBIAN_PACKAGE | runvm kernel remove NAME";
+
+/// Runs `runvm kernel ARGS` against the store `store`.
+pub fn run(store: &Path, args: &[String]) -> Result<i32> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["list"] => list(store),
+        ["add", name, "--package", package] => add_package(store, name, package),
+        ["add", name, vmlinuz] => add_files(store, name, Path::new(vmlinuz), None),
+        ["add", name, vmlinuz, modules] => {
+            add_files(store, name, Path::new(vmlinuz), Some(Path::new(modules)))
+        }
+        ["remove", name] => remove(store, name),
+        _ => Err(RuntimeError::Usage(USAGE.into())),
+    }
+}
+
+/// A store name: a plain file name, neither `.` nor `..`, nor a partial
+/// add's.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.contains('\0')
+        && !name.ends_with(".partial")
+        && !name.starts_with('-')
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(RuntimeError::Usage(format!(
+            "{name:?} is not a kernel name: give a plain name (letters, digits, dots, dashes), as RUNVM_KERNEL takes it"
+        )))
+    }
+}
+
+fn dir_name(k: &Kernel) -> String {
+    k.root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn list(store: &Path) -> Result<i32> {
+    let all = Kernel::all_in_store(store)?;
+    let default = Kernel::discover(store).ok().map(|k| k.root);
+    println!(
+        "{:<28} {:<28} {:<8} {:<7} DEFAULT",
+        "NAME", "VERSION", "MODULES", "IN USE"
+    );
+    for k in &all {
+        println!(
+            "{:<28} {:<28} {:<8} {:<7} {}",
+            dir_name(k),
+            k.version,
+            if k.has_modules() { "yes" } else { "no" },
+            users(k).len(),
+            if Some(&k.root) == default.as_ref() {
+                "*"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(0)
+}
+
+/// The pids of the running supervisors whose VM boots kernel `k`: their
+/// root's `/runvm/vmlinuz` is `k`'s file (bound in by the runtime).
+fn users(k: &Kernel) -> Vec<u32> {
+    let Ok(ours) = fs::metadata(&k.vmlinuz) else {
+        return Vec::new();
+    };
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim_end() == "runvm-superviso")
+        })
+        .filter(|pid| {
+            fs::metadata(format!("/proc/{pid}/root{}", runvm_contract::paths::KERNEL))
+                .is_ok_and(|m| m.dev() == ours.dev() && m.ino() == ours.ino())
+        })
+        .collect()
+}
+
+fn remove(store: &Path, name: &str) -> Result<i32> {
+    check_name(name)?;
+    let k = Kernel::from_store(store, name)?;
+    let pids = users(&k);
+    if !pids.is_empty() {
+        return Err(RuntimeError::Usage(format!(
+            "kernel {name} is in use by {} running container(s) (supervisor pids {}): stop them first",
+            pids.len(),
+            pids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    fs::remove_dir_all(&k.root).map_err(|source| RuntimeError::Write {
+        path: k.root.clone(),
+        source,
+    })?;
+    println!("removed kernel {} ({})", dir_name(&k), k.version);
+    Ok(0)
+}
+
+/// Where a new kernel goes, refusing a name the store has.
+fn new_root(store: &Path, name: &str) -> Result<(PathBuf, PathBuf)> {
+    check_name(name)?;
+    let root = store.join(name);
+    if root.exists() {
+        return Err(RuntimeError::Usage(format!(
+            "the kernel store has {name} already: remove it first (runvm kernel remove {name}) or pick another name"
+        )));
+    }
+    let partial = store.join(format!("{name}.partial"));
+    let _ = fs::remove_dir_all(&partial);
+    fs::create_dir_all(&partial).map_err(|source| RuntimeError::Write {
+        path: partial.clone(),
+        source,
+    })?;
+    Ok((root, partial))
+}
+
+/// Runs an external tool; its failure names it and what it said.
+fn tool(program: &str, args: &[&str]) -> Result<()> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|source| RuntimeError::Spawn {
+            program: program.into(),
+            source,
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(&out.stderr);
+    Err(RuntimeError::Usage(format!(
+        "{program} {} failed ({}): {}",
+        args.join(" "),
+        out.status,
+        said.lines().last().unwrap_or("").trim()
+    )))
+}
+
+/// Moves a complete `partial` into place as `root`, after depmod has
+/// indexed its modules (the initramfs builder and modprobe read them).
+fn finish(partial: &Path, root: &Path, version: &str) -> Result<i32> {
+    if partial.join("lib/modules").join(version).is_dir() {
+        tool("depmod", &["-b", &partial.to_string_lossy(), version])?;
+    }
+    fs::rename(partial, root).map_err(|source| RuntimeError::Write {
+        path: root.to_owned(),
+        source,
+    })?;
+    let k = Kernel::from_store(root.parent().unwrap_or(root), &dir_name_of(root))?;
+    println!(
+        "added kernel {} ({}{}); use it with RUNVM_KERNEL={}",
+        dir_name_of(root),
+        k.version,
+        if k.has_modules() {
+            ", with modules"
+        } else {
+            ", no modules"
+        },
+        dir_name_of(root)
+    );
+    Ok(0)
+}
+
+fn dir_name_of(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// `add NAME VMLINUZ [MODULES_DIR]`: the version comes from the modules
+/// directory's name (`lib/modules/<version>`), else from `vmlinuz-<version>`.
+fn add_files(store: &Path, name: &str, vmlinuz: &Path, modules: Option<&Path>) -> Result<i32> {
+    if !vmlinuz.is_file() {
+        return Err(RuntimeError::Usage(format!(
+            "{} is not a kernel image file: give the path of a vmlinuz",
+            vmlinuz.display()
+        )));
+    }
+    if let Some(m) = modules {
+        if !m.is_dir() {
+            return Err(RuntimeError::Usage(format!(
+                "{} is not a directory: give the kernel's lib/modules/<version> directory",
+                m.display()
+            )));
+        }
+    }
+    let version = modules
+        .map(dir_name_of)
+        .or_else(|| {
+            vmlinuz
+                .file_name()?
+                .to_str()?
+                .strip_prefix("vmlinuz-")
+                .map(str::to_owned)
+        })
+        .filter(|v| valid_name(v))
+        .ok_or_else(|| {
+            RuntimeError::Usage(format!(
+                "cannot tell the version of {}: name it vmlinuz-<version> or give its modules directory",
+                vmlinuz.display()
+            ))
+        })?;
+    let (root, partial) = new_root(store, name)?;
+    let result = (|| {
+        let boot = partial.join("boot");
+        fs::create_dir_all(&boot).map_err(|source| RuntimeError::Write {
+            path: boot.clone(),
+            source,
+        })?;
+        let target = boot.join(format!("vmlinuz-{version}"));
+        fs::copy(vmlinuz, &target).map_err(|source| RuntimeError::Write {
+            path: target,
+            source,
+        })?;
+        if let Some(m) = modules {
+            let dest = partial.join("lib/modules");
+            fs::create_dir_all(&dest).map_err(|source| RuntimeError::Write {
+                path: dest.clone(),
+                source,
+            })?;
+            // cp -a keeps the tree as it is (symlinks, modes) without a
+            // hand-written recursive copy.
+            tool(
+                "cp",
+                &[
+                    "-a",
+                    "--",
+                    &m.to_string_lossy(),
+                    &dest.join(&version).to_string_lossy(),
+                ],
+            )?;
+        }
+        finish(&partial, &root, &version)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&partial);
+    }
+    result
+}
+
+/// `add NAME --package PKG`: downloads a Debian kernel package with apt
+/// and unpacks it (never installs it: the host's boot is not touched).
+fn add_package(store: &Path, name: &str, package: &str) -> Result<i32> {
+    let plain_package = package.starts_with("linux-image-")
+        && package
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.+~".contains(c));
+    if !plain_package {
+        return Err(RuntimeError::Usage(format!(
+            "{package:?} is not a Debian kernel package name: give linux-image-<version>, e.g. linux-image-6.1.0-57-cloud-amd64"
+        )));
+    }
+    let version = package.trim_start_matches("linux-image-").to_owned();
+    let (root, partial) = new_root(store, name)?;
+    let result = (|| {
+        let download = tempfile::tempdir().map_err(|source| RuntimeError::Write {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+        let dir = download.path().to_string_lossy().into_owned();
+        tool(
+            "sh",
+            &[
+                "-c",
+                "cd \"$1\" && apt-get download -q \"$2\"",
+                "sh",
+                &dir,
+                package,
+            ],
+        )?;
+        let deb = fs::read_dir(download.path())
+            .ok()
+            .and_then(|mut d| d.find_map(|e| e.ok().map(|e| e.path())))
+            .ok_or_else(|| {
+                RuntimeError::Usage(format!("apt-get download {package} gave no file"))
+            })?;
+        tool(
+            "dpkg-deb",
+            &["-x", &deb.to_string_lossy(), &partial.to_string_lossy()],
+        )?;
+        finish(&partial, &root, &version)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&partial);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_plain_file_names() {
+        for ok in ["6.1.0-57-cloud-amd64", "minimal", "my.kernel_2"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "a/b", "/etc", "x.partial", "-rf", "a\0b"] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn add_list_and_remove_on_a_store_of_files() {
+        let store = tempfile::tempdir().unwrap();
+        let src = tempfile::tempdir().unwrap();
+        let vmlinuz = src.path().join("vmlinuz-9.9.9-test");
+        fs::write(&vmlinuz, b"not really a kernel").unwrap();
+        let s = store.path();
+        assert_eq!(add_files(s, "test", &vmlinuz, None).unwrap(), 0);
+        let k = Kernel::from_store(s, "test").unwrap();
+        assert_eq!(k.version, "9.9.9-test");
+        assert!(!k.has_modules());
+        // A name the store has is refused, and leaves nothing behind.
+        let e = add_files(s, "test", &vmlinuz, None).unwrap_err();
+        assert!(e.to_string().contains("has test already"), "{e}");
+        assert!(!s.join("test.partial").exists());
+        // A version that cannot be told is refused.
+        let odd = src.path().join("bzImage");
+        fs::write(&odd, b"x").unwrap();
+        let e = add_files(s, "odd", &odd, None).unwrap_err();
+        assert!(e.to_string().contains("cannot tell the version"), "{e}");
+        assert!(!s.join("odd").exists() && !s.join("odd.partial").exists());
+        // Bad names never reach the file system.
+        assert!(add_files(s, "../escape", &vmlinuz, None).is_err());
+        assert!(!store.path().parent().unwrap().join("escape").exists());
+        assert_eq!(remove(s, "test").unwrap(), 0);
+        assert!(Kernel::from_store(s, "test").is_err());
+        assert!(remove(s, "test").is_err());
+    }
+
+    #[test]
+    fn a_package_name_is_checked_before_apt_sees_it() {
+        let store = tempfile::tempdir().unwrap();
+        for bad in ["bash", "linux-image-x; rm -rf /", "-oDebug=1"] {
+            let e = add_package(store.path(), "k", bad).unwrap_err();
+            assert!(e.to_string().contains("not a Debian kernel package"), "{e}");
+        }
+        assert_eq!(fs::read_dir(store.path()).unwrap().count(), 0);
+    }
+}
