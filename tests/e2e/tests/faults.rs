@@ -14,10 +14,17 @@ const BOOT: Duration = Duration::from_secs(120);
 const FAULT_LIMIT: Duration = Duration::from_secs(60);
 
 /// The host pid of the container's process whose name starts with `comm`.
+/// The helper called `comm`; for virtiofsd, the one that serves the
+/// container's files (another serves the kernel's modules).
 fn helper_pid(procs: &[(u32, String)], comm: &str) -> u32 {
     procs
         .iter()
-        .find(|(_, c)| c.starts_with(comm))
+        .filter(|(_, c)| c.starts_with(comm))
+        .find(|(pid, _)| {
+            comm != "virtiofsd"
+                || std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("--shared-dir=/rootfs"))
+        })
         .unwrap_or_else(|| panic!("no {comm} among the container's processes: {procs:?}"))
         .0
 }
