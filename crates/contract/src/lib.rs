@@ -132,6 +132,10 @@ pub struct VmConfig {
     pub initrd: String,
     pub rootfs: String,
     pub debug: bool,
+    /// Kernel parameters the container asked for (`RUNVM_KERNEL_APPEND`,
+    /// already checked), after runvm's own.
+    #[serde(default)]
+    pub kernel_append: Vec<String>,
     /// The supervisor runs in a network namespace of the container's own,
     /// whose interfaces move into the VM (always, for a container: runvm
     /// refuses `--network host` and `container:X`). False for the boot

@@ -28,6 +28,9 @@ pub struct VmOptions {
     pub cpus: Option<u32>,
     /// Print the guest console and helper logs to the container's stderr.
     pub debug: bool,
+    /// Kernel parameters added to the guest's command line
+    /// (`RUNVM_KERNEL_APPEND`), checked by [`kernel_append`].
+    pub kernel_append: Vec<String>,
 }
 
 /// A `RUNVM_*` variable with a value runvm cannot use.
@@ -113,13 +116,53 @@ impl VmOptions {
                 })
             }
         };
+        let kernel_append = match get("RUNVM_KERNEL_APPEND") {
+            None => Vec::new(),
+            Some(v) => kernel_append(&v).map_err(|why| OptionError {
+                name: "RUNVM_KERNEL_APPEND",
+                value: v.clone(),
+                expected: why,
+            })?,
+        };
         Ok(Self {
             accel,
             kernel,
             memory_mib,
             cpus,
             debug,
+            kernel_append,
         })
+    }
+}
+
+/// Parameters runvm sets itself, or that would take the guest away from
+/// its agent: never from `RUNVM_KERNEL_APPEND`.
+const RESERVED_PARAMS: &[&str] = &["console", "init", "rdinit", "root", "panic", "initrd"];
+
+/// Checks `RUNVM_KERNEL_APPEND`: at most 32 parameters and 1024 bytes,
+/// each `name` or `name=value` of letters, digits and `_.,:/+-=`, none of
+/// runvm's own (see [`RESERVED_PARAMS`], `runvm.*`) and no `--` (which
+/// would pass the rest to init). The value may come from the image: it
+/// concerns the container's own guest only, but must not stop it booting
+/// runvm's agent.
+pub fn kernel_append(v: &str) -> Result<Vec<String>, &'static str> {
+    const WHY: &str = "give kernel parameters such as \"mitigations=off quiet\" (at most 32, 1024 bytes; letters, digits and _.,:/+-=); console, init, rdinit, root, panic, initrd, runvm.* and -- are runvm's own";
+    let params: Vec<String> = v.split_whitespace().map(str::to_owned).collect();
+    let ok = v.len() <= 1024
+        && params.len() <= 32
+        && params.iter().all(|p| {
+            let name = p.split('=').next().unwrap_or("");
+            !name.is_empty()
+                && p != "--"
+                && !RESERVED_PARAMS.contains(&name)
+                && !name.starts_with("runvm.")
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.,:/+-=".contains(&b))
+        });
+    if ok {
+        Ok(params)
+    } else {
+        Err(WHY)
     }
 }
 
@@ -213,5 +256,29 @@ mod tests {
             VmOptions::from_env(&env(&["RUNVM_KERNEL=6.1.0-56-cloud-amd64"]), |_| None).unwrap();
         assert_eq!(o.kernel.as_deref(), Some("6.1.0-56-cloud-amd64"));
         assert!(VmOptions::from_env(&env(&["RUNVM_DEBUG=yes"]), |_| None).is_err());
+    }
+
+    #[test]
+    fn kernel_parameters_are_checked() {
+        assert_eq!(
+            kernel_append(" mitigations=off  foo.bar=1,2 nokaslr ").unwrap(),
+            ["mitigations=off", "foo.bar=1,2", "nokaslr"]
+        );
+        assert!(kernel_append("").unwrap().is_empty());
+        for bad in [
+            "init=/bin/sh",
+            "rdinit=/x",
+            "console=tty0",
+            "panic=0",
+            "runvm.debug",
+            "-- x",
+            "a=\"b c\"",
+            "a;b",
+            "=x",
+        ] {
+            assert!(kernel_append(bad).is_err(), "{bad}");
+        }
+        assert!(kernel_append(&"a ".repeat(33)).is_err());
+        assert!(kernel_append(&"x".repeat(1025)).is_err());
     }
 }

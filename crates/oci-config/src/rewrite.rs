@@ -356,6 +356,7 @@ pub fn rewrite_config(
         initrd: paths::INITRD.into(),
         rootfs: paths::ROOTFS.into(),
         debug: opts.debug,
+        kernel_append: opts.kernel_append.clone(),
         own_network: true,
         staged_mounts,
         qemu_uid: host.qemu_ids.0,

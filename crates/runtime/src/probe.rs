@@ -43,6 +43,7 @@ pub fn boot_probe(debug: bool) -> Result<i32> {
         initrd: guest.initrd.path.to_string_lossy().into_owned(),
         rootfs: String::new(),
         debug: debug || opts.debug,
+        kernel_append: opts.kernel_append.clone(),
         own_network: false,
         qemu_uid: 0,
         qemu_gid: 0,

@@ -90,6 +90,7 @@ pub fn kernel_cmdline(cfg: &VmConfig, extra: &[&str]) -> String {
         parts.push("quiet");
     }
     parts.extend(extra);
+    parts.extend(cfg.kernel_append.iter().map(String::as_str));
     parts.join(" ")
 }
 
@@ -228,6 +229,7 @@ mod tests {
             initrd: "/runvm/initrd.img".into(),
             rootfs: "/rootfs".into(),
             debug: false,
+            kernel_append: vec![],
             own_network: true,
             staged_mounts: vec![],
             qemu_uid: 2130706500,
@@ -345,6 +347,15 @@ mod tests {
         assert!(kernel_cmdline(&c, &[]).contains("quiet"));
         c.debug = true;
         assert!(!kernel_cmdline(&c, &[]).contains("quiet"));
+    }
+
+    #[test]
+    fn the_containers_kernel_parameters_come_after_runvms() {
+        let mut c = cfg(Accel::Tcg);
+        c.kernel_append = vec!["mitigations=off".into(), "foo.bar=1".into()];
+        let line = kernel_cmdline(&c, &[]);
+        assert!(line.ends_with(" mitigations=off foo.bar=1"), "{line}");
+        assert!(line.starts_with("console=ttyS0 "), "{line}");
     }
 
     #[test]

@@ -88,6 +88,11 @@ fn bad_runvm_options_fail_cleanly() {
     );
     // A kernel is a name in runvm's store, never a host path.
     check_rejected("RUNVM_KERNEL=/etc/shadow", &["/etc/shadow", "kernel store"]);
+    // Kernel parameters that would take the guest from runvm's agent.
+    check_rejected(
+        "RUNVM_KERNEL_APPEND=init=/bin/sh",
+        &["RUNVM_KERNEL_APPEND", "runvm's own"],
+    );
     check_rejected(
         "RUNVM_KERNEL=no-such-kernel",
         &["no-such-kernel", "kernel store", "give one of"],

@@ -54,3 +54,26 @@ fn modprobe_loads_a_module_of_the_guest_kernel() {
     let planted = host_sh("ls /var/lib/runvm/kernel/*/lib/modules/*/planted 2>/dev/null | wc -l");
     assert_eq!(planted.stdout_str().trim(), "0");
 }
+
+/// `RUNVM_KERNEL_APPEND` adds parameters to the guest kernel's command
+/// line, after runvm's own.
+#[e2e_test]
+fn kernel_parameters_reach_the_guest() {
+    let r = run_one(
+        "runvm",
+        &[
+            "-e",
+            "RUNVM_KERNEL_APPEND=mitigations=off runvm_e2e_test.flag=1",
+        ],
+        &[IMAGE, "cat", "/proc/cmdline"],
+        None,
+    );
+    r.assert_code(0, "RUNVM_KERNEL_APPEND");
+    assert!(
+        r.stdout_str()
+            .trim_end()
+            .ends_with(" mitigations=off runvm_e2e_test.flag=1"),
+        "{}",
+        r.describe()
+    );
+}
