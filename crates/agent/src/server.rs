@@ -86,6 +86,25 @@ impl Streams {
     }
 }
 
+/// How long an exec or a network update that arrives while the container
+/// starts waits for it.
+const START_WAIT: Duration = Duration::from_secs(120);
+
+/// Where the container is once it is no longer starting (or
+/// [`Container::Gone`] if it still is after [`START_WAIT`]).
+async fn past_start(agent: &Agent) -> Container {
+    let mut rx = agent.container.subscribe();
+    let waited = tokio::time::timeout(
+        START_WAIT,
+        rx.wait_for(|c| !matches!(c, Container::Starting)),
+    )
+    .await;
+    match waited {
+        Ok(Ok(c)) => c.clone(),
+        _ => Container::Gone,
+    }
+}
+
 /// Where the container is, for execs.
 #[derive(Clone, Debug)]
 enum Container {
@@ -194,10 +213,10 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
             let prepared = prepare_container(spec, &start.network).await;
             if prepared.is_ok() {
                 *agent.network.lock().await = Some(start.network.clone());
-            }
-            if prepared.is_ok() && start.network.dns_relay {
-                if let Some(host) = agent.streams.take(0, Kind::Dns).await {
-                    start_dns_relay(host).await;
+                if start.network.dns_relay {
+                    if let Some(host) = agent.streams.take(0, Kind::Dns).await {
+                        start_dns_relay(host).await;
+                    }
                 }
             }
             if let Err(e) = prepared {
@@ -216,17 +235,7 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
             Ok(())
         }
         HostMessage::Exec(spec) => {
-            let mut rx = agent.container.subscribe();
-            let container = match tokio::time::timeout(
-                Duration::from_secs(120),
-                rx.wait_for(|c| !matches!(c, Container::Starting)),
-            )
-            .await
-            {
-                Ok(Ok(c)) => c.clone(),
-                _ => Container::Gone,
-            };
-            let Container::Running(namespaces) = container else {
+            let Container::Running(namespaces) = past_start(&agent).await else {
                 send(
                     &wr,
                     &GuestMessage::StartFailed {
@@ -430,14 +439,9 @@ async fn network_update(agent: &Agent, mut s: MuxStream) {
         }
     };
     // A network connected while the VM boots comes before the container's
-    // own setup: it waits for it.
+    // own setup: it waits for it, as an exec does.
+    past_start(agent).await;
     let mut current = agent.network.lock().await;
-    let since = tokio::time::Instant::now();
-    while current.is_none() && since.elapsed() < Duration::from_secs(120) {
-        drop(current);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        current = agent.network.lock().await;
-    }
     let error = match current.as_ref() {
         None => Some("the container's network was never set up".to_owned()),
         Some(old) => match network::reconfigure(old, &new).await {
