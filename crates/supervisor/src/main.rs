@@ -134,6 +134,25 @@ fn spawn_helper(
     Ok(child)
 }
 
+/// Starts a virtiofsd on a listening socket of its own at `socket`, made
+/// before QEMU starts, so that QEMU never connects to a socket that does
+/// not listen yet. `args` gets the socket's descriptor, which stays
+/// close-on-exec here: only virtiofsd's child makes it inheritable.
+fn start_virtiofsd(
+    cfg: &VmConfig,
+    socket: &str,
+    args: fn(&VmConfig, i32) -> Vec<String>,
+    log: &ring::Log,
+) -> Result<Child> {
+    let listener = std::os::unix::net::UnixListener::bind(socket)
+        .map_err(|e| SupervisorError::io(format!("listen on {socket}"), e))?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+    spawn_helper(cfg, &cfg.virtiofsd, args(cfg, fd), log, |c| {
+        sandbox::bound_capabilities(c, sandbox::VIRTIOFSD_CAPS, vec![fd])
+    })
+    // The listener closes here: virtiofsd has its own copy.
+}
+
 /// The helpers' stderr and the guest console.
 struct Logs {
     console: ring::Log,
@@ -253,10 +272,6 @@ async fn supervise() -> Result<i32> {
 
     // The sockets listen before the helpers start: nobody ever connects
     // to a socket that is not ready.
-    let vfs_listener = std::os::unix::net::UnixListener::bind(sockets::VIRTIOFS)
-        .map_err(|e| SupervisorError::io(format!("listen on {}", sockets::VIRTIOFS), e))?;
-    // Close-on-exec here: only virtiofsd's child clears it (below).
-    let vfs_fd = std::os::fd::AsRawFd::as_raw_fd(&vfs_listener);
     let agent_listener = tokio::net::UnixListener::bind(sockets::AGENT)
         .map_err(|e| SupervisorError::io(format!("listen on {}", sockets::AGENT), e))?;
     let console_listener = tokio::net::UnixListener::bind(sockets::CONSOLE)
@@ -277,33 +292,22 @@ async fn supervise() -> Result<i32> {
         }
     });
 
-    let mut virtiofsd = spawn_helper(
+    let mut virtiofsd = start_virtiofsd(
         &cfg,
-        &cfg.virtiofsd,
-        vmm::virtiofsd_args(&cfg, vfs_fd),
+        sockets::VIRTIOFS,
+        vmm::virtiofsd_args,
         &logs.virtiofsd,
-        |c| sandbox::bound_capabilities(c, sandbox::VIRTIOFSD_CAPS, vec![vfs_fd]),
     )?;
-    drop(vfs_listener); // virtiofsd has it
-                        // The kernel's modules, for modprobe in the guest, from a virtiofsd of
-                        // their own (read-only). Killed when dropped, at the end.
-    let _modules_virtiofsd = match cfg.container.kernel_modules {
+    // The kernel's modules, for modprobe in the guest, from a virtiofsd of
+    // their own (read-only). Killed when dropped, at the end.
+    let modules_virtiofsd = match cfg.container.kernel_modules {
         None => None,
-        Some(_) => {
-            let listener = std::os::unix::net::UnixListener::bind(sockets::MODULES_VIRTIOFS)
-                .map_err(|e| {
-                    SupervisorError::io(format!("listen on {}", sockets::MODULES_VIRTIOFS), e)
-                })?;
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
-            let child = spawn_helper(
-                &cfg,
-                &cfg.virtiofsd,
-                vmm::modules_virtiofsd_args(&cfg, fd),
-                &logs.virtiofsd,
-                |c| sandbox::bound_capabilities(c, sandbox::VIRTIOFSD_CAPS, vec![fd]),
-            )?;
-            Some(child)
-        }
+        Some(_) => Some(start_virtiofsd(
+            &cfg,
+            sockets::MODULES_VIRTIOFS,
+            vmm::modules_virtiofsd_args,
+            &logs.virtiofsd,
+        )?),
     };
 
     let nic_args: Vec<vmm::NicArg> = nics
@@ -318,16 +322,16 @@ async fn supervise() -> Result<i32> {
     // QEMU runs under its own unprivileged uid: it gets the sockets it
     // connects to, and inherits only the taps.
     let (quid, qgid) = (cfg.qemu_uid, cfg.qemu_gid);
-    for path in [
+    let mut qemu_sockets = vec![
         sockets::AGENT,
         sockets::VIRTIOFS,
         sockets::CONSOLE,
         sockets::QMP,
-        sockets::MODULES_VIRTIOFS,
-    ] {
-        if path == sockets::MODULES_VIRTIOFS && cfg.container.kernel_modules.is_none() {
-            continue;
-        }
+    ];
+    if modules_virtiofsd.is_some() {
+        qemu_sockets.push(sockets::MODULES_VIRTIOFS);
+    }
+    for path in qemu_sockets {
         sandbox::give_to(path, quid, qgid)
             .map_err(|e| SupervisorError::io(format!("give {path} to QEMU's uid {quid}"), e))?;
     }
@@ -345,17 +349,17 @@ async fn supervise() -> Result<i32> {
     // request to start the container must be answered before then.
     let qemu_pid = qemu.id().unwrap_or_default();
     let mut give_up = Box::pin(watchdog::unanswered(qemu_pid, Instant::now()));
-    let mut interfaces = Vec::new();
-    let mut plugged = Vec::new();
-    for (n, slot) in nics.into_iter().zip(vmm::NIC_SLOTS) {
-        plugged.push(network::hotplug::Plugged {
+    // Each tap is dropped here: QEMU has its own copy now.
+    let plugged: Vec<network::hotplug::Plugged> = nics
+        .into_iter()
+        .zip(vmm::NIC_SLOTS)
+        .map(|(n, slot)| network::hotplug::Plugged {
             link: n.link,
             slot,
-            interface: n.interface.clone(),
-        });
-        interfaces.push(n.interface);
-        drop(n.tap); // QEMU has its own copy now
-    }
+            interface: n.interface,
+        })
+        .collect();
+    let interfaces = plugged.iter().map(|p| p.interface.clone()).collect();
     let sock = tokio::select! {
         accepted = agent_listener.accept() => {
             accepted.map_err(|e| SupervisorError::io("accept QEMU's agent connection", e))?.0
