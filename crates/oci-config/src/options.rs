@@ -166,8 +166,9 @@ pub fn kernel_append(v: &str) -> Result<Vec<String>, &'static str> {
     }
 }
 
-/// A kernel name: letters, digits and `._+-`, not starting with a dot.
-fn is_kernel_name(s: &str) -> bool {
+/// A kernel name as `RUNVM_KERNEL` takes it: letters, digits and `._+-`,
+/// not starting with a dot.
+pub fn is_kernel_name(s: &str) -> bool {
     (1..=128).contains(&s.len())
         && !s.starts_with('.')
         && s.bytes()

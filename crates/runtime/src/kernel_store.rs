@@ -34,14 +34,10 @@ pub fn run(store: &Path, args: &[String]) -> Result<i32> {
     }
 }
 
-/// A store name: a plain file name, neither `.` nor `..`, nor a partial
-/// add's.
+/// A store name: one `RUNVM_KERNEL` can pick (so a plain file name), not
+/// a partial add's, not starting with a dash.
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name != "."
-        && name != ".."
-        && !name.contains('/')
-        && !name.contains('\0')
+    runvm_config::options::is_kernel_name(name)
         && !name.ends_with(".partial")
         && !name.starts_with('-')
 }
@@ -56,13 +52,6 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
-fn dir_name(k: &Kernel) -> String {
-    k.root
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
 fn list(store: &Path) -> Result<i32> {
     let all = Kernel::all_in_store(store)?;
     let default = Kernel::discover(store).ok().map(|k| k.root);
@@ -73,7 +62,7 @@ fn list(store: &Path) -> Result<i32> {
     for k in &all {
         println!(
             "{:<28} {:<28} {:<8} {:<7} {}",
-            dir_name(k),
+            dir_name_of(&k.root),
             k.version,
             if k.has_modules() { "yes" } else { "no" },
             users(k).len(),
@@ -125,7 +114,7 @@ fn remove(store: &Path, name: &str) -> Result<i32> {
         path: k.root.clone(),
         source,
     })?;
-    println!("removed kernel {} ({})", dir_name(&k), k.version);
+    println!("removed kernel {} ({})", dir_name_of(&k.root), k.version);
     Ok(0)
 }
 
@@ -171,24 +160,22 @@ fn tool(program: &str, args: &[&str]) -> Result<()> {
 /// Moves a complete `partial` into place as `root`, after depmod has
 /// indexed its modules (the initramfs builder and modprobe read them).
 fn finish(partial: &Path, root: &Path, version: &str) -> Result<i32> {
-    if partial.join("lib/modules").join(version).is_dir() {
+    let has_modules = partial.join("lib/modules").join(version).is_dir();
+    if has_modules {
         tool("depmod", &["-b", &partial.to_string_lossy(), version])?;
     }
     fs::rename(partial, root).map_err(|source| RuntimeError::Write {
         path: root.to_owned(),
         source,
     })?;
-    let k = Kernel::from_store(root.parent().unwrap_or(root), &dir_name_of(root))?;
+    let name = dir_name_of(root);
     println!(
-        "added kernel {} ({}{}); use it with RUNVM_KERNEL={}",
-        dir_name_of(root),
-        k.version,
-        if k.has_modules() {
+        "added kernel {name} ({version}{}); use it with RUNVM_KERNEL={name}",
+        if has_modules {
             ", with modules"
         } else {
             ", no modules"
         },
-        dir_name_of(root)
     );
     Ok(0)
 }
@@ -327,7 +314,18 @@ mod tests {
         for ok in ["6.1.0-57-cloud-amd64", "minimal", "my.kernel_2"] {
             assert!(valid_name(ok), "{ok}");
         }
-        for bad in ["", ".", "..", "a/b", "/etc", "x.partial", "-rf", "a\0b"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "/etc",
+            "x.partial",
+            "-rf",
+            "a\0b",
+            "two words",
+            ".hidden",
+        ] {
             assert!(!valid_name(bad), "{bad:?}");
         }
     }
