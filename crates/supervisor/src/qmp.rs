@@ -48,6 +48,13 @@ pub enum QmpError {
     Refused { command: String, message: String },
 }
 
+/// One command as QMP reads it: a JSON object on a line of its own.
+fn command_line(command: &str, arguments: Value) -> Result<Vec<u8>, QmpError> {
+    let mut line = serde_json::to_vec(&json!({"execute": command, "arguments": arguments}))?;
+    line.push(b'\n');
+    Ok(line)
+}
+
 pub struct Qmp {
     rd: BufReader<OwnedReadHalf>,
     wr: OwnedWriteHalf,
@@ -91,11 +98,11 @@ impl Qmp {
     }
 
     /// Sends `command` with `arguments` and waits for its answer; events
-    /// that come first are kept for [`Qmp::wait_event`].
+    /// that come first are kept for [`Qmp::wait_device_deleted`].
     pub async fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, QmpError> {
-        let mut msg = serde_json::to_vec(&json!({"execute": command, "arguments": arguments}))?;
-        msg.push(b'\n');
-        self.wr.write_all(&msg).await?;
+        self.wr
+            .write_all(&command_line(command, arguments)?)
+            .await?;
         self.answer(command).await
     }
 
@@ -132,9 +139,7 @@ impl Qmp {
     /// Hands `fd` to QEMU under `name` (`getfd`): the command and the
     /// descriptor travel in one message.
     pub async fn send_fd(&mut self, name: &str, fd: BorrowedFd<'_>) -> Result<(), QmpError> {
-        let mut msg =
-            serde_json::to_vec(&json!({"execute": "getfd", "arguments": {"fdname": name}}))?;
-        msg.push(b'\n');
+        let msg = command_line("getfd", json!({"fdname": name}))?;
         let fds = [fd.as_raw_fd()];
         let socket = self.wr.as_ref();
         loop {
