@@ -23,7 +23,7 @@ use runvm_protocol::session::{read_frame_limited, write_frame, Mux};
 use runvm_protocol::{GuestNetwork, Interface, MacAddr, NetworkUpdated, Route, StreamHeader};
 use serde_json::json;
 
-use super::plan::{HostPlan, NicPlan, TAP_PREFIX};
+use super::plan::{tap_name, HostPlan, NicPlan};
 use super::snapshot::Snapshot;
 use super::{apply, netlink, NetError, NetlinkOps};
 use crate::qmp::Qmp;
@@ -119,8 +119,8 @@ pub fn diff(
 
 /// The tap of the NIC in `slot` (the boot NICs' too: slot N has the tap
 /// the boot plan named for NIC N-1).
-pub fn tap_name(slot: u8) -> String {
-    format!("{TAP_PREFIX}-tap{}", slot - 1)
+pub fn slot_tap(slot: u8) -> String {
+    tap_name(usize::from(slot) - 1)
 }
 
 /// Starts watching the namespace, before its boot snapshot is taken, so
@@ -277,7 +277,7 @@ async fn plug_link(
 ) -> Result<(), HotplugError> {
     let name = nic.interface.name.clone();
     let mut one = nic;
-    one.tap = tap_name(slot);
+    one.tap = slot_tap(slot);
     let link = one.link;
     let (mut nics, _) = apply(
         ops,

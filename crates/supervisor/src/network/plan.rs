@@ -9,6 +9,13 @@ use super::snapshot::{LinkType, RouteEntry, RouteKind, RouteProtocol, Snapshot};
 /// runvm's own and never taken over.
 pub const TAP_PREFIX: &str = "runvm";
 
+/// The tap of the `index`-th NIC of the VM (from 0), which sits in slot
+/// `index + 1` of the NIC bridge: boot NICs and NICs plugged in later
+/// are named alike.
+pub fn tap_name(index: usize) -> String {
+    format!("{TAP_PREFIX}-tap{index}")
+}
+
 /// The MTU of a link that does not report one.
 const DEFAULT_MTU: u32 = 1500;
 
@@ -123,7 +130,7 @@ pub fn plan(snapshot: &Snapshot) -> HostPlan {
             .collect();
         out.nics.push(NicPlan {
             link: link.index,
-            tap: format!("{TAP_PREFIX}-tap{}", out.nics.len()),
+            tap: tap_name(out.nics.len()),
             interface: Interface {
                 name: link.name.clone(),
                 mac,

@@ -697,7 +697,7 @@ fn the_real_reader_sees_what_ip_shows() {
 // Networks connected and disconnected while the container runs
 // ---------------------------------------------------------------------------
 
-use super::hotplug::{diff, tap_name, Plugged};
+use super::hotplug::{diff, slot_tap, Plugged};
 
 /// The NICs the VM got at boot in `scenario`, on slots 1, 2, …
 fn plugged_at_boot(scenario: &str) -> (Vec<Plugged>, Vec<Route>) {
@@ -741,7 +741,7 @@ fn a_connected_link_is_plugged_into_a_free_slot_once_it_is_up() {
     assert!(c.unplug.is_empty());
     assert!(c.tell_guest);
     assert_eq!(
-        tap_name(2),
+        slot_tap(2),
         "runvm-tap1",
         "the tap the boot plan names for NIC 2"
     );
