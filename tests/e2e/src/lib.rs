@@ -698,6 +698,14 @@ impl Container {
         );
     }
 
+    /// The container's address on Docker network `net`: `field` of its
+    /// settings there (`IPAddress`, `GlobalIPv6Address`).
+    pub fn address_on(&self, net: &str, field: &str) -> String {
+        self.inspect(&format!(
+            "{{{{(index .NetworkSettings.Networks \"{net}\").{field}}}}}"
+        ))
+    }
+
     /// `docker logs <name>`.
     pub fn logs(&self) -> Run {
         docker(&["logs", &self.name], None)

@@ -88,9 +88,7 @@ fn server(tag: &str, runtime: &str, net: &str, alias: &str) -> (Container, Ipv4A
     );
     c.wait_for_log("up", Duration::from_secs(120));
     let ip = c
-        .inspect(&format!(
-            "{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"
-        ))
+        .address_on(net, "IPAddress")
         .parse()
         .unwrap_or_else(|e| panic!("{tag}: no address on {net}: {e}"));
     (c, ip)

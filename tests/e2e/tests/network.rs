@@ -69,9 +69,7 @@ fn idle_on(net: &str, tag: &str, runtime: &str) -> Container {
 fn vm_on(net: &str, tag: &str, script: &str, field: &str) -> (Container, String) {
     let c = Container::run_detached(tag, "runvm", &["--network", net, IMAGE, "sh", "-c", script]);
     c.wait_for_log("up", Duration::from_secs(120));
-    let ip = c.inspect(&format!(
-        "{{{{(index .NetworkSettings.Networks \"{net}\").{field}}}}}"
-    ));
+    let ip = c.address_on(net, field);
     (c, ip)
 }
 
@@ -105,10 +103,7 @@ fn two_networks_attached_before_the_start() {
             ],
         );
         server.wait_for_log("up", Duration::from_secs(60));
-        let server_ip = server.inspect(&format!(
-            "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
-            net_b.name
-        ));
+        let server_ip = server.address_on(&net_b.name, "IPAddress");
         let client = Container::new(&format!("two-nets-{runtime}"));
         let script = format!(
             "{SHOW_NETWORK}; \
@@ -352,11 +347,6 @@ fn networks_connected_and_disconnected_while_running() {
         "runc",
         &["--network", &net_b.name, IMAGE, "sleep", "600"],
     );
-    let address_on = |c: &Container, net: &str| {
-        c.inspect(&format!(
-            "{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"
-        ))
-    };
     let exec = |c: &Container, script: &str| {
         run_cmd_quiet(
             "docker",
@@ -372,7 +362,7 @@ fn networks_connected_and_disconnected_while_running() {
         let start = std::time::Instant::now();
         docker(&["network", "connect", &net_b.name, &c.name], None)
             .assert_code(0, "docker network connect");
-        let ip_b = address_on(&c, &net_b.name);
+        let ip_b = c.address_on(&net_b.name, "IPAddress");
         // The address must be the container's own (under runvm the
         // namespace holds it too, until the new link is the VM's).
         poll_until(
@@ -512,12 +502,6 @@ fn a_network_reconnected_at_once_reaches_the_vm_again() {
         "runc",
         &["--network", &net_b.name, IMAGE, "sleep", "600"],
     );
-    let ip = |c: &Container, net: &Network| {
-        c.inspect(&format!(
-            "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
-            net.name
-        ))
-    };
     let _slot = vm_slots(1);
     let c = idle_on(&net_a.name, "recon", "runvm");
     let reaches = |target: &str| {
@@ -545,7 +529,7 @@ fn a_network_reconnected_at_once_reaches_the_vm_again() {
             COMMAND_TIMEOUT,
         );
         out.assert_code(0, "disconnect && connect");
-        let target = ip(&peer_a, &net_a);
+        let target = peer_a.address_on(&net_a.name, "IPAddress");
         poll_until(
             &format!("round {round}: the VM reaches {target} again"),
             Duration::from_secs(20),
@@ -554,7 +538,7 @@ fn a_network_reconnected_at_once_reaches_the_vm_again() {
     }
     docker(&["network", "connect", &net_b.name, &c.name], None)
         .assert_code(0, "docker network connect");
-    let target = ip(&peer_b, &net_b);
+    let target = peer_b.address_on(&net_b.name, "IPAddress");
     poll_until(
         &format!("the VM reaches {target} on the network connected afterwards"),
         Duration::from_secs(20),
