@@ -9,6 +9,7 @@
 //! zombie, and finally syncs and powers the VM off.
 
 mod caps;
+mod disks;
 mod dns;
 mod early;
 mod error;

@@ -25,14 +25,9 @@ pub fn mount_fs(
     })
 }
 
-/// Mounts the container's root from virtiofs and makes it the agent's root.
-pub fn switch_to_container_root(tag: &str, readonly: bool) -> Result<()> {
-    let target = "/mnt/root";
-    let mut flags = MsFlags::empty();
-    if readonly {
-        flags |= MsFlags::MS_RDONLY;
-    }
-    mount_fs(tag, target, "virtiofs", flags, None)?;
+/// Makes the mount at `target` (the virtiofs share, or a root disk) the
+/// agent's root.
+pub fn switch_to_root(target: &Path) -> Result<()> {
     std::env::set_current_dir(target)
         .map_err(|e| AgentError::sys("enter the root filesystem", e))?;
     mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(|e| {

@@ -15,7 +15,8 @@ use tokio::sync::Notify;
 use crate::error::{AgentError, Result};
 use crate::process::{self, Confinement, ContainerNamespaces, Namespaces, ParentStdio};
 use crate::reaper::Reaper;
-use crate::{dns, early, mounts, network};
+use crate::{disks, dns, early, mounts, network};
+use nix::mount::MsFlags;
 use runvm_protocol::session::{read_frame, write_frame, FdStream, Mode, Mux, MuxStream};
 use runvm_protocol::{
     ContainerSpec, GuestMessage, GuestNetwork, HostMessage, NetworkUpdated, StreamHeader,
@@ -210,7 +211,7 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
                 }
                 *started = true;
             }
-            let prepared = prepare_container(spec, &start.network).await;
+            let prepared = prepare_container(&agent.reaper, spec, &start.network).await;
             if prepared.is_ok() {
                 *agent.network.lock().await = Some(start.network.clone());
                 if start.network.dns_relay {
@@ -411,13 +412,23 @@ async fn wait_for_shutdown<R: tokio::io::AsyncRead + Unpin>(rd: &mut R) {
 }
 
 /// The root, mounts, hostname and network of the container.
-async fn prepare_container(spec: &ContainerSpec, net: &GuestNetwork) -> Result<()> {
+async fn prepare_container(
+    reaper: &Reaper,
+    spec: &ContainerSpec,
+    net: &GuestNetwork,
+) -> Result<()> {
     // A `--read-only` root is read-only on the host side (the supervisor's
     // /rootfs mount), where virtiofsd enforces it. Mounting the share
     // read-only here would also make every volume read-only: the guest
     // kernel gives virtiofs submounts the flags of the mount above them.
-    mounts::switch_to_container_root(ROOTFS_TAG, false)?;
+    mounts::mount_fs(ROOTFS_TAG, disks::SHARE, "virtiofs", MsFlags::empty(), None)?;
+    // With a root disk, the root is the disk (read-only for `--read-only`).
+    let root =
+        disks::prepare_root(reaper, &spec.disks, &spec.docker_mounts, spec.readonly_root).await?;
+    disks::mount_all(reaper, &spec.disks, &root).await?;
+    mounts::switch_to_root(&root)?;
     mounts::mount_container_filesystems(&spec.mounts)?;
+    disks::link_raw(&spec.disks)?;
     if let Some(version) = &spec.kernel_modules {
         mounts::mount_kernel_modules(MODULES_TAG, version);
     }

@@ -14,7 +14,7 @@ pub mod report;
 
 use serde::{Deserialize, Serialize};
 
-use runvm_protocol::ContainerSpec;
+use runvm_protocol::{ContainerSpec, DiskFs};
 
 /// Where the supervisor finds things inside the container.
 pub mod paths {
@@ -37,6 +37,9 @@ pub mod paths {
     pub const STAGING_DIR: &str = "/runvm/mnt";
     /// Written (on the host) once the staged mounts are in place.
     pub const MOUNTS_PLACED: &str = "/runvm/mounts-placed";
+    /// Where the disks' backing files are bound (`/runvm/disks/<n>`), out
+    /// of the image's reach, once they are found or made inside it.
+    pub const DISKS_DIR: &str = "/runvm/disks";
     /// Annotation set on a rewritten config, so a second rewrite is refused.
     pub const ANNOTATION: &str = "io.runvm.rewritten";
 }
@@ -117,6 +120,34 @@ pub struct StagedMount {
     pub destination: String,
 }
 
+/// A disk of the container (`RUNVM_DISKS`, `RUNVM_ROOTDISK`): a file
+/// inside the container that backs a virtio block device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmDisk {
+    /// The backing file as the container names it (in its image or on a
+    /// volume), e.g. `/disks/data.img`.
+    pub source: String,
+    /// Where the guest mounts it (`/` for the root disk).
+    pub destination: String,
+    pub fs: DiskFs,
+    /// The size of a file that does not exist yet, in bytes; without it, a
+    /// missing file is an error.
+    pub size: Option<u64>,
+}
+
+impl VmDisk {
+    /// Where the backing file is bound in runvm's root: `/runvm/disks/<n>`
+    /// for the `n`th disk.
+    pub fn slot(n: usize) -> String {
+        format!("{}/{n}", paths::DISKS_DIR)
+    }
+
+    /// The virtio serial of disk `n` (at most 20 bytes, QEMU's limit).
+    pub fn serial(n: usize) -> String {
+        format!("runvm-disk{n}")
+    }
+}
+
 /// Everything the supervisor needs to boot the VM and start the workload.
 /// Paths are as seen inside the container.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -150,6 +181,10 @@ pub struct VmConfig {
     /// to their destinations inside `rootfs` (see `runvm-mounts`).
     #[serde(default)]
     pub staged_mounts: Vec<StagedMount>,
+    /// The container's disks, in order (the root disk, if any, among
+    /// them, with destination `/`).
+    #[serde(default)]
+    pub disks: Vec<VmDisk>,
     /// The container as the guest must reproduce it (network is filled in
     /// by the supervisor, which sees the container's interfaces).
     pub container: ContainerSpec,

@@ -20,7 +20,31 @@ const DIRS: &[(&str, u32)] = &[
     ("mnt", 0o755),
     ("lib", 0o755),
     ("lib/modules", 0o755),
+    ("sbin", 0o755),
 ];
+
+/// A host program added to the initramfs (e.g. `e2fsck` for the guest to
+/// check its disks before mounting them): a static binary, copied as is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tool {
+    /// Its path in the archive, relative, e.g. `sbin/e2fsck`.
+    pub name: &'static str,
+    /// The file on the host.
+    pub path: PathBuf,
+}
+
+/// What goes into an initramfs besides the agent.
+#[derive(Debug, Clone, Copy)]
+pub struct Contents<'a> {
+    /// Modules loaded at boot (with their dependencies).
+    pub modules: &'a [&'a str],
+    /// Programs the agent runs.
+    pub tools: &'a [Tool],
+    /// Part of the cached file's name (`initramfs-<version><flavor>-<key>`)
+    /// that keeps archives of other contents for the same kernel from
+    /// pruning each other: `""` for the default contents.
+    pub flavor: &'a str,
+}
 
 /// Builds an initramfs (an uncompressed cpio "newc" archive) at `out` holding:
 ///
@@ -45,6 +69,23 @@ pub fn build_initramfs(
     wanted_modules: &[&str],
     out: &Path,
 ) -> Result<(), Error> {
+    let contents = Contents {
+        modules: wanted_modules,
+        tools: &[],
+        flavor: "",
+    };
+    build_initramfs_with(kernel, agent, &contents, out)
+}
+
+/// [`build_initramfs`] with `contents`' modules and, at their names, its
+/// tools (mode 0755).
+pub fn build_initramfs_with(
+    kernel: &Kernel,
+    agent: &Path,
+    contents: &Contents<'_>,
+    out: &Path,
+) -> Result<(), Error> {
+    let wanted_modules = contents.modules;
     if !agent.is_file() {
         return Err(Error::AgentMissing {
             path: agent.to_owned(),
@@ -88,6 +129,9 @@ pub fn build_initramfs(
     console.write(&mut w, 0).finish().map_err(write_err)?;
 
     write_file(&mut w, next_ino(), "init", 0o755, agent, "read guest agent")?;
+    for tool in contents.tools {
+        write_file(&mut w, next_ino(), tool.name, 0o755, &tool.path, "read")?;
+    }
 
     let mut load_order = String::new();
     for (file_name, path) in &modules {

@@ -8,10 +8,11 @@ use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
-use crate::{build_initramfs, Error, Kernel};
+use crate::archive::{build_initramfs_with, Contents};
+use crate::{Error, Kernel};
 
 /// Bumped whenever the archive layout changes, so old cache entries are not reused.
-const FORMAT_VERSION: &str = "runvm-initramfs-format-1";
+const FORMAT_VERSION: &str = "runvm-initramfs-format-2";
 
 /// Number of hex digits of the cache key in file names.
 const KEY_LEN: usize = 16;
@@ -56,9 +57,31 @@ pub fn ensure_initramfs(
     wanted_modules: &[&str],
     cache_dir: &Path,
 ) -> Result<Initramfs, Error> {
-    let modules = crate::archive::module_files(kernel, wanted_modules)?;
-    let key = cache_key(kernel, agent, &modules)?;
-    let name = format!("initramfs-{}-{key}.img", kernel.version);
+    let contents = Contents {
+        modules: wanted_modules,
+        tools: &[],
+        flavor: "",
+    };
+    ensure_initramfs_with(kernel, agent, &contents, cache_dir)
+}
+
+/// [`ensure_initramfs`] for other `contents`: their tools are part of the
+/// key, and their flavor of the name, so archives of different contents
+/// for one kernel are kept side by side.
+pub fn ensure_initramfs_with(
+    kernel: &Kernel,
+    agent: &Path,
+    contents: &Contents<'_>,
+    cache_dir: &Path,
+) -> Result<Initramfs, Error> {
+    let modules = crate::archive::module_files(kernel, contents.modules)?;
+    let mut key_files = modules;
+    for tool in contents.tools {
+        key_files.push((tool.name.to_owned(), tool.path.clone()));
+    }
+    let key = cache_key(kernel, agent, &key_files)?;
+    let prefix = format!("initramfs-{}{}-", kernel.version, contents.flavor);
+    let name = format!("{prefix}{key}.img");
     let path = cache_dir.join(&name);
     // A pruner may remove the file between our look and our lock: then
     // build it again (twice is plenty; a third miss is a real problem).
@@ -68,8 +91,8 @@ pub fn ensure_initramfs(
         }
         fs::create_dir_all(cache_dir)
             .map_err(|e| Error::io("create initramfs cache directory", cache_dir, e))?;
-        build_initramfs(kernel, agent, wanted_modules, &path)?;
-        remove_stale(cache_dir, &kernel.version, &name);
+        build_initramfs_with(kernel, agent, contents, &path)?;
+        remove_stale(cache_dir, &prefix, &name);
     }
     Err(Error::io(
         "keep",
@@ -137,19 +160,19 @@ fn cache_key(
     Ok(hex)
 }
 
-/// Best-effort removal of other archives for the same kernel version, and of
+/// Best-effort removal of other archives with the same `prefix` (kernel
+/// version and flavor), and of
 /// old temporary files left by interrupted builds.
-fn remove_stale(cache_dir: &Path, version: &str, keep: &str) {
+fn remove_stale(cache_dir: &Path, prefix: &str, keep: &str) {
     let Ok(entries) = fs::read_dir(cache_dir) else {
         return;
     };
-    let prefix = format!("initramfs-{version}-");
     for entry in entries.filter_map(Result::ok) {
         let file_name = entry.file_name();
         let Some(name) = file_name.to_str() else {
             continue;
         };
-        let stale = if let Some(rest) = name.strip_prefix(&prefix) {
+        let stale = if let Some(rest) = name.strip_prefix(prefix) {
             // Exactly `<key>.img`, so `initramfs-6.1.0-5-…` never matches
             // archives of a version that merely starts like ours.
             name != keep

@@ -19,8 +19,8 @@ mod cache;
 mod kernel;
 mod modules;
 
-pub use archive::build_initramfs;
-pub use cache::{ensure_initramfs, Initramfs};
+pub use archive::{build_initramfs, build_initramfs_with, Contents, Tool};
+pub use cache::{ensure_initramfs, ensure_initramfs_with, Initramfs};
 pub use kernel::Kernel;
 pub use modules::resolve_modules;
 
@@ -34,6 +34,17 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "virtio_blk",
     "virtio_rng",
 ];
+
+/// Modules a container with disks also needs, by file system (ext4 is
+/// built into Debian's cloud kernel; listed for kernels where it is not).
+pub fn disk_modules(xfs: bool) -> Vec<&'static str> {
+    let mut m = DEFAULT_MODULES.to_vec();
+    m.push("ext4");
+    if xfs {
+        m.push("xfs");
+    }
+    m
+}
 
 /// Everything that can go wrong finding a kernel or building an initramfs.
 #[derive(Debug, thiserror::Error)]

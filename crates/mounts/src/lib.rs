@@ -19,6 +19,8 @@
 //! a path component at the same moment (through a volume shared with a
 //! running container) cannot redirect it either.
 
+pub mod disks;
+
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -80,6 +82,8 @@ pub enum MountError {
     ReadOnly(#[source] io::Error),
     #[error("cannot enter the container's mount namespace")]
     Enter(#[source] io::Error),
+    #[error(transparent)]
+    Disk(#[from] disks::DiskError),
     /// A failure reported by the child that worked in the container's mount
     /// namespace (see [`place_in_container`]); the text is its message.
     #[error("{0}")]
@@ -181,21 +185,42 @@ fn place(root: &Root, root_id: (u64, u64), m: &StagedMount) -> Result<(), MountE
 /// move_mount(2): moves the mount at the path `from` onto the file that
 /// `to` refers to (`MOVE_MOUNT_T_EMPTY_PATH`), so the destination is the
 /// descriptor resolved inside the image root, not a path that could be
-/// swapped. nix has no wrapper for move_mount(2) (nix-rust/nix#1237): this
-/// is the crate's one raw system call.
+/// swapped.
 fn move_mount_onto(from: &CStr, to: BorrowedFd<'_>) -> io::Result<()> {
+    move_mount(None, from, Some(to), c"")
+}
+
+/// move_mount(2) from `from_path` (relative to `from_fd`, or the
+/// descriptor itself when the path is empty) to `to_path` likewise. nix
+/// has no wrapper for move_mount(2) or open_tree(2) (nix-rust/nix#1237):
+/// these are the crate's raw system calls.
+pub(crate) fn move_mount(
+    from_fd: Option<BorrowedFd<'_>>,
+    from_path: &CStr,
+    to_fd: Option<BorrowedFd<'_>>,
+    to_path: &CStr,
+) -> io::Result<()> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x0000_0004;
     const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x0000_0040;
-    // SAFETY: the kernel reads the NUL-terminated `from` and the empty
-    // path, both valid for the call, and uses the descriptor `to`, which
-    // is open for the call's duration; nothing is written to our memory.
+    let mut flags = 0;
+    if from_path.is_empty() {
+        flags |= MOVE_MOUNT_F_EMPTY_PATH;
+    }
+    if to_path.is_empty() {
+        flags |= MOVE_MOUNT_T_EMPTY_PATH;
+    }
+    let raw = |fd: Option<BorrowedFd<'_>>| fd.map_or(libc::AT_FDCWD, |f| f.as_raw_fd());
+    // SAFETY: the kernel reads the two NUL-terminated paths, valid for the
+    // call, and uses the descriptors, which are open for its duration;
+    // nothing is written to our memory.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_move_mount,
-            libc::AT_FDCWD,
-            from.as_ptr(),
-            to.as_raw_fd(),
-            c"".as_ptr(),
-            MOVE_MOUNT_T_EMPTY_PATH,
+            raw(from_fd),
+            from_path.as_ptr(),
+            raw(to_fd),
+            to_path.as_ptr(),
+            flags,
         )
     };
     if rc < 0 {
@@ -203,6 +228,24 @@ fn move_mount_onto(from: &CStr, to: BorrowedFd<'_>) -> io::Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// open_tree(2) with `OPEN_TREE_CLONE`: a detached bind mount of what `fd`
+/// refers to (a file or directory), for [`move_mount`] to attach. Needs no
+/// `/proc`, which in a container's mount namespace belongs to another PID
+/// namespace than ours.
+pub(crate) fn clone_tree(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    let flags =
+        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint;
+    // SAFETY: the kernel reads the empty NUL-terminated path and uses the
+    // open descriptor `fd`; the new descriptor it returns is ours alone.
+    let rc = unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), c"".as_ptr(), flags) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: open_tree just returned this descriptor; nothing else owns it.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(rc as i32) })
 }
 
 /// Moves every staged mount, in order, to its destination inside `root`.
@@ -260,7 +303,7 @@ pub fn make_readonly(root: &Path) -> Result<(), MountError> {
 
 /// Places the mounts from the host: enters the mount namespace of the
 /// container whose init is `pid` (created by runc, not yet started) in a
-/// child process, and runs [`place_all`] and, when asked, creates
+/// child process, and runs [`place_all`], [`disks::prepare_all`] and, when asked, creates
 /// `guest_mountpoints` and runs [`make_readonly`] on `root` there.
 ///
 /// The calling process must be single-threaded (setns into a mount
@@ -269,6 +312,7 @@ pub fn place_in_container(
     pid: i32,
     root: &str,
     mounts: &[StagedMount],
+    disks: &[runvm_contract::VmDisk],
     readonly: bool,
     guest_mountpoints: &[String],
 ) -> Result<(), MountError> {
@@ -295,6 +339,7 @@ pub fn place_in_container(
             let result = nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNS)
                 .map_err(|e| MountError::Enter(e.into()))
                 .and_then(|()| place_all(Path::new(root), mounts))
+                .and_then(|()| Ok(disks::prepare_all(Path::new(root), disks)?))
                 .and_then(|()| {
                     if readonly {
                         make_mountpoints(Path::new(root), guest_mountpoints);

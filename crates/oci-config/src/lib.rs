@@ -7,6 +7,7 @@
 //! preserved), never through a typed model: whatever a container engine puts
 //! in it that runvm does not know about passes through untouched.
 
+pub mod disks;
 pub mod host_seccomp;
 pub mod options;
 pub mod rewrite;

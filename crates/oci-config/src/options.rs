@@ -31,6 +31,9 @@ pub struct VmOptions {
     /// Kernel parameters added to the guest's command line
     /// (`RUNVM_KERNEL_APPEND`), checked by [`kernel_append`].
     pub kernel_append: Vec<String>,
+    /// The container's disks (`RUNVM_ROOTDISK` first, then `RUNVM_DISKS`),
+    /// checked by [`crate::disks`].
+    pub disks: Vec<runvm_contract::VmDisk>,
 }
 
 /// A `RUNVM_*` variable with a value runvm cannot use.
@@ -39,7 +42,7 @@ pub struct VmOptions {
 pub struct OptionError {
     pub name: &'static str,
     pub value: String,
-    pub expected: &'static str,
+    pub expected: std::borrow::Cow<'static, str>,
 }
 
 impl VmOptions {
@@ -67,7 +70,7 @@ impl VmOptions {
                     return Err(OptionError {
                         name: "RUNVM_ACCEL",
                         value: v,
-                        expected: "use RUNVM_ACCEL=kvm, RUNVM_ACCEL=tcg or RUNVM_ACCEL=auto",
+                        expected: "use RUNVM_ACCEL=kvm, RUNVM_ACCEL=tcg or RUNVM_ACCEL=auto".into(),
                     })
                 }
             },
@@ -80,7 +83,7 @@ impl VmOptions {
                 return Err(OptionError {
                     name: "RUNVM_KERNEL",
                     value: k.clone(),
-                    expected: "give the name of a kernel in runvm's kernel store (/var/lib/runvm/kernel; `runvm check` lists them), not a path",
+                    expected: "give the name of a kernel in runvm's kernel store (/var/lib/runvm/kernel; `runvm check` lists them), not a path".into(),
                 });
             }
         }
@@ -89,7 +92,7 @@ impl VmOptions {
             Some(v) => Some(parse_size_mib(&v).ok_or(OptionError {
                 name: "RUNVM_MEMORY",
                 value: v,
-                expected: "give the guest RAM as a size such as 512m or 2g (at least 128m)",
+                expected: "give the guest RAM as a size such as 512m or 2g (at least 128m)".into(),
             })?),
         };
         let cpus = match get("RUNVM_CPUS").filter(|v| !v.is_empty()) {
@@ -101,7 +104,7 @@ impl VmOptions {
                     .ok_or(OptionError {
                         name: "RUNVM_CPUS",
                         value: v,
-                        expected: "give a whole number of vCPUs from 1 to 255",
+                        expected: "give a whole number of vCPUs from 1 to 255".into(),
                     })?,
             ),
         };
@@ -112,7 +115,7 @@ impl VmOptions {
                 return Err(OptionError {
                     name: "RUNVM_DEBUG",
                     value: v.to_owned(),
-                    expected: "use RUNVM_DEBUG=1 or RUNVM_DEBUG=0",
+                    expected: "use RUNVM_DEBUG=1 or RUNVM_DEBUG=0".into(),
                 })
             }
         };
@@ -121,9 +124,38 @@ impl VmOptions {
             Some(v) => kernel_append(&v).map_err(|why| OptionError {
                 name: "RUNVM_KERNEL_APPEND",
                 value: v.clone(),
-                expected: why,
+                expected: why.into(),
             })?,
         };
+        let mut disks = Vec::new();
+        if let Some(v) = get("RUNVM_ROOTDISK").filter(|v| !v.trim().is_empty()) {
+            disks.push(crate::disks::parse_rootdisk(&v).map_err(|why| OptionError {
+                name: "RUNVM_ROOTDISK",
+                value: v.clone(),
+                expected: why.into(),
+            })?);
+        }
+        if let Some(v) = get("RUNVM_DISKS") {
+            let more = crate::disks::parse_disks(&v).map_err(|why| OptionError {
+                name: "RUNVM_DISKS",
+                value: v.clone(),
+                expected: why.into(),
+            })?;
+            if let Some(d) = disks.first() {
+                if more.iter().any(|m| m.source == d.source) {
+                    return Err(OptionError {
+                        name: "RUNVM_DISKS",
+                        value: v,
+                        expected: format!(
+                            "{} is RUNVM_ROOTDISK's file already; give each disk a file of its own",
+                            d.source
+                        )
+                        .into(),
+                    });
+                }
+            }
+            disks.extend(more);
+        }
         Ok(Self {
             accel,
             kernel,
@@ -131,6 +163,7 @@ impl VmOptions {
             cpus,
             debug,
             kernel_append,
+            disks,
         })
     }
 }

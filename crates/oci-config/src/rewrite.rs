@@ -345,6 +345,20 @@ pub fn rewrite_config(
         .map(str::to_owned);
     let memory_mib = guest_memory_mib(opts, limit_mib, host.host_memory_mib)?;
 
+    let guest_disks = opts
+        .disks
+        .iter()
+        .enumerate()
+        .map(|(n, d)| runvm_protocol::GuestDisk {
+            serial: runvm_contract::VmDisk::serial(n),
+            destination: d.destination.clone(),
+            fs: d.fs,
+        })
+        .collect();
+    let docker_mounts = staged_mounts
+        .iter()
+        .map(|m| m.destination.clone())
+        .collect();
     let vm = VmConfig {
         accel: host.accel,
         accel_warning: host.accel_warning.clone(),
@@ -359,6 +373,7 @@ pub fn rewrite_config(
         kernel_append: opts.kernel_append.clone(),
         own_network: true,
         staged_mounts,
+        disks: opts.disks.clone(),
         qemu_uid: host.qemu_ids.0,
         qemu_gid: host.qemu_ids.1,
         container: ContainerSpec {
@@ -372,6 +387,8 @@ pub fn rewrite_config(
             cgroup_readonly,
             seccomp,
             kernel_modules: host.modules.as_ref().map(|m| m.version.clone()),
+            disks: guest_disks,
+            docker_mounts,
         },
     };
     Ok(Rewritten { config, vm })
@@ -904,7 +921,8 @@ pub fn guest_memory_mib(
             return Err(crate::options::OptionError {
                 name: "RUNVM_MEMORY",
                 value: format!("{memory_mib}m"),
-                expected: "give the guest at least 128m of RAM (less cannot boot its kernel)",
+                expected: "give the guest at least 128m of RAM (less cannot boot its kernel)"
+                    .into(),
             }
             .into());
         }

@@ -129,7 +129,54 @@ pub struct ContainerSpec {
     /// workload.
     #[serde(default)]
     pub kernel_modules: Option<String>,
+    /// Block devices the guest mounts (`RUNVM_DISKS`, and `RUNVM_ROOTDISK`
+    /// as the disk whose destination is `/`), in the order given.
+    #[serde(default)]
+    pub disks: Vec<GuestDisk>,
+    /// Where Docker's mounts are (volumes, `/etc/hosts`, …), in order. A
+    /// root disk shows them at these paths, bound from the container's
+    /// files (virtiofs), and leaves them out when it is first filled.
+    #[serde(default)]
+    pub docker_mounts: Vec<String>,
 }
+
+/// What a disk holds: a file system runvm formats and mounts, or nothing
+/// (`raw`: the workload gets the block device).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFs {
+    Ext4,
+    Xfs,
+    Raw,
+}
+
+impl DiskFs {
+    /// The name users write and `mount(2)` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskFs::Ext4 => "ext4",
+            DiskFs::Xfs => "xfs",
+            DiskFs::Raw => "raw",
+        }
+    }
+}
+
+/// A virtio block device of the VM, as the guest must use it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestDisk {
+    /// The device's virtio serial, by which the guest finds it
+    /// (`/sys/block/vdX/serial`).
+    pub serial: String,
+    /// Where it is mounted (`/` for the root disk); for a `raw` disk, the
+    /// path of the device node the workload gets.
+    pub destination: String,
+    pub fs: DiskFs,
+}
+
+/// The label of a file system runvm just made on a disk: the guest fills
+/// it with what the image has at the disk's destination, then clears the
+/// label (fits ext4's 16 bytes and xfs's 12).
+pub const FRESH_LABEL: &str = "runvm-fresh";
 
 /// A compiled seccomp filter, ready for `seccomp(2)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use runvm_config::rewrite::{HostEntry, KernelModules};
 use runvm_config::{rewrite_config, HostLayout, VmOptions};
 use runvm_contract::{paths, Accel, StagedMount};
-use runvm_initramfs::{ensure_initramfs, Kernel, DEFAULT_MODULES};
+use runvm_initramfs::{
+    ensure_initramfs, ensure_initramfs_with, Contents, Kernel, Tool, DEFAULT_MODULES,
+};
 use runvm_protocol::runc_compat::{look_path, path_of_env, FileInfo};
 use serde_json::Value;
 
@@ -25,6 +27,8 @@ pub struct Prepared {
     pub process: runvm_protocol::ProcessSpec,
     /// Docker's mounts, staged by runc, to be placed inside the image root.
     pub staged_mounts: Vec<StagedMount>,
+    /// The disks, whose files are found or made once the mounts are placed.
+    pub disks: Vec<runvm_contract::VmDisk>,
     pub readonly_root: bool,
     /// Where the guest mounts filesystems of its own (`--tmpfs`): created
     /// before a read-only root is made read-only.
@@ -82,7 +86,27 @@ impl Guest {
         if let Some(w) = &accel_warning {
             tracing::warn!("runvm: {w}");
         }
-        let initrd = ensure_initramfs(&kernel, &agent, DEFAULT_MODULES, &install.cache_dir())?;
+        let initrd = if opts.disks.is_empty() {
+            ensure_initramfs(&kernel, &agent, DEFAULT_MODULES, &install.cache_dir())?
+        } else {
+            // The guest checks its ext4 disks with e2fsck before mounting
+            // them: a static one, in the initramfs, never the image's.
+            let xfs = opts
+                .disks
+                .iter()
+                .any(|d| d.fs == runvm_protocol::DiskFs::Xfs);
+            let modules = runvm_initramfs::disk_modules(xfs);
+            let tools = [Tool {
+                name: "sbin/e2fsck",
+                path: install.e2fsck()?,
+            }];
+            let contents = Contents {
+                modules: &modules,
+                tools: &tools,
+                flavor: if xfs { "+disks-xfs" } else { "+disks" },
+            };
+            ensure_initramfs_with(&kernel, &agent, &contents, &install.cache_dir())?
+        };
         Ok(Guest {
             kernel,
             accel,
@@ -168,9 +192,19 @@ pub fn prepare_bundle(bundle: &Path, for_run: bool) -> Result<Prepared> {
         "runvm/bin",
         "runvm/mnt",
         "runvm/modules",
+        "runvm/disks",
     ] {
         mk(new_root.join(d))?;
     }
+    // The disks' slots (bind-mount targets for their files), and where
+    // what covers their files from the guest is made.
+    let disks_dir = new_root.join(paths::DISKS_DIR.trim_start_matches('/'));
+    let slots = (0..rewritten.vm.disks.len()).map(|n| n.to_string());
+    for name in slots.chain(["cover-file".to_owned()]) {
+        let p = disks_dir.join(name);
+        fs::write(&p, b"").map_err(|source| RuntimeError::Write { path: p, source })?;
+    }
+    mk(disks_dir.join("cover-dir"))?;
     for e in &host_entries {
         match e {
             HostEntry::Bind(dir) => mk(new_root.join(dir.trim_start_matches('/')))?,
@@ -191,6 +225,7 @@ pub fn prepare_bundle(bundle: &Path, for_run: bool) -> Result<Prepared> {
     Ok(Prepared {
         process: rewritten.vm.container.process,
         staged_mounts: rewritten.vm.staged_mounts,
+        disks: rewritten.vm.disks,
         readonly_root: rewritten.vm.container.readonly_root,
         guest_mountpoints: rewritten
             .vm
@@ -198,6 +233,15 @@ pub fn prepare_bundle(bundle: &Path, for_run: bool) -> Result<Prepared> {
             .mounts
             .iter()
             .map(|m| m.destination.clone())
+            .chain(
+                rewritten
+                    .vm
+                    .container
+                    .disks
+                    .iter()
+                    .filter(|d| d.destination != "/" && d.fs != runvm_protocol::DiskFs::Raw)
+                    .map(|d| d.destination.clone()),
+            )
             .collect(),
         new_root,
         initrd,
@@ -214,6 +258,7 @@ pub fn place_mounts(pid: i32, prepared: &Prepared) -> Result<()> {
         pid,
         paths::ROOTFS,
         &prepared.staged_mounts,
+        &prepared.disks,
         prepared.readonly_root,
         &prepared.guest_mountpoints,
     )?;

@@ -95,6 +95,18 @@ impl Install {
         )
     }
 
+    /// A static e2fsck for the guest (Debian's e2fsck-static).
+    pub fn e2fsck(&self) -> Result<PathBuf> {
+        existing(
+            "e2fsck.static (the guest checks its disks with it)",
+            &[
+                "/usr/sbin/e2fsck.static".into(),
+                "/sbin/e2fsck.static".into(),
+            ],
+            "install it with `apt-get install e2fsck-static` (or `make install`)",
+        )
+    }
+
     pub fn kernels_dir(&self) -> PathBuf {
         self.data.join("kernel")
     }

@@ -48,6 +48,7 @@ pub fn boot_probe(debug: bool) -> Result<i32> {
         qemu_uid: 0,
         qemu_gid: 0,
         staged_mounts: Vec::new(),
+        disks: Vec::new(),
         container: ContainerSpec::default(),
     };
     // Private: tempfile makes directories 0777 less the umask, and QEMU's

@@ -5,6 +5,7 @@
 //! then hands the container to the guest agent over a virtio-serial port
 //! and relays stdio, signals, terminal size and finally the exit status.
 
+mod disks;
 mod dns;
 mod error;
 mod exec;
@@ -189,12 +190,20 @@ fn place_mounts(cfg: &VmConfig) -> Result<()> {
     }
     let root = std::path::Path::new(&cfg.rootfs);
     runvm_mounts::place_all(root, &cfg.staged_mounts)?;
+    runvm_mounts::disks::prepare_all(root, &cfg.disks).map_err(runvm_mounts::MountError::from)?;
     if cfg.container.readonly_root {
         let dirs: Vec<String> = cfg
             .container
             .mounts
             .iter()
             .map(|m| m.destination.clone())
+            .chain(
+                cfg.container
+                    .disks
+                    .iter()
+                    .filter(|d| d.destination != "/" && d.fs != runvm_protocol::DiskFs::Raw)
+                    .map(|d| d.destination.clone()),
+            )
             .collect();
         runvm_mounts::make_mountpoints(root, &dirs);
         runvm_mounts::make_readonly(root)?;
@@ -335,11 +344,17 @@ async fn supervise() -> Result<i32> {
         sandbox::give_to(path, quid, qgid)
             .map_err(|e| SupervisorError::io(format!("give {path} to QEMU's uid {quid}"), e))?;
     }
-    let tap_fds: Vec<i32> = nic_args.iter().map(|n| n.tap_fd).collect();
-    let qemu_args = vmm::qemu_args(&cfg, &nic_args);
+    let disks = disks::open_all(&cfg)?;
+    let disk_fds: Vec<[i32; 2]> = disks.iter().map(disks::OpenDisk::fds).collect();
+    let inherited: Vec<i32> = nic_args
+        .iter()
+        .map(|n| n.tap_fd)
+        .chain(disk_fds.iter().flatten().copied())
+        .collect();
+    let qemu_args = vmm::qemu_args(&cfg, &nic_args, &disk_fds);
     tracing::debug!("starting {} {}", cfg.qemu, qemu_args.join(" "));
     let mut qemu = spawn_helper(&cfg, &cfg.qemu, qemu_args, &logs.qemu, |c| {
-        sandbox::run_unprivileged(c, quid, qgid, tap_fds)
+        sandbox::run_unprivileged(c, quid, qgid, inherited)
     })?;
     // Both helpers run: from here on the supervisor needs no privilege but
     // stopping QEMU, which runs under another uid.

@@ -157,8 +157,10 @@ fn machine_args(cfg: &VmConfig, cmdline_extra: &[&str], agent_chardev: String) -
 /// QEMU's arguments for a container's VM: the root filesystem from
 /// virtiofsd, the agent's channel and the console on the supervisor's
 /// sockets, the monitor (QMP) for NICs plugged in later, and one NIC per
-/// container interface.
-pub fn qemu_args(cfg: &VmConfig, nics: &[NicArg]) -> Vec<String> {
+/// container interface, and one virtio disk per entry of `disk_fds` (in
+/// the order of `cfg.disks`): the backing file's descriptors, read-write
+/// and read-only.
+pub fn qemu_args(cfg: &VmConfig, nics: &[NicArg], disk_fds: &[[i32; 2]]) -> Vec<String> {
     // QEMU connects to the supervisor, which listens before QEMU starts.
     let mut a = machine_args(cfg, &[], format!("socket,id=agent,path={AGENT_SOCKET}"));
     a.extend([
@@ -190,6 +192,26 @@ pub fn qemu_args(cfg: &VmConfig, nics: &[NicArg]) -> Vec<String> {
         a.push(format!("tap,id=net{},fd={}", nic.slot, nic.tap_fd));
         a.push("-device".into());
         a.push(nic_device(&nic.mac, nic.slot));
+    }
+    for (n, fds) in disk_fds.iter().enumerate() {
+        // QEMU takes the descriptor (it never opens the file by name) and
+        // takes its own locks on it too. Guest flushes reach the file
+        // (cache=writeback honours them); discard keeps the file sparse.
+        let set = n + 1;
+        for fd in fds {
+            a.extend(["-add-fd".into(), format!("fd={fd},set={set}")]);
+        }
+        a.extend([
+            "-drive".into(),
+            format!(
+                "if=none,id=disk{n},format=raw,file=/dev/fdset/{set},cache=writeback,discard=unmap"
+            ),
+            "-device".into(),
+            format!(
+                "virtio-blk-pci,drive=disk{n},serial={}",
+                runvm_contract::VmDisk::serial(n)
+            ),
+        ]);
     }
     a
 }
@@ -232,6 +254,7 @@ mod tests {
             kernel_append: vec![],
             own_network: true,
             staged_mounts: vec![],
+            disks: vec![],
             qemu_uid: 2130706500,
             qemu_gid: 2130706500,
             container: ContainerSpec {
@@ -252,6 +275,20 @@ mod tests {
     }
 
     #[test]
+    fn disks_are_given_by_descriptor_with_their_serials() {
+        let a = qemu_args(&cfg(Accel::Tcg), &[], &[[7, 8], [9, 10]]);
+        assert_eq!(
+            pair(&a, "-add-fd"),
+            ["fd=7,set=1", "fd=8,set=1", "fd=9,set=2", "fd=10,set=2"]
+        );
+        let drives = pair(&a, "-drive");
+        assert!(drives[1].starts_with("if=none,id=disk1,format=raw,file=/dev/fdset/2,"));
+        let devices = pair(&a, "-device");
+        assert!(devices.contains(&"virtio-blk-pci,drive=disk0,serial=runvm-disk0"));
+        assert!(devices.contains(&"virtio-blk-pci,drive=disk1,serial=runvm-disk1"));
+    }
+
+    #[test]
     fn a_comma_in_the_probe_socket_path_stays_in_the_path() {
         let a = probe_args(&cfg(Accel::Tcg), "/tmp/a,server=off/agent.sock");
         assert_eq!(
@@ -262,17 +299,17 @@ mod tests {
 
     #[test]
     fn tcg_and_kvm_pick_matching_cpu_models() {
-        let a = qemu_args(&cfg(Accel::Tcg), &[]);
+        let a = qemu_args(&cfg(Accel::Tcg), &[], &[]);
         assert_eq!(pair(&a, "-accel"), ["tcg,thread=multi,tb-size=64"]);
         assert_eq!(pair(&a, "-cpu"), ["max"]);
-        let a = qemu_args(&cfg(Accel::Kvm), &[]);
+        let a = qemu_args(&cfg(Accel::Kvm), &[], &[]);
         assert_eq!(pair(&a, "-accel"), ["kvm"]);
         assert_eq!(pair(&a, "-cpu"), ["host"]);
     }
 
     #[test]
     fn memory_is_shared_memfd_of_the_configured_size() {
-        let a = qemu_args(&cfg(Accel::Tcg), &[]);
+        let a = qemu_args(&cfg(Accel::Tcg), &[], &[]);
         assert_eq!(pair(&a, "-m"), ["512M"]);
         assert_eq!(
             pair(&a, "-object"),
@@ -295,7 +332,7 @@ mod tests {
                 slot: 2,
             },
         ];
-        let a = qemu_args(&cfg(Accel::Tcg), &nics);
+        let a = qemu_args(&cfg(Accel::Tcg), &nics, &[]);
         assert_eq!(
             pair(&a, "-netdev"),
             ["tap,id=net1,fd=7", "tap,id=net2,fd=9"]
@@ -319,12 +356,12 @@ mod tests {
     #[test]
     fn the_kernels_modules_get_a_read_only_share_of_their_own_when_it_has_any() {
         let mut c = cfg(Accel::Tcg);
-        let a = qemu_args(&c, &[]);
+        let a = qemu_args(&c, &[], &[]);
         assert!(!pair(&a, "-device")
             .iter()
             .any(|d| d.contains("runvm-modules")));
         c.container.kernel_modules = Some("6.1.0-57-cloud-amd64".into());
-        let a = qemu_args(&c, &[]);
+        let a = qemu_args(&c, &[], &[]);
         assert!(pair(&a, "-device").contains(&"vhost-user-fs-pci,chardev=vfsmod,tag=runvm-modules"));
         assert!(pair(&a, "-chardev").contains(&"socket,id=vfsmod,path=/run/runvm/modules.sock"));
         let v = modules_virtiofsd_args(&c, 5);
@@ -334,7 +371,7 @@ mod tests {
 
     #[test]
     fn qemu_runs_its_own_sandbox() {
-        let a = qemu_args(&cfg(Accel::Tcg), &[]);
+        let a = qemu_args(&cfg(Accel::Tcg), &[], &[]);
         assert_eq!(
             pair(&a, "-sandbox"),
             ["on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
@@ -369,7 +406,7 @@ mod tests {
         for debug in [false, true] {
             let mut c = cfg(Accel::Tcg);
             c.debug = debug;
-            let a = qemu_args(&c, &[]);
+            let a = qemu_args(&c, &[], &[]);
             assert_eq!(pair(&a, "-serial"), ["chardev:console"]);
             assert!(
                 pair(&a, "-chardev").contains(&"socket,id=console,path=/run/runvm/console.sock")
@@ -389,7 +426,7 @@ mod tests {
     #[test]
     fn the_probe_boots_the_containers_machine_without_root_or_nics() {
         let c = cfg(Accel::Tcg);
-        let vm = qemu_args(&c, &[]);
+        let vm = qemu_args(&c, &[], &[]);
         let probe = probe_args(&c, "/tmp/p/agent.sock");
         for flag in [
             "-machine", "-accel", "-cpu", "-smp", "-m", "-object", "-kernel", "-initrd", "-sandbox",
