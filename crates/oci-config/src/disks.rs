@@ -100,9 +100,11 @@ fn parse_entry(entry: &str) -> Result<VmDisk, String> {
     }
     let under_dev = destination.starts_with("/dev/");
     match fs {
-        DiskFs::Raw if !under_dev => return Err(format!(
+        DiskFs::Raw if !under_dev => {
+            return Err(format!(
             "<dst> {destination} is not under /dev: a raw disk is a device node, such as /dev/data"
-        )),
+        ))
+        }
         DiskFs::Raw if destination["/dev/".len()..].contains('/') || destination == "/dev/pts" => {
             return Err(format!(
                 "<dst> {destination} must be a name directly in /dev, such as /dev/data"
@@ -238,9 +240,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
         "t" | "tb" | "tib" => 40,
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "size {s:?} is not a size: give a whole number with k, m, g or t, such as 512m or 10g"
-        )),
+        ))
+        }
     };
     let n: u64 = digits.parse().map_err(|_| {
         format!(
