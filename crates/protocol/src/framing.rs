@@ -261,6 +261,12 @@ mod tests {
                 flags: 0,
             }),
             kernel_modules: Some("6.1.0-57-cloud-amd64".into()),
+            disks: vec![GuestDisk {
+                serial: "runvm-disk0".into(),
+                destination: "/data".into(),
+                fs: DiskFs::Xfs,
+            }],
+            docker_mounts: vec!["/etc/hosts".into()],
         };
         let spec = StartContainer {
             container,
