@@ -30,7 +30,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path};
 use std::time::{Duration, SystemTime};
 
@@ -47,8 +47,10 @@ pub const MAX_VMLINUZ: u64 = 128 << 20;
 pub const MAX_INDEX: u64 = 16 << 20;
 /// The largest module, compressed or not.
 pub const MAX_MODULE: u64 = 64 << 20;
-/// At most this many modules are copied (the default set needs about 15).
+/// At most this many modules are copied (the default set needs about 15),
+/// of at most this many bytes in all, as read and once decompressed.
 const MAX_MODULES: usize = 256;
+const MAX_MODULES_BYTES: u64 = 256 << 20;
 /// At most this many entries of a `lib/modules` directory are read, and
 /// this many version directories considered.
 const MAX_DIR_ENTRIES: usize = 4096;
@@ -556,6 +558,7 @@ fn gather(root: &ImageRoot, c: &Candidate, wanted: &[&str]) -> Result<Gathered, 
         .collect();
     let mut modules = Vec::with_capacity(order.len());
     let mut names = HashSet::new();
+    let mut total: u64 = 0;
     for rel in order {
         let plain = Path::new(&rel)
             .components()
@@ -575,6 +578,13 @@ fn gather(root: &ImageRoot, c: &Candidate, wanted: &[&str]) -> Result<Gathered, 
         let data = mdir
             .read(&rel, MAX_MODULE)
             .map_err(|e| unusable(format!("{}/{rel}: {e}", c.modules_path)))?;
+        total += data.len() as u64;
+        if total > MAX_MODULES_BYTES {
+            return Err(unusable(format!(
+                "{}: the modules runvm needs add up to more than {MAX_MODULES_BYTES} bytes",
+                c.modules_path
+            )));
+        }
         let module_deps: Vec<String> = deps
             .get(rel.as_str())
             .map(|d| d.iter().map(|s| (*s).to_owned()).collect())
@@ -619,6 +629,10 @@ impl Gathered {
                 fs::create_dir_all(parent).map_err(|e| werr(parent, e))?;
             }
             let mut f = File::create(path).map_err(|e| werr(path, e))?;
+            // QEMU, under a uid of its own, reads the kernel: whatever
+            // the umask, as the initramfs is.
+            f.set_permissions(fs::Permissions::from_mode(0o644))
+                .map_err(|e| werr(path, e))?;
             f.write_all(data).map_err(|e| werr(path, e))?;
             f.sync_all().map_err(|e| werr(path, e))
         };
@@ -632,9 +646,9 @@ impl Gathered {
             let plain = decompress_module(rel, data, MAX_MODULE)
                 .map_err(|e| unusable(format!("module {rel}: {e}")))?;
             total += plain.len() as u64;
-            if total > MAX_VMLINUZ {
+            if total > MAX_MODULES_BYTES {
                 return Err(unusable(format!(
-                    "the modules runvm needs add up to more than {MAX_VMLINUZ} bytes"
+                    "the modules runvm needs add up to more than {MAX_MODULES_BYTES} bytes"
                 )));
             }
             put(&mdir.join(name), &plain)?;
@@ -874,6 +888,11 @@ mod tests {
         let key = k.kernel.root.file_name().unwrap().to_str().unwrap();
         assert_eq!(key.len(), 64, "{key}");
         assert_eq!(k.kernel.root.parent().unwrap(), cache.join(CACHE_SUBDIR));
+        let mode = fs::metadata(&k.kernel.vmlinuz)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
         assert_eq!(
             fs::read(&k.kernel.vmlinuz).unwrap(),
             fs::read(root.join(c.vmlinuz_path.trim_start_matches('/'))).unwrap()
@@ -1390,6 +1409,36 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn a_dependency_closure_too_large_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        debian_image(&root, AMD64, Z::None);
+        let mdir = root.join("lib/modules").join(AMD64);
+        let mut dep = fs::read_to_string(mdir.join("modules.dep")).unwrap();
+        let extra: Vec<String> = (0..MAX_MODULES).map(|i| format!("extra/m{i}.ko")).collect();
+        fs::create_dir_all(mdir.join("extra")).unwrap();
+        for m in &extra {
+            fs::write(mdir.join(m), b"\x7fELF").unwrap();
+            dep.push_str(&format!("{m}:\n"));
+        }
+        let dep = dep.replace(
+            "kernel/fs/fuse/fuse.ko:",
+            &format!("kernel/fs/fuse/fuse.ko: {}", extra.join(" ")),
+        );
+        fs::write(mdir.join("modules.dep"), dep).unwrap();
+        let image = open(&root);
+        let found = detect(&image);
+        let err = cache_image_kernel(
+            &image,
+            &found.candidates[0],
+            crate::DEFAULT_MODULES,
+            &dir.path().join("cache"),
+        )
+        .unwrap_err();
+        assert!(err.0.contains("more than 256"), "{err}");
     }
 
     #[test]
