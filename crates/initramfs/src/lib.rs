@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 mod archive;
 mod cache;
+pub mod image;
 mod kernel;
 mod modules;
 

@@ -55,3 +55,31 @@ fn default_modules_on_real_kernel() {
     build_initramfs(&kernel, &agent, DEFAULT_MODULES, &out).unwrap();
     println!("initramfs: {} bytes", fs::metadata(&out).unwrap().len());
 }
+
+/// The same unpacked kernel, seen as an image that ships it (Debian's
+/// layout): found, its version read from the bzImage, and copied out.
+/// `RUNVM_TEST_IMAGE_KERNEL_ROOT` may name another such tree (one with
+/// compressed modules, say) to try instead.
+#[test]
+#[ignore = "needs a real kernel: set RUNVM_TEST_KERNEL_ROOT and pass --include-ignored (make unit does)"]
+fn real_kernel_as_an_image_kernel() {
+    use runvm_initramfs::image::{cache_image_kernel, detect, ImageRoot};
+    let root = std::env::var_os("RUNVM_TEST_IMAGE_KERNEL_ROOT")
+        .or_else(|| std::env::var_os("RUNVM_TEST_KERNEL_ROOT"))
+        .expect("RUNVM_TEST_KERNEL_ROOT names an unpacked kernel (see the file's header)");
+    let image = ImageRoot::open(Path::new(&root)).unwrap();
+    let found = detect(&image);
+    assert!(found.skipped.is_empty(), "{:?}", found.skipped);
+    let c = found.candidates.first().expect("no kernel found");
+    println!("found {} at {}", c.version, c.vmlinuz_path);
+    let dir = tempfile::tempdir().unwrap();
+    let k = cache_image_kernel(&image, c, DEFAULT_MODULES, dir.path()).unwrap();
+    let agent = dir.path().join("agent");
+    fs::write(&agent, b"fake agent").unwrap();
+    let initrd =
+        runvm_initramfs::ensure_initramfs(&k.kernel, &agent, DEFAULT_MODULES, dir.path()).unwrap();
+    println!(
+        "initramfs: {} bytes",
+        fs::metadata(&initrd.path).unwrap().len()
+    );
+}

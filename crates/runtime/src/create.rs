@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 
 use runvm_config::rewrite::{HostEntry, KernelModules};
 use runvm_config::{rewrite_config, HostLayout, VmOptions};
+use runvm_contract::report::ErrorChain;
 use runvm_contract::{paths, Accel, StagedMount};
-use runvm_initramfs::{
-    ensure_initramfs, ensure_initramfs_with, Contents, Kernel, Tool, DEFAULT_MODULES,
-};
+use runvm_initramfs::image::{self, ImageKernel, ImageRoot};
+use runvm_initramfs::{ensure_initramfs_with, Contents, Initramfs, Kernel, Tool, DEFAULT_MODULES};
 use runvm_protocol::runc_compat::{look_path, path_of_env, FileInfo};
 use serde_json::Value;
 
@@ -37,6 +37,8 @@ pub struct Prepared {
     pub new_root: PathBuf,
     /// The initramfs, locked against pruning until runc has mounted it.
     pub initrd: runvm_initramfs::Initramfs,
+    /// The image's own kernel when it boots that one, locked likewise.
+    pub image_kernel: Option<ImageKernel>,
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -68,6 +70,10 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 /// against pruning while held).
 pub struct Guest {
     pub kernel: Kernel,
+    /// Set when the kernel is the image's own (copied into runvm's cache,
+    /// locked there while held): the guest then uses the image's own
+    /// `/lib/modules/<version>`, not the store's.
+    pub image_kernel: Option<ImageKernel>,
     pub accel: Accel,
     /// Why KVM is not used, when the user did not ask for TCG.
     pub accel_warning: Option<String>,
@@ -75,45 +81,141 @@ pub struct Guest {
 }
 
 impl Guest {
-    /// The guest `opts` ask for on this host (also `runvm boot-probe`'s).
-    pub fn choose(opts: &VmOptions, install: &Install) -> Result<Self> {
+    /// The guest `opts` ask for on this host (also `runvm boot-probe`'s,
+    /// which has no image). The kernel is, in this order: the store's
+    /// kernel `RUNVM_KERNEL` names; the kernel the image at `image_root`
+    /// ships, if it has a usable one; the store's default kernel.
+    pub fn choose(opts: &VmOptions, install: &Install, image_root: Option<&Path>) -> Result<Self> {
         let agent = install.agent()?;
-        let kernel = match &opts.kernel {
-            Some(name) => Kernel::from_store(&install.kernels_dir(), name)?,
-            None => Kernel::discover(&install.kernels_dir())?,
+        let cache = install.cache_dir();
+        let contents = GuestContents::for_options(opts, install)?;
+        let from_image = match (&opts.kernel, image_root) {
+            (None, Some(root)) => image_kernel(root, &agent, &contents.get(), &cache),
+            _ => None,
+        };
+        let (kernel, initrd, image_kernel) = match from_image {
+            Some((ik, initrd)) => (ik.kernel.clone(), Some(initrd), Some(ik)),
+            None => {
+                let kernel = match &opts.kernel {
+                    Some(name) => Kernel::from_store(&install.kernels_dir(), name)?,
+                    None => Kernel::discover(&install.kernels_dir())?,
+                };
+                (kernel, None, None)
+            }
         };
         let (accel, accel_warning) = host::decide_accel(opts.accel, host::kvm_problem())?;
         if let Some(w) = &accel_warning {
             tracing::warn!("runvm: {w}");
         }
-        let initrd = if opts.disks.is_empty() {
-            ensure_initramfs(&kernel, &agent, DEFAULT_MODULES, &install.cache_dir())?
-        } else {
-            // The guest checks its ext4 disks with e2fsck before mounting
-            // them: a static one, in the initramfs, never the image's.
-            let xfs = opts
-                .disks
-                .iter()
-                .any(|d| d.fs == runvm_protocol::DiskFs::Xfs);
-            let modules = runvm_initramfs::disk_modules(xfs);
-            let tools = [Tool {
-                name: "sbin/e2fsck",
-                path: install.e2fsck()?,
-            }];
-            let contents = Contents {
-                modules: &modules,
-                tools: &tools,
-                flavor: if xfs { "+disks-xfs" } else { "+disks" },
-            };
-            ensure_initramfs_with(&kernel, &agent, &contents, &install.cache_dir())?
+        let initrd = match initrd {
+            Some(i) => i,
+            None => ensure_initramfs_with(&kernel, &agent, &contents.get(), &cache)?,
         };
         Ok(Guest {
             kernel,
+            image_kernel,
             accel,
             accel_warning,
             initrd,
         })
     }
+}
+
+/// What the initramfs holds besides the agent: the default modules, or,
+/// for a container with disks, the file systems' modules and a static
+/// e2fsck (the guest checks its ext4 disks with it before mounting them:
+/// the initramfs's own, never the image's).
+struct GuestContents {
+    modules: Vec<&'static str>,
+    tools: Vec<Tool>,
+    flavor: &'static str,
+}
+
+impl GuestContents {
+    fn for_options(opts: &VmOptions, install: &Install) -> Result<Self> {
+        if opts.disks.is_empty() {
+            return Ok(Self {
+                modules: DEFAULT_MODULES.to_vec(),
+                tools: Vec::new(),
+                flavor: "",
+            });
+        }
+        let xfs = opts
+            .disks
+            .iter()
+            .any(|d| d.fs == runvm_protocol::DiskFs::Xfs);
+        Ok(Self {
+            modules: runvm_initramfs::disk_modules(xfs),
+            tools: vec![Tool {
+                name: "sbin/e2fsck",
+                path: install.e2fsck()?,
+            }],
+            flavor: if xfs { "+disks-xfs" } else { "+disks" },
+        })
+    }
+
+    fn get(&self) -> Contents<'_> {
+        Contents {
+            modules: &self.modules,
+            tools: &self.tools,
+            flavor: self.flavor,
+        }
+    }
+}
+
+/// The kernel the image whose root is `root` ships, copied into runvm's
+/// cache, with its initramfs; `None` if it has none that runvm can boot.
+/// Never an error: an image whose kernel is unusable boots the default
+/// kernel, with one line in the log saying why (only if the image looked
+/// like it had a kernel).
+fn image_kernel(
+    root: &Path,
+    agent: &Path,
+    contents: &Contents<'_>,
+    cache: &Path,
+) -> Option<(ImageKernel, Initramfs)> {
+    let image = match ImageRoot::open(root) {
+        Ok(image) => image,
+        Err(e) => {
+            tracing::debug!("runvm: image root {}: {e}", root.display());
+            return None;
+        }
+    };
+    let found = image::detect(&image);
+    let mut why = found.skipped;
+    // Newest first; an unusable one gives way to the next.
+    for c in &found.candidates {
+        let ready = image::cache_image_kernel(&image, c, contents.modules, cache)
+            .map_err(|e| e.to_string())
+            .and_then(|ik| {
+                let initrd = ensure_initramfs_with(&ik.kernel, agent, contents, cache)
+                    .map_err(|e| e.chain().to_string())?;
+                Ok((ik, initrd))
+            });
+        match ready {
+            Ok(ready) => {
+                tracing::info!(
+                    "runvm: booting the image's own kernel {} ({})",
+                    c.version,
+                    c.vmlinuz_path
+                );
+                return Some(ready);
+            }
+            Err(e) => why.push(format!("{}: {e}", c.vmlinuz_path)),
+        }
+    }
+    if !why.is_empty() {
+        // The image chose these bytes: no control characters in the log.
+        let why: String = why
+            .join("; ")
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        tracing::warn!(
+            "runvm: not booting the image's own kernel ({why}): booting the default kernel"
+        );
+    }
+    None
 }
 
 /// Rewrites the bundle at `bundle` for runvm. Nothing is written unless
@@ -137,12 +239,15 @@ pub fn prepare_bundle(bundle: &Path, for_run: bool) -> Result<Prepared> {
     let supervisor = install.supervisor()?;
     let virtiofsd = install.virtiofsd()?;
     let qemu = install.qemu()?;
+    // The image's root (config.json's root.path, relative to the bundle).
+    let image_root = config["root"]["path"].as_str().map(|p| bundle.join(p));
     let Guest {
         kernel,
+        image_kernel,
         accel,
         accel_warning,
         initrd,
-    } = Guest::choose(&opts, &install)?;
+    } = Guest::choose(&opts, &install, image_root.as_deref())?;
 
     // runc refuses a root path that goes through a symlink (/var/run is one).
     let bundle_real = fs::canonicalize(bundle).map_err(|source| RuntimeError::Read {
@@ -158,7 +263,8 @@ pub fn prepare_bundle(bundle: &Path, for_run: bool) -> Result<Prepared> {
         virtiofsd: virtiofsd.to_string_lossy().into_owned(),
         kernel: kernel.vmlinuz.to_string_lossy().into_owned(),
         initrd: initrd.path.to_string_lossy().into_owned(),
-        modules: kernel.has_modules().then(|| KernelModules {
+        // An image's own kernel has its modules in the image already.
+        modules: (image_kernel.is_none() && kernel.has_modules()).then(|| KernelModules {
             dir: kernel.modules_dir.to_string_lossy().into_owned(),
             version: kernel.version.clone(),
         }),
@@ -245,6 +351,7 @@ pub fn prepare_bundle(bundle: &Path, for_run: bool) -> Result<Prepared> {
             .collect(),
         new_root,
         initrd,
+        image_kernel,
     })
 }
 

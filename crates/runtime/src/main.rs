@@ -113,15 +113,18 @@ fn create_or_run(cli: &Cli, verb: &str, args: &[String]) -> Result<i32> {
     let bundle = PathBuf::from(parsed.bundle.clone().unwrap_or_else(|| ".".into()));
     let prepared = create::prepare_bundle(&bundle, verb == "run")?;
     if verb == "run" {
-        // runc takes over: it inherits the lock on the initramfs, which
-        // then lasts until runc has mounted it.
+        // runc takes over: it inherits the locks on the initramfs (and on
+        // an image's kernel), which then last until runc has mounted them.
         // The descriptor is made inheritable here, in the process that
         // becomes runc (exec, not fork): runc is the child that needs it.
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&prepared.initrd.lock_fd());
-        let _ = nix::fcntl::fcntl(
-            fd,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-        );
+        let locks = std::iter::once(prepared.initrd.lock_fd())
+            .chain(prepared.image_kernel.as_ref().map(|k| k.lock_fd()));
+        for fd in locks {
+            let _ = nix::fcntl::fcntl(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            );
+        }
         return exec_runc(cli, &cli.command);
     }
     let status = runc(cli, &cli.command)

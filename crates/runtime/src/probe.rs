@@ -25,7 +25,7 @@ pub fn boot_probe(debug: bool) -> Result<i32> {
     let install = Install::locate();
     let supervisor = install.supervisor()?;
     let qemu = install.qemu()?;
-    let guest = Guest::choose(&opts, &install)?;
+    let guest = Guest::choose(&opts, &install, None)?;
     let host_cpus = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1);

@@ -1,0 +1,1468 @@
+//! Kernels shipped inside a container image.
+//!
+//! An image "has a kernel" when, for a directory `/lib/modules/<ver>` (or
+//! `/usr/lib/modules/<ver>`), one of these is an x86 bzImage whose embedded
+//! version string starts with `<ver>`, and `modules.dep` is there:
+//!
+//! - `/lib/modules/<ver>/vmlinuz` (Fedora, RHEL);
+//! - `/boot/vmlinuz-<ver>` (Debian, Ubuntu);
+//! - `/boot/vmlinuz-<flavor>` where `<ver>` ends in `-<flavor>` (Alpine:
+//!   `vmlinuz-lts` for modules `6.6.58-0-lts`).
+//!
+//! Nothing keys on `/etc/os-release`. The image is hostile and runvm runs as
+//! root on the host, so every file is opened with `openat2(RESOLVE_IN_ROOT |
+//! RESOLVE_NO_MAGICLINKS)` from a descriptor of the image's root (symlinks,
+//! `..` included, stay inside it), first as `O_PATH | O_NOFOLLOW` and
+//! reopened for reading only once `fstat` says it is a regular file (so no
+//! FIFO blocks us and no device node of the image is ever opened), with
+//! every size bounded and every decompression capped.
+//!
+//! What a kernel needs is copied into a content-addressed cache entry,
+//! `<cache>/image-kernels/<sha256>/` with `vmlinuz` and
+//! `lib/modules/<ver>/`: the closure of the wanted modules (decompressed)
+//! and a `modules.dep` (and `modules.builtin`) for them, from which
+//! [`ensure_initramfs`](crate::ensure_initramfs) builds the initramfs as
+//! for any kernel. The guest's own `/lib/modules/<ver>` is the image's.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path};
+use std::time::{Duration, SystemTime};
+
+use nix::fcntl::{openat2, Flock, FlockArg, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fstat, SFlag};
+use sha2::{Digest, Sha256};
+
+use crate::kernel::compare_versions;
+use crate::Kernel;
+
+/// The largest kernel image read.
+pub const MAX_VMLINUZ: u64 = 128 << 20;
+/// The largest `modules.dep` or `modules.builtin` read.
+pub const MAX_INDEX: u64 = 16 << 20;
+/// The largest module, compressed or not.
+pub const MAX_MODULE: u64 = 64 << 20;
+/// At most this many modules are copied (the default set needs about 15),
+/// of at most this many bytes in all, as read and once decompressed.
+const MAX_MODULES: usize = 256;
+const MAX_MODULES_BYTES: u64 = 256 << 20;
+/// At most this many entries of a `lib/modules` directory are read, and
+/// this many version directories considered.
+const MAX_DIR_ENTRIES: usize = 4096;
+const MAX_VERSIONS: usize = 32;
+
+/// Bumped when the layout of a cache entry changes.
+const FORMAT_VERSION: &str = "runvm-image-kernel-1";
+/// The cache subdirectory of image kernels.
+pub const CACHE_SUBDIR: &str = "image-kernels";
+/// Temporary directories older than this are leftovers of crashed builders.
+const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
+
+/// Why an image's kernel is not used: one line, for the runtime's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unusable(pub String);
+
+impl fmt::Display for Unusable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unusable {}
+
+fn unusable(what: impl fmt::Display) -> Unusable {
+    Unusable(what.to_string())
+}
+
+/// A directory's device and inode.
+type DirId = (u64, u64);
+
+/// A directory of the image (its root, or a kernel's module directory)
+/// that paths are resolved inside of.
+#[derive(Debug)]
+pub struct ImageRoot {
+    fd: OwnedFd,
+}
+
+impl ImageRoot {
+    /// Opens the image's root directory. `path` is the bundle's
+    /// `root.path`, which the engine (trusted) chose.
+    pub fn open(path: &Path) -> io::Result<ImageRoot> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(path)?;
+        Ok(ImageRoot { fd: file.into() })
+    }
+
+    /// `path` (relative, resolved inside this root) with `flags` and
+    /// `O_CLOEXEC`.
+    fn open_raw(&self, path: &str, flags: OFlag) -> io::Result<OwnedFd> {
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let rel = path.trim_start_matches('/');
+        let rel = if rel.is_empty() { "." } else { rel };
+        let raw = openat2(self.fd.as_raw_fd(), rel, how)?;
+        // SAFETY: openat2 just returned this descriptor; nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    }
+
+    /// The directory at `path`, as a root of its own.
+    fn dir(&self, path: &str) -> io::Result<ImageRoot> {
+        let fd = self.open_raw(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+        Ok(ImageRoot { fd })
+    }
+
+    /// The regular file at `path` (not a symlink in its last component),
+    /// open for reading, with its size. A FIFO, device or socket is never
+    /// opened for reading: it is looked at through an `O_PATH` descriptor,
+    /// and that very inode is reopened only if it is a regular file.
+    fn file(&self, path: &str) -> io::Result<(File, u64)> {
+        let fd = self.open_raw(path, OFlag::O_PATH | OFlag::O_NOFOLLOW)?;
+        let st = fstat(fd.as_raw_fd())?;
+        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        if kind != SFlag::S_IFREG {
+            let what = if kind == SFlag::S_IFLNK {
+                "a symlink, not a regular file"
+            } else {
+                "not a regular file"
+            };
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, what));
+        }
+        // Reopen the same inode (not the path again) for reading.
+        let file = File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+        let size = file.metadata()?.len();
+        Ok((file, size))
+    }
+
+    /// The whole regular file at `path`, refusing one larger than `limit`.
+    fn read(&self, path: &str, limit: u64) -> io::Result<Vec<u8>> {
+        let (file, size) = self.file(path)?;
+        read_bounded(file, size, limit)
+    }
+
+    /// The names in the directory at `path` (at most [`MAX_DIR_ENTRIES`]
+    /// read), and its device and inode.
+    fn list(&self, path: &str) -> io::Result<(Vec<Vec<u8>>, DirId)> {
+        let fd = self.open_raw(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+        let st = fstat(fd.as_raw_fd())?;
+        let mut dir = nix::dir::Dir::from_fd(fd.into_raw_fd())?;
+        let mut names = Vec::new();
+        for entry in dir.iter().take(MAX_DIR_ENTRIES) {
+            let name = entry?.file_name().to_bytes().to_vec();
+            if name != b"." && name != b".." {
+                names.push(name);
+            }
+        }
+        Ok((names, (st.st_dev, st.st_ino)))
+    }
+}
+
+/// Reads `file` (whose size was `size`) whole, refusing more than `limit`
+/// bytes, also if it grows while being read.
+fn read_bounded(file: File, size: u64, limit: u64) -> io::Result<Vec<u8>> {
+    if size > limit {
+        return Err(too_large(size, limit));
+    }
+    let mut data = Vec::with_capacity(size as usize);
+    file.take(limit + 1).read_to_end(&mut data)?;
+    if data.len() as u64 > limit {
+        return Err(too_large(data.len() as u64, limit));
+    }
+    Ok(data)
+}
+
+fn too_large(size: u64, limit: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "{} bytes or more, over the limit of {limit}",
+            size.max(limit + 1)
+        ),
+    )
+}
+
+/// A kernel version as a directory name runvm uses: 1 to 128 of
+/// `A-Za-z0-9._+~-`, not starting with `.` or `-`.
+pub fn is_version(v: &str) -> bool {
+    (1..=128).contains(&v.len())
+        && !v.starts_with(['.', '-'])
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._+~-".contains(&b))
+}
+
+/// A kernel found in an image, not yet copied out of it.
+#[derive(Debug)]
+pub struct Candidate {
+    /// The kernel release, the name of its modules directory.
+    pub version: String,
+    /// Where the image has the kernel image, e.g. `/boot/vmlinuz-6.1.0-9-amd64`.
+    pub vmlinuz_path: String,
+    /// Where the image has its modules, e.g. `/usr/lib/modules/6.1.0-9-amd64`.
+    pub modules_path: String,
+    /// The kernel image, open (this inode, whatever the path becomes).
+    vmlinuz: File,
+    vmlinuz_size: u64,
+}
+
+/// What [`detect`] found: usable kernels, newest first, and why others
+/// that looked like kernels are not (one line each).
+#[derive(Debug, Default)]
+pub struct Detection {
+    pub candidates: Vec<Candidate>,
+    pub skipped: Vec<String>,
+}
+
+impl Detection {
+    /// Whether the image looked like it had a kernel (a usable one or one
+    /// that was skipped): only then is a skip worth a warning.
+    pub fn looked_like_kernel(&self) -> bool {
+        !self.candidates.is_empty() || !self.skipped.is_empty()
+    }
+}
+
+/// Finds the kernels shipped in the image whose root is `root`.
+pub fn detect(root: &ImageRoot) -> Detection {
+    let mut out = Detection::default();
+    let mut seen_dirs = HashSet::new();
+    let mut versions: Vec<(String, String)> = Vec::new();
+    for base in ["lib/modules", "usr/lib/modules"] {
+        // /lib -> usr/lib (merged /usr) makes both the same directory.
+        let Ok((names, id)) = root.list(base) else {
+            continue;
+        };
+        if !seen_dirs.insert(id) {
+            continue;
+        }
+        for name in names {
+            let Some(v) = std::str::from_utf8(&name).ok().filter(|v| is_version(v)) else {
+                continue;
+            };
+            if versions.len() < MAX_VERSIONS && !versions.iter().any(|(w, _)| w == v) {
+                versions.push((v.to_owned(), format!("/{base}/{v}")));
+            }
+        }
+    }
+    for (version, modules_path) in versions {
+        if root.dir(&modules_path).is_err() {
+            continue;
+        }
+        let mut paths = vec![
+            format!("{modules_path}/vmlinuz"),
+            format!("/boot/vmlinuz-{version}"),
+        ];
+        if let Some((_, flavor)) = version.rsplit_once('-') {
+            if !flavor.is_empty() && flavor != version {
+                paths.push(format!("/boot/vmlinuz-{flavor}"));
+            }
+        }
+        let mut found = None;
+        for path in paths {
+            match check_vmlinuz(root, &path, &version) {
+                Ok(Some((file, size))) => {
+                    found = Some((path, file, size));
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => out.skipped.push(format!("{path}: {e}")),
+            }
+        }
+        let Some((vmlinuz_path, vmlinuz, vmlinuz_size)) = found else {
+            continue;
+        };
+        let dep = format!("{modules_path}/modules.dep");
+        match root.file(&dep) {
+            Ok((_, size)) if size <= MAX_INDEX => {}
+            Ok((_, size)) => {
+                out.skipped
+                    .push(format!("{dep}: {}", too_large(size, MAX_INDEX)));
+                continue;
+            }
+            Err(e) => {
+                out.skipped.push(format!(
+                    "{vmlinuz_path}: no usable {dep} ({e}); run depmod in the image"
+                ));
+                continue;
+            }
+        }
+        out.candidates.push(Candidate {
+            version,
+            vmlinuz_path,
+            modules_path,
+            vmlinuz,
+            vmlinuz_size,
+        });
+    }
+    out.candidates
+        .sort_by(|a, b| compare_versions(&b.version, &a.version));
+    out
+}
+
+/// The kernel image at `path` if it is one for `version`; `None` if
+/// nothing is there; an error saying why what is there is not usable.
+fn check_vmlinuz(
+    root: &ImageRoot,
+    path: &str,
+    version: &str,
+) -> Result<Option<(File, u64)>, Unusable> {
+    let (file, size) = match root.file(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(unusable(e)),
+    };
+    if size > MAX_VMLINUZ {
+        return Err(unusable(too_large(size, MAX_VMLINUZ)));
+    }
+    let embedded = bzimage_version(&file, size).map_err(unusable)?;
+    let matches = embedded
+        .strip_prefix(version)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(' '));
+    if !matches {
+        return Err(unusable(format!(
+            "its version {:?} is not that of the modules directory {version:?}",
+            embedded.split(' ').next().unwrap_or_default()
+        )));
+    }
+    Ok(Some((file, size)))
+}
+
+/// The version string embedded in an x86 bzImage: the boot protocol's
+/// header has the magic `HdrS` at 0x202 and, at 0x20E, a pointer (less
+/// 0x200) to a NUL-terminated string such as `6.1.0-9-amd64 (debian-…) #1 …`.
+pub fn bzimage_version(file: &File, size: u64) -> Result<String, String> {
+    let mut header = [0u8; 0x210];
+    if size < header.len() as u64 {
+        return Err("not an x86 bzImage (too small)".into());
+    }
+    file.read_exact_at(&mut header, 0)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if &header[0x202..0x206] != b"HdrS" {
+        return Err("not an x86 bzImage (no boot protocol header)".into());
+    }
+    let pointer = u16::from_le_bytes([header[0x20E], header[0x20F]]);
+    if pointer == 0 {
+        return Err("an x86 bzImage without a version string".into());
+    }
+    let at = u64::from(pointer) + 0x200;
+    let mut text = [0u8; 256];
+    let n = file
+        .read_at(&mut text, at)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    let text = &text[..n];
+    let end = text
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or("an x86 bzImage whose version string is not terminated")?;
+    std::str::from_utf8(&text[..end])
+        .map(str::to_owned)
+        .map_err(|_| "an x86 bzImage whose version string is not text".into())
+}
+
+/// The file of a module without its compression suffix.
+fn uncompressed_name(rel: &str) -> Option<&str> {
+    [".xz", ".zst", ".gz"]
+        .iter()
+        .find_map(|s| rel.strip_suffix(s))
+        .or(Some(rel))
+        .filter(|r| r.ends_with(".ko"))
+}
+
+/// Decompresses a module file named `name` (by its suffix: `.ko`, `.ko.xz`,
+/// `.ko.zst`, `.ko.gz`), refusing an output larger than `cap`.
+pub fn decompress_module(name: &str, data: &[u8], cap: u64) -> io::Result<Vec<u8>> {
+    let mut out = Capped {
+        buf: Vec::new(),
+        cap,
+    };
+    if name.ends_with(".ko") {
+        out.write_all(data)?;
+    } else if name.ends_with(".ko.gz") {
+        io::copy(&mut flate2::read::GzDecoder::new(data), &mut out)?;
+    } else if name.ends_with(".ko.zst") {
+        let mut d = ruzstd::decoding::StreamingDecoder::new(data)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        io::copy(&mut d, &mut out)?;
+    } else if name.ends_with(".ko.xz") {
+        lzma_rs::xz_decompress(&mut io::BufReader::new(data), &mut out).map_err(|e| match e {
+            lzma_rs::error::Error::IoError(e) => e,
+            e => io::Error::new(io::ErrorKind::InvalidData, format!("{e:?}")),
+        })?;
+    } else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a module file name (.ko, .ko.xz, .ko.zst or .ko.gz)",
+        ));
+    }
+    Ok(out.buf)
+}
+
+/// A writer into memory that fails once more than `cap` bytes come.
+struct Capped {
+    buf: Vec<u8>,
+    cap: u64,
+}
+
+impl Write for Capped {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if (self.buf.len() + data.len()) as u64 > self.cap {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("decompresses to more than {} bytes", self.cap),
+            ));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An image's kernel copied into runvm's cache, held with a shared lock
+/// (see [`Initramfs`](crate::Initramfs)): while held, no runvm process
+/// prunes the entry.
+#[derive(Debug)]
+pub struct ImageKernel {
+    pub kernel: Kernel,
+    /// Where the image has it, for messages.
+    pub source: String,
+    lock: Flock<File>,
+}
+
+impl ImageKernel {
+    /// The descriptor that holds the lock.
+    pub fn lock_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.lock.as_fd()
+    }
+}
+
+/// Copies what `candidate` needs to boot with `wanted` modules into
+/// `<cache_dir>/image-kernels/<sha256>/` (or reuses the entry that is
+/// there), with the modules decompressed, and returns it locked.
+///
+/// The key is the SHA-256 of everything copied (kernel image, module
+/// files, their names and dependencies, `modules.builtin`): images that
+/// share a kernel share an entry, and no image can change what another
+/// one boots.
+pub fn cache_image_kernel(
+    root: &ImageRoot,
+    candidate: &Candidate,
+    wanted: &[&str],
+    cache_dir: &Path,
+) -> Result<ImageKernel, Unusable> {
+    let gathered = gather(root, candidate, wanted)?;
+    let dir = cache_dir.join(CACHE_SUBDIR);
+    let entry = dir.join(&gathered.key);
+    let kernel = Kernel {
+        root: entry.clone(),
+        version: candidate.version.clone(),
+        vmlinuz: entry.join("vmlinuz"),
+        modules_dir: entry.join("lib/modules").join(&candidate.version),
+    };
+    let cache_err = |what: &str, path: &Path, e: io::Error| {
+        unusable(format!("cannot {what} {}: {e}", path.display()))
+    };
+    for _ in 0..3 {
+        if let Some(lock) = lock_shared(&entry).map_err(|e| cache_err("lock", &entry, e))? {
+            return Ok(ImageKernel {
+                kernel,
+                source: candidate.vmlinuz_path.clone(),
+                lock,
+            });
+        }
+        fs::create_dir_all(&dir).map_err(|e| cache_err("create", &dir, e))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempdir_in(&dir)
+            .map_err(|e| cache_err("create a temporary directory in", &dir, e))?;
+        gathered.write(tmp.path(), &candidate.version)?;
+        let tmp = tmp.keep();
+        match fs::rename(&tmp, &entry) {
+            Ok(()) => {
+                if let Ok(d) = File::open(&dir) {
+                    let _ = d.sync_all();
+                }
+            }
+            // Another runvm wrote the same entry first: use theirs.
+            Err(_) if entry.is_dir() => {
+                let _ = fs::remove_dir_all(&tmp);
+            }
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(cache_err("rename into place", &entry, e));
+            }
+        }
+        remove_stale(&dir, &candidate.version, &gathered.key);
+    }
+    Err(unusable(format!(
+        "{} was removed again after each copy",
+        entry.display()
+    )))
+}
+
+/// What a cache entry holds, read from the image.
+struct Gathered {
+    key: String,
+    vmlinuz: Vec<u8>,
+    /// (path relative to the module directory, as in `modules.dep`;
+    /// its dependencies; the file's bytes as read, maybe compressed).
+    modules: Vec<(String, Vec<String>, Vec<u8>)>,
+    builtin: Option<Vec<u8>>,
+}
+
+fn gather(root: &ImageRoot, c: &Candidate, wanted: &[&str]) -> Result<Gathered, Unusable> {
+    let vmlinuz = read_bounded(
+        c.vmlinuz.try_clone().map_err(unusable)?,
+        c.vmlinuz_size,
+        MAX_VMLINUZ,
+    )
+    .map_err(|e| unusable(format!("{}: {e}", c.vmlinuz_path)))?;
+    // Module paths are resolved inside the module directory itself, so
+    // neither modules.dep nor a symlink can name anything outside it.
+    let mdir = root
+        .dir(&c.modules_path)
+        .map_err(|e| unusable(format!("{}: {e}", c.modules_path)))?;
+    let read_index = |name: &str| {
+        mdir.read(name, MAX_INDEX)
+            .map_err(|e| unusable(format!("{}/{name}: {e}", c.modules_path)))
+    };
+    let dep_bytes = read_index("modules.dep")?;
+    let dep = String::from_utf8_lossy(&dep_bytes);
+    let builtin = match mdir.read("modules.builtin", MAX_INDEX) {
+        Ok(b) => Some(b),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(unusable(format!("{}/modules.builtin: {e}", c.modules_path))),
+    };
+    let builtin_text = builtin.as_deref().map(String::from_utf8_lossy);
+    let order = crate::resolve_modules(&dep, builtin_text.as_deref(), wanted)
+        .map_err(|e| unusable(format!("{}: {e}", c.modules_path)))?;
+    if order.len() > MAX_MODULES {
+        return Err(unusable(format!(
+            "{}: the modules runvm needs depend on {} modules, more than {MAX_MODULES}",
+            c.modules_path,
+            order.len()
+        )));
+    }
+    let deps: HashMap<&str, Vec<&str>> = dep
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(p, d)| (p.trim(), d.split_whitespace().collect()))
+        .collect();
+    let mut modules = Vec::with_capacity(order.len());
+    let mut names = HashSet::new();
+    let mut total: u64 = 0;
+    for rel in order {
+        let plain = Path::new(&rel)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)));
+        let Some(out_name) = uncompressed_name(&rel).filter(|_| plain) else {
+            return Err(unusable(format!(
+                "{}/modules.dep names {rel:?}, not a module file inside its directory",
+                c.modules_path
+            )));
+        };
+        if !names.insert(out_name.to_owned()) {
+            return Err(unusable(format!(
+                "{}/modules.dep names {out_name} twice",
+                c.modules_path
+            )));
+        }
+        let data = mdir
+            .read(&rel, MAX_MODULE)
+            .map_err(|e| unusable(format!("{}/{rel}: {e}", c.modules_path)))?;
+        total += data.len() as u64;
+        if total > MAX_MODULES_BYTES {
+            return Err(unusable(format!(
+                "{}: the modules runvm needs add up to more than {MAX_MODULES_BYTES} bytes",
+                c.modules_path
+            )));
+        }
+        let module_deps: Vec<String> = deps
+            .get(rel.as_str())
+            .map(|d| d.iter().map(|s| (*s).to_owned()).collect())
+            .unwrap_or_default();
+        modules.push((rel, module_deps, data));
+    }
+
+    let mut hasher = Sha256::new();
+    let mut part = |bytes: &[u8]| {
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    };
+    part(FORMAT_VERSION.as_bytes());
+    part(c.version.as_bytes());
+    part(&vmlinuz);
+    part(builtin.as_deref().unwrap_or_default());
+    for (rel, deps, data) in &modules {
+        part(rel.as_bytes());
+        part(deps.join(" ").as_bytes());
+        part(data);
+    }
+    let key = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(Gathered {
+        key,
+        vmlinuz,
+        modules,
+        builtin,
+    })
+}
+
+impl Gathered {
+    /// Writes the entry's files under `dir`, synced.
+    fn write(&self, dir: &Path, version: &str) -> Result<(), Unusable> {
+        let werr =
+            |path: &Path, e: io::Error| unusable(format!("cannot write {}: {e}", path.display()));
+        let put = |path: &Path, data: &[u8]| -> Result<(), Unusable> {
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).map_err(|e| werr(parent, e))?;
+            }
+            let mut f = File::create(path).map_err(|e| werr(path, e))?;
+            // QEMU, under a uid of its own, reads the kernel: whatever
+            // the umask, as the initramfs is.
+            f.set_permissions(fs::Permissions::from_mode(0o644))
+                .map_err(|e| werr(path, e))?;
+            f.write_all(data).map_err(|e| werr(path, e))?;
+            f.sync_all().map_err(|e| werr(path, e))
+        };
+        put(&dir.join("vmlinuz"), &self.vmlinuz)?;
+        let mdir = dir.join("lib/modules").join(version);
+        fs::create_dir_all(&mdir).map_err(|e| werr(&mdir, e))?;
+        let mut dep = String::new();
+        let mut total: u64 = 0;
+        for (rel, deps, data) in &self.modules {
+            let name = uncompressed_name(rel).expect("checked in gather");
+            let plain = decompress_module(rel, data, MAX_MODULE)
+                .map_err(|e| unusable(format!("module {rel}: {e}")))?;
+            total += plain.len() as u64;
+            if total > MAX_MODULES_BYTES {
+                return Err(unusable(format!(
+                    "the modules runvm needs add up to more than {MAX_MODULES_BYTES} bytes"
+                )));
+            }
+            put(&mdir.join(name), &plain)?;
+            dep.push_str(name);
+            dep.push(':');
+            for d in deps {
+                dep.push(' ');
+                dep.push_str(uncompressed_name(d).unwrap_or(d));
+            }
+            dep.push('\n');
+        }
+        put(&mdir.join("modules.dep"), dep.as_bytes())?;
+        if let Some(b) = &self.builtin {
+            put(&mdir.join("modules.builtin"), b)?;
+        }
+        Ok(())
+    }
+}
+
+/// Opens the entry directory `path` and takes a shared lock on it; `None`
+/// if it does not exist (or was removed while we waited for the lock).
+fn lock_shared(path: &Path) -> io::Result<Option<Flock<File>>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let file = Flock::lock(file, FlockArg::LockShared).map_err(|(_, e)| io::Error::from(e))?;
+    let held = file.metadata()?;
+    match fs::metadata(path) {
+        Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => Ok(Some(file)),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Best-effort removal of other entries for the same kernel version
+/// (unless a runvm process holds them), and of old temporary directories.
+fn remove_stale(dir: &Path, version: &str, keep: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let name = name.as_bytes();
+        let path = entry.path();
+        if name.len() == 64 && name.iter().all(u8::is_ascii_hexdigit) {
+            if name != keep.as_bytes() && path.join("lib/modules").join(version).is_dir() {
+                remove_unless_held(&path);
+            }
+        } else if name.starts_with(b".tmp-") {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .is_some_and(|age| age > STALE_TMP_AGE);
+            if old {
+                let _ = fs::remove_dir_all(&path);
+            }
+        }
+    }
+}
+
+/// Removes the entry `path` unless a runvm process holds it: under the
+/// exclusive lock it is first renamed away, so no one sees half of it.
+fn remove_unless_held(path: &Path) {
+    let Ok(file) = File::open(path) else {
+        return;
+    };
+    if let Ok(_held) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        let Some(parent) = path.parent() else {
+            return;
+        };
+        let Ok(doomed) = tempfile::Builder::new().prefix(".tmp-").tempdir_in(parent) else {
+            return;
+        };
+        let doomed = doomed.keep();
+        let target = doomed.join("entry");
+        if fs::rename(path, &target).is_ok() {
+            let _ = fs::remove_dir_all(&doomed);
+        } else {
+            let _ = fs::remove_dir(&doomed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+    use std::path::PathBuf;
+
+    const AMD64: &str = "6.1.0-9-cloud-amd64";
+
+    /// An x86 bzImage header whose version string is `version_string`.
+    fn bzimage(version_string: &str) -> Vec<u8> {
+        let mut v = vec![0u8; 0x800];
+        v[0x1FE..0x200].copy_from_slice(&[0x55, 0xAA]);
+        v[0x202..0x206].copy_from_slice(b"HdrS");
+        v[0x20E..0x210].copy_from_slice(&0x200u16.to_le_bytes());
+        v[0x400..0x400 + version_string.len()].copy_from_slice(version_string.as_bytes());
+        v.extend_from_slice(b"rest of the kernel");
+        v
+    }
+
+    fn debian_string(version: &str) -> String {
+        format!("{version} (debian-kernel@lists.debian.org) #1 SMP PREEMPT_DYNAMIC Debian")
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    enum Z {
+        None,
+        Gz,
+        Xz,
+        Zst,
+    }
+
+    fn compress(z: Z, data: &[u8]) -> (&'static str, Vec<u8>) {
+        match z {
+            Z::None => ("", data.to_vec()),
+            Z::Gz => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(data).unwrap();
+                (".gz", e.finish().unwrap())
+            }
+            Z::Xz => {
+                let mut out = Vec::new();
+                lzma_rs::xz_compress(&mut io::BufReader::new(data), &mut out).unwrap();
+                (".xz", out)
+            }
+            Z::Zst => (
+                ".zst",
+                ruzstd::encoding::compress_to_vec(
+                    data,
+                    ruzstd::encoding::CompressionLevel::Fastest,
+                ),
+            ),
+        }
+    }
+
+    /// The modules `DEFAULT_MODULES` need (Debian 6.1 cloud kernel's
+    /// dependencies), plus one nobody asks for.
+    const MODULES: &[(&str, &str)] = &[
+        ("kernel/drivers/virtio/virtio", ""),
+        ("kernel/drivers/virtio/virtio_ring", ""),
+        (
+            "kernel/drivers/virtio/virtio_pci",
+            "kernel/drivers/virtio/virtio_ring kernel/drivers/virtio/virtio",
+        ),
+        (
+            "kernel/drivers/char/virtio_console",
+            "kernel/drivers/virtio/virtio kernel/drivers/virtio/virtio_ring",
+        ),
+        ("kernel/fs/fuse/fuse", ""),
+        (
+            "kernel/fs/fuse/virtiofs",
+            "kernel/fs/fuse/fuse kernel/drivers/virtio/virtio_ring kernel/drivers/virtio/virtio",
+        ),
+        ("kernel/net/core/failover", ""),
+        (
+            "kernel/drivers/net/net_failover",
+            "kernel/net/core/failover",
+        ),
+        (
+            "kernel/drivers/net/virtio_net",
+            "kernel/drivers/net/net_failover kernel/net/core/failover \
+             kernel/drivers/virtio/virtio kernel/drivers/virtio/virtio_ring",
+        ),
+        (
+            "kernel/drivers/block/virtio_blk",
+            "kernel/drivers/virtio/virtio kernel/drivers/virtio/virtio_ring",
+        ),
+        (
+            "kernel/drivers/char/hw_random/virtio-rng",
+            "kernel/drivers/virtio/virtio_ring kernel/drivers/virtio/virtio",
+        ),
+        ("kernel/drivers/net/dummy", ""),
+    ];
+
+    fn module_bytes(path: &str) -> Vec<u8> {
+        format!("\x7fELF module {path}\n").repeat(50).into_bytes()
+    }
+
+    /// Writes a module tree for `version` at `<root>/<modules_base>/<version>`
+    /// with modules compressed as `z`.
+    fn modules_tree(root: &Path, modules_base: &str, version: &str, z: Z) -> PathBuf {
+        let mdir = root.join(modules_base).join(version);
+        let mut dep = String::new();
+        for (path, deps) in MODULES {
+            let (suffix, data) = compress(z, &module_bytes(path));
+            let file = mdir.join(format!("{path}.ko{suffix}"));
+            fs::create_dir_all(file.parent().unwrap()).unwrap();
+            fs::write(&file, data).unwrap();
+            let deps: Vec<String> = deps
+                .split_whitespace()
+                .map(|d| format!("{d}.ko{suffix}"))
+                .collect();
+            dep.push_str(&format!("{path}.ko{suffix}: {}\n", deps.join(" ")));
+        }
+        fs::write(mdir.join("modules.dep"), dep).unwrap();
+        fs::write(
+            mdir.join("modules.builtin"),
+            "kernel/drivers/char/hw_random/rng-core.ko\n",
+        )
+        .unwrap();
+        mdir
+    }
+
+    fn put(path: &Path, data: &[u8]) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, data).unwrap();
+    }
+
+    fn debian_image(root: &Path, version: &str, z: Z) {
+        modules_tree(root, "lib/modules", version, z);
+        put(
+            &root.join(format!("boot/vmlinuz-{version}")),
+            &bzimage(&debian_string(version)),
+        );
+    }
+
+    fn open(root: &Path) -> ImageRoot {
+        ImageRoot::open(root).unwrap()
+    }
+
+    /// Caches the image's newest kernel and checks the entry: the kernel
+    /// image, the decompressed closure of the default modules (not the
+    /// rest), and that an initramfs builds from it.
+    fn cache_and_check(root: &Path, cache: &Path) -> ImageKernel {
+        let image = open(root);
+        let found = detect(&image);
+        assert!(!found.candidates.is_empty(), "{found:?}");
+        let c = &found.candidates[0];
+        let k = cache_image_kernel(&image, c, crate::DEFAULT_MODULES, cache).unwrap();
+        let key = k.kernel.root.file_name().unwrap().to_str().unwrap();
+        assert_eq!(key.len(), 64, "{key}");
+        assert_eq!(k.kernel.root.parent().unwrap(), cache.join(CACHE_SUBDIR));
+        let mode = fs::metadata(&k.kernel.vmlinuz)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
+        assert_eq!(
+            fs::read(&k.kernel.vmlinuz).unwrap(),
+            fs::read(root.join(c.vmlinuz_path.trim_start_matches('/'))).unwrap()
+        );
+        for (path, _) in MODULES {
+            let copied = k.kernel.modules_dir.join(format!("{path}.ko"));
+            if path.ends_with("dummy") {
+                assert!(!copied.exists(), "{path} copied");
+            } else {
+                assert_eq!(fs::read(&copied).unwrap(), module_bytes(path), "{path}");
+            }
+        }
+        let dep = fs::read_to_string(k.kernel.modules_dir.join("modules.dep")).unwrap();
+        assert!(!dep.contains(".xz") && !dep.contains(".gz") && !dep.contains(".zst"));
+        let agent = cache.join("agent");
+        fs::write(&agent, b"agent").unwrap();
+        let initrd =
+            crate::ensure_initramfs(&k.kernel, &agent, crate::DEFAULT_MODULES, cache).unwrap();
+        let (_, entries) = crate::archive::tests::read_archive(&initrd.path);
+        let order = String::from_utf8(entries["lib/modules/load-order"].2.clone()).unwrap();
+        assert_eq!(order.lines().count(), 11, "{order}");
+        assert_eq!(
+            entries["lib/modules/virtio-rng.ko"].2,
+            module_bytes("kernel/drivers/char/hw_random/virtio-rng")
+        );
+        k
+    }
+
+    #[test]
+    fn debian_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        debian_image(&root, AMD64, Z::None);
+        // Debian's /vmlinuz symlink and a build symlink: noise.
+        symlink(format!("boot/vmlinuz-{AMD64}"), root.join("vmlinuz")).unwrap();
+        symlink(
+            "/usr/src/nope",
+            root.join(format!("lib/modules/{AMD64}/build")),
+        )
+        .unwrap();
+        let found = detect(&open(&root));
+        assert_eq!(found.candidates.len(), 1, "{found:?}");
+        let c = &found.candidates[0];
+        assert_eq!(c.version, AMD64);
+        assert_eq!(c.vmlinuz_path, format!("/boot/vmlinuz-{AMD64}"));
+        assert_eq!(c.modules_path, format!("/lib/modules/{AMD64}"));
+        assert!(found.skipped.is_empty(), "{:?}", found.skipped);
+        cache_and_check(&root, &dir.path().join("cache"));
+    }
+
+    #[test]
+    fn ubuntu_merged_usr_layout_with_zstd_modules() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let v = "6.8.0-45-generic";
+        modules_tree(&root, "usr/lib/modules", v, Z::Zst);
+        symlink("usr/lib", root.join("lib")).unwrap();
+        put(
+            &root.join(format!("boot/vmlinuz-{v}")),
+            &bzimage(&format!("{v} (buildd@lcy02-amd64-075) #45-Ubuntu SMP")),
+        );
+        symlink(format!("vmlinuz-{v}"), root.join("boot/vmlinuz")).unwrap();
+        let found = detect(&open(&root));
+        // /lib/modules and /usr/lib/modules are one directory: one kernel.
+        assert_eq!(found.candidates.len(), 1, "{found:?}");
+        assert_eq!(found.candidates[0].version, v);
+        assert_eq!(
+            found.candidates[0].modules_path,
+            format!("/lib/modules/{v}")
+        );
+        cache_and_check(&root, &dir.path().join("cache"));
+    }
+
+    #[test]
+    fn alpine_layout_with_gzip_modules() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let v = "6.6.58-0-lts";
+        modules_tree(&root, "lib/modules", v, Z::Gz);
+        // Modules of the kernel before an upgrade: vmlinuz-lts is not theirs.
+        modules_tree(&root, "lib/modules", "6.6.50-0-lts", Z::Gz);
+        put(
+            &root.join("boot/vmlinuz-lts"),
+            &bzimage(&format!("{v} (buildozer@build-3-20-x86_64) #1-Alpine SMP")),
+        );
+        put(&root.join("boot/config-lts"), b"CONFIG_X=y");
+        let found = detect(&open(&root));
+        assert_eq!(found.candidates.len(), 1, "{found:?}");
+        assert_eq!(found.candidates[0].version, v);
+        assert_eq!(found.candidates[0].vmlinuz_path, "/boot/vmlinuz-lts");
+        assert_eq!(found.skipped.len(), 1, "{:?}", found.skipped);
+        assert!(
+            found.skipped[0]
+                .contains("\"6.6.58-0-lts\" is not that of the modules directory \"6.6.50-0-lts\""),
+            "{:?}",
+            found.skipped
+        );
+        cache_and_check(&root, &dir.path().join("cache"));
+    }
+
+    #[test]
+    fn fedora_layout_with_xz_modules() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let v = "6.11.4-301.fc41.x86_64";
+        let mdir = modules_tree(&root, "usr/lib/modules", v, Z::Xz);
+        symlink("usr/lib", root.join("lib")).unwrap();
+        put(
+            &mdir.join("vmlinuz"),
+            &bzimage(&format!("{v} (mockbuild@ce7ef2f1) #1 SMP PREEMPT_DYNAMIC")),
+        );
+        fs::create_dir_all(root.join("boot")).unwrap();
+        let found = detect(&open(&root));
+        assert_eq!(found.candidates.len(), 1, "{found:?}");
+        assert_eq!(
+            found.candidates[0].vmlinuz_path,
+            format!("/lib/modules/{v}/vmlinuz")
+        );
+        cache_and_check(&root, &dir.path().join("cache"));
+    }
+
+    #[test]
+    fn the_newest_of_several_comes_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        for v in ["6.1.0-9-amd64", "6.1.0-10-amd64", "5.10.0-30-amd64"] {
+            debian_image(&root, v, Z::None);
+        }
+        let found = detect(&open(&root));
+        let versions: Vec<&str> = found
+            .candidates
+            .iter()
+            .map(|c| c.version.as_str())
+            .collect();
+        assert_eq!(
+            versions,
+            ["6.1.0-10-amd64", "6.1.0-9-amd64", "5.10.0-30-amd64"]
+        );
+    }
+
+    #[test]
+    fn a_kernel_of_another_version_or_no_kernel_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        // No /lib/modules at all (busybox): nothing, and nothing to say.
+        fs::create_dir_all(root.join("boot")).unwrap();
+        fs::write(
+            root.join("boot/vmlinuz-6.1.0-9-amd64"),
+            bzimage("6.1.0-9-amd64 x"),
+        )
+        .unwrap();
+        let found = detect(&open(&root));
+        assert!(!found.looked_like_kernel(), "{found:?}");
+
+        modules_tree(&root, "lib/modules", "6.1.0-9-amd64", Z::None);
+        for (string, why) in [
+            ("6.1.0-10-amd64 (x) #1", "\"6.1.0-10-amd64\" is not that"),
+            (
+                "6.1.0-9-amd64-rt (x) #1",
+                "\"6.1.0-9-amd64-rt\" is not that",
+            ),
+        ] {
+            fs::write(root.join("boot/vmlinuz-6.1.0-9-amd64"), bzimage(string)).unwrap();
+            let found = detect(&open(&root));
+            assert!(found.candidates.is_empty(), "{found:?}");
+            assert!(found.looked_like_kernel());
+            assert!(found.skipped[0].contains(why), "{:?}", found.skipped);
+        }
+        let mut no_magic = bzimage("6.1.0-9-amd64 (x)");
+        no_magic[0x202] = b'X';
+        for (data, why) in [
+            (no_magic, "no boot protocol header"),
+            (b"MZ garbage".to_vec(), "too small"),
+            (vec![0xff; 1 << 16], "no boot protocol header"),
+        ] {
+            fs::write(root.join("boot/vmlinuz-6.1.0-9-amd64"), data).unwrap();
+            let found = detect(&open(&root));
+            assert!(found.candidates.is_empty(), "{found:?}");
+            assert!(found.skipped[0].contains(why), "{:?}", found.skipped);
+        }
+        // A kernel without modules.dep (depmod never ran) is skipped.
+        fs::write(
+            root.join("boot/vmlinuz-6.1.0-9-amd64"),
+            bzimage("6.1.0-9-amd64 (x)"),
+        )
+        .unwrap();
+        fs::remove_file(root.join("lib/modules/6.1.0-9-amd64/modules.dep")).unwrap();
+        let found = detect(&open(&root));
+        assert!(found.candidates.is_empty(), "{found:?}");
+        assert!(found.skipped[0].contains("depmod"), "{:?}", found.skipped);
+        // Directory names that are no kernel versions are not looked at.
+        for odd in ["..x", "-x", "a b", "x\ny"] {
+            fs::create_dir_all(root.join("lib/modules").join(odd)).unwrap();
+            assert!(!is_version(odd));
+        }
+        assert_eq!(detect(&open(&root)).skipped.len(), 1);
+    }
+
+    /// A valid kernel outside the image root, where symlinks in the image
+    /// try to reach.
+    fn outside_kernel(dir: &Path) -> PathBuf {
+        let outside = dir.join("outside");
+        debian_image(&outside, AMD64, Z::None);
+        outside
+    }
+
+    #[test]
+    fn symlinks_stay_inside_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = outside_kernel(dir.path());
+        let root = dir.path().join("root");
+        modules_tree(&root, "lib/modules", AMD64, Z::None);
+        fs::create_dir_all(root.join("boot")).unwrap();
+        let link = root.join(format!("boot/vmlinuz-{AMD64}"));
+        let target = outside.join(format!("boot/vmlinuz-{AMD64}"));
+        // The kernel image as a symlink to a host file: refused, whatever
+        // it points at.
+        for t in [
+            target.to_str().unwrap().to_owned(),
+            format!("../../../../../../../..{}", target.display()),
+            "/proc/self/root/etc/passwd".to_owned(),
+            format!("/proc/self/root{}", target.display()),
+        ] {
+            let _ = fs::remove_file(&link);
+            symlink(&t, &link).unwrap();
+            let found = detect(&open(&root));
+            assert!(found.candidates.is_empty(), "{t}: {found:?}");
+            assert!(found.skipped[0].contains("symlink"), "{:?}", found.skipped);
+        }
+        fs::remove_file(&link).unwrap();
+        fs::remove_dir(root.join("boot")).unwrap();
+        // A directory on the way that is a symlink is followed inside the
+        // image only: absolute, relative with `..`, or through /proc.
+        for t in [
+            outside.join("boot").to_str().unwrap().to_owned(),
+            format!("../../../../../../../..{}/boot", outside.display()),
+            format!("/proc/self/root{}/boot", outside.display()),
+            "/proc/self/cwd".to_owned(),
+        ] {
+            let _ = fs::remove_file(root.join("boot"));
+            symlink(&t, root.join("boot")).unwrap();
+            let found = detect(&open(&root));
+            assert!(!found.looked_like_kernel(), "{t}: {found:?}");
+        }
+        // ... where it finds the image's own files.
+        fs::remove_file(root.join("boot")).unwrap();
+        symlink(outside.join("boot"), root.join("boot")).unwrap();
+        let inside = root.join(outside.join("boot").strip_prefix("/").unwrap());
+        put(
+            &inside.join(format!("vmlinuz-{AMD64}")),
+            &bzimage(&debian_string(AMD64)),
+        );
+        assert_eq!(detect(&open(&root)).candidates.len(), 1);
+        // Same for the modules directory.
+        let root2 = dir.path().join("root2");
+        put(
+            &root2.join(format!("boot/vmlinuz-{AMD64}")),
+            &bzimage(&debian_string(AMD64)),
+        );
+        fs::create_dir_all(&root2).unwrap();
+        symlink(outside.join("lib"), root2.join("lib")).unwrap();
+        assert!(detect(&open(&root2)).candidates.is_empty());
+    }
+
+    #[test]
+    fn module_paths_stay_inside_the_module_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = outside_kernel(dir.path());
+        let root = dir.path().join("root");
+        debian_image(&root, AMD64, Z::None);
+        let mdir = root.join("lib/modules").join(AMD64);
+        let dep_path = mdir.join("modules.dep");
+        let dep = fs::read_to_string(&dep_path).unwrap();
+        let cache = dir.path().join("cache");
+        let try_cache = || {
+            let image = open(&root);
+            let found = detect(&image);
+            cache_image_kernel(&image, &found.candidates[0], crate::DEFAULT_MODULES, &cache)
+        };
+        let fuse = outside
+            .join("lib/modules")
+            .join(AMD64)
+            .join("kernel/fs/fuse/fuse.ko");
+        for evil in [
+            fuse.to_str().unwrap().to_owned(),
+            format!("../../../../../../..{}", fuse.display()),
+            "kernel/../../../x.ko".to_owned(),
+            "kernel/fs/fuse/fuse.txt".to_owned(),
+        ] {
+            fs::write(&dep_path, dep.replace("kernel/fs/fuse/fuse.ko", &evil)).unwrap();
+            let err = try_cache().unwrap_err();
+            assert!(err.0.contains("not a module file inside"), "{evil}: {err}");
+        }
+        fs::write(&dep_path, &dep).unwrap();
+        // A module that is a symlink, or under a directory symlink, to the
+        // outside kernel's file.
+        let ours = mdir.join("kernel/fs/fuse/fuse.ko");
+        fs::remove_file(&ours).unwrap();
+        symlink(&fuse, &ours).unwrap();
+        assert!(try_cache().is_err());
+        fs::remove_dir_all(mdir.join("kernel/fs")).unwrap();
+        symlink(
+            fuse.parent().unwrap().parent().unwrap(),
+            mdir.join("kernel/fs"),
+        )
+        .unwrap();
+        let err = try_cache().unwrap_err();
+        assert!(err.0.contains("fuse.ko"), "{err}");
+        assert!(
+            !cache.join(CACHE_SUBDIR).exists()
+                || fs::read_dir(cache.join(CACHE_SUBDIR))
+                    .unwrap()
+                    .next()
+                    .is_none()
+        );
+    }
+
+    #[test]
+    fn oversized_and_special_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        debian_image(&root, AMD64, Z::None);
+        let vmlinuz = root.join(format!("boot/vmlinuz-{AMD64}"));
+        // Sparse: no disk needed.
+        let f = fs::OpenOptions::new().write(true).open(&vmlinuz).unwrap();
+        f.set_len(MAX_VMLINUZ + 1).unwrap();
+        let found = detect(&open(&root));
+        assert!(found.candidates.is_empty(), "{found:?}");
+        assert!(
+            found.skipped[0].contains("over the limit"),
+            "{:?}",
+            found.skipped
+        );
+        f.set_len(0x900).unwrap();
+        assert_eq!(detect(&open(&root)).candidates.len(), 1);
+
+        let dep = root.join(format!("lib/modules/{AMD64}/modules.dep"));
+        let text = fs::read(&dep).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&dep)
+            .unwrap()
+            .set_len(MAX_INDEX + 1)
+            .unwrap();
+        let found = detect(&open(&root));
+        assert!(found.candidates.is_empty(), "{found:?}");
+        assert!(
+            found.skipped[0].contains("over the limit"),
+            "{:?}",
+            found.skipped
+        );
+        fs::write(&dep, &text).unwrap();
+
+        let module = root.join(format!("lib/modules/{AMD64}/kernel/fs/fuse/fuse.ko"));
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&module)
+            .unwrap()
+            .set_len(MAX_MODULE + 1)
+            .unwrap();
+        let image = open(&root);
+        let found = detect(&image);
+        let err = cache_image_kernel(
+            &image,
+            &found.candidates[0],
+            crate::DEFAULT_MODULES,
+            &dir.path().join("cache"),
+        )
+        .unwrap_err();
+        assert!(
+            err.0.contains("fuse.ko") && err.0.contains("over the limit"),
+            "{err}"
+        );
+
+        // A FIFO (opening it for reading would block) and a directory.
+        fs::remove_file(&vmlinuz).unwrap();
+        nix::unistd::mkfifo(&vmlinuz, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let found = detect(&open(&root));
+        assert!(found.candidates.is_empty(), "{found:?}");
+        assert!(
+            found.skipped[0].contains("not a regular file"),
+            "{:?}",
+            found.skipped
+        );
+        fs::remove_file(&vmlinuz).unwrap();
+        fs::create_dir(&vmlinuz).unwrap();
+        assert!(detect(&open(&root)).candidates.is_empty());
+    }
+
+    #[test]
+    fn every_compression_decompresses_and_garbage_does_not() {
+        let data = module_bytes("kernel/x");
+        for z in [Z::None, Z::Gz, Z::Xz, Z::Zst] {
+            let (suffix, packed) = compress(z, &data);
+            let name = format!("x.ko{suffix}");
+            assert_eq!(
+                decompress_module(&name, &packed, MAX_MODULE).unwrap(),
+                data,
+                "{z:?}"
+            );
+            if !suffix.is_empty() {
+                let mut broken = packed.clone();
+                broken.truncate(packed.len() / 2);
+                assert!(
+                    decompress_module(&name, &broken, MAX_MODULE).is_err(),
+                    "{z:?}"
+                );
+                assert!(
+                    decompress_module(&name, b"garbage", MAX_MODULE).is_err(),
+                    "{z:?}"
+                );
+            }
+        }
+        assert!(decompress_module("x.ko.bz2", b"x", MAX_MODULE).is_err());
+    }
+
+    #[test]
+    fn a_decompression_bomb_fails_cleanly() {
+        let zeros = vec![0u8; 8 << 20];
+        // lzma-rs writes no real xz compression: the xz bomb is made by
+        // `xz --check=crc32 --lzma2=dict=1MiB`, as the kernel's build does.
+        let bombs = [
+            ("x.ko.gz", compress(Z::Gz, &zeros).1),
+            ("x.ko.zst", compress(Z::Zst, &zeros).1),
+            (
+                "x.ko.xz",
+                include_bytes!("testdata/zeros-8m.ko.xz").to_vec(),
+            ),
+        ];
+        for (name, packed) in bombs {
+            assert!(packed.len() < 64 << 10, "{name}: {}", packed.len());
+            assert_eq!(decompress_module(name, &packed, 8 << 20).unwrap(), zeros);
+            let err = decompress_module(name, &packed, 1 << 20).unwrap_err();
+            assert!(
+                err.to_string().contains("more than 1048576 bytes"),
+                "{name}: {err}"
+            );
+        }
+        // At the real limit, through the cache: nothing is left behind.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        debian_image(&root, AMD64, Z::None);
+        let mdir = root.join("lib/modules").join(AMD64);
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let chunk = vec![0u8; 1 << 20];
+        for _ in 0..(MAX_MODULE >> 20) + 1 {
+            e.write_all(&chunk).unwrap();
+        }
+        fs::write(mdir.join("kernel/fs/fuse/fuse.ko.gz"), e.finish().unwrap()).unwrap();
+        let dep = mdir.join("modules.dep");
+        let text = fs::read_to_string(&dep).unwrap();
+        fs::write(&dep, text.replace("fuse/fuse.ko", "fuse/fuse.ko.gz")).unwrap();
+        let image = open(&root);
+        let found = detect(&image);
+        let cache = dir.path().join("cache");
+        let err = cache_image_kernel(&image, &found.candidates[0], crate::DEFAULT_MODULES, &cache)
+            .unwrap_err();
+        assert!(err.0.contains("decompresses to more than"), "{err}");
+        let left: Vec<_> = fs::read_dir(cache.join(CACHE_SUBDIR)).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn entries_are_reused_and_pruned_unless_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        debian_image(&root, AMD64, Z::Xz);
+        let cache = dir.path().join("cache");
+        let first = cache_and_check(&root, &cache);
+        let mtime = fs::metadata(&first.kernel.vmlinuz)
+            .unwrap()
+            .modified()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let again = cache_and_check(&root, &cache);
+        assert_eq!(again.kernel, first.kernel);
+        assert_eq!(
+            fs::metadata(&again.kernel.vmlinuz)
+                .unwrap()
+                .modified()
+                .unwrap(),
+            mtime
+        );
+        drop(again);
+
+        // Another image with the same kernel but one module changed gets
+        // an entry of its own; the first, held, is kept.
+        let fuse = root.join(format!("lib/modules/{AMD64}/kernel/fs/fuse/fuse.ko.xz"));
+        fs::write(&fuse, compress(Z::Xz, b"\x7fELF another fuse").1).unwrap();
+        let image = open(&root);
+        let found = detect(&image);
+        let second =
+            cache_image_kernel(&image, &found.candidates[0], crate::DEFAULT_MODULES, &cache)
+                .unwrap();
+        assert_ne!(second.kernel.root, first.kernel.root);
+        assert_eq!(
+            fs::read(second.kernel.modules_dir.join("kernel/fs/fuse/fuse.ko")).unwrap(),
+            b"\x7fELF another fuse"
+        );
+        assert!(first.kernel.root.exists(), "a held entry was pruned");
+        // Unheld, it goes when the next entry of that version is written.
+        let first_root = first.kernel.root.clone();
+        drop(first);
+        fs::write(&fuse, compress(Z::Xz, b"\x7fELF a third fuse").1).unwrap();
+        let found = detect(&image);
+        let third =
+            cache_image_kernel(&image, &found.candidates[0], crate::DEFAULT_MODULES, &cache)
+                .unwrap();
+        assert!(!first_root.exists(), "an unheld stale entry was kept");
+        assert!(second.kernel.root.exists());
+        assert!(third.kernel.root.exists());
+        let names: Vec<String> = fs::read_dir(cache.join(CACHE_SUBDIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn a_dependency_closure_too_large_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        debian_image(&root, AMD64, Z::None);
+        let mdir = root.join("lib/modules").join(AMD64);
+        let mut dep = fs::read_to_string(mdir.join("modules.dep")).unwrap();
+        let extra: Vec<String> = (0..MAX_MODULES).map(|i| format!("extra/m{i}.ko")).collect();
+        fs::create_dir_all(mdir.join("extra")).unwrap();
+        for m in &extra {
+            fs::write(mdir.join(m), b"\x7fELF").unwrap();
+            dep.push_str(&format!("{m}:\n"));
+        }
+        let dep = dep.replace(
+            "kernel/fs/fuse/fuse.ko:",
+            &format!("kernel/fs/fuse/fuse.ko: {}", extra.join(" ")),
+        );
+        fs::write(mdir.join("modules.dep"), dep).unwrap();
+        let image = open(&root);
+        let found = detect(&image);
+        let err = cache_image_kernel(
+            &image,
+            &found.candidates[0],
+            crate::DEFAULT_MODULES,
+            &dir.path().join("cache"),
+        )
+        .unwrap_err();
+        assert!(err.0.contains("more than 256"), "{err}");
+    }
+
+    #[test]
+    fn a_kernel_without_the_needed_modules_is_unusable() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        debian_image(&root, AMD64, Z::None);
+        let dep = root.join(format!("lib/modules/{AMD64}/modules.dep"));
+        let text = fs::read_to_string(&dep).unwrap();
+        let text: String = text
+            .lines()
+            .filter(|l| !l.contains("virtiofs"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        fs::write(&dep, text).unwrap();
+        let image = open(&root);
+        let found = detect(&image);
+        let err = cache_image_kernel(
+            &image,
+            &found.candidates[0],
+            crate::DEFAULT_MODULES,
+            &dir.path().join("cache"),
+        )
+        .unwrap_err();
+        assert!(err.0.contains("virtiofs"), "{err}");
+    }
+}
