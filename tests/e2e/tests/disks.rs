@@ -40,7 +40,9 @@ fn disks_are_made_filled_kept_and_hidden_from_the_guest() {
     let script = "df -k /home /data; grep -E ' /(home|data) ' /proc/mounts | cut -d' ' -f2,3; \
                   stat -c '%u %n' /home/user; ls -A /disks | wc -l; \
                   cat /data/kept 2>/dev/null || echo none; echo kept-data > /data/kept; \
-                  echo kept-home > /home/user/kept";
+                  echo kept-home > /home/user/kept; \
+                  dd if=/dev/zero of=/data/direct bs=4096 count=16 oflag=direct 2>/dev/null \
+                  && echo direct-io";
     let c = Container::new("disks");
     let mount = format!("{}:/disks", vol.name);
     let r = docker(
@@ -332,4 +334,40 @@ fn a_root_disk_is_ext4_keeps_files_and_volumes_still_work() {
         None,
     );
     assert_eq!(r.stdout_str(), "from-vm\nrooted\n", "{}", r.describe());
+}
+
+/// A restart policy restarts the container on the same disk: each run
+/// sees what the one before wrote.
+#[e2e_test]
+fn a_restart_policy_keeps_the_disk() {
+    let vol = Volume::create("disk-restart");
+    let c = Container::run_detached(
+        "disk-restart",
+        "runvm",
+        &[
+            "--restart",
+            "on-failure:2",
+            "-v",
+            &format!("{}:/disks", vol.name),
+            "-e",
+            "RUNVM_DISKS=/disks/r.img,/data,ext4,32m",
+            IMAGE,
+            "sh",
+            "-c",
+            "n=$(cat /data/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /data/n; \
+             echo run $n; test $n -ge 3",
+        ],
+    );
+    poll_until("the third run", Duration::from_secs(300), || {
+        let state = c.inspect("{{.State.Status}} {{.RestartCount}}");
+        (state == "exited 2").then_some(())
+    });
+    assert_eq!(c.wait_exit(), 0);
+    let logs = c.logs();
+    assert_eq!(
+        logs.stdout_str(),
+        "run 1\nrun 2\nrun 3\n",
+        "{}",
+        logs.describe()
+    );
 }
