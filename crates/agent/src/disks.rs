@@ -75,8 +75,10 @@ async fn run(reaper: &Reaper, program: &str, args: &[&OsStr]) -> io::Result<i32>
 }
 
 /// Checks an ext4 disk before it is mounted: `e2fsck -p` repairs what is
-/// safe to repair unattended (a crash's leftovers); when it cannot (exit
-/// code 4 or more), `e2fsck -fy` repairs the rest.
+/// safe to repair unattended (a crash's leftovers); when it cannot (any
+/// exit code beyond 1 and 2, "errors corrected"), `e2fsck -fy` repairs
+/// the rest, and a disk that still has errors (or holds no ext4 at all)
+/// is refused.
 async fn check(reaper: &Reaper, dev: &Path, d: &GuestDisk) -> Result<()> {
     if d.fs != DiskFs::Ext4 {
         return Ok(());
@@ -85,23 +87,24 @@ async fn check(reaper: &Reaper, dev: &Path, d: &GuestDisk) -> Result<()> {
     let code = run(reaper, E2FSCK, &["-p".as_ref(), dev.as_os_str()])
         .await
         .map_err(fail)?;
-    if code & 4 == 0 {
+    if code & !3 == 0 {
         if code != 0 {
             tracing::info!("disk for {}: e2fsck repaired it ({code})", d.destination);
         }
         return Ok(());
     }
     tracing::warn!(
-        "disk for {}: e2fsck -p could not repair it ({code}); running e2fsck -fy",
+        "disk for {}: e2fsck -p could not repair it (exit code {code}); running e2fsck -fy",
         d.destination
     );
     let code = run(reaper, E2FSCK, &["-fy".as_ref(), dev.as_os_str()])
         .await
         .map_err(fail)?;
     if code & !3 != 0 {
-        return Err(fail(io::Error::other(format!(
-            "e2fsck -fy left errors (exit code {code})"
-        ))));
+        return Err(AgentError::Disk(format!(
+            "the disk for {} holds no usable ext4 file system (e2fsck -fy exit code {code}; the console log with RUNVM_DEBUG=1 says more): restore its file, or remove it to have runvm make a new one",
+            d.destination
+        )));
     }
     Ok(())
 }
@@ -146,6 +149,7 @@ pub async fn prepare_root(
     reaper: &Reaper,
     disks: &[GuestDisk],
     docker_mounts: &[String],
+    guest_mountpoints: &[String],
     readonly: bool,
 ) -> Result<PathBuf> {
     let Some(d) = disks.iter().find(|d| d.destination == "/") else {
@@ -162,8 +166,12 @@ pub async fn prepare_root(
             .collect();
         fill(Path::new(SHARE), root, &skip, d)?;
     }
-    if readonly {
-        remount_readonly(root)?;
+    // What the guest mounts later (`--tmpfs`, other disks) needs its mount
+    // points while the disk is writable.
+    for m in guest_mountpoints {
+        if let Ok(p) = under(root, m) {
+            let _ = fs::create_dir_all(p);
+        }
     }
     for m in docker_mounts {
         let from = Path::new(SHARE).join(m.trim_start_matches('/'));
@@ -191,6 +199,9 @@ pub async fn prepare_root(
             target: to.clone(),
             source: e,
         })?;
+    }
+    if readonly {
+        remount_readonly(root)?;
     }
     MOUNTED.lock().expect("disk list").1 = true;
     Ok(root.into())
@@ -325,6 +336,41 @@ pub fn link_raw(disks: &[GuestDisk]) -> Result<()> {
         .map_err(|e| AgentError::sys(format!("create the raw disk {}", d.destination), e))?;
     }
     Ok(())
+}
+
+/// The signals `docker stop` sends (the image's STOPSIGNAL, usually
+/// SIGTERM; SIGRTMIN+3 for systemd) and the like.
+pub fn is_stop_signal(signal: i32) -> bool {
+    [
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGPWR,
+        libc::SIGRTMIN() + 3,
+    ]
+    .contains(&signal)
+}
+
+/// After a stop signal, the disks are synced every half second until the
+/// VM ends: `docker stop` kills a workload that does not exit in time,
+/// and with it the VM, whose page cache dies with it (under runc the host
+/// keeps the writes). A virtiofs root needs none of this: its writes are
+/// the host's at once.
+pub fn flush_from_now_on() {
+    static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let any = {
+        let m = MOUNTED.lock().unwrap_or_else(|e| e.into_inner());
+        !m.0.is_empty() || m.1
+    };
+    if !any || STARTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("disk-flush".into())
+        .spawn(|| loop {
+            nix::unistd::sync();
+            std::thread::sleep(Duration::from_millis(500));
+        });
 }
 
 /// At power-off, once every other process is gone: unmounts the disks in

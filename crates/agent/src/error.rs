@@ -25,6 +25,9 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// A disk the guest cannot use, with what to do about it.
+    #[error("{0}")]
+    Disk(String),
     #[error("network setup failed")]
     Network(#[from] crate::network::NetError),
     #[error("host channel")]

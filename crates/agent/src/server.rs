@@ -367,6 +367,9 @@ where
             match read_frame::<_, HostMessage>(rd).await {
                 Ok(HostMessage::Signal { signal }) => {
                     agent.reaper.signal(pid, signal);
+                    if join.is_none() && disks::is_stop_signal(signal) {
+                        disks::flush_from_now_on();
+                    }
                 }
                 Ok(HostMessage::Resize { rows, cols }) => {
                     if let Some(fd) = master_raw {
@@ -423,8 +426,21 @@ async fn prepare_container(
     // kernel gives virtiofs submounts the flags of the mount above them.
     mounts::mount_fs(ROOTFS_TAG, disks::SHARE, "virtiofs", MsFlags::empty(), None)?;
     // With a root disk, the root is the disk (read-only for `--read-only`).
-    let root =
-        disks::prepare_root(reaper, &spec.disks, &spec.docker_mounts, spec.readonly_root).await?;
+    let guest_mountpoints: Vec<String> = spec
+        .mounts
+        .iter()
+        .map(|m| m.destination.clone())
+        .chain(spec.disks.iter().map(|d| d.destination.clone()))
+        .filter(|d| d != "/" && !d.starts_with("/dev/"))
+        .collect();
+    let root = disks::prepare_root(
+        reaper,
+        &spec.disks,
+        &spec.docker_mounts,
+        &guest_mountpoints,
+        spec.readonly_root,
+    )
+    .await?;
     disks::mount_all(reaper, &spec.disks, &root).await?;
     mounts::switch_to_root(&root)?;
     mounts::mount_container_filesystems(&spec.mounts)?;

@@ -18,7 +18,7 @@ use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use nix::fcntl::{Flock, FlockArg};
@@ -41,6 +41,18 @@ pub enum DiskError {
     NotAFile { source_path: String },
     #[error("disk file {source_path} is in use by another running container: stop that container first, or give this one a file of its own")]
     InUse { source_path: String },
+    #[error(
+        "disk files {source_path} and {other} are the same file: give each disk a file of its own"
+    )]
+    SameFile { source_path: String, other: String },
+    #[error("disk file {source_path} is in the container's own files, which --read-only keeps unchanged: put it on a volume (-v NAME:/disks)")]
+    ReadOnlyRoot { source_path: String },
+    #[error("disk file {source_path} is on a read-only file system (a volume mounted :ro?): give a writable place")]
+    ReadOnly { source_path: String },
+    #[error("disk file {source_path} appeared while runvm was making it (another container starting with it?): start again")]
+    Appeared { source_path: String },
+    #[error("disk file {source_path} cannot be that large on the host's file system: give a smaller size")]
+    TooLarge { source_path: String },
     #[error("cannot open disk file {source_path} inside the container")]
     Open {
         source_path: String,
@@ -82,16 +94,33 @@ fn io_err<'a>(what: &'static str, d: &'a VmDisk) -> impl FnOnce(io::Error) -> Di
     }
 }
 
-/// A backing file ready for the supervisor.
-struct Prepared {
-    /// Made by this call: removed again if a later disk fails.
-    created: bool,
+/// What the check found for one disk, before anything is made.
+enum Found {
+    /// The file exists: its descriptor, not yet locked.
+    Existing(File),
+    /// It does not (and the entry has a size to make it with):
+    /// `made_dirs` are the directories that do not exist yet on its path
+    /// (removed again if the container is refused).
+    Missing { made_dirs: Vec<PathBuf> },
+}
+
+/// A disk whose file is ready: locked (so no other container takes it
+/// while this one starts) and bound at its slot.
+struct Ready {
+    _lock: Flock<File>,
+    made: Option<Vec<PathBuf>>,
 }
 
 /// Finds or makes every disk's file inside `root`, binds it at its slot
-/// ([`VmDisk::slot`]), and covers the files from the guest. On failure, the files this call
-/// made are removed again: a refused container leaves nothing behind.
-pub fn prepare_all(root: &Path, disks: &[VmDisk]) -> Result<(), DiskError> {
+/// ([`VmDisk::slot`]), and covers the files from the guest.
+///
+/// Every disk is checked before any file is made (a bad entry makes
+/// nothing); if making or binding one fails, the files and directories
+/// made for the others are removed again, so a refused container leaves
+/// nothing behind. With `readonly_root` (`--read-only`), a disk file must
+/// not be in the container's own files (its writable layer), which the
+/// flag keeps unchanged: it must be on a volume.
+pub fn prepare_all(root: &Path, disks: &[VmDisk], readonly_root: bool) -> Result<(), DiskError> {
     if disks.is_empty() {
         return Ok(());
     }
@@ -99,39 +128,129 @@ pub fn prepare_all(root: &Path, disks: &[VmDisk]) -> Result<(), DiskError> {
         source_path: "/".into(),
         source,
     })?;
-    let mut done: Vec<(usize, Prepared)> = Vec::new();
-    for (n, d) in disks.iter().enumerate() {
-        match prepare(&r, n, d) {
-            Ok(p) => done.push((n, p)),
+    let root_mount = mount_id(r.as_fd()).map_err(|e| DiskError::Io {
+        what: "inspect the root of",
+        source_path: "/".into(),
+        source: e,
+    })?;
+    let mut found = Vec::with_capacity(disks.len());
+    let mut ids: Vec<((u64, u64), &str)> = Vec::new();
+    for d in disks {
+        let f = check(&r, d)?;
+        if let Found::Existing(file) = &f {
+            let st = nix::sys::stat::fstat(file.as_raw_fd())
+                .map_err(|e| io_err("inspect", d)(e.into()))?;
+            let id = (st.st_dev, st.st_ino);
+            if let Some((_, other)) = ids.iter().find(|(i, _)| *i == id) {
+                return Err(DiskError::SameFile {
+                    source_path: d.source.clone(),
+                    other: (*other).to_owned(),
+                });
+            }
+            ids.push((id, &d.source));
+        }
+        let on_root = match &f {
+            Found::Existing(file) => {
+                mount_id(file.as_fd()).map_err(io_err("inspect", d))? == root_mount
+            }
+            // A new file lands where its nearest existing directory is.
+            Found::Missing { .. } => nearest_mount(&r, &d.source)? == root_mount,
+        };
+        if readonly_root && on_root {
+            return Err(DiskError::ReadOnlyRoot {
+                source_path: d.source.clone(),
+            });
+        }
+        found.push(f);
+    }
+    let mut ready: Vec<Ready> = Vec::with_capacity(disks.len());
+    for (n, (d, f)) in disks.iter().zip(found).enumerate() {
+        match make(&r, n, d, f) {
+            Ok(x) => ready.push(x),
             Err(e) => {
-                for (n, p) in done {
-                    undo(&r, n, &disks[n], &p);
+                for (n, x) in ready.iter().enumerate() {
+                    undo(&r, n, &disks[n], x.made.as_deref());
                 }
                 return Err(e);
             }
         }
     }
     cover(&r, disks);
+    // The locks go with this process; the supervisor takes its own.
+    drop(ready);
     Ok(())
 }
 
-fn undo(r: &Root, n: usize, d: &VmDisk, p: &Prepared) {
-    let _ = nix::mount::umount2(VmDisk::slot(n).as_str(), nix::mount::MntFlags::MNT_DETACH);
-    if p.created {
-        let _ = r.remove_file(&d.source);
+/// statx(2)'s mount id of `fd` (nix has no statx wrapper): which mount a
+/// file is on, without `/proc`, which in the container's mount namespace
+/// belongs to another PID namespace than ours.
+fn mount_id(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<u64> {
+    // SAFETY: statx writes one `struct statx` into `buf`, which is that
+    // big and zeroed; the path is an empty NUL-terminated string and `fd`
+    // is open for the call.
+    let mut buf: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: see above.
+    let rc = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_MNT_ID,
+            &mut buf,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
     }
+    Ok(buf.stx_mnt_id)
 }
 
-fn prepare(r: &Root, n: usize, d: &VmDisk) -> Result<Prepared, DiskError> {
-    let (file, created) = match r.resolve(&d.source) {
+/// The mount of the nearest existing directory on `path`'s way.
+fn nearest_mount(r: &Root, path: &str) -> Result<u64, DiskError> {
+    let mut p = Path::new(path);
+    while let Some(parent) = p.parent() {
+        if let Ok(h) = r.resolve(parent) {
+            return mount_id(h.as_fd()).map_err(|e| DiskError::Io {
+                what: "inspect the directory of",
+                source_path: path.to_owned(),
+                source: e,
+            });
+        }
+        p = parent;
+    }
+    mount_id(r.as_fd()).map_err(|e| DiskError::Io {
+        what: "inspect the directory of",
+        source_path: path.to_owned(),
+        source: e,
+    })
+}
+
+/// The directories on `path`'s way that do not exist yet, deepest first.
+fn missing_dirs(r: &Root, path: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut p = Path::new(path);
+    while let Some(parent) = p.parent() {
+        if parent == Path::new("/") || r.resolve(parent).is_ok() {
+            break;
+        }
+        out.push(parent.to_path_buf());
+        p = parent;
+    }
+    out
+}
+
+fn is_errno(e: &pathrs::error::Error, errno: i32) -> bool {
+    e.kind() == pathrs::error::ErrorKind::OsError(Some(errno))
+}
+
+/// Finds the disk's file, or checks that it can be made; makes nothing.
+fn check(r: &Root, d: &VmDisk) -> Result<Found, DiskError> {
+    match r.resolve(&d.source) {
         Ok(h) => {
             // Checked on the O_PATH handle, before any real open: an image's
             // device node or FIFO is never opened.
-            let st = nix::sys::stat::fstat(h.as_fd_raw()).map_err(|e| DiskError::Io {
-                what: "inspect",
-                source_path: d.source.clone(),
-                source: e.into(),
-            })?;
+            let st =
+                nix::sys::stat::fstat(h.as_fd_raw()).map_err(|e| io_err("inspect", d)(e.into()))?;
             if st.st_mode & libc::S_IFMT != libc::S_IFREG {
                 return Err(DiskError::NotAFile {
                     source_path: d.source.clone(),
@@ -139,25 +258,63 @@ fn prepare(r: &Root, n: usize, d: &VmDisk) -> Result<Prepared, DiskError> {
             }
             let f = h
                 .reopen(OpenFlags::O_RDWR | OpenFlags::O_CLOEXEC)
-                .map_err(|source| DiskError::Open {
-                    source_path: d.source.clone(),
-                    source,
-                })?;
-            (f, false)
+                .map_err(|source| open_error(d, source))?;
+            Ok(Found::Existing(f))
         }
-        Err(e) if e.kind() == pathrs::error::ErrorKind::OsError(Some(libc::ENOENT)) => {
-            let Some(size) = d.size else {
-                return Err(DiskError::NoSize {
-                    source_path: d.source.clone(),
-                });
-            };
-            let create = |source| DiskError::Create {
+        Err(e) if is_errno(&e, libc::ENOENT) => match d.size {
+            Some(_) => Ok(Found::Missing {
+                made_dirs: missing_dirs(r, &d.source),
+            }),
+            None => Err(DiskError::NoSize {
                 source_path: d.source.clone(),
-                source,
+            }),
+        },
+        Err(source) => Err(open_error(d, source)),
+    }
+}
+
+fn open_error(d: &VmDisk, source: pathrs::error::Error) -> DiskError {
+    if is_errno(&source, libc::EROFS) {
+        DiskError::ReadOnly {
+            source_path: d.source.clone(),
+        }
+    } else {
+        DiskError::Open {
+            source_path: d.source.clone(),
+            source,
+        }
+    }
+}
+
+/// Opens or makes the disk's file, locks it, binds it at its slot and
+/// formats it if it is new (or was never written: all holes, as
+/// `truncate -s` makes).
+fn make(r: &Root, n: usize, d: &VmDisk, found: Found) -> Result<Ready, DiskError> {
+    let (file, made) = match found {
+        Found::Existing(file) => (file, None),
+        Found::Missing { made_dirs } => {
+            let create = |source: pathrs::error::Error| {
+                if is_errno(&source, libc::EEXIST) {
+                    DiskError::Appeared {
+                        source_path: d.source.clone(),
+                    }
+                } else if is_errno(&source, libc::EROFS) {
+                    DiskError::ReadOnly {
+                        source_path: d.source.clone(),
+                    }
+                } else {
+                    DiskError::Create {
+                        source_path: d.source.clone(),
+                        source,
+                    }
+                }
             };
             if let Some(parent) = Path::new(&d.source).parent() {
                 r.mkdir_all(parent, &fs::Permissions::from_mode(0o755))
-                    .map_err(create)?;
+                    .map_err(|e| {
+                        remove_dirs(r, &made_dirs);
+                        create(e)
+                    })?;
             }
             let f = r
                 .create_file(
@@ -165,27 +322,37 @@ fn prepare(r: &Root, n: usize, d: &VmDisk) -> Result<Prepared, DiskError> {
                     OpenFlags::O_RDWR | OpenFlags::O_EXCL | OpenFlags::O_CLOEXEC,
                     &fs::Permissions::from_mode(0o600),
                 )
-                .map_err(create)?;
-            if let Err(e) = f.set_len(size) {
-                let _ = r.remove_file(&d.source);
-                return Err(io_err("size", d)(e));
-            }
-            (f, true)
-        }
-        Err(source) => {
-            return Err(DiskError::Open {
-                source_path: d.source.clone(),
-                source,
-            })
+                .map_err(|e| {
+                    remove_dirs(r, &made_dirs);
+                    create(e)
+                })?;
+            (f, Some(made_dirs))
         }
     };
-    let p = Prepared { created };
-    let result = bind_and_format(n, d, file, created);
-    if let Err(e) = result {
-        undo(r, n, d, &p);
-        return Err(e);
+    match lock_bind_format(n, d, file, made.is_some()) {
+        Ok(lock) => Ok(Ready { _lock: lock, made }),
+        Err(e) => {
+            undo(r, n, d, made.as_deref());
+            Err(e)
+        }
     }
-    Ok(p)
+}
+
+fn remove_dirs(r: &Root, dirs: &[PathBuf]) {
+    for dir in dirs {
+        let _ = r.remove_dir(dir);
+    }
+}
+
+/// Undoes [`make`] for disk `n`: unbinds its slot, and removes its file
+/// and directories if they were `made` (the file is still locked by this
+/// process, so it is no other container's).
+fn undo(r: &Root, n: usize, d: &VmDisk, made: Option<&[PathBuf]>) {
+    let _ = nix::mount::umount2(VmDisk::slot(n).as_str(), nix::mount::MntFlags::MNT_DETACH);
+    if let Some(dirs) = made {
+        let _ = r.remove_file(&d.source);
+        remove_dirs(r, dirs);
+    }
 }
 
 /// Trait-free access to a pathrs handle's descriptor.
@@ -200,9 +367,15 @@ impl RawHandle for pathrs::Handle {
     }
 }
 
-fn bind_and_format(n: usize, d: &VmDisk, file: File, created: bool) -> Result<(), DiskError> {
-    // The supervisor of a running container holds an exclusive lock on
-    // its disks' files for as long as it runs.
+/// Locks the file (exclusively, as the supervisor of a running container
+/// holds its disks' files), sizes a new one, binds it at its slot and
+/// formats it when it is new or has never been written.
+fn lock_bind_format(
+    n: usize,
+    d: &VmDisk,
+    file: File,
+    created: bool,
+) -> Result<Flock<File>, DiskError> {
     let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(locked) => locked,
         Err((_, nix::Error::EWOULDBLOCK)) => {
@@ -212,16 +385,29 @@ fn bind_and_format(n: usize, d: &VmDisk, file: File, created: bool) -> Result<()
         }
         Err((_, e)) => return Err(io_err("lock", d)(e.into())),
     };
+    if created {
+        if let Some(size) = d.size {
+            file.set_len(size).map_err(|e| match e.raw_os_error() {
+                Some(libc::EFBIG) => DiskError::TooLarge {
+                    source_path: d.source.clone(),
+                },
+                _ => io_err("size", d)(e),
+            })?;
+        }
+    }
+    let st = nix::sys::stat::fstat(file.as_raw_fd()).map_err(|e| io_err("inspect", d)(e.into()))?;
+    // Never written: all holes (blocks counted in 512-byte units).
+    let unwritten = st.st_blocks == 0 && st.st_size > 0;
     let slot = VmDisk::slot(n);
     // The slot is an empty file the runtime made in runvm's root.
     let slot_c = CString::new(slot.as_str()).expect("no NUL in a slot path");
     crate::clone_tree(file.as_fd())
         .and_then(|tree| crate::move_mount(Some(tree.as_fd()), c"", None, &slot_c))
         .map_err(io_err("bind", d))?;
-    if created && d.fs != DiskFs::Raw {
+    if (created || unwritten) && d.fs != DiskFs::Raw {
         mkfs(d, &slot)?;
     }
-    Ok(())
+    Ok(file)
 }
 
 /// Formats the file at `slot` (a path in runvm's root) with the host's
@@ -334,4 +520,54 @@ fn cover_with(staging: &str, dir: bool, target: &pathrs::Handle) -> io::Result<(
     }
     let c = CString::new(staging).expect("no NUL in a staging path");
     crate::move_mount(None, &c, Some(target.as_fd()), c"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(source: &str, size: Option<u64>) -> VmDisk {
+        VmDisk {
+            source: source.into(),
+            destination: "/data".into(),
+            fs: DiskFs::Ext4,
+            size,
+        }
+    }
+
+    #[test]
+    fn only_regular_files_are_disks_and_a_new_one_needs_a_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("disks/sub")).unwrap();
+        nix::unistd::mkfifo(&root.join("disks/fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        fs::write(root.join("disks/ok.img"), b"").unwrap();
+        std::os::unix::fs::symlink("/disks/ok.img", root.join("disks/link.img")).unwrap();
+        let r = Root::open(root).unwrap();
+        for bad in ["/disks/fifo", "/disks/sub"] {
+            let e = check(&r, &disk(bad, Some(1 << 20))).err().unwrap();
+            assert!(matches!(e, DiskError::NotAFile { .. }), "{bad}: {e}");
+        }
+        assert!(matches!(
+            check(&r, &disk("/disks/ok.img", None)),
+            Ok(Found::Existing(_))
+        ));
+        // A symlink resolves inside the root, to the image's own file.
+        assert!(matches!(
+            check(&r, &disk("/disks/link.img", None)),
+            Ok(Found::Existing(_))
+        ));
+        let e = check(&r, &disk("/disks/new.img", None)).err().unwrap();
+        assert!(matches!(e, DiskError::NoSize { .. }), "{e}");
+        match check(&r, &disk("/disks/a/b/new.img", Some(1 << 20))) {
+            Ok(Found::Missing { made_dirs }) => assert_eq!(
+                made_dirs,
+                [PathBuf::from("/disks/a/b"), PathBuf::from("/disks/a")]
+            ),
+            _ => panic!("a missing file with a size is made"),
+        }
+        // Nothing was made by checking.
+        assert!(!root.join("disks/a").exists());
+        assert!(!root.join("disks/new.img").exists());
+    }
 }

@@ -339,7 +339,7 @@ pub fn place_in_container(
             let result = nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNS)
                 .map_err(|e| MountError::Enter(e.into()))
                 .and_then(|()| place_all(Path::new(root), mounts))
-                .and_then(|()| Ok(disks::prepare_all(Path::new(root), disks)?))
+                .and_then(|()| Ok(disks::prepare_all(Path::new(root), disks, readonly)?))
                 .and_then(|()| {
                     if readonly {
                         make_mountpoints(Path::new(root), guest_mountpoints);

@@ -24,8 +24,9 @@ pub const DEFAULT_ROOTDISK: &str = "/disks/rootdisk.img";
 /// The most disks a container may have (each is a PCI device).
 pub const MAX_DISKS: usize = 16;
 
-/// The largest disk runvm makes: 16 TiB, ext4's largest file on the host.
-pub const MAX_SIZE: u64 = 16 << 40;
+/// Disks are smaller than 16 TiB, ext4's largest file on the host (16 TiB
+/// less 4 KiB).
+pub const MAX_SIZE: u64 = (16 << 40) - (1 << 20);
 
 /// Kernel filesystems of the container's own side (the supervisor's): no
 /// backing file lives there and no disk is mounted over the guest's.
@@ -167,7 +168,7 @@ fn check_size(fs: DiskFs, size: u64) -> Result<(), String> {
     }
     if size > MAX_SIZE {
         return Err(format!(
-            "{} is more than 16t: give a smaller size",
+            "{} is not less than 16t: give a smaller size",
             human(size)
         ));
     }
@@ -209,8 +210,13 @@ fn container_path(what: &str, path: &str) -> Result<String, String> {
             p => parts.push(p),
         }
     }
-    if path.len() > 1024 || path.contains('\0') {
+    if path.len() > 1024 {
         return Err(format!("{what} is too long: give a shorter path"));
+    }
+    if path.chars().any(char::is_control) {
+        return Err(format!(
+            "{what} {path:?} has a control character: give a plain path"
+        ));
     }
     let clean = format!("/{}", parts.join("/"));
     if what == "<src>" {
@@ -252,7 +258,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         )
     })?;
     n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("size {s:?} is more than 16t: give a smaller size"))
+        .ok_or_else(|| format!("size {s:?} is not less than 16t: give a smaller size"))
 }
 
 #[cfg(test)]
@@ -293,6 +299,7 @@ mod tests {
             assert!(e.contains("such as 512m"), "{bad}: {e}");
         }
         assert!(parse_size("99999999999t").unwrap_err().contains("16t"));
+        assert!(parse_disks("/d/a,/x,ext4,15t").is_ok());
     }
 
     #[test]
@@ -317,6 +324,8 @@ mod tests {
             ("/disks/a,/data", "<src>,<dst>,<fs>"),
             ("/disks/a,/data,ext4,1g,x", "too many fields"),
             ("/disks/a,/data,ext4,32t", "16t"),
+            ("/disks/a,/data,ext4,16t", "not less than 16t"),
+            ("/disks/a\nb,/data,ext4,1g", "control character"),
         ] {
             let e = parse_disks(&format!("/disks/ok,/ok,ext4;{spec}")).unwrap_err();
             assert!(e.starts_with("entry 2 ("), "{spec}: {e}");

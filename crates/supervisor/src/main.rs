@@ -190,7 +190,8 @@ fn place_mounts(cfg: &VmConfig) -> Result<()> {
     }
     let root = std::path::Path::new(&cfg.rootfs);
     runvm_mounts::place_all(root, &cfg.staged_mounts)?;
-    runvm_mounts::disks::prepare_all(root, &cfg.disks).map_err(runvm_mounts::MountError::from)?;
+    runvm_mounts::disks::prepare_all(root, &cfg.disks, cfg.container.readonly_root)
+        .map_err(runvm_mounts::MountError::from)?;
     if cfg.container.readonly_root {
         let dirs: Vec<String> = cfg
             .container

@@ -371,3 +371,168 @@ fn a_restart_policy_keeps_the_disk() {
         logs.describe()
     );
 }
+
+/// From `docker stop`'s signal on, the guest syncs its disks: a workload
+/// that ignores SIGTERM and is killed at the timeout keeps what it wrote
+/// before (runc keeps it in the host's page cache).
+#[e2e_test]
+fn docker_stop_keeps_writes_of_a_workload_that_ignores_the_signal() {
+    let vol = Volume::create("disk-stop");
+    let mount = format!("{}:/disks", vol.name);
+    let env = "RUNVM_DISKS=/disks/s.img,/data,ext4,32m";
+    let c = Container::run_detached(
+        "disk-stop",
+        "runvm",
+        &[
+            "-v",
+            &mount,
+            "-e",
+            env,
+            IMAGE,
+            "sh",
+            "-c",
+            "trap '' TERM; touch /data/up; while true; do sleep 1; done",
+        ],
+    );
+    poll_until("the container's disk", Duration::from_secs(120), || {
+        let r = docker(&["exec", &c.name, "test", "-f", "/data/up"], None);
+        (r.code == 0).then_some(())
+    });
+    docker(
+        &["exec", &c.name, "sh", "-c", "echo written > /data/late"],
+        None,
+    )
+    .assert_code(0, "write through exec");
+    let r = docker(&["stop", "-t", "2", &c.name], None);
+    r.assert_code(0, "docker stop");
+    let r = run_one(
+        "runvm",
+        &["-v", &mount, "-e", env],
+        &[IMAGE, "cat", "/data/late"],
+        None,
+    );
+    assert_eq!(r.stdout_str(), "written\n", "{}", r.describe());
+}
+
+/// An existing file is used as it is: one never written (`truncate -s`)
+/// is formatted; one holding no file system is refused with a message
+/// saying so; two entries naming one file are refused; with --read-only
+/// a disk file must be on a volume.
+#[e2e_test]
+fn existing_files_read_only_roots_and_aliases() {
+    let vol = Volume::create("disk-existing");
+    let mount = format!("{}:/disks", vol.name);
+    let dir = host_sh(&format!(
+        "docker volume inspect -f '{{{{.Mountpoint}}}}' {}",
+        vol.name
+    ))
+    .stdout_str()
+    .trim()
+    .to_string();
+    host_sh(&format!(
+        "truncate -s 64m {dir}/empty.img && head -c 1048576 /dev/urandom > {dir}/junk.img && \
+         truncate -s 64m {dir}/junk.img && ln -s empty.img {dir}/alias.img"
+    ))
+    .assert_code(0, "make the files");
+    let r = run_one(
+        "runvm",
+        &[
+            "-v",
+            &mount,
+            "-e",
+            "RUNVM_DISKS=/disks/empty.img,/data,ext4",
+        ],
+        &[IMAGE, "sh", "-c", "grep -c ' /data ext4 ' /proc/mounts"],
+        None,
+    );
+    assert_eq!(
+        r.stdout_str(),
+        "1\n",
+        "a never-written file is formatted:\n{}",
+        r.describe()
+    );
+    let r = run_one(
+        "runvm",
+        &["-v", &mount, "-e", "RUNVM_DISKS=/disks/junk.img,/data,ext4"],
+        &[IMAGE, "true"],
+        None,
+    );
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr_str().contains("holds no usable ext4 file system"),
+        "{}",
+        r.describe()
+    );
+    let r = run_one(
+        "runvm",
+        &[
+            "-v",
+            &mount,
+            "-e",
+            "RUNVM_DISKS=/disks/empty.img,/a,ext4;/disks/alias.img,/b,ext4",
+        ],
+        &[IMAGE, "true"],
+        None,
+    );
+    r.assert_code(125, "two names of one file");
+    assert!(
+        r.stderr_str().contains("are the same file"),
+        "{}",
+        r.describe()
+    );
+    let r = run_one(
+        "runvm",
+        &[
+            "--read-only",
+            "-e",
+            "RUNVM_DISKS=/disks/x.img,/data,ext4,64m",
+        ],
+        &[IMAGE, "true"],
+        None,
+    );
+    r.assert_code(
+        125,
+        "a disk file in the writable layer of a --read-only container",
+    );
+    assert!(
+        r.stderr_str().contains("put it on a volume"),
+        "{}",
+        r.describe()
+    );
+    let r = run_one(
+        "runvm",
+        &[
+            "--read-only",
+            "-v",
+            &mount,
+            "-e",
+            "RUNVM_DISKS=/disks/empty.img,/data,ext4",
+        ],
+        &[IMAGE, "sh", "-c", "touch /data/ok && echo ok"],
+        None,
+    );
+    assert_eq!(r.stdout_str(), "ok\n", "{}", r.describe());
+}
+
+/// A --read-only container on an existing root disk still gets the
+/// mount points of its --tmpfs mounts.
+#[e2e_test]
+fn a_read_only_root_disk_takes_new_mount_points() {
+    let vol = Volume::create("rootdisk-ro");
+    let mount = format!("{}:/vol", vol.name);
+    let env = "RUNVM_ROOTDISK=/vol/root.img,128m";
+    run_one("runvm", &["-v", &mount, "-e", env], &[IMAGE, "true"], None)
+        .assert_code(0, "fill the root disk");
+    let r = run_one(
+        "runvm",
+        &["--read-only", "--tmpfs", "/newtmp", "-v", &mount, "-e", env],
+        &[
+            IMAGE,
+            "sh",
+            "-c",
+            "touch /newtmp/x && echo tmpfs; touch /y 2>/dev/null || echo read-only",
+        ],
+        None,
+    );
+    assert_eq!(r.stdout_str(), "tmpfs\nread-only\n", "{}", r.describe());
+}
