@@ -47,9 +47,9 @@ pub const MAX_VMLINUZ: u64 = 128 << 20;
 pub const MAX_INDEX: u64 = 16 << 20;
 /// The largest module, compressed or not.
 pub const MAX_MODULE: u64 = 64 << 20;
-/// At most this many modules are copied (the default set needs about 15),
-/// of at most this many bytes in all, as read and once decompressed.
-const MAX_MODULES: usize = 256;
+/// The modules copied are at most [`MAX_MODULES`](crate::MAX_MODULES)
+/// (`resolve_modules` refuses more), of at most this many bytes in all, as
+/// read and once decompressed.
 const MAX_MODULES_BYTES: u64 = 256 << 20;
 /// At most this many entries of a `lib/modules` directory are read, and
 /// this many version directories considered.
@@ -544,13 +544,6 @@ fn gather(root: &ImageRoot, c: &Candidate, wanted: &[&str]) -> Result<Gathered, 
     let builtin_text = builtin.as_deref().map(String::from_utf8_lossy);
     let order = crate::resolve_modules(&dep, builtin_text.as_deref(), wanted)
         .map_err(|e| unusable(format!("{}: {e}", c.modules_path)))?;
-    if order.len() > MAX_MODULES {
-        return Err(unusable(format!(
-            "{}: the modules runvm needs depend on {} modules, more than {MAX_MODULES}",
-            c.modules_path,
-            order.len()
-        )));
-    }
     let deps: HashMap<&str, Vec<&str>> = dep
         .lines()
         .filter_map(|l| l.split_once(':'))
@@ -1418,7 +1411,9 @@ mod tests {
         debian_image(&root, AMD64, Z::None);
         let mdir = root.join("lib/modules").join(AMD64);
         let mut dep = fs::read_to_string(mdir.join("modules.dep")).unwrap();
-        let extra: Vec<String> = (0..MAX_MODULES).map(|i| format!("extra/m{i}.ko")).collect();
+        let extra: Vec<String> = (0..crate::MAX_MODULES)
+            .map(|i| format!("extra/m{i}.ko"))
+            .collect();
         fs::create_dir_all(mdir.join("extra")).unwrap();
         for m in &extra {
             fs::write(mdir.join(m), b"\x7fELF").unwrap();

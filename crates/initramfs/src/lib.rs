@@ -23,7 +23,7 @@ mod modules;
 pub use archive::{build_initramfs, build_initramfs_with, Contents, Tool};
 pub use cache::{ensure_initramfs, ensure_initramfs_with, Initramfs};
 pub use kernel::Kernel;
-pub use modules::resolve_modules;
+pub use modules::{resolve_modules, MAX_MODULES};
 
 /// The modules runvm's guest needs by default: PCI transport, console
 /// (agent channel), virtiofs (root filesystem), network, block and entropy.
@@ -111,6 +111,13 @@ pub enum Error {
          run for it"
     )]
     ModuleNotFound(String),
+
+    /// The wanted modules and their dependencies are too many.
+    #[error(
+        "the kernel modules runvm needs depend on more than {limit} modules in modules.dep: \
+         refusing the kernel"
+    )]
+    TooManyModules { limit: usize },
 
     /// The guest agent binary is missing.
     #[error("guest agent {} not found: run `make install`", path.display())]
