@@ -373,55 +373,89 @@ fn uncompressed_name(rel: &str) -> Option<&str> {
         .filter(|r| r.ends_with(".ko"))
 }
 
+/// The largest window a compressed module may declare: an xz (LZMA2)
+/// dictionary or a zstd window. Decoding needs about that much memory;
+/// Linux builds modules with a 1 MiB xz dictionary and zstd's default
+/// window is 2 MiB or less.
+pub const MAX_WINDOW: u64 = 8 << 20;
+/// liblzma's memory limit for one module: the largest dictionary and the
+/// decoder's own few kilobytes.
+const XZ_MEMLIMIT: u64 = MAX_WINDOW + (1 << 20);
+
 /// Decompresses a module file named `name` (by its suffix: `.ko`, `.ko.xz`,
 /// `.ko.zst`, `.ko.gz`), refusing an output larger than `cap`.
 pub fn decompress_module(name: &str, data: &[u8], cap: u64) -> io::Result<Vec<u8>> {
-    let mut out = Capped {
-        buf: Vec::new(),
-        cap,
-    };
-    if name.ends_with(".ko") {
-        out.write_all(data)?;
+    let mut out = Vec::new();
+    decompress_module_to(name, data, cap, &mut out)?;
+    Ok(out)
+}
+
+/// [`decompress_module`] into `out`, returning the number of bytes
+/// written. Every decoder is pulled through `take(cap + 1)`, so it never
+/// produces more than one buffer past `cap`, and holds at most its
+/// window ([`MAX_WINDOW`], a larger one is refused before anything is
+/// allocated for it): memory is bounded whatever the input, and time by
+/// the input's size and `cap`. Going over `cap` is an error of kind
+/// [`io::ErrorKind::FileTooLarge`].
+pub fn decompress_module_to(
+    name: &str,
+    data: &[u8],
+    cap: u64,
+    out: &mut dyn Write,
+) -> io::Result<u64> {
+    let mut decoder: Box<dyn Read + '_> = if name.ends_with(".ko") {
+        Box::new(data)
     } else if name.ends_with(".ko.gz") {
-        io::copy(&mut flate2::read::GzDecoder::new(data), &mut out)?;
+        // DEFLATE's window is 32 KiB.
+        Box::new(flate2::read::GzDecoder::new(data))
     } else if name.ends_with(".ko.zst") {
-        let mut d = ruzstd::decoding::StreamingDecoder::new(data)
+        let d = ruzstd::decoding::StreamingDecoder::new_with_max_window_size(data, MAX_WINDOW)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        io::copy(&mut d, &mut out)?;
+        Box::new(d)
     } else if name.ends_with(".ko.xz") {
-        lzma_rs::xz_decompress(&mut io::BufReader::new(data), &mut out).map_err(|e| match e {
-            lzma_rs::error::Error::IoError(e) => e,
-            e => io::Error::new(io::ErrorKind::InvalidData, format!("{e:?}")),
-        })?;
+        let stream =
+            liblzma::stream::Stream::new_stream_decoder(XZ_MEMLIMIT, 0).map_err(io::Error::from)?;
+        Box::new(XzReader(liblzma::bufread::XzDecoder::new_stream(
+            data, stream,
+        )))
     } else {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "not a module file name (.ko, .ko.xz, .ko.zst or .ko.gz)",
         ));
+    };
+    let n = io::copy(&mut (&mut decoder).take(cap + 1), out)?;
+    if n > cap {
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!("decompresses to more than {cap} bytes"),
+        ));
     }
-    Ok(out.buf)
+    Ok(n)
 }
 
-/// A writer into memory that fails once more than `cap` bytes come.
-struct Capped {
-    buf: Vec<u8>,
-    cap: u64,
-}
+/// liblzma's reader, whose memory-limit error says which limit.
+struct XzReader<R>(R);
 
-impl Write for Capped {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if (self.buf.len() + data.len()) as u64 > self.cap {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("decompresses to more than {} bytes", self.cap),
-            ));
-        }
-        self.buf.extend_from_slice(data);
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+impl<R: Read> Read for XzReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).map_err(|e| {
+            let memlimit = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<liblzma::stream::Error>())
+                .is_some_and(|inner| matches!(inner, liblzma::stream::Error::MemLimit));
+            if memlimit {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "its xz dictionary needs more than {XZ_MEMLIMIT} bytes of memory \
+                         (at most {MAX_WINDOW} bytes of dictionary are accepted)"
+                    ),
+                )
+            } else {
+                e
+            }
+        })
     }
 }
 
@@ -617,17 +651,25 @@ impl Gathered {
     fn write(&self, dir: &Path, version: &str) -> Result<(), Unusable> {
         let werr =
             |path: &Path, e: io::Error| unusable(format!("cannot write {}: {e}", path.display()));
-        let put = |path: &Path, data: &[u8]| -> Result<(), Unusable> {
+        // Creates `path` (0644: QEMU, under a uid of its own, reads the
+        // kernel, whatever the umask, as the initramfs is), lets `fill`
+        // write it, and syncs it.
+        let create = |path: &Path,
+                      fill: &mut dyn FnMut(&mut dyn Write) -> Result<(), Unusable>|
+         -> Result<(), Unusable> {
             if let Some(parent) = path.parent() {
                 fs::create_dir_all(parent).map_err(|e| werr(parent, e))?;
             }
-            let mut f = File::create(path).map_err(|e| werr(path, e))?;
-            // QEMU, under a uid of its own, reads the kernel: whatever
-            // the umask, as the initramfs is.
+            let f = File::create(path).map_err(|e| werr(path, e))?;
             f.set_permissions(fs::Permissions::from_mode(0o644))
                 .map_err(|e| werr(path, e))?;
-            f.write_all(data).map_err(|e| werr(path, e))?;
+            let mut w = io::BufWriter::new(f);
+            fill(&mut w)?;
+            let f = w.into_inner().map_err(|e| werr(path, e.into_error()))?;
             f.sync_all().map_err(|e| werr(path, e))
+        };
+        let put = |path: &Path, data: &[u8]| {
+            create(path, &mut |w| w.write_all(data).map_err(|e| werr(path, e)))
         };
         put(&dir.join("vmlinuz"), &self.vmlinuz)?;
         let mdir = dir.join("lib/modules").join(version);
@@ -636,15 +678,25 @@ impl Gathered {
         let mut total: u64 = 0;
         for (rel, deps, data) in &self.modules {
             let name = uncompressed_name(rel).expect("checked in gather");
-            let plain = decompress_module(rel, data, MAX_MODULE)
-                .map_err(|e| unusable(format!("module {rel}: {e}")))?;
-            total += plain.len() as u64;
-            if total > MAX_MODULES_BYTES {
-                return Err(unusable(format!(
-                    "the modules runvm needs add up to more than {MAX_MODULES_BYTES} bytes"
-                )));
-            }
-            put(&mdir.join(name), &plain)?;
+            // Each module at most MAX_MODULE, all of them MAX_MODULES_BYTES:
+            // decompressed straight into its file, never whole in memory.
+            let left = MAX_MODULES_BYTES - total;
+            let cap = MAX_MODULE.min(left);
+            let path = mdir.join(name);
+            create(&path, &mut |w| {
+                let n = decompress_module_to(rel, data, cap, w).map_err(|e| {
+                    if e.kind() == io::ErrorKind::FileTooLarge && cap == left {
+                        unusable(format!(
+                            "the modules runvm needs add up to more than {MAX_MODULES_BYTES} \
+                             bytes once decompressed"
+                        ))
+                    } else {
+                        unusable(format!("module {rel}: {e}"))
+                    }
+                })?;
+                total += n;
+                Ok(())
+            })?;
             dep.push_str(name);
             dep.push(':');
             for d in deps {
@@ -769,11 +821,7 @@ mod tests {
                 e.write_all(data).unwrap();
                 (".gz", e.finish().unwrap())
             }
-            Z::Xz => {
-                let mut out = Vec::new();
-                lzma_rs::xz_compress(&mut io::BufReader::new(data), &mut out).unwrap();
-                (".xz", out)
-            }
+            Z::Xz => (".xz", xz(data, 1 << 20)),
             Z::Zst => (
                 ".zst",
                 ruzstd::encoding::compress_to_vec(
@@ -782,6 +830,40 @@ mod tests {
                 ),
             ),
         }
+    }
+
+    /// `data` as the kernel's build compresses modules: `xz --check=crc32
+    /// --lzma2=dict=<dict>` (preset 0 otherwise, for speed).
+    fn xz(data: &[u8], dict: u32) -> Vec<u8> {
+        let mut opts = liblzma::stream::LzmaOptions::new_preset(0).unwrap();
+        opts.dict_size(dict);
+        let mut filters = liblzma::stream::Filters::new();
+        filters.lzma2(&opts);
+        let stream =
+            liblzma::stream::Stream::new_stream_encoder(&filters, liblzma::stream::Check::Crc32)
+                .unwrap();
+        let mut e = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// A zstd frame of `blocks` RLE blocks of 128 KiB of zeros each (4
+    /// bytes a block), declaring a window of `1 << window_log` bytes:
+    /// ruzstd writes no frame like it, zstd does for such data.
+    fn zstd_rle_bomb(window_log: u8, blocks: usize) -> Vec<u8> {
+        let mut v = vec![0x28, 0xb5, 0x2f, 0xfd];
+        // Frame header descriptor: no content size, not single-segment,
+        // no checksum, no dictionary; then the window descriptor.
+        v.push(0);
+        v.push((window_log - 10) << 3);
+        for i in 0..blocks {
+            let last = u32::from(i + 1 == blocks);
+            // Block header: last flag, type 1 (RLE), size 128 KiB.
+            let header = last | (1 << 1) | ((128 << 10) << 3);
+            v.extend_from_slice(&header.to_le_bytes()[..3]);
+            v.push(0);
+        }
+        v
     }
 
     /// The modules `DEFAULT_MODULES` need (Debian 6.1 cloud kernel's
@@ -1305,8 +1387,8 @@ mod tests {
     #[test]
     fn a_decompression_bomb_fails_cleanly() {
         let zeros = vec![0u8; 8 << 20];
-        // lzma-rs writes no real xz compression: the xz bomb is made by
-        // `xz --check=crc32 --lzma2=dict=1MiB`, as the kernel's build does.
+        // The xz bomb is what `xz --check=crc32 --lzma2=dict=1MiB` makes, as
+        // the kernel's build does.
         let bombs = [
             ("x.ko.gz", compress(Z::Gz, &zeros).1),
             ("x.ko.zst", compress(Z::Zst, &zeros).1),
@@ -1346,6 +1428,114 @@ mod tests {
         assert!(err.0.contains("decompresses to more than"), "{err}");
         let left: Vec<_> = fs::read_dir(cache.join(CACHE_SUBDIR)).unwrap().collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    /// Set in the child process [`bombs_decompress_in_bounded_memory_and_time`]
+    /// starts: `<name of the module>:<file with its bytes>`.
+    const BOMB_ENV: &str = "RUNVM_TEST_DECOMPRESS_BOMB";
+
+    /// In a child process of its own (this test binary, with only this
+    /// test and [`BOMB_ENV`] set), decompresses a bomb the way the cache
+    /// does, and prints its peak memory (VmHWM) and the time it took.
+    #[test]
+    fn decompress_bomb_child() {
+        let Ok(spec) = std::env::var(BOMB_ENV) else {
+            return;
+        };
+        let (name, file) = spec.split_once(':').unwrap();
+        let packed = fs::read(file).unwrap();
+        let start = std::time::Instant::now();
+        let small = decompress_module(name, &packed, 1 << 20).map(|v| v.len());
+        let full = decompress_module_to(name, &packed, MAX_MODULE, &mut io::sink());
+        let elapsed = start.elapsed();
+        // The peak RSS of this process's memory since its exec (not
+        // getrusage's ru_maxrss, which Linux carries over from the parent
+        // across exec, and the parent is a test process of any size).
+        let status = fs::read_to_string("/proc/self/status").unwrap();
+        let hwm = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .unwrap()
+            .trim();
+        println!(
+            "bomb-result maxrss_kib={hwm} elapsed_ms={} small={small:?} full={full:?}",
+            elapsed.as_millis()
+        );
+    }
+
+    #[test]
+    fn bombs_decompress_in_bounded_memory_and_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let zeros = vec![0u8; 128 << 20];
+        let bombs = [
+            ("x.ko.xz", xz(&zeros, 1 << 20)),
+            ("x.ko.gz", compress(Z::Gz, &zeros).1),
+            // 2 GiB in an 8 MiB window: allowed, and stopped at the cap.
+            ("x.ko.zst", zstd_rle_bomb(23, 16 << 10)),
+        ];
+        drop(zeros);
+        for (name, packed) in bombs {
+            assert!(packed.len() < 1 << 20, "{name}: {}", packed.len());
+            let file = dir.path().join(name);
+            fs::write(&file, &packed).unwrap();
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "image::tests::decompress_bomb_child"])
+                .args(["--nocapture", "--include-ignored", "--test-threads=1"])
+                .env(BOMB_ENV, format!("{name}:{}", file.display()))
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{name}: {stdout}");
+            let line = stdout
+                .lines()
+                .find_map(|l| Some(l.split_once("bomb-result ")?.1))
+                .unwrap_or_else(|| panic!("{name}: {stdout}"));
+            let field = |key: &str| -> u64 {
+                line.split(' ')
+                    .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            };
+            eprintln!("{name}: {line}");
+            assert!(
+                line.contains("small=Err(") && line.contains("more than 1048576 bytes"),
+                "{name}: {line}"
+            );
+            assert!(
+                line.contains(&format!("more than {MAX_MODULE} bytes")),
+                "{name}: {line}"
+            );
+            // The 32 MiB the full run writes go to a sink: what is left
+            // is the test harness, the input and the decoder's window.
+            let maxrss = field("maxrss_kib");
+            assert!(maxrss < 48 << 10, "{name}: peak RSS {maxrss} KiB: {line}");
+            let ms = field("elapsed_ms");
+            assert!(ms < 20_000, "{name}: {ms} ms: {line}");
+        }
+    }
+
+    #[test]
+    fn windows_over_the_limit_are_refused_before_decoding() {
+        // zstd: a 128 MiB window (ruzstd's own limit) is refused at the
+        // header; 8 MiB is accepted.
+        let err = decompress_module("x.ko.zst", &zstd_rle_bomb(27, 4), MAX_MODULE).unwrap_err();
+        assert!(err.to_string().contains("134217728"), "{err}");
+        assert_eq!(
+            decompress_module("x.ko.zst", &zstd_rle_bomb(23, 4), MAX_MODULE)
+                .unwrap()
+                .len(),
+            512 << 10
+        );
+        // xz: a 64 MiB dictionary is over liblzma's memory limit.
+        let small = b"\x7fELF a module".repeat(100);
+        let err = decompress_module("x.ko.xz", &xz(&small, 64 << 20), MAX_MODULE).unwrap_err();
+        assert!(err.to_string().contains("dictionary"), "{err}");
+        assert_eq!(
+            decompress_module("x.ko.xz", &xz(&small, MAX_WINDOW as u32), MAX_MODULE).unwrap(),
+            small
+        );
     }
 
     #[test]
