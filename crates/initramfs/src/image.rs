@@ -41,16 +41,18 @@ use sha2::{Digest, Sha256};
 use crate::kernel::compare_versions;
 use crate::Kernel;
 
-/// The largest kernel image read.
-pub const MAX_VMLINUZ: u64 = 128 << 20;
+/// The largest kernel image read (Debian's, Fedora's and Ubuntu's are
+/// 8 to 15 MiB).
+pub const MAX_VMLINUZ: u64 = 64 << 20;
 /// The largest `modules.dep` or `modules.builtin` read.
 pub const MAX_INDEX: u64 = 16 << 20;
-/// The largest module, compressed or not.
-pub const MAX_MODULE: u64 = 64 << 20;
+/// The largest module, compressed or not (the modules runvm needs are at
+/// most a few MiB; ext4 and xfs are the largest).
+pub const MAX_MODULE: u64 = 32 << 20;
 /// The modules copied are at most [`MAX_MODULES`](crate::MAX_MODULES)
 /// (`resolve_modules` refuses more), of at most this many bytes in all, as
 /// read and once decompressed.
-const MAX_MODULES_BYTES: u64 = 256 << 20;
+const MAX_MODULES_BYTES: u64 = 64 << 20;
 /// At most this many entries of a `lib/modules` directory are read, and
 /// this many version directories considered.
 const MAX_DIR_ENTRIES: usize = 4096;
@@ -1624,6 +1626,66 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.0.contains("more than 256"), "{err}");
+    }
+
+    #[test]
+    fn limits_are_those_of_real_kernels() {
+        assert_eq!(MAX_VMLINUZ, 64 << 20);
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        debian_image(&root, AMD64, Z::None);
+        let mdir = root.join("lib/modules").join(AMD64);
+        let gz_zeros = |mib: u64| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let chunk = vec![0u8; 1 << 20];
+            for _ in 0..mib {
+                e.write_all(&chunk).unwrap();
+            }
+            e.finish().unwrap()
+        };
+        let dep_path = mdir.join("modules.dep");
+        let dep = fs::read_to_string(&dep_path).unwrap();
+        let try_cache = |modules: &[&str]| {
+            let text = modules.iter().fold(dep.clone(), |d, m| {
+                d.replace(&format!("{m}.ko"), &format!("{m}.ko.gz"))
+            });
+            fs::write(&dep_path, text).unwrap();
+            let image = open(&root);
+            let found = detect(&image);
+            cache_image_kernel(
+                &image,
+                &found.candidates[0],
+                crate::DEFAULT_MODULES,
+                &dir.path().join("cache"),
+            )
+        };
+        // One module of 33 MiB once decompressed.
+        fs::write(mdir.join("kernel/fs/fuse/fuse.ko.gz"), gz_zeros(33)).unwrap();
+        let err = try_cache(&["kernel/fs/fuse/fuse"]).unwrap_err();
+        assert!(
+            err.0.contains("fuse.ko.gz") && err.0.contains("more than 33554432 bytes"),
+            "{err}"
+        );
+        // Three of 30 MiB: each fits, not all of them.
+        let three = [
+            "kernel/fs/fuse/fuse",
+            "kernel/drivers/virtio/virtio",
+            "kernel/drivers/virtio/virtio_ring",
+        ];
+        for m in three {
+            fs::write(mdir.join(format!("{m}.ko.gz")), gz_zeros(30)).unwrap();
+        }
+        let err = try_cache(&three).unwrap_err();
+        assert!(
+            err.0.contains("add up to more than 67108864 bytes"),
+            "{err}"
+        );
+        assert_eq!(
+            fs::read_dir(dir.path().join("cache").join(CACHE_SUBDIR))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 
     #[test]
