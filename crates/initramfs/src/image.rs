@@ -31,7 +31,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use nix::fcntl::{openat2, Flock, FlockArg, OFlag, OpenHow, ResolveFlag};
@@ -62,6 +62,18 @@ const MAX_VERSIONS: usize = 32;
 const FORMAT_VERSION: &str = "runvm-image-kernel-1";
 /// The cache subdirectory of image kernels.
 pub const CACHE_SUBDIR: &str = "image-kernels";
+/// The cache subdirectory of the initramfs archives built for image
+/// kernels: apart from the store kernels' (an image kernel's version may
+/// be a store kernel's), named by the entry's key, so archives of two
+/// image kernels never prune each other either.
+pub const INITRAMFS_SUBDIR: &str = "image-initramfs";
+/// Image-kernel entries and their archives take at most this much space
+/// together, and are at most this many: past that, the least recently
+/// used ones that no runvm process holds are removed. Each image kernel
+/// (or each version directory a guest renames between two starts) makes
+/// an entry.
+pub const CACHE_BUDGET_BYTES: u64 = 1 << 30;
+pub const CACHE_BUDGET_ITEMS: usize = 256;
 /// Temporary directories older than this are leftovers of crashed builders.
 const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
 
@@ -508,6 +520,9 @@ pub fn cache_image_kernel(
     };
     for _ in 0..3 {
         if let Some(lock) = lock_shared(&entry).map_err(|e| cache_err("lock", &entry, e))? {
+            // Its time tells when it was last used (least recently used
+            // entries go first when the cache is over its budget).
+            let _ = lock.set_modified(SystemTime::now());
             return Ok(ImageKernel {
                 kernel,
                 source: candidate.vmlinuz_path.clone(),
@@ -537,6 +552,7 @@ pub fn cache_image_kernel(
             }
         }
         remove_stale(&dir, &candidate.version, &gathered.key);
+        enforce_budget(cache_dir, CACHE_BUDGET_BYTES, CACHE_BUDGET_ITEMS);
     }
     Err(unusable(format!(
         "{} was removed again after each copy",
@@ -763,25 +779,177 @@ fn remove_stale(dir: &Path, version: &str, keep: &str) {
 
 /// Removes the entry `path` unless a runvm process holds it: under the
 /// exclusive lock it is first renamed away, so no one sees half of it.
-fn remove_unless_held(path: &Path) {
+fn remove_unless_held(path: &Path) -> bool {
     let Ok(file) = File::open(path) else {
-        return;
+        return false;
     };
-    if let Ok(_held) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        let Some(parent) = path.parent() else {
-            return;
+    let Ok(_held) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+        return false;
+    };
+    let Some(parent) = path.parent() else {
+        return false;
+    };
+    let Ok(doomed) = tempfile::Builder::new().prefix(".tmp-").tempdir_in(parent) else {
+        return false;
+    };
+    let doomed = doomed.keep();
+    let target = doomed.join("entry");
+    if fs::rename(path, &target).is_ok() {
+        let _ = fs::remove_dir_all(&doomed);
+        true
+    } else {
+        let _ = fs::remove_dir(&doomed);
+        false
+    }
+}
+
+/// The initramfs for the image kernel `ik` with `contents`, built (or
+/// reused) in `<cache_dir>/image-initramfs/` and locked, as
+/// [`ensure_initramfs_with`](crate::ensure_initramfs_with) does for the
+/// store's kernels; then the image-kernel cache is brought back under its
+/// budget (`ik` and the archive, both held, stay).
+pub fn ensure_image_initramfs(
+    ik: &ImageKernel,
+    agent: &Path,
+    contents: &crate::Contents<'_>,
+    cache_dir: &Path,
+) -> Result<crate::Initramfs, crate::Error> {
+    let key = ik
+        .kernel
+        .root
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let label = format!("{}@{}", ik.kernel.version, &key[..key.len().min(16)]);
+    let dir = cache_dir.join(INITRAMFS_SUBDIR);
+    let initrd = crate::cache::ensure_in(&ik.kernel, agent, contents, &dir, &label, true)?;
+    enforce_budget(cache_dir, CACHE_BUDGET_BYTES, CACHE_BUDGET_ITEMS);
+    Ok(initrd)
+}
+
+/// The image-kernel entries in `<cache_dir>/image-kernels`: path, size
+/// of their files, and the entry's modification time (its last use).
+fn entries(cache_dir: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
+    let Ok(list) = fs::read_dir(cache_dir.join(CACHE_SUBDIR)) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in list.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let name = name.as_bytes();
+        if name.len() != 64 || !name.iter().all(u8::is_ascii_hexdigit) {
+            continue;
+        }
+        let Ok(meta) = fs::symlink_metadata(entry.path()) else {
+            continue;
         };
-        let Ok(doomed) = tempfile::Builder::new().prefix(".tmp-").tempdir_in(parent) else {
-            return;
+        if !meta.is_dir() {
+            continue;
+        }
+        let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        out.push((entry.path(), tree_size(&entry.path()), mtime));
+    }
+    out
+}
+
+/// The size of the files under `dir` (runvm wrote them: symlinks are
+/// not followed, and the walk has a stack of its own).
+fn tree_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        let Ok(list) = fs::read_dir(&d) else {
+            continue;
         };
-        let doomed = doomed.keep();
-        let target = doomed.join("entry");
-        if fs::rename(path, &target).is_ok() {
-            let _ = fs::remove_dir_all(&doomed);
-        } else {
-            let _ = fs::remove_dir(&doomed);
+        for entry in list.filter_map(Result::ok) {
+            let Ok(meta) = fs::symlink_metadata(entry.path()) else {
+                continue;
+            };
+            if meta.is_dir() {
+                todo.push(entry.path());
+            } else {
+                total += meta.len();
+            }
         }
     }
+    total
+}
+
+/// Removes the least recently used image-kernel entries and image-kernel
+/// archives that no runvm process holds until together they take at most
+/// `max_bytes` and are at most `max_items`. Returns what was removed.
+pub fn enforce_budget(cache_dir: &Path, max_bytes: u64, max_items: usize) -> Vec<(PathBuf, u64)> {
+    // (path, size, last use, is an entry directory)
+    let mut items: Vec<(PathBuf, u64, SystemTime, bool)> = entries(cache_dir)
+        .into_iter()
+        .map(|(p, size, t)| (p, size, t, true))
+        .collect();
+    items.extend(
+        crate::cache::archives(&cache_dir.join(INITRAMFS_SUBDIR))
+            .into_iter()
+            .map(|(p, _, size, t)| (p, size, t, false)),
+    );
+    let mut bytes: u64 = items.iter().map(|i| i.1).sum();
+    let mut count = items.len();
+    let mut freed = Vec::new();
+    if bytes <= max_bytes && count <= max_items {
+        return freed;
+    }
+    items.sort_by_key(|i| i.2);
+    for (path, size, _, is_entry) in items {
+        if bytes <= max_bytes && count <= max_items {
+            break;
+        }
+        let removed = if is_entry {
+            remove_unless_held(&path)
+        } else {
+            crate::cache::remove_unless_held(&path)
+        };
+        if removed {
+            bytes -= size;
+            count -= 1;
+            freed.push((path, size));
+        }
+    }
+    freed
+}
+
+/// `runvm kernel prune`'s part for image kernels: removes every
+/// image-kernel entry and every image-kernel archive that no runvm
+/// process holds (a running container keeps what it booted: its mounts
+/// pin the files), and temporary leftovers older than an hour. Returns
+/// what was removed.
+pub fn prune(cache_dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut freed = Vec::new();
+    for (path, size, _) in entries(cache_dir) {
+        if remove_unless_held(&path) {
+            freed.push((path, size));
+        }
+    }
+    for (path, _, size, _) in crate::cache::archives(&cache_dir.join(INITRAMFS_SUBDIR)) {
+        if crate::cache::remove_unless_held(&path) {
+            freed.push((path, size));
+        }
+    }
+    let dir = cache_dir.join(CACHE_SUBDIR);
+    if let Ok(list) = fs::read_dir(&dir) {
+        for entry in list.filter_map(Result::ok) {
+            let old = entry.file_name().as_bytes().starts_with(b".tmp-")
+                && entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .is_some_and(|age| age > STALE_TMP_AGE);
+            if old {
+                let size = tree_size(&entry.path());
+                if fs::remove_dir_all(entry.path()).is_ok() {
+                    freed.push((entry.path(), size));
+                }
+            }
+        }
+    }
+    freed
 }
 
 #[cfg(test)]
@@ -986,8 +1154,13 @@ mod tests {
         assert!(!dep.contains(".xz") && !dep.contains(".gz") && !dep.contains(".zst"));
         let agent = cache.join("agent");
         fs::write(&agent, b"agent").unwrap();
-        let initrd =
-            crate::ensure_initramfs(&k.kernel, &agent, crate::DEFAULT_MODULES, cache).unwrap();
+        let contents = crate::Contents {
+            modules: crate::DEFAULT_MODULES,
+            tools: &[],
+            flavor: "",
+        };
+        let initrd = ensure_image_initramfs(&k, &agent, &contents, cache).unwrap();
+        assert_eq!(initrd.path.parent().unwrap(), cache.join(INITRAMFS_SUBDIR));
         let (_, entries) = crate::archive::tests::read_archive(&initrd.path);
         let order = String::from_utf8(entries["lib/modules/load-order"].2.clone()).unwrap();
         assert_eq!(order.lines().count(), 11, "{order}");
@@ -1594,6 +1767,253 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    const DEFAULT_CONTENTS: crate::Contents<'static> = crate::Contents {
+        modules: crate::DEFAULT_MODULES,
+        tools: &[],
+        flavor: "",
+    };
+
+    #[test]
+    fn image_and_store_archives_of_one_version_do_not_prune_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let agent = dir.path().join("agent");
+        fs::write(&agent, b"agent").unwrap();
+        // The store's kernel has the version the image's kernel claims.
+        let store = crate::archive::tests::fake_kernel(&dir.path().join("store"), AMD64);
+        let store_archive = crate::ensure_initramfs(&store, &agent, &["virtiofs"], &cache)
+            .unwrap()
+            .path;
+        let root = dir.path().join("root");
+        debian_image(&root, AMD64, Z::None);
+        let image = open(&root);
+        let first = cache_image_kernel(
+            &image,
+            &detect(&image).candidates[0],
+            crate::DEFAULT_MODULES,
+            &cache,
+        )
+        .unwrap();
+        let first_archive = ensure_image_initramfs(&first, &agent, &DEFAULT_CONTENTS, &cache)
+            .unwrap()
+            .path;
+        assert!(
+            store_archive.exists(),
+            "the image kernel pruned the store's archive"
+        );
+        // Another image kernel of that version: its own archive, and the
+        // first's stays.
+        let fuse = root.join(format!("lib/modules/{AMD64}/kernel/fs/fuse/fuse.ko"));
+        fs::write(&fuse, b"\x7fELF another fuse").unwrap();
+        let second = cache_image_kernel(
+            &image,
+            &detect(&image).candidates[0],
+            crate::DEFAULT_MODULES,
+            &cache,
+        )
+        .unwrap();
+        let second_archive = ensure_image_initramfs(&second, &agent, &DEFAULT_CONTENTS, &cache)
+            .unwrap()
+            .path;
+        assert_ne!(first_archive, second_archive);
+        assert!(first_archive.exists());
+        // And the store kernel's next build keeps the image archives.
+        fs::write(&agent, b"agent 2").unwrap();
+        let store_2 = crate::ensure_initramfs(&store, &agent, &["virtiofs"], &cache)
+            .unwrap()
+            .path;
+        assert!(!store_archive.exists(), "the store's old build stays");
+        assert!(store_2.exists() && first_archive.exists() && second_archive.exists());
+        let name = first_archive.file_name().unwrap().to_str().unwrap();
+        let key = first.kernel.root.file_name().unwrap().to_str().unwrap();
+        assert!(
+            name.starts_with(&format!("initramfs-{AMD64}@{}-", &key[..16])),
+            "{name}"
+        );
+    }
+
+    /// Sets the modification time of `path` to `secs` seconds ago.
+    fn age(path: &Path, secs: u64) {
+        File::open(path)
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(secs))
+            .unwrap();
+    }
+
+    #[test]
+    fn the_cache_is_kept_under_its_budget_least_recently_used_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let agent = dir.path().join("agent");
+        fs::write(&agent, b"agent").unwrap();
+        // Four image kernels (of four versions, so the per-version pruning
+        // does not remove them), each with its archive.
+        let mut made = Vec::new();
+        for i in 0..4 {
+            let version = format!("6.1.0-{i}-cloud-amd64");
+            let root = dir.path().join(format!("root{i}"));
+            debian_image(&root, &version, Z::None);
+            let image = open(&root);
+            let ik = cache_image_kernel(
+                &image,
+                &detect(&image).candidates[0],
+                crate::DEFAULT_MODULES,
+                &cache,
+            )
+            .unwrap();
+            let initrd = ensure_image_initramfs(&ik, &agent, &DEFAULT_CONTENTS, &cache).unwrap();
+            made.push((ik, initrd));
+        }
+        let entry_size = tree_size(&made[0].0.kernel.root);
+        let archive_size = fs::metadata(&made[0].1.path).unwrap().len();
+        let pair = entry_size + archive_size;
+        // Oldest use first: 0, then 2, 1, 3 (kernel 3 just used).
+        for (i, secs) in [(0, 400), (2, 300), (1, 200), (3, 100)] {
+            age(&made[i].0.kernel.root, secs);
+            age(&made[i].1.path, secs);
+        }
+        // Kernel 2 is held (a container is being created with it).
+        let mut made: Vec<Option<(ImageKernel, crate::Initramfs)>> =
+            made.into_iter().map(Some).collect();
+        let roots: Vec<PathBuf> = made
+            .iter()
+            .map(|m| m.as_ref().unwrap().0.kernel.root.clone())
+            .collect();
+        let archives: Vec<PathBuf> = made
+            .iter()
+            .map(|m| m.as_ref().unwrap().1.path.clone())
+            .collect();
+        for (i, m) in made.iter_mut().enumerate() {
+            if i != 2 {
+                *m = None;
+            }
+        }
+        // Room for two and a half kernels: 0 and 1 go, 2 is held, 3 is
+        // the newest.
+        let freed = enforce_budget(&cache, pair * 5 / 2, 100);
+        assert_eq!(freed.len(), 4, "{freed:?}");
+        for i in [0, 1] {
+            assert!(!roots[i].exists() && !archives[i].exists(), "{i}");
+        }
+        for i in [2, 3] {
+            assert!(roots[i].exists() && archives[i].exists(), "{i}");
+        }
+        // A budget nothing fits: only what is held stays.
+        enforce_budget(&cache, 0, 0);
+        assert!(roots[2].exists() && archives[2].exists());
+        assert!(!roots[3].exists() && !archives[3].exists());
+        // Using an entry (or archive) again makes it the most recent.
+        drop(made);
+        age(&roots[2], 1000);
+        age(&archives[2], 1000);
+        let image = open(&dir.path().join("root2"));
+        let ik = cache_image_kernel(
+            &image,
+            &detect(&image).candidates[0],
+            crate::DEFAULT_MODULES,
+            &cache,
+        )
+        .unwrap();
+        assert_eq!(ik.kernel.root, roots[2]);
+        let initrd = ensure_image_initramfs(&ik, &agent, &DEFAULT_CONTENTS, &cache).unwrap();
+        assert_eq!(initrd.path, archives[2]);
+        for p in [&roots[2], &archives[2]] {
+            let t = fs::metadata(p).unwrap().modified().unwrap();
+            let ago = SystemTime::now().duration_since(t).unwrap_or_default();
+            assert!(ago < Duration::from_secs(60), "{p:?} not touched: {ago:?}");
+        }
+    }
+
+    #[test]
+    fn the_budget_applies_when_kernels_are_cached() {
+        // A guest that renames its module directory before every restart
+        // makes a new entry each time: the real budget (in items here)
+        // removes the old ones as new ones come.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let agent = dir.path().join("agent");
+        fs::write(&agent, b"agent").unwrap();
+        for i in 0..CACHE_BUDGET_ITEMS / 2 + 3 {
+            let version = format!("6.1.0-{i}-cloud-amd64");
+            let root = dir.path().join("root");
+            let _ = fs::remove_dir_all(&root);
+            debian_image(&root, &version, Z::None);
+            let image = open(&root);
+            let ik = cache_image_kernel(
+                &image,
+                &detect(&image).candidates[0],
+                crate::DEFAULT_MODULES,
+                &cache,
+            )
+            .unwrap();
+            ensure_image_initramfs(&ik, &agent, &DEFAULT_CONTENTS, &cache).unwrap();
+        }
+        let count = |sub: &str| fs::read_dir(cache.join(sub)).unwrap().count();
+        let items = count(CACHE_SUBDIR) + count(INITRAMFS_SUBDIR);
+        assert!(items <= CACHE_BUDGET_ITEMS, "{items}");
+        assert!(items >= CACHE_BUDGET_ITEMS - 2, "{items}");
+    }
+
+    #[test]
+    fn prune_removes_what_is_not_held_or_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let agent = dir.path().join("agent");
+        fs::write(&agent, b"agent 1").unwrap();
+        let store = crate::archive::tests::fake_kernel(&dir.path().join("store"), AMD64);
+        // Store archives: an old build still held, an old one not, the newest.
+        let held_old = crate::ensure_initramfs(&store, &agent, &["virtiofs"], &cache).unwrap();
+        fs::write(&agent, b"agent 2").unwrap();
+        let old = crate::ensure_initramfs(&store, &agent, &["virtiofs"], &cache)
+            .unwrap()
+            .path;
+        age(&old, 100);
+        fs::write(&agent, b"agent 3").unwrap();
+        let newest = crate::ensure_initramfs(&store, &agent, &["virtiofs"], &cache)
+            .unwrap()
+            .path;
+        // remove_stale after the last build removed `old` already; put a
+        // copy back as a leftover of a racing build.
+        if !old.exists() {
+            fs::copy(&newest, &old).unwrap();
+            age(&old, 100);
+        }
+        // Image kernels: one held, one not.
+        let mut image_kernels = Vec::new();
+        for i in 0..2 {
+            let root = dir.path().join(format!("root{i}"));
+            debian_image(&root, &format!("6.1.0-{i}-cloud-amd64"), Z::None);
+            let image = open(&root);
+            let ik = cache_image_kernel(
+                &image,
+                &detect(&image).candidates[0],
+                crate::DEFAULT_MODULES,
+                &cache,
+            )
+            .unwrap();
+            let initrd = ensure_image_initramfs(&ik, &agent, &DEFAULT_CONTENTS, &cache).unwrap();
+            image_kernels.push((ik, initrd));
+        }
+        let (unheld_ik, unheld_initrd) = image_kernels.pop().unwrap();
+        let (unheld_root, unheld_archive) =
+            (unheld_ik.kernel.root.clone(), unheld_initrd.path.clone());
+        drop((unheld_ik, unheld_initrd));
+        let freed = crate::prune_cache(&cache);
+        let freed_paths: Vec<&PathBuf> = freed.iter().map(|(p, _)| p).collect();
+        assert_eq!(freed.len(), 3, "{freed:?}");
+        for p in [&unheld_root, &unheld_archive, &old] {
+            assert!(
+                !p.exists() && freed_paths.contains(&p),
+                "{p:?} kept: {freed:?}"
+            );
+        }
+        assert!(freed.iter().all(|(_, size)| *size > 0), "{freed:?}");
+        assert!(held_old.path.exists() && newest.exists());
+        assert!(image_kernels[0].0.kernel.root.exists() && image_kernels[0].1.path.exists());
+        // Nothing more to do a second time.
+        assert!(crate::prune_cache(&cache).is_empty());
     }
 
     #[test]

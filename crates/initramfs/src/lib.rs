@@ -25,6 +25,17 @@ pub use cache::{ensure_initramfs, ensure_initramfs_with, Initramfs};
 pub use kernel::Kernel;
 pub use modules::{resolve_modules, MAX_MODULES};
 
+/// `runvm kernel prune`: removes from the cache at `cache_dir` every
+/// image-kernel entry and image-kernel archive, and every store kernel's
+/// archive that is not the newest of its kernel and flavor, unless a
+/// runvm process holds it; and leftovers of interrupted builds. Returns
+/// the paths removed, each with its size in bytes.
+pub fn prune_cache(cache_dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut freed = image::prune(cache_dir);
+    freed.extend(cache::prune_old_builds(cache_dir));
+    freed
+}
+
 /// The modules runvm's guest needs by default: PCI transport, console
 /// (agent channel), virtiofs (root filesystem), network, block and entropy.
 pub const DEFAULT_MODULES: &[&str] = &[
