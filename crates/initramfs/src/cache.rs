@@ -265,19 +265,33 @@ pub(crate) fn archives(dir: &Path) -> Vec<(PathBuf, String, u64, SystemTime)> {
 }
 
 /// Removes from `dir` every archive that is not the newest of its
-/// kernel, flavor and label, and leftovers of interrupted builds older
+/// kernel, flavor and label, every archive of a kernel version not in
+/// `versions` (when given: archives of kernels removed from the store, or
+/// of image kernels from before they had a directory of their own),
+/// and leftovers of interrupted builds older
 /// than an hour, unless a runvm process holds them. Returns what was
 /// removed, with sizes.
-pub(crate) fn prune_old_builds(dir: &Path) -> Vec<(PathBuf, u64)> {
+pub(crate) fn prune_old_builds(dir: &Path, versions: Option<&[String]>) -> Vec<(PathBuf, u64)> {
     let mut all = archives(dir);
+    // A label is a version and a flavor (`""`, or from `+`).
+    let known = |label: &str| {
+        versions.is_none_or(|vs| {
+            vs.iter().any(|v| {
+                label
+                    .strip_prefix(v.as_str())
+                    .is_some_and(|flavor| flavor.is_empty() || flavor.starts_with('+'))
+            })
+        })
+    };
     // Newest first within each group.
     all.sort_by(|a, b| a.1.cmp(&b.1).then(b.3.cmp(&a.3)));
     let mut freed = Vec::new();
     let mut previous: Option<String> = None;
     for (path, label, size, _) in all {
         let newest = previous.as_deref() != Some(label.as_str());
+        let keep = newest && known(&label);
         previous = Some(label);
-        if !newest && remove_unless_held(&path) {
+        if !keep && remove_unless_held(&path) {
             freed.push((path, size));
         }
     }

@@ -2000,7 +2000,12 @@ mod tests {
         let (unheld_root, unheld_archive) =
             (unheld_ik.kernel.root.clone(), unheld_initrd.path.clone());
         drop((unheld_ik, unheld_initrd));
-        let freed = crate::prune_cache(&cache);
+        // An archive of a kernel no longer in the store ("6.1.0-1" is a
+        // store version, and only a prefix of this one's).
+        let gone = cache.join("initramfs-6.1.0-1-amd64+disks-0123456789abcdef.img");
+        fs::write(&gone, b"x").unwrap();
+        let versions = [AMD64.to_owned(), "6.1.0-1".to_owned()];
+        let freed = crate::prune_cache(&cache, None);
         let freed_paths: Vec<&PathBuf> = freed.iter().map(|(p, _)| p).collect();
         assert_eq!(freed.len(), 3, "{freed:?}");
         for p in [&unheld_root, &unheld_archive, &old] {
@@ -2010,10 +2015,13 @@ mod tests {
             );
         }
         assert!(freed.iter().all(|(_, size)| *size > 0), "{freed:?}");
-        assert!(held_old.path.exists() && newest.exists());
+        assert!(held_old.path.exists() && newest.exists() && gone.exists());
         assert!(image_kernels[0].0.kernel.root.exists() && image_kernels[0].1.path.exists());
+        let freed = crate::prune_cache(&cache, Some(&versions));
+        assert_eq!(freed, [(gone.clone(), 1)]);
+        assert!(newest.exists());
         // Nothing more to do a second time.
-        assert!(crate::prune_cache(&cache).is_empty());
+        assert!(crate::prune_cache(&cache, Some(&versions)).is_empty());
     }
 
     #[test]

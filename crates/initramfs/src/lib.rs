@@ -27,12 +27,14 @@ pub use modules::{resolve_modules, MAX_MODULES};
 
 /// `runvm kernel prune`: removes from the cache at `cache_dir` every
 /// image-kernel entry and image-kernel archive, and every store kernel's
-/// archive that is not the newest of its kernel and flavor, unless a
-/// runvm process holds it; and leftovers of interrupted builds. Returns
-/// the paths removed, each with its size in bytes.
-pub fn prune_cache(cache_dir: &Path) -> Vec<(PathBuf, u64)> {
+/// archive that is not the newest of its kernel and flavor, or (when
+/// `store_versions`, the versions of the store's kernels, is given) whose
+/// kernel version is none of those, unless a runvm process holds it; and
+/// leftovers of interrupted builds. Returns the paths removed, each with
+/// its size in bytes.
+pub fn prune_cache(cache_dir: &Path, store_versions: Option<&[String]>) -> Vec<(PathBuf, u64)> {
     let mut freed = image::prune(cache_dir);
-    freed.extend(cache::prune_old_builds(cache_dir));
+    freed.extend(cache::prune_old_builds(cache_dir, store_versions));
     freed
 }
 

@@ -26,7 +26,7 @@ pub fn run(store: &Path, cache: &Path, args: &[String]) -> Result<i32> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         ["list"] => list(store),
-        ["prune"] => prune(cache),
+        ["prune"] => prune(store, cache),
         ["add", name, "--package", package] => add_package(store, name, package),
         ["add", name, vmlinuz] => add_files(store, name, Path::new(vmlinuz), None),
         ["add", name, vmlinuz, modules] => {
@@ -122,11 +122,16 @@ fn remove(store: &Path, name: &str) -> Result<i32> {
 }
 
 /// `prune`: removes from the cache what no container is being created
-/// with and no next start needs as it is (see
+/// with and no next start needs as it is, also the archives of kernels no
+/// longer in the store (see
 /// [`runvm_initramfs::prune_cache`]), printing each path and what it freed.
 /// A running container keeps what it booted: its mounts pin the files.
-fn prune(cache: &Path) -> Result<i32> {
-    let freed = runvm_initramfs::prune_cache(cache);
+fn prune(store: &Path, cache: &Path) -> Result<i32> {
+    let versions: Vec<String> = Kernel::all_in_store(store)?
+        .into_iter()
+        .map(|k| k.version)
+        .collect();
+    let freed = runvm_initramfs::prune_cache(cache, Some(&versions));
     for (path, bytes) in &freed {
         println!("removed {} ({})", path.display(), human(*bytes));
     }
@@ -399,7 +404,13 @@ mod tests {
             run(&store, &cache.path().join("none"), &args(&["prune"])).unwrap(),
             0
         );
-        // An archive of an older build than another of the same kernel.
+        // The store has 6.1.0-9; an archive of an older build than another
+        // of that kernel, and one of a kernel not in the store.
+        let vmlinuz = cache.path().join("vmlinuz-6.1.0-9");
+        fs::write(&vmlinuz, b"not really a kernel").unwrap();
+        add_files(&store, "k", &vmlinuz, None).unwrap();
+        let removed = cache.path().join("initramfs-6.1.0-8-0123456789abcdef.img");
+        fs::write(&removed, b"x").unwrap();
         let name = |key: &str| cache.path().join(format!("initramfs-6.1.0-9-{key}.img"));
         fs::write(name("0123456789abcdef"), vec![0u8; 3 << 20]).unwrap();
         let old = fs::File::open(name("0123456789abcdef")).unwrap();
@@ -409,6 +420,7 @@ mod tests {
         assert_eq!(run(&store, cache.path(), &args(&["prune"])).unwrap(), 0);
         assert!(!name("0123456789abcdef").exists());
         assert!(name("fedcba9876543210").exists());
+        assert!(!removed.exists());
         assert!(run(&store, cache.path(), &args(&["prune", "x"])).is_err());
         assert_eq!(human(3 << 20), "3.0 MiB");
         assert_eq!(human(1536), "1.5 KiB");
