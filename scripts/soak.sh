@@ -122,7 +122,7 @@ our_processes() {
 
 host_interfaces() { ip -o link | awk -F': ' '{sub(/@.*/, "", $2); print $2}' | grep -E '^(runvm|tap)' || true; }
 runvm_root_mounts() { grep -F runvm-root /proc/self/mountinfo | awk '{print $5}' || true; }
-initramfs_temps() { find "$RUNVM_DATA/cache" -maxdepth 1 \( -name '*.tmp' -o -name '*.runvm-tmp' \) 2>/dev/null || true; }
+initramfs_temps() { find "$RUNVM_DATA/cache" -maxdepth 2 \( -name '*.tmp' -o -name '*.runvm-tmp' \) 2>/dev/null || true; }
 runvm_processes_anywhere() { # comm names of runvm's processes on the whole host
     cat /proc/[0-9]*/comm 2>/dev/null | grep -cE '^(qemu-system-x86|virtiofsd|runvm-superviso|runvm)$' || true
 }

@@ -74,25 +74,44 @@ pub fn ensure_initramfs_with(
     contents: &Contents<'_>,
     cache_dir: &Path,
 ) -> Result<Initramfs, Error> {
+    ensure_in(kernel, agent, contents, cache_dir, &kernel.version, false)
+}
+
+/// [`ensure_initramfs_with`] in the directory `dir`, naming the archive
+/// `initramfs-<label><flavor>-<key>.img` (other archives of that
+/// label and flavor are pruned after a build). `touch`: set the archive's
+/// modification time when it is reused, so that it tells when it was last
+/// used (for least-recently-used eviction).
+pub(crate) fn ensure_in(
+    kernel: &Kernel,
+    agent: &Path,
+    contents: &Contents<'_>,
+    dir: &Path,
+    label: &str,
+    touch: bool,
+) -> Result<Initramfs, Error> {
     let modules = crate::archive::module_files(kernel, contents.modules)?;
     let mut key_files = modules;
     for tool in contents.tools {
         key_files.push((tool.name.to_owned(), tool.path.clone()));
     }
     let key = cache_key(kernel, agent, &key_files)?;
-    let prefix = format!("initramfs-{}{}-", kernel.version, contents.flavor);
+    let prefix = format!("initramfs-{label}{}-", contents.flavor);
     let name = format!("{prefix}{key}.img");
-    let path = cache_dir.join(&name);
+    let path = dir.join(&name);
     // A pruner may remove the file between our look and our lock: then
     // build it again (twice is plenty; a third miss is a real problem).
     for _ in 0..3 {
         if let Some(lock) = lock_shared(&path)? {
+            if touch {
+                let _ = lock.set_modified(SystemTime::now());
+            }
             return Ok(Initramfs { path, lock });
         }
-        fs::create_dir_all(cache_dir)
-            .map_err(|e| Error::io("create initramfs cache directory", cache_dir, e))?;
+        fs::create_dir_all(dir)
+            .map_err(|e| Error::io("create initramfs cache directory", dir, e))?;
         build_initramfs_with(kernel, agent, contents, &path)?;
-        remove_stale(cache_dir, &prefix, &name);
+        remove_stale(dir, &prefix, &name);
     }
     Err(Error::io(
         "keep",
@@ -198,13 +217,115 @@ fn remove_stale(cache_dir: &Path, prefix: &str, keep: &str) {
 /// Removes `path` unless a runvm process holds it (see [`Initramfs`]).
 /// The exclusive lock is held across the unlink, so a process that gets its
 /// shared lock afterwards sees the file gone and builds it again.
-fn remove_unless_held(path: &Path) {
+pub(crate) fn remove_unless_held(path: &Path) -> bool {
     let Ok(file) = File::open(path) else {
-        return;
+        return false;
     };
-    if Flock::lock(file, FlockArg::LockExclusiveNonblock).is_ok() {
-        let _ = fs::remove_file(path);
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(_held) => fs::remove_file(path).is_ok(),
+        Err(_) => false,
     }
+}
+
+/// The archives (`initramfs-<label>-<key>.img`) in `dir`: path, the
+/// name without `-<key>.img` (what archives of one kernel, flavor and
+/// label share), size, and modification time.
+pub(crate) fn archives(dir: &Path) -> Vec<(PathBuf, String, u64, SystemTime)> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in entries.filter_map(Result::ok) {
+        let file_name = entry.file_name();
+        let Some(name) = file_name.to_str() else {
+            continue;
+        };
+        let Some(stem) = name
+            .strip_prefix("initramfs-")
+            .and_then(|n| n.strip_suffix(".img"))
+        else {
+            continue;
+        };
+        let Some((label, key)) = stem.rsplit_once('-') else {
+            continue;
+        };
+        if key.len() != KEY_LEN || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        out.push((entry.path(), label.to_owned(), meta.len(), mtime));
+    }
+    out
+}
+
+/// Removes from `dir` every archive that is not the newest of its
+/// kernel, flavor and label, every archive of a kernel version not in
+/// `versions` (when given: archives of kernels removed from the store, or
+/// of image kernels from before they had a directory of their own),
+/// and leftovers of interrupted builds older
+/// than an hour, unless a runvm process holds them. Returns what was
+/// removed, with sizes.
+pub(crate) fn prune_old_builds(dir: &Path, versions: Option<&[String]>) -> Vec<(PathBuf, u64)> {
+    let mut all = archives(dir);
+    // A label is a version and a flavor (`""`, or from `+`).
+    let known = |label: &str| {
+        versions.is_none_or(|vs| {
+            vs.iter().any(|v| {
+                label
+                    .strip_prefix(v.as_str())
+                    .is_some_and(|flavor| flavor.is_empty() || flavor.starts_with('+'))
+            })
+        })
+    };
+    // Newest first within each group.
+    all.sort_by(|a, b| a.1.cmp(&b.1).then(b.3.cmp(&a.3)));
+    let mut freed = Vec::new();
+    let mut previous: Option<String> = None;
+    for (path, label, size, _) in all {
+        let newest = previous.as_deref() != Some(label.as_str());
+        let keep = newest && known(&label);
+        previous = Some(label);
+        if !keep && remove_unless_held(&path) {
+            freed.push((path, size));
+        }
+    }
+    freed.extend(remove_old_tmp(dir));
+    freed
+}
+
+/// Removes `.initramfs-*.tmp` files older than [`STALE_TMP_AGE`].
+fn remove_old_tmp(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut freed = Vec::new();
+    for entry in entries.filter_map(Result::ok) {
+        let file_name = entry.file_name();
+        let Some(name) = file_name.to_str() else {
+            continue;
+        };
+        if !(name.starts_with(".initramfs-") && name.ends_with(".tmp")) {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        let old = meta
+            .modified()
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age > STALE_TMP_AGE);
+        if old && fs::remove_file(entry.path()).is_ok() {
+            freed.push((entry.path(), meta.len()));
+        }
+    }
+    freed
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use nix::fcntl::{openat2, Flock, FlockArg, OFlag, OpenHow, ResolveFlag};
@@ -41,16 +41,18 @@ use sha2::{Digest, Sha256};
 use crate::kernel::compare_versions;
 use crate::Kernel;
 
-/// The largest kernel image read.
-pub const MAX_VMLINUZ: u64 = 128 << 20;
+/// The largest kernel image read (Debian's, Fedora's and Ubuntu's are
+/// 8 to 15 MiB).
+pub const MAX_VMLINUZ: u64 = 64 << 20;
 /// The largest `modules.dep` or `modules.builtin` read.
 pub const MAX_INDEX: u64 = 16 << 20;
-/// The largest module, compressed or not.
-pub const MAX_MODULE: u64 = 64 << 20;
-/// At most this many modules are copied (the default set needs about 15),
-/// of at most this many bytes in all, as read and once decompressed.
-const MAX_MODULES: usize = 256;
-const MAX_MODULES_BYTES: u64 = 256 << 20;
+/// The largest module, compressed or not (the modules runvm needs are at
+/// most a few MiB; ext4 and xfs are the largest).
+pub const MAX_MODULE: u64 = 32 << 20;
+/// The modules copied are at most [`MAX_MODULES`](crate::MAX_MODULES)
+/// (`resolve_modules` refuses more), of at most this many bytes in all, as
+/// read and once decompressed.
+const MAX_MODULES_BYTES: u64 = 64 << 20;
 /// At most this many entries of a `lib/modules` directory are read, and
 /// this many version directories considered.
 const MAX_DIR_ENTRIES: usize = 4096;
@@ -60,6 +62,18 @@ const MAX_VERSIONS: usize = 32;
 const FORMAT_VERSION: &str = "runvm-image-kernel-1";
 /// The cache subdirectory of image kernels.
 pub const CACHE_SUBDIR: &str = "image-kernels";
+/// The cache subdirectory of the initramfs archives built for image
+/// kernels: apart from the store kernels' (an image kernel's version may
+/// be a store kernel's), named by the entry's key, so archives of two
+/// image kernels never prune each other either.
+pub const INITRAMFS_SUBDIR: &str = "image-initramfs";
+/// Image-kernel entries and their archives take at most this much space
+/// together, and are at most this many: past that, the least recently
+/// used ones that no runvm process holds are removed. Each image kernel
+/// (or each version directory a guest renames between two starts) makes
+/// an entry.
+pub const CACHE_BUDGET_BYTES: u64 = 1 << 30;
+pub const CACHE_BUDGET_ITEMS: usize = 256;
 /// Temporary directories older than this are leftovers of crashed builders.
 const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
 
@@ -373,55 +387,89 @@ fn uncompressed_name(rel: &str) -> Option<&str> {
         .filter(|r| r.ends_with(".ko"))
 }
 
+/// The largest window a compressed module may declare: an xz (LZMA2)
+/// dictionary or a zstd window. Decoding needs about that much memory;
+/// Linux builds modules with a 1 MiB xz dictionary and zstd's default
+/// window is 2 MiB or less.
+pub const MAX_WINDOW: u64 = 8 << 20;
+/// liblzma's memory limit for one module: the largest dictionary and the
+/// decoder's own few kilobytes.
+const XZ_MEMLIMIT: u64 = MAX_WINDOW + (1 << 20);
+
 /// Decompresses a module file named `name` (by its suffix: `.ko`, `.ko.xz`,
 /// `.ko.zst`, `.ko.gz`), refusing an output larger than `cap`.
 pub fn decompress_module(name: &str, data: &[u8], cap: u64) -> io::Result<Vec<u8>> {
-    let mut out = Capped {
-        buf: Vec::new(),
-        cap,
-    };
-    if name.ends_with(".ko") {
-        out.write_all(data)?;
+    let mut out = Vec::new();
+    decompress_module_to(name, data, cap, &mut out)?;
+    Ok(out)
+}
+
+/// [`decompress_module`] into `out`, returning the number of bytes
+/// written. Every decoder is pulled through `take(cap + 1)`, so it never
+/// produces more than one buffer past `cap`, and holds at most its
+/// window ([`MAX_WINDOW`], a larger one is refused before anything is
+/// allocated for it): memory is bounded whatever the input, and time by
+/// the input's size and `cap`. Going over `cap` is an error of kind
+/// [`io::ErrorKind::FileTooLarge`].
+pub fn decompress_module_to(
+    name: &str,
+    data: &[u8],
+    cap: u64,
+    out: &mut dyn Write,
+) -> io::Result<u64> {
+    let mut decoder: Box<dyn Read + '_> = if name.ends_with(".ko") {
+        Box::new(data)
     } else if name.ends_with(".ko.gz") {
-        io::copy(&mut flate2::read::GzDecoder::new(data), &mut out)?;
+        // DEFLATE's window is 32 KiB.
+        Box::new(flate2::read::GzDecoder::new(data))
     } else if name.ends_with(".ko.zst") {
-        let mut d = ruzstd::decoding::StreamingDecoder::new(data)
+        let d = ruzstd::decoding::StreamingDecoder::new_with_max_window_size(data, MAX_WINDOW)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        io::copy(&mut d, &mut out)?;
+        Box::new(d)
     } else if name.ends_with(".ko.xz") {
-        lzma_rs::xz_decompress(&mut io::BufReader::new(data), &mut out).map_err(|e| match e {
-            lzma_rs::error::Error::IoError(e) => e,
-            e => io::Error::new(io::ErrorKind::InvalidData, format!("{e:?}")),
-        })?;
+        let stream =
+            liblzma::stream::Stream::new_stream_decoder(XZ_MEMLIMIT, 0).map_err(io::Error::from)?;
+        Box::new(XzReader(liblzma::bufread::XzDecoder::new_stream(
+            data, stream,
+        )))
     } else {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "not a module file name (.ko, .ko.xz, .ko.zst or .ko.gz)",
         ));
+    };
+    let n = io::copy(&mut (&mut decoder).take(cap + 1), out)?;
+    if n > cap {
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!("decompresses to more than {cap} bytes"),
+        ));
     }
-    Ok(out.buf)
+    Ok(n)
 }
 
-/// A writer into memory that fails once more than `cap` bytes come.
-struct Capped {
-    buf: Vec<u8>,
-    cap: u64,
-}
+/// liblzma's reader, whose memory-limit error says which limit.
+struct XzReader<R>(R);
 
-impl Write for Capped {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if (self.buf.len() + data.len()) as u64 > self.cap {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("decompresses to more than {} bytes", self.cap),
-            ));
-        }
-        self.buf.extend_from_slice(data);
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+impl<R: Read> Read for XzReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).map_err(|e| {
+            let memlimit = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<liblzma::stream::Error>())
+                .is_some_and(|inner| matches!(inner, liblzma::stream::Error::MemLimit));
+            if memlimit {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "its xz dictionary needs more than {XZ_MEMLIMIT} bytes of memory \
+                         (at most {MAX_WINDOW} bytes of dictionary are accepted)"
+                    ),
+                )
+            } else {
+                e
+            }
+        })
     }
 }
 
@@ -472,6 +520,9 @@ pub fn cache_image_kernel(
     };
     for _ in 0..3 {
         if let Some(lock) = lock_shared(&entry).map_err(|e| cache_err("lock", &entry, e))? {
+            // Its time tells when it was last used (least recently used
+            // entries go first when the cache is over its budget).
+            let _ = lock.set_modified(SystemTime::now());
             return Ok(ImageKernel {
                 kernel,
                 source: candidate.vmlinuz_path.clone(),
@@ -501,6 +552,7 @@ pub fn cache_image_kernel(
             }
         }
         remove_stale(&dir, &candidate.version, &gathered.key);
+        enforce_budget(cache_dir, CACHE_BUDGET_BYTES, CACHE_BUDGET_ITEMS);
     }
     Err(unusable(format!(
         "{} was removed again after each copy",
@@ -544,13 +596,6 @@ fn gather(root: &ImageRoot, c: &Candidate, wanted: &[&str]) -> Result<Gathered, 
     let builtin_text = builtin.as_deref().map(String::from_utf8_lossy);
     let order = crate::resolve_modules(&dep, builtin_text.as_deref(), wanted)
         .map_err(|e| unusable(format!("{}: {e}", c.modules_path)))?;
-    if order.len() > MAX_MODULES {
-        return Err(unusable(format!(
-            "{}: the modules runvm needs depend on {} modules, more than {MAX_MODULES}",
-            c.modules_path,
-            order.len()
-        )));
-    }
     let deps: HashMap<&str, Vec<&str>> = dep
         .lines()
         .filter_map(|l| l.split_once(':'))
@@ -624,17 +669,25 @@ impl Gathered {
     fn write(&self, dir: &Path, version: &str) -> Result<(), Unusable> {
         let werr =
             |path: &Path, e: io::Error| unusable(format!("cannot write {}: {e}", path.display()));
-        let put = |path: &Path, data: &[u8]| -> Result<(), Unusable> {
+        // Creates `path` (0644: QEMU, under a uid of its own, reads the
+        // kernel, whatever the umask, as the initramfs is), lets `fill`
+        // write it, and syncs it.
+        let create = |path: &Path,
+                      fill: &mut dyn FnMut(&mut dyn Write) -> Result<(), Unusable>|
+         -> Result<(), Unusable> {
             if let Some(parent) = path.parent() {
                 fs::create_dir_all(parent).map_err(|e| werr(parent, e))?;
             }
-            let mut f = File::create(path).map_err(|e| werr(path, e))?;
-            // QEMU, under a uid of its own, reads the kernel: whatever
-            // the umask, as the initramfs is.
+            let f = File::create(path).map_err(|e| werr(path, e))?;
             f.set_permissions(fs::Permissions::from_mode(0o644))
                 .map_err(|e| werr(path, e))?;
-            f.write_all(data).map_err(|e| werr(path, e))?;
+            let mut w = io::BufWriter::new(f);
+            fill(&mut w)?;
+            let f = w.into_inner().map_err(|e| werr(path, e.into_error()))?;
             f.sync_all().map_err(|e| werr(path, e))
+        };
+        let put = |path: &Path, data: &[u8]| {
+            create(path, &mut |w| w.write_all(data).map_err(|e| werr(path, e)))
         };
         put(&dir.join("vmlinuz"), &self.vmlinuz)?;
         let mdir = dir.join("lib/modules").join(version);
@@ -643,15 +696,25 @@ impl Gathered {
         let mut total: u64 = 0;
         for (rel, deps, data) in &self.modules {
             let name = uncompressed_name(rel).expect("checked in gather");
-            let plain = decompress_module(rel, data, MAX_MODULE)
-                .map_err(|e| unusable(format!("module {rel}: {e}")))?;
-            total += plain.len() as u64;
-            if total > MAX_MODULES_BYTES {
-                return Err(unusable(format!(
-                    "the modules runvm needs add up to more than {MAX_MODULES_BYTES} bytes"
-                )));
-            }
-            put(&mdir.join(name), &plain)?;
+            // Each module at most MAX_MODULE, all of them MAX_MODULES_BYTES:
+            // decompressed straight into its file, never whole in memory.
+            let left = MAX_MODULES_BYTES - total;
+            let cap = MAX_MODULE.min(left);
+            let path = mdir.join(name);
+            create(&path, &mut |w| {
+                let n = decompress_module_to(rel, data, cap, w).map_err(|e| {
+                    if e.kind() == io::ErrorKind::FileTooLarge && cap == left {
+                        unusable(format!(
+                            "the modules runvm needs add up to more than {MAX_MODULES_BYTES} \
+                             bytes once decompressed"
+                        ))
+                    } else {
+                        unusable(format!("module {rel}: {e}"))
+                    }
+                })?;
+                total += n;
+                Ok(())
+            })?;
             dep.push_str(name);
             dep.push(':');
             for d in deps {
@@ -716,25 +779,177 @@ fn remove_stale(dir: &Path, version: &str, keep: &str) {
 
 /// Removes the entry `path` unless a runvm process holds it: under the
 /// exclusive lock it is first renamed away, so no one sees half of it.
-fn remove_unless_held(path: &Path) {
+fn remove_unless_held(path: &Path) -> bool {
     let Ok(file) = File::open(path) else {
-        return;
+        return false;
     };
-    if let Ok(_held) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        let Some(parent) = path.parent() else {
-            return;
+    let Ok(_held) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+        return false;
+    };
+    let Some(parent) = path.parent() else {
+        return false;
+    };
+    let Ok(doomed) = tempfile::Builder::new().prefix(".tmp-").tempdir_in(parent) else {
+        return false;
+    };
+    let doomed = doomed.keep();
+    let target = doomed.join("entry");
+    if fs::rename(path, &target).is_ok() {
+        let _ = fs::remove_dir_all(&doomed);
+        true
+    } else {
+        let _ = fs::remove_dir(&doomed);
+        false
+    }
+}
+
+/// The initramfs for the image kernel `ik` with `contents`, built (or
+/// reused) in `<cache_dir>/image-initramfs/` and locked, as
+/// [`ensure_initramfs_with`](crate::ensure_initramfs_with) does for the
+/// store's kernels; then the image-kernel cache is brought back under its
+/// budget (`ik` and the archive, both held, stay).
+pub fn ensure_image_initramfs(
+    ik: &ImageKernel,
+    agent: &Path,
+    contents: &crate::Contents<'_>,
+    cache_dir: &Path,
+) -> Result<crate::Initramfs, crate::Error> {
+    let key = ik
+        .kernel
+        .root
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let label = format!("{}@{}", ik.kernel.version, &key[..key.len().min(16)]);
+    let dir = cache_dir.join(INITRAMFS_SUBDIR);
+    let initrd = crate::cache::ensure_in(&ik.kernel, agent, contents, &dir, &label, true)?;
+    enforce_budget(cache_dir, CACHE_BUDGET_BYTES, CACHE_BUDGET_ITEMS);
+    Ok(initrd)
+}
+
+/// The image-kernel entries in `<cache_dir>/image-kernels`: path, size
+/// of their files, and the entry's modification time (its last use).
+fn entries(cache_dir: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
+    let Ok(list) = fs::read_dir(cache_dir.join(CACHE_SUBDIR)) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in list.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let name = name.as_bytes();
+        if name.len() != 64 || !name.iter().all(u8::is_ascii_hexdigit) {
+            continue;
+        }
+        let Ok(meta) = fs::symlink_metadata(entry.path()) else {
+            continue;
         };
-        let Ok(doomed) = tempfile::Builder::new().prefix(".tmp-").tempdir_in(parent) else {
-            return;
+        if !meta.is_dir() {
+            continue;
+        }
+        let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        out.push((entry.path(), tree_size(&entry.path()), mtime));
+    }
+    out
+}
+
+/// The size of the files under `dir` (runvm wrote them: symlinks are
+/// not followed, and the walk has a stack of its own).
+fn tree_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        let Ok(list) = fs::read_dir(&d) else {
+            continue;
         };
-        let doomed = doomed.keep();
-        let target = doomed.join("entry");
-        if fs::rename(path, &target).is_ok() {
-            let _ = fs::remove_dir_all(&doomed);
-        } else {
-            let _ = fs::remove_dir(&doomed);
+        for entry in list.filter_map(Result::ok) {
+            let Ok(meta) = fs::symlink_metadata(entry.path()) else {
+                continue;
+            };
+            if meta.is_dir() {
+                todo.push(entry.path());
+            } else {
+                total += meta.len();
+            }
         }
     }
+    total
+}
+
+/// Removes the least recently used image-kernel entries and image-kernel
+/// archives that no runvm process holds until together they take at most
+/// `max_bytes` and are at most `max_items`. Returns what was removed.
+pub fn enforce_budget(cache_dir: &Path, max_bytes: u64, max_items: usize) -> Vec<(PathBuf, u64)> {
+    // (path, size, last use, is an entry directory)
+    let mut items: Vec<(PathBuf, u64, SystemTime, bool)> = entries(cache_dir)
+        .into_iter()
+        .map(|(p, size, t)| (p, size, t, true))
+        .collect();
+    items.extend(
+        crate::cache::archives(&cache_dir.join(INITRAMFS_SUBDIR))
+            .into_iter()
+            .map(|(p, _, size, t)| (p, size, t, false)),
+    );
+    let mut bytes: u64 = items.iter().map(|i| i.1).sum();
+    let mut count = items.len();
+    let mut freed = Vec::new();
+    if bytes <= max_bytes && count <= max_items {
+        return freed;
+    }
+    items.sort_by_key(|i| i.2);
+    for (path, size, _, is_entry) in items {
+        if bytes <= max_bytes && count <= max_items {
+            break;
+        }
+        let removed = if is_entry {
+            remove_unless_held(&path)
+        } else {
+            crate::cache::remove_unless_held(&path)
+        };
+        if removed {
+            bytes -= size;
+            count -= 1;
+            freed.push((path, size));
+        }
+    }
+    freed
+}
+
+/// `runvm kernel prune`'s part for image kernels: removes every
+/// image-kernel entry and every image-kernel archive that no runvm
+/// process holds (a running container keeps what it booted: its mounts
+/// pin the files), and temporary leftovers older than an hour. Returns
+/// what was removed.
+pub fn prune(cache_dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut freed = Vec::new();
+    for (path, size, _) in entries(cache_dir) {
+        if remove_unless_held(&path) {
+            freed.push((path, size));
+        }
+    }
+    for (path, _, size, _) in crate::cache::archives(&cache_dir.join(INITRAMFS_SUBDIR)) {
+        if crate::cache::remove_unless_held(&path) {
+            freed.push((path, size));
+        }
+    }
+    let dir = cache_dir.join(CACHE_SUBDIR);
+    if let Ok(list) = fs::read_dir(&dir) {
+        for entry in list.filter_map(Result::ok) {
+            let old = entry.file_name().as_bytes().starts_with(b".tmp-")
+                && entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .is_some_and(|age| age > STALE_TMP_AGE);
+            if old {
+                let size = tree_size(&entry.path());
+                if fs::remove_dir_all(entry.path()).is_ok() {
+                    freed.push((entry.path(), size));
+                }
+            }
+        }
+    }
+    freed
 }
 
 #[cfg(test)]
@@ -776,11 +991,7 @@ mod tests {
                 e.write_all(data).unwrap();
                 (".gz", e.finish().unwrap())
             }
-            Z::Xz => {
-                let mut out = Vec::new();
-                lzma_rs::xz_compress(&mut io::BufReader::new(data), &mut out).unwrap();
-                (".xz", out)
-            }
+            Z::Xz => (".xz", xz(data, 1 << 20)),
             Z::Zst => (
                 ".zst",
                 ruzstd::encoding::compress_to_vec(
@@ -789,6 +1000,40 @@ mod tests {
                 ),
             ),
         }
+    }
+
+    /// `data` as the kernel's build compresses modules: `xz --check=crc32
+    /// --lzma2=dict=<dict>` (preset 0 otherwise, for speed).
+    fn xz(data: &[u8], dict: u32) -> Vec<u8> {
+        let mut opts = liblzma::stream::LzmaOptions::new_preset(0).unwrap();
+        opts.dict_size(dict);
+        let mut filters = liblzma::stream::Filters::new();
+        filters.lzma2(&opts);
+        let stream =
+            liblzma::stream::Stream::new_stream_encoder(&filters, liblzma::stream::Check::Crc32)
+                .unwrap();
+        let mut e = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// A zstd frame of `blocks` RLE blocks of 128 KiB of zeros each (4
+    /// bytes a block), declaring a window of `1 << window_log` bytes:
+    /// ruzstd writes no frame like it, zstd does for such data.
+    fn zstd_rle_bomb(window_log: u8, blocks: usize) -> Vec<u8> {
+        let mut v = vec![0x28, 0xb5, 0x2f, 0xfd];
+        // Frame header descriptor: no content size, not single-segment,
+        // no checksum, no dictionary; then the window descriptor.
+        v.push(0);
+        v.push((window_log - 10) << 3);
+        for i in 0..blocks {
+            let last = u32::from(i + 1 == blocks);
+            // Block header: last flag, type 1 (RLE), size 128 KiB.
+            let header = last | (1 << 1) | ((128 << 10) << 3);
+            v.extend_from_slice(&header.to_le_bytes()[..3]);
+            v.push(0);
+        }
+        v
     }
 
     /// The modules `DEFAULT_MODULES` need (Debian 6.1 cloud kernel's
@@ -909,8 +1154,13 @@ mod tests {
         assert!(!dep.contains(".xz") && !dep.contains(".gz") && !dep.contains(".zst"));
         let agent = cache.join("agent");
         fs::write(&agent, b"agent").unwrap();
-        let initrd =
-            crate::ensure_initramfs(&k.kernel, &agent, crate::DEFAULT_MODULES, cache).unwrap();
+        let contents = crate::Contents {
+            modules: crate::DEFAULT_MODULES,
+            tools: &[],
+            flavor: "",
+        };
+        let initrd = ensure_image_initramfs(&k, &agent, &contents, cache).unwrap();
+        assert_eq!(initrd.path.parent().unwrap(), cache.join(INITRAMFS_SUBDIR));
         let (_, entries) = crate::archive::tests::read_archive(&initrd.path);
         let order = String::from_utf8(entries["lib/modules/load-order"].2.clone()).unwrap();
         assert_eq!(order.lines().count(), 11, "{order}");
@@ -1312,8 +1562,8 @@ mod tests {
     #[test]
     fn a_decompression_bomb_fails_cleanly() {
         let zeros = vec![0u8; 8 << 20];
-        // lzma-rs writes no real xz compression: the xz bomb is made by
-        // `xz --check=crc32 --lzma2=dict=1MiB`, as the kernel's build does.
+        // The xz bomb is what `xz --check=crc32 --lzma2=dict=1MiB` makes, as
+        // the kernel's build does.
         let bombs = [
             ("x.ko.gz", compress(Z::Gz, &zeros).1),
             ("x.ko.zst", compress(Z::Zst, &zeros).1),
@@ -1353,6 +1603,114 @@ mod tests {
         assert!(err.0.contains("decompresses to more than"), "{err}");
         let left: Vec<_> = fs::read_dir(cache.join(CACHE_SUBDIR)).unwrap().collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    /// Set in the child process [`bombs_decompress_in_bounded_memory_and_time`]
+    /// starts: `<name of the module>:<file with its bytes>`.
+    const BOMB_ENV: &str = "RUNVM_TEST_DECOMPRESS_BOMB";
+
+    /// In a child process of its own (this test binary, with only this
+    /// test and [`BOMB_ENV`] set), decompresses a bomb the way the cache
+    /// does, and prints its peak memory (VmHWM) and the time it took.
+    #[test]
+    fn decompress_bomb_child() {
+        let Ok(spec) = std::env::var(BOMB_ENV) else {
+            return;
+        };
+        let (name, file) = spec.split_once(':').unwrap();
+        let packed = fs::read(file).unwrap();
+        let start = std::time::Instant::now();
+        let small = decompress_module(name, &packed, 1 << 20).map(|v| v.len());
+        let full = decompress_module_to(name, &packed, MAX_MODULE, &mut io::sink());
+        let elapsed = start.elapsed();
+        // The peak RSS of this process's memory since its exec (not
+        // getrusage's ru_maxrss, which Linux carries over from the parent
+        // across exec, and the parent is a test process of any size).
+        let status = fs::read_to_string("/proc/self/status").unwrap();
+        let hwm = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .unwrap()
+            .trim();
+        println!(
+            "bomb-result maxrss_kib={hwm} elapsed_ms={} small={small:?} full={full:?}",
+            elapsed.as_millis()
+        );
+    }
+
+    #[test]
+    fn bombs_decompress_in_bounded_memory_and_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let zeros = vec![0u8; 128 << 20];
+        let bombs = [
+            ("x.ko.xz", xz(&zeros, 1 << 20)),
+            ("x.ko.gz", compress(Z::Gz, &zeros).1),
+            // 2 GiB in an 8 MiB window: allowed, and stopped at the cap.
+            ("x.ko.zst", zstd_rle_bomb(23, 16 << 10)),
+        ];
+        drop(zeros);
+        for (name, packed) in bombs {
+            assert!(packed.len() < 1 << 20, "{name}: {}", packed.len());
+            let file = dir.path().join(name);
+            fs::write(&file, &packed).unwrap();
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "image::tests::decompress_bomb_child"])
+                .args(["--nocapture", "--include-ignored", "--test-threads=1"])
+                .env(BOMB_ENV, format!("{name}:{}", file.display()))
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{name}: {stdout}");
+            let line = stdout
+                .lines()
+                .find_map(|l| Some(l.split_once("bomb-result ")?.1))
+                .unwrap_or_else(|| panic!("{name}: {stdout}"));
+            let field = |key: &str| -> u64 {
+                line.split(' ')
+                    .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            };
+            eprintln!("{name}: {line}");
+            assert!(
+                line.contains("small=Err(") && line.contains("more than 1048576 bytes"),
+                "{name}: {line}"
+            );
+            assert!(
+                line.contains(&format!("more than {MAX_MODULE} bytes")),
+                "{name}: {line}"
+            );
+            // The 32 MiB the full run writes go to a sink: what is left
+            // is the test harness, the input and the decoder's window.
+            let maxrss = field("maxrss_kib");
+            assert!(maxrss < 48 << 10, "{name}: peak RSS {maxrss} KiB: {line}");
+            let ms = field("elapsed_ms");
+            assert!(ms < 20_000, "{name}: {ms} ms: {line}");
+        }
+    }
+
+    #[test]
+    fn windows_over_the_limit_are_refused_before_decoding() {
+        // zstd: a 128 MiB window (ruzstd's own limit) is refused at the
+        // header; 8 MiB is accepted.
+        let err = decompress_module("x.ko.zst", &zstd_rle_bomb(27, 4), MAX_MODULE).unwrap_err();
+        assert!(err.to_string().contains("134217728"), "{err}");
+        assert_eq!(
+            decompress_module("x.ko.zst", &zstd_rle_bomb(23, 4), MAX_MODULE)
+                .unwrap()
+                .len(),
+            512 << 10
+        );
+        // xz: a 64 MiB dictionary is over liblzma's memory limit.
+        let small = b"\x7fELF a module".repeat(100);
+        let err = decompress_module("x.ko.xz", &xz(&small, 64 << 20), MAX_MODULE).unwrap_err();
+        assert!(err.to_string().contains("dictionary"), "{err}");
+        assert_eq!(
+            decompress_module("x.ko.xz", &xz(&small, MAX_WINDOW as u32), MAX_MODULE).unwrap(),
+            small
+        );
     }
 
     #[test]
@@ -1411,6 +1769,261 @@ mod tests {
         assert_eq!(names.len(), 2, "{names:?}");
     }
 
+    const DEFAULT_CONTENTS: crate::Contents<'static> = crate::Contents {
+        modules: crate::DEFAULT_MODULES,
+        tools: &[],
+        flavor: "",
+    };
+
+    #[test]
+    fn image_and_store_archives_of_one_version_do_not_prune_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let agent = dir.path().join("agent");
+        fs::write(&agent, b"agent").unwrap();
+        // The store's kernel has the version the image's kernel claims.
+        let store = crate::archive::tests::fake_kernel(&dir.path().join("store"), AMD64);
+        let store_archive = crate::ensure_initramfs(&store, &agent, &["virtiofs"], &cache)
+            .unwrap()
+            .path;
+        let root = dir.path().join("root");
+        debian_image(&root, AMD64, Z::None);
+        let image = open(&root);
+        let first = cache_image_kernel(
+            &image,
+            &detect(&image).candidates[0],
+            crate::DEFAULT_MODULES,
+            &cache,
+        )
+        .unwrap();
+        let first_archive = ensure_image_initramfs(&first, &agent, &DEFAULT_CONTENTS, &cache)
+            .unwrap()
+            .path;
+        assert!(
+            store_archive.exists(),
+            "the image kernel pruned the store's archive"
+        );
+        // Another image kernel of that version: its own archive, and the
+        // first's stays.
+        let fuse = root.join(format!("lib/modules/{AMD64}/kernel/fs/fuse/fuse.ko"));
+        fs::write(&fuse, b"\x7fELF another fuse").unwrap();
+        let second = cache_image_kernel(
+            &image,
+            &detect(&image).candidates[0],
+            crate::DEFAULT_MODULES,
+            &cache,
+        )
+        .unwrap();
+        let second_archive = ensure_image_initramfs(&second, &agent, &DEFAULT_CONTENTS, &cache)
+            .unwrap()
+            .path;
+        assert_ne!(first_archive, second_archive);
+        assert!(first_archive.exists());
+        // And the store kernel's next build keeps the image archives.
+        fs::write(&agent, b"agent 2").unwrap();
+        let store_2 = crate::ensure_initramfs(&store, &agent, &["virtiofs"], &cache)
+            .unwrap()
+            .path;
+        assert!(!store_archive.exists(), "the store's old build stays");
+        assert!(store_2.exists() && first_archive.exists() && second_archive.exists());
+        let name = first_archive.file_name().unwrap().to_str().unwrap();
+        let key = first.kernel.root.file_name().unwrap().to_str().unwrap();
+        assert!(
+            name.starts_with(&format!("initramfs-{AMD64}@{}-", &key[..16])),
+            "{name}"
+        );
+    }
+
+    /// Sets the modification time of `path` to `secs` seconds ago.
+    fn age(path: &Path, secs: u64) {
+        File::open(path)
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(secs))
+            .unwrap();
+    }
+
+    #[test]
+    fn the_cache_is_kept_under_its_budget_least_recently_used_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let agent = dir.path().join("agent");
+        fs::write(&agent, b"agent").unwrap();
+        // Four image kernels (of four versions, so the per-version pruning
+        // does not remove them), each with its archive.
+        let mut made = Vec::new();
+        for i in 0..4 {
+            let version = format!("6.1.0-{i}-cloud-amd64");
+            let root = dir.path().join(format!("root{i}"));
+            debian_image(&root, &version, Z::None);
+            let image = open(&root);
+            let ik = cache_image_kernel(
+                &image,
+                &detect(&image).candidates[0],
+                crate::DEFAULT_MODULES,
+                &cache,
+            )
+            .unwrap();
+            let initrd = ensure_image_initramfs(&ik, &agent, &DEFAULT_CONTENTS, &cache).unwrap();
+            made.push((ik, initrd));
+        }
+        let entry_size = tree_size(&made[0].0.kernel.root);
+        let archive_size = fs::metadata(&made[0].1.path).unwrap().len();
+        let pair = entry_size + archive_size;
+        // Oldest use first: 0, then 2, 1, 3 (kernel 3 just used).
+        for (i, secs) in [(0, 400), (2, 300), (1, 200), (3, 100)] {
+            age(&made[i].0.kernel.root, secs);
+            age(&made[i].1.path, secs);
+        }
+        // Kernel 2 is held (a container is being created with it).
+        let mut made: Vec<Option<(ImageKernel, crate::Initramfs)>> =
+            made.into_iter().map(Some).collect();
+        let roots: Vec<PathBuf> = made
+            .iter()
+            .map(|m| m.as_ref().unwrap().0.kernel.root.clone())
+            .collect();
+        let archives: Vec<PathBuf> = made
+            .iter()
+            .map(|m| m.as_ref().unwrap().1.path.clone())
+            .collect();
+        for (i, m) in made.iter_mut().enumerate() {
+            if i != 2 {
+                *m = None;
+            }
+        }
+        // Room for two and a half kernels: 0 and 1 go, 2 is held, 3 is
+        // the newest.
+        let freed = enforce_budget(&cache, pair * 5 / 2, 100);
+        assert_eq!(freed.len(), 4, "{freed:?}");
+        for i in [0, 1] {
+            assert!(!roots[i].exists() && !archives[i].exists(), "{i}");
+        }
+        for i in [2, 3] {
+            assert!(roots[i].exists() && archives[i].exists(), "{i}");
+        }
+        // A budget nothing fits: only what is held stays.
+        enforce_budget(&cache, 0, 0);
+        assert!(roots[2].exists() && archives[2].exists());
+        assert!(!roots[3].exists() && !archives[3].exists());
+        // Using an entry (or archive) again makes it the most recent.
+        drop(made);
+        age(&roots[2], 1000);
+        age(&archives[2], 1000);
+        let image = open(&dir.path().join("root2"));
+        let ik = cache_image_kernel(
+            &image,
+            &detect(&image).candidates[0],
+            crate::DEFAULT_MODULES,
+            &cache,
+        )
+        .unwrap();
+        assert_eq!(ik.kernel.root, roots[2]);
+        let initrd = ensure_image_initramfs(&ik, &agent, &DEFAULT_CONTENTS, &cache).unwrap();
+        assert_eq!(initrd.path, archives[2]);
+        for p in [&roots[2], &archives[2]] {
+            let t = fs::metadata(p).unwrap().modified().unwrap();
+            let ago = SystemTime::now().duration_since(t).unwrap_or_default();
+            assert!(ago < Duration::from_secs(60), "{p:?} not touched: {ago:?}");
+        }
+    }
+
+    #[test]
+    fn the_budget_applies_when_kernels_are_cached() {
+        // A guest that renames its module directory before every restart
+        // makes a new entry each time: the real budget (in items here)
+        // removes the old ones as new ones come.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let agent = dir.path().join("agent");
+        fs::write(&agent, b"agent").unwrap();
+        for i in 0..CACHE_BUDGET_ITEMS / 2 + 3 {
+            let version = format!("6.1.0-{i}-cloud-amd64");
+            let root = dir.path().join("root");
+            let _ = fs::remove_dir_all(&root);
+            debian_image(&root, &version, Z::None);
+            let image = open(&root);
+            let ik = cache_image_kernel(
+                &image,
+                &detect(&image).candidates[0],
+                crate::DEFAULT_MODULES,
+                &cache,
+            )
+            .unwrap();
+            ensure_image_initramfs(&ik, &agent, &DEFAULT_CONTENTS, &cache).unwrap();
+        }
+        let count = |sub: &str| fs::read_dir(cache.join(sub)).unwrap().count();
+        let items = count(CACHE_SUBDIR) + count(INITRAMFS_SUBDIR);
+        assert!(items <= CACHE_BUDGET_ITEMS, "{items}");
+        assert!(items >= CACHE_BUDGET_ITEMS - 2, "{items}");
+    }
+
+    #[test]
+    fn prune_removes_what_is_not_held_or_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let agent = dir.path().join("agent");
+        fs::write(&agent, b"agent 1").unwrap();
+        let store = crate::archive::tests::fake_kernel(&dir.path().join("store"), AMD64);
+        // Store archives: an old build still held, an old one not, the newest.
+        let held_old = crate::ensure_initramfs(&store, &agent, &["virtiofs"], &cache).unwrap();
+        fs::write(&agent, b"agent 2").unwrap();
+        let old = crate::ensure_initramfs(&store, &agent, &["virtiofs"], &cache)
+            .unwrap()
+            .path;
+        age(&old, 100);
+        fs::write(&agent, b"agent 3").unwrap();
+        let newest = crate::ensure_initramfs(&store, &agent, &["virtiofs"], &cache)
+            .unwrap()
+            .path;
+        // remove_stale after the last build removed `old` already; put a
+        // copy back as a leftover of a racing build.
+        if !old.exists() {
+            fs::copy(&newest, &old).unwrap();
+            age(&old, 100);
+        }
+        // Image kernels: one held, one not.
+        let mut image_kernels = Vec::new();
+        for i in 0..2 {
+            let root = dir.path().join(format!("root{i}"));
+            debian_image(&root, &format!("6.1.0-{i}-cloud-amd64"), Z::None);
+            let image = open(&root);
+            let ik = cache_image_kernel(
+                &image,
+                &detect(&image).candidates[0],
+                crate::DEFAULT_MODULES,
+                &cache,
+            )
+            .unwrap();
+            let initrd = ensure_image_initramfs(&ik, &agent, &DEFAULT_CONTENTS, &cache).unwrap();
+            image_kernels.push((ik, initrd));
+        }
+        let (unheld_ik, unheld_initrd) = image_kernels.pop().unwrap();
+        let (unheld_root, unheld_archive) =
+            (unheld_ik.kernel.root.clone(), unheld_initrd.path.clone());
+        drop((unheld_ik, unheld_initrd));
+        // An archive of a kernel no longer in the store ("6.1.0-1" is a
+        // store version, and only a prefix of this one's).
+        let gone = cache.join("initramfs-6.1.0-1-amd64+disks-0123456789abcdef.img");
+        fs::write(&gone, b"x").unwrap();
+        let versions = [AMD64.to_owned(), "6.1.0-1".to_owned()];
+        let freed = crate::prune_cache(&cache, None);
+        let freed_paths: Vec<&PathBuf> = freed.iter().map(|(p, _)| p).collect();
+        assert_eq!(freed.len(), 3, "{freed:?}");
+        for p in [&unheld_root, &unheld_archive, &old] {
+            assert!(
+                !p.exists() && freed_paths.contains(&p),
+                "{p:?} kept: {freed:?}"
+            );
+        }
+        assert!(freed.iter().all(|(_, size)| *size > 0), "{freed:?}");
+        assert!(held_old.path.exists() && newest.exists() && gone.exists());
+        assert!(image_kernels[0].0.kernel.root.exists() && image_kernels[0].1.path.exists());
+        let freed = crate::prune_cache(&cache, Some(&versions));
+        assert_eq!(freed, [(gone.clone(), 1)]);
+        assert!(newest.exists());
+        // Nothing more to do a second time.
+        assert!(crate::prune_cache(&cache, Some(&versions)).is_empty());
+    }
+
     #[test]
     fn a_dependency_closure_too_large_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -1418,7 +2031,9 @@ mod tests {
         debian_image(&root, AMD64, Z::None);
         let mdir = root.join("lib/modules").join(AMD64);
         let mut dep = fs::read_to_string(mdir.join("modules.dep")).unwrap();
-        let extra: Vec<String> = (0..MAX_MODULES).map(|i| format!("extra/m{i}.ko")).collect();
+        let extra: Vec<String> = (0..crate::MAX_MODULES)
+            .map(|i| format!("extra/m{i}.ko"))
+            .collect();
         fs::create_dir_all(mdir.join("extra")).unwrap();
         for m in &extra {
             fs::write(mdir.join(m), b"\x7fELF").unwrap();
@@ -1439,6 +2054,66 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.0.contains("more than 256"), "{err}");
+    }
+
+    #[test]
+    fn limits_are_those_of_real_kernels() {
+        assert_eq!(MAX_VMLINUZ, 64 << 20);
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        debian_image(&root, AMD64, Z::None);
+        let mdir = root.join("lib/modules").join(AMD64);
+        let gz_zeros = |mib: u64| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let chunk = vec![0u8; 1 << 20];
+            for _ in 0..mib {
+                e.write_all(&chunk).unwrap();
+            }
+            e.finish().unwrap()
+        };
+        let dep_path = mdir.join("modules.dep");
+        let dep = fs::read_to_string(&dep_path).unwrap();
+        let try_cache = |modules: &[&str]| {
+            let text = modules.iter().fold(dep.clone(), |d, m| {
+                d.replace(&format!("{m}.ko"), &format!("{m}.ko.gz"))
+            });
+            fs::write(&dep_path, text).unwrap();
+            let image = open(&root);
+            let found = detect(&image);
+            cache_image_kernel(
+                &image,
+                &found.candidates[0],
+                crate::DEFAULT_MODULES,
+                &dir.path().join("cache"),
+            )
+        };
+        // One module of 33 MiB once decompressed.
+        fs::write(mdir.join("kernel/fs/fuse/fuse.ko.gz"), gz_zeros(33)).unwrap();
+        let err = try_cache(&["kernel/fs/fuse/fuse"]).unwrap_err();
+        assert!(
+            err.0.contains("fuse.ko.gz") && err.0.contains("more than 33554432 bytes"),
+            "{err}"
+        );
+        // Three of 30 MiB: each fits, not all of them.
+        let three = [
+            "kernel/fs/fuse/fuse",
+            "kernel/drivers/virtio/virtio",
+            "kernel/drivers/virtio/virtio_ring",
+        ];
+        for m in three {
+            fs::write(mdir.join(format!("{m}.ko.gz")), gz_zeros(30)).unwrap();
+        }
+        let err = try_cache(&three).unwrap_err();
+        assert!(
+            err.0.contains("add up to more than 67108864 bytes"),
+            "{err}"
+        );
+        assert_eq!(
+            fs::read_dir(dir.path().join("cache").join(CACHE_SUBDIR))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 
     #[test]

@@ -23,7 +23,20 @@ mod modules;
 pub use archive::{build_initramfs, build_initramfs_with, Contents, Tool};
 pub use cache::{ensure_initramfs, ensure_initramfs_with, Initramfs};
 pub use kernel::Kernel;
-pub use modules::resolve_modules;
+pub use modules::{resolve_modules, MAX_MODULES};
+
+/// `runvm kernel prune`: removes from the cache at `cache_dir` every
+/// image-kernel entry and image-kernel archive, and every store kernel's
+/// archive that is not the newest of its kernel and flavor, or (when
+/// `store_versions`, the versions of the store's kernels, is given) whose
+/// kernel version is none of those, unless a runvm process holds it; and
+/// leftovers of interrupted builds. Returns the paths removed, each with
+/// its size in bytes.
+pub fn prune_cache(cache_dir: &Path, store_versions: Option<&[String]>) -> Vec<(PathBuf, u64)> {
+    let mut freed = image::prune(cache_dir);
+    freed.extend(cache::prune_old_builds(cache_dir, store_versions));
+    freed
+}
 
 /// The modules runvm's guest needs by default: PCI transport, console
 /// (agent channel), virtiofs (root filesystem), network, block and entropy.
@@ -111,6 +124,13 @@ pub enum Error {
          run for it"
     )]
     ModuleNotFound(String),
+
+    /// The wanted modules and their dependencies are too many.
+    #[error(
+        "the kernel modules runvm needs depend on more than {limit} modules in modules.dep: \
+         refusing the kernel"
+    )]
+    TooManyModules { limit: usize },
 
     /// The guest agent binary is missing.
     #[error("guest agent {} not found: run `make install`", path.display())]

@@ -43,9 +43,10 @@ pub struct Cli {
     #[arg(short = 'v', long)]
     pub version: bool,
     /// The verb (create, start, state, kill, delete, exec, …) and its
-    /// arguments; runvm's own verbs are `check`, `boot-probe` (boot a VM
-    /// without a container and time it), `docker-register` and
-    /// `docker-unregister`.
+    /// arguments; runvm's own verbs are `check`, `kernel` (`list`, `add`,
+    /// `remove`, `prune`: the kernel store and runvm's cache of what it made
+    /// from kernels), `boot-probe` (boot a VM without a container and time
+    /// it), `docker-register` and `docker-unregister`.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
 }

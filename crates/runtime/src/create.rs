@@ -188,7 +188,7 @@ fn image_kernel(
         let ready = image::cache_image_kernel(&image, c, contents.modules, cache)
             .map_err(|e| e.to_string())
             .and_then(|ik| {
-                let initrd = ensure_initramfs_with(&ik.kernel, agent, contents, cache)
+                let initrd = image::ensure_image_initramfs(&ik, agent, contents, cache)
                     .map_err(|e| e.chain().to_string())?;
                 Ok((ik, initrd))
             });

@@ -1,6 +1,8 @@
-//! `runvm kernel list|add|remove`: the kernel store, where `RUNVM_KERNEL`
-//! picks kernels by name (`/var/lib/runvm/kernel/<name>/boot/vmlinuz-<v>`
-//! with `lib/modules/<v>`).
+//! `runvm kernel list|add|remove|prune`: the kernel store, where
+//! `RUNVM_KERNEL` picks kernels by name
+//! (`/var/lib/runvm/kernel/<name>/boot/vmlinuz-<v>` with `lib/modules/<v>`),
+//! and the cache of what runvm made from kernels (`/var/lib/runvm/cache`:
+//! initramfs archives, and the copies of kernels shipped in images).
 //!
 //! Only the administrator runs these (root on the host): the paths given to
 //! `add` are trusted. A name is a plain file name, as `RUNVM_KERNEL` takes
@@ -17,13 +19,14 @@ use runvm_initramfs::Kernel;
 
 use crate::error::{Result, RuntimeError};
 
-const USAGE: &str = "usage: runvm kernel list | runvm kernel add NAME VMLINUZ [MODULES_DIR] | runvm kernel add NAME --package DEBIAN_PACKAGE | runvm kernel remove NAME";
+const USAGE: &str = "usage: runvm kernel list | runvm kernel add NAME VMLINUZ [MODULES_DIR] | runvm kernel add NAME --package DEBIAN_PACKAGE | runvm kernel remove NAME | runvm kernel prune";
 
-/// Runs `runvm kernel ARGS` against the store `store`.
-pub fn run(store: &Path, args: &[String]) -> Result<i32> {
+/// Runs `runvm kernel ARGS` against the store `store` and the cache `cache`.
+pub fn run(store: &Path, cache: &Path, args: &[String]) -> Result<i32> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         ["list"] => list(store),
+        ["prune"] => prune(store, cache),
         ["add", name, "--package", package] => add_package(store, name, package),
         ["add", name, vmlinuz] => add_files(store, name, Path::new(vmlinuz), None),
         ["add", name, vmlinuz, modules] => {
@@ -116,6 +119,38 @@ fn remove(store: &Path, name: &str) -> Result<i32> {
     })?;
     println!("removed kernel {} ({})", dir_name_of(&k.root), k.version);
     Ok(0)
+}
+
+/// `prune`: removes from the cache what no container is being created
+/// with and no next start needs as it is, also the archives of kernels no
+/// longer in the store (see
+/// [`runvm_initramfs::prune_cache`]), printing each path and what it freed.
+/// A running container keeps what it booted: its mounts pin the files.
+fn prune(store: &Path, cache: &Path) -> Result<i32> {
+    let versions: Vec<String> = Kernel::all_in_store(store)?
+        .into_iter()
+        .map(|k| k.version)
+        .collect();
+    let freed = runvm_initramfs::prune_cache(cache, Some(&versions));
+    for (path, bytes) in &freed {
+        println!("removed {} ({})", path.display(), human(*bytes));
+    }
+    let total: u64 = freed.iter().map(|(_, b)| b).sum();
+    if freed.is_empty() {
+        println!("nothing to prune in {}", cache.display());
+    } else {
+        println!("freed {} in {} item(s)", human(total), freed.len());
+    }
+    Ok(0)
+}
+
+/// `bytes` in KiB or MiB, one decimal.
+fn human(bytes: u64) -> String {
+    if bytes >= 1 << 20 {
+        format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+    } else {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    }
 }
 
 /// Where a new kernel goes, refusing a name the store has.
@@ -357,6 +392,38 @@ mod tests {
         assert_eq!(remove(s, "test").unwrap(), 0);
         assert!(Kernel::from_store(s, "test").is_err());
         assert!(remove(s, "test").is_err());
+    }
+
+    #[test]
+    fn prune_runs_on_an_empty_or_missing_cache() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = cache.path().join("kernel");
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(run(&store, cache.path(), &args(&["prune"])).unwrap(), 0);
+        assert_eq!(
+            run(&store, &cache.path().join("none"), &args(&["prune"])).unwrap(),
+            0
+        );
+        // The store has 6.1.0-9; an archive of an older build than another
+        // of that kernel, and one of a kernel not in the store.
+        let vmlinuz = cache.path().join("vmlinuz-6.1.0-9");
+        fs::write(&vmlinuz, b"not really a kernel").unwrap();
+        add_files(&store, "k", &vmlinuz, None).unwrap();
+        let removed = cache.path().join("initramfs-6.1.0-8-0123456789abcdef.img");
+        fs::write(&removed, b"x").unwrap();
+        let name = |key: &str| cache.path().join(format!("initramfs-6.1.0-9-{key}.img"));
+        fs::write(name("0123456789abcdef"), vec![0u8; 3 << 20]).unwrap();
+        let old = fs::File::open(name("0123456789abcdef")).unwrap();
+        old.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(60))
+            .unwrap();
+        fs::write(name("fedcba9876543210"), b"x").unwrap();
+        assert_eq!(run(&store, cache.path(), &args(&["prune"])).unwrap(), 0);
+        assert!(!name("0123456789abcdef").exists());
+        assert!(name("fedcba9876543210").exists());
+        assert!(!removed.exists());
+        assert!(run(&store, cache.path(), &args(&["prune", "x"])).is_err());
+        assert_eq!(human(3 << 20), "3.0 MiB");
+        assert_eq!(human(1536), "1.5 KiB");
     }
 
     #[test]

@@ -100,7 +100,10 @@ fn run(cli: &Cli) -> Result<i32> {
             "{verb} is not supported: a runvm container's state lives in its VM, which runc's CRIU checkpointing cannot capture; stop and start the container instead"
         ))),
         "check" => check(),
-        "kernel" => kernel_store::run(&host::Install::locate().kernels_dir(), args),
+        "kernel" => {
+            let install = host::Install::locate();
+            kernel_store::run(&install.kernels_dir(), &install.cache_dir(), args)
+        }
         "boot-probe" => probe::boot_probe(cli.debug),
         "docker-register" => docker_edit(args, true),
         "docker-unregister" => docker_edit(args, false),
