@@ -351,18 +351,29 @@ pub fn is_stop_signal(signal: i32) -> bool {
     .contains(&signal)
 }
 
-/// After a stop signal, the disks are synced every half second until the
-/// VM ends: `docker stop` kills a workload that does not exit in time,
-/// and with it the VM, whose page cache dies with it (under runc the host
-/// keeps the writes). A virtiofs root needs none of this: its writes are
-/// the host's at once.
+/// How long after a stop signal the disks are flushed: past any usual
+/// `docker stop` timeout; after it the kernel's own writeback (30 s) is
+/// what a workload that handled the signal and kept running gets.
+const FLUSH_FOR: Duration = Duration::from_secs(120);
+
+/// After a stop signal, the disks are synced every half second (for
+/// [`FLUSH_FOR`] after the latest such signal): `docker stop` kills a
+/// workload that does not exit in time, and with it the VM, whose page
+/// cache dies with it (under runc the host keeps the writes). A virtiofs
+/// root needs none of this: its writes are the host's at once.
 pub fn flush_from_now_on() {
-    static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    static UNTIL: Mutex<Option<Instant>> = Mutex::new(None);
     let any = {
         let m = MOUNTED.lock().unwrap_or_else(|e| e.into_inner());
         !m.0.is_empty() || m.1
     };
-    if !any || STARTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+    if !any {
+        return;
+    }
+    let mut until = UNTIL.lock().unwrap_or_else(|e| e.into_inner());
+    let running = until.is_some_and(|u| Instant::now() < u);
+    *until = Some(Instant::now() + FLUSH_FOR);
+    if running {
         return;
     }
     let _ = std::thread::Builder::new()
@@ -370,6 +381,11 @@ pub fn flush_from_now_on() {
         .spawn(|| loop {
             nix::unistd::sync();
             std::thread::sleep(Duration::from_millis(500));
+            let mut until = UNTIL.lock().unwrap_or_else(|e| e.into_inner());
+            if until.is_some_and(|u| Instant::now() >= u) {
+                *until = None;
+                return;
+            }
         });
 }
 

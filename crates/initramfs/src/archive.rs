@@ -160,8 +160,14 @@ pub fn build_initramfs_with(
     file.set_permissions(fs::Permissions::from_mode(0o644))
         .map_err(write_err)?;
     file.sync_all().map_err(write_err)?;
-    tmp.persist(out)
-        .map_err(|e| Error::io("rename initramfs into place at", out, e.error))?;
+    // Never over an existing archive: one that a container holds must not
+    // be replaced by an unheld copy that a pruner could then remove. The
+    // name says the contents (its key), so an existing one is as good.
+    match tmp.persist_noclobber(out) {
+        Ok(_) => {}
+        Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(Error::io("rename initramfs into place at", out, e.error)),
+    }
     // Make the rename durable; failure here only risks losing a cache entry.
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();

@@ -222,8 +222,19 @@ pub(crate) fn remove_unless_held(path: &Path) -> bool {
         return false;
     };
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(_held) => fs::remove_file(path).is_ok(),
-        Err(_) => false,
+        // What is at `path` now must be what was locked: another pruner
+        // may have removed it meanwhile and a builder put a new one there.
+        Ok(held) if same_file(&held, path) => fs::remove_file(path).is_ok(),
+        _ => false,
+    }
+}
+
+/// Whether `path` (not followed) is the file `file` has open.
+pub(crate) fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 

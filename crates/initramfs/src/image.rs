@@ -45,7 +45,7 @@ use crate::Kernel;
 /// 8 to 15 MiB).
 pub const MAX_VMLINUZ: u64 = 64 << 20;
 /// The largest `modules.dep` or `modules.builtin` read.
-pub const MAX_INDEX: u64 = 16 << 20;
+pub const MAX_INDEX: u64 = 4 << 20;
 /// The largest module, compressed or not (the modules runvm needs are at
 /// most a few MiB; ext4 and xfs are the largest).
 pub const MAX_MODULE: u64 = 32 << 20;
@@ -551,8 +551,10 @@ pub fn cache_image_kernel(
                 return Err(cache_err("rename into place", &entry, e));
             }
         }
+        // The budget is enforced once this entry is held (by
+        // `ensure_image_initramfs`): enforced here, it could remove the
+        // entry just made before its lock is taken.
         remove_stale(&dir, &candidate.version, &gathered.key);
-        enforce_budget(cache_dir, CACHE_BUDGET_BYTES, CACHE_BUDGET_ITEMS);
     }
     Err(unusable(format!(
         "{} was removed again after each copy",
@@ -783,9 +785,14 @@ fn remove_unless_held(path: &Path) -> bool {
     let Ok(file) = File::open(path) else {
         return false;
     };
-    let Ok(_held) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+    let Ok(held) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
         return false;
     };
+    // What is at `path` now must be what was locked: another pruner may
+    // have removed it meanwhile and a builder put a new one there.
+    if !crate::cache::same_file(&held, path) {
+        return false;
+    }
     let Some(parent) = path.parent() else {
         return false;
     };

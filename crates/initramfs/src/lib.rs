@@ -132,6 +132,10 @@ pub enum Error {
     )]
     TooManyModules { limit: usize },
 
+    /// `modules.dep` lists more modules than any real kernel has.
+    #[error("the kernel's modules.dep lists more than {limit} modules, more than any real kernel: regenerate it with depmod")]
+    IndexTooLarge { limit: usize },
+
     /// The guest agent binary is missing.
     #[error("guest agent {} not found: run `make install`", path.display())]
     AgentMissing {

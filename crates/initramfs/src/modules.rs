@@ -8,6 +8,10 @@ use crate::Error;
 /// default set needs about 15, with the disk modules about 20).
 pub const MAX_MODULES: usize = 256;
 
+/// The most modules a `modules.dep` may list (a distribution's full
+/// kernel has some 6,000).
+pub const MAX_INDEX_LINES: usize = 16384;
+
 /// Suffixes of module files, longest first.
 const MODULE_SUFFIXES: &[&str] = &[".ko.xz", ".ko.zst", ".ko.gz", ".ko"];
 
@@ -42,7 +46,9 @@ pub fn resolve_modules(
     modules_builtin: Option<&str>,
     wanted: &[&str],
 ) -> Result<Vec<String>, Error> {
-    // path -> its dependency paths, and module name -> path.
+    // path -> its dependency paths, and module name -> path. The index
+    // may come from a hostile image: its size in lines and in
+    // dependencies per module is bounded, so the maps stay small.
     let mut deps: HashMap<&str, Vec<&str>> = HashMap::new();
     let mut by_name: HashMap<String, &str> = HashMap::new();
     for line in modules_dep.lines() {
@@ -53,17 +59,32 @@ pub fn resolve_modules(
         let Some((path, rest)) = line.split_once(':') else {
             continue;
         };
+        if deps.len() >= MAX_INDEX_LINES {
+            return Err(Error::IndexTooLarge {
+                limit: MAX_INDEX_LINES,
+            });
+        }
         let path = path.trim();
-        deps.insert(path, rest.split_whitespace().collect());
+        let mut line_deps: Vec<&str> = Vec::new();
+        for d in rest.split_whitespace() {
+            if !line_deps.contains(&d) {
+                if line_deps.len() >= MAX_MODULES {
+                    return Err(Error::TooManyModules { limit: MAX_MODULES });
+                }
+                line_deps.push(d);
+            }
+        }
+        deps.insert(path, line_deps);
         by_name.entry(module_name(path)).or_insert(path);
     }
-    let builtin: HashSet<String> = modules_builtin
-        .unwrap_or_default()
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(module_name)
-        .collect();
+    // Looked up by scanning, for the few wanted modules that modules.dep
+    // lacks, rather than collected.
+    let is_builtin = |name: &str| {
+        modules_builtin.unwrap_or_default().lines().any(|l| {
+            let l = l.trim();
+            !l.is_empty() && module_name(l) == name
+        })
+    };
 
     let mut order = Vec::new();
     let mut done: HashSet<&str> = HashSet::new();
@@ -71,7 +92,7 @@ pub fn resolve_modules(
         let name = normalize(name.trim());
         match by_name.get(&name) {
             Some(path) => visit(path, &deps, &mut done, &mut order)?,
-            None if builtin.contains(&name) => {}
+            None if is_builtin(&name) => {}
             None => return Err(Error::ModuleNotFound(name)),
         }
     }
@@ -238,13 +259,28 @@ kernel/drivers/char/hw_random/rng-core.ko
 
     #[test]
     fn a_deep_or_wide_closure_is_refused_without_recursion() {
-        // 300,000 modules in one chain: a recursive walk overflows the stack.
-        let mut dep = String::new();
-        for i in 0..300_000 {
-            dep.push_str(&format!("kernel/m{i}.ko: kernel/m{}.ko\n", i + 1));
-        }
-        dep.push_str("kernel/m300000.ko:\n");
-        let err = resolve_modules(&dep, None, &["m0"]).unwrap_err();
+        // 300,000 modules in one chain: a recursive walk overflows the
+        // stack; the index is refused before any walk, for its size.
+        let chain = |n: usize| {
+            let mut dep = String::new();
+            for i in 0..n {
+                dep.push_str(&format!("kernel/m{i}.ko: kernel/m{}.ko\n", i + 1));
+            }
+            dep.push_str(&format!("kernel/m{n}.ko:\n"));
+            dep
+        };
+        let err = resolve_modules(&chain(300_000), None, &["m0"]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::IndexTooLarge {
+                    limit: MAX_INDEX_LINES
+                }
+            ),
+            "{err}"
+        );
+        // The longest chain an index may hold stops at the module limit.
+        let err = resolve_modules(&chain(MAX_INDEX_LINES - 1), None, &["m0"]).unwrap_err();
         assert!(
             matches!(err, Error::TooManyModules { limit: MAX_MODULES }),
             "{err}"

@@ -396,8 +396,7 @@ fn lock_bind_format(
         }
     }
     let st = nix::sys::stat::fstat(file.as_raw_fd()).map_err(|e| io_err("inspect", d)(e.into()))?;
-    // Never written: all holes (blocks counted in 512-byte units).
-    let unwritten = st.st_blocks == 0 && st.st_size > 0;
+    let unwritten = st.st_size > 0 && st.st_blocks == 0 && holds_no_data(&file, st.st_size);
     let slot = VmDisk::slot(n);
     // The slot is an empty file the runtime made in runvm's root.
     let slot_c = CString::new(slot.as_str()).expect("no NUL in a slot path");
@@ -408,6 +407,27 @@ fn lock_bind_format(
         mkfs(d, &slot)?;
     }
     Ok(file)
+}
+
+/// Whether `file` was never written, as `truncate -s` leaves it: no data
+/// extent (`SEEK_DATA` finds none; a file system that cannot tell says
+/// everything is data), and its first 64 KiB and last 4 KiB read as
+/// zeros. Only such a file is formatted although it exists: one that
+/// merely reports no blocks (some FUSE file systems) keeps its data.
+fn holds_no_data(file: &File, size: i64) -> bool {
+    use std::os::unix::fs::FileExt;
+    match nix::unistd::lseek(file.as_raw_fd(), 0, nix::unistd::Whence::SeekData) {
+        Err(nix::Error::ENXIO) => {}
+        _ => return false,
+    }
+    let size = size as u64;
+    let zeros = |offset: u64, len: u64| {
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, offset).is_ok() && buf.iter().all(|b| *b == 0)
+    };
+    let head = size.min(64 << 10);
+    let tail = size.min(4 << 10);
+    zeros(0, head) && zeros(size - tail, tail)
 }
 
 /// Formats the file at `slot` (a path in runvm's root) with the host's
