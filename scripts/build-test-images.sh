@@ -99,3 +99,25 @@ if ! have_recipe "$IMAGE" "$recipe"; then
     cp -a "$tmp/pkg/lib/modules/$kver" "$tmp/kernel/lib/modules/"
     import "$tmp/kernel" "$IMAGE" "$recipe" "io.runvm.kernel=$kver"
 fi
+
+# A Debian bookworm system with systemd as its init, made by mmdebstrap
+# from Debian's packages (no registry): what the system-workload tests
+# boot. STOPSIGNAL SIGRTMIN+3, as systemd images declare it.
+IMAGE=runvm-test/debian-systemd
+systemd_root() {
+    mmdebstrap --quiet --variant=apt \
+        --include=systemd-sysv,dbus,iproute2,procps,kmod,e2fsprogs bookworm "$1"
+}
+recipe=$(declare -f systemd_root | sha256sum | cut -c1-16)
+if ! have_recipe "$IMAGE" "$recipe"; then
+    apt_install mmdebstrap
+    say "building image $IMAGE with mmdebstrap (recipe $recipe)"
+    systemd_root "$tmp/systemd.tar"
+    docker import -c 'CMD ["/sbin/init"]' "$tmp/systemd.tar" "$IMAGE:base" >/dev/null
+    # (docker build's stderr holds a notice about BuildKit: shown only if
+    # the build fails.)
+    printf 'FROM %s\nLABEL io.runvm.recipe=%s\nSTOPSIGNAL SIGRTMIN+3\n' "$IMAGE:base" "$recipe" |
+        docker build -q -t "$IMAGE" - >/dev/null 2>"$tmp/build.err" ||
+        { cat "$tmp/build.err" >&2; die "cannot build $IMAGE"; }
+    docker rmi "$IMAGE:base" >/dev/null
+fi

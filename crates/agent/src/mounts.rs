@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, MsFlags};
 
 use crate::error::{AgentError, Result};
-use runvm_protocol::GuestMount;
+use runvm_protocol::{CgroupFs, GuestMount};
 
 /// Mounts a filesystem, creating the mount point if needed.
 pub fn mount_fs(
@@ -73,8 +73,9 @@ pub fn mount_kernel_modules(tag: &str, version: &str) {
 }
 
 /// Mounts what a container has besides its root: kernel filesystems, the
-/// device tree, and the tmpfs mounts the container asked for.
-pub fn mount_container_filesystems(extra: &[GuestMount]) -> Result<()> {
+/// device tree, the cgroup file systems `cgroupfs` asks for, and the tmpfs
+/// mounts the container asked for.
+pub fn mount_container_filesystems(extra: &[GuestMount], cgroupfs: CgroupFs) -> Result<()> {
     let hard = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
     mount_fs("proc", "/proc", "proc", hard, None)?;
     mount_fs("sysfs", "/sys", "sysfs", hard, None)?;
@@ -93,8 +94,7 @@ pub fn mount_container_filesystems(extra: &[GuestMount]) -> Result<()> {
         Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
     )?;
     mount_fs("mqueue", "/dev/mqueue", "mqueue", hard, None)?;
-    // The unified cgroup hierarchy; a kernel without it just lacks the mount.
-    let _ = mount_fs("cgroup2", "/sys/fs/cgroup", "cgroup2", hard, None);
+    mount_cgroups(cgroupfs, hard);
     for (link, target) in [
         ("/dev/fd", "/proc/self/fd"),
         ("/dev/stdin", "/proc/self/fd/0"),
@@ -122,6 +122,84 @@ pub fn mount_container_filesystems(extra: &[GuestMount]) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Mounts the cgroup file systems (`RUNVM_CGROUPFS`). Best-effort: a
+/// controller or hierarchy the kernel lacks is just not there.
+fn mount_cgroups(cgroupfs: CgroupFs, flags: MsFlags) {
+    const ROOT: &str = "/sys/fs/cgroup";
+    let v1 = || {
+        let _ = mount_fs("cgroup", ROOT, "tmpfs", flags, Some("mode=755"));
+        for controllers in v1_controllers() {
+            let dir = format!("{ROOT}/{}", controllers.join(","));
+            let _ = mount_fs(
+                "cgroup",
+                &dir,
+                "cgroup",
+                flags,
+                Some(&controllers.join(",")),
+            );
+            // As systemd lays them out: cpu -> cpu,cpuacct and so on.
+            if controllers.len() > 1 {
+                for c in &controllers {
+                    let _ = symlink(controllers.join(","), format!("{ROOT}/{c}"));
+                }
+            }
+        }
+    };
+    match cgroupfs {
+        CgroupFs::None => {}
+        CgroupFs::V2 => {
+            let _ = mount_fs("cgroup2", ROOT, "cgroup2", flags, None);
+        }
+        CgroupFs::V1 => v1(),
+        CgroupFs::Hybrid => {
+            v1();
+            let _ = mount_fs(
+                "cgroup2",
+                &format!("{ROOT}/unified"),
+                "cgroup2",
+                flags,
+                None,
+            );
+        }
+    }
+    if matches!(cgroupfs, CgroupFs::V1 | CgroupFs::Hybrid) {
+        // Read-only once laid out, as systemd leaves its tmpfs.
+        let _ = mount(
+            None::<&str>,
+            ROOT,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | flags,
+            Some("mode=755"),
+        );
+    }
+}
+
+/// The kernel's enabled v1 controllers (`/proc/cgroups`), those systemd
+/// mounts together grouped.
+fn v1_controllers() -> Vec<Vec<String>> {
+    let text = fs::read_to_string("/proc/cgroups").unwrap_or_default();
+    let enabled: Vec<String> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 4 && f[3] == "1").then(|| f[0].to_owned())
+        })
+        .collect();
+    let mut out: Vec<Vec<String>> = Vec::new();
+    for pair in [["cpu", "cpuacct"], ["net_cls", "net_prio"]] {
+        if pair.iter().all(|c| enabled.iter().any(|e| e == c)) {
+            out.push(pair.iter().map(|c| c.to_string()).collect());
+        }
+    }
+    for c in &enabled {
+        if !out.iter().any(|g| g.contains(c)) {
+            out.push(vec![c.clone()]);
+        }
+    }
+    out
 }
 
 /// Mounts one filesystem described with OCI mount options.

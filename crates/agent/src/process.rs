@@ -110,6 +110,41 @@ impl ContainerNamespaces {
 pub struct Started {
     pub stdio: ParentStdio,
     pub namespaces: Option<ContainerNamespaces>,
+    /// The init's console (see [`Console`]), to drop once the init has
+    /// exited: its relay then ends.
+    pub console: Option<Console>,
+}
+
+/// The `/dev/console` of a container without a terminal: a pty whose
+/// output a thread copies into the init's stdout, as `docker logs` shows
+/// a runc container's console. The agent keeps the replica open while the
+/// init lives, so the console never hangs up while the workload may still
+/// open it.
+pub struct Console {
+    _replica: OwnedFd,
+}
+
+/// Opens the console pty (raw: no `\r` is added to `docker logs`) and
+/// starts copying its output into `stdout` (a duplicate of the init's
+/// stdout pipe). Returns the replica, to bind at `/dev/console`, and the
+/// [`Console`] that keeps it open.
+fn open_console(stdout: &OwnedFd) -> io::Result<(OwnedFd, Console)> {
+    use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+    let (master, replica) = open_pty()?;
+    let mut t = tcgetattr(&replica)?;
+    cfmakeraw(&mut t);
+    tcsetattr(&replica, SetArg::TCSANOW, &t)?;
+    let out = stdout.try_clone()?;
+    let holder = replica.try_clone()?;
+    std::thread::Builder::new()
+        .name("console".into())
+        .spawn(move || {
+            let mut master = std::fs::File::from(master);
+            let mut out = std::fs::File::from(out);
+            // Ends with EIO once the last replica is closed.
+            let _ = io::copy(&mut master, &mut out);
+        })?;
+    Ok((replica, Console { _replica: holder }))
 }
 
 fn stat_in_root(p: &Path) -> io::Result<FileInfo> {
@@ -179,6 +214,12 @@ struct ChildSetup {
     masked_paths: Vec<CString>,
     dev_null: CString,
     tmpfs: CString,
+    /// The init's console, bound at `/dev/console`: the terminal (as runc
+    /// binds it there), or a pty whose output goes to stdout (see
+    /// [`Console`]). What the init writes to the console (systemd's boot
+    /// messages) goes to `docker logs`, not to the VM's serial port.
+    console_src: Option<CString>,
+    console_dst: CString,
     seccomp: Option<Seccomp>,
 }
 
@@ -366,6 +407,10 @@ impl ChildSetup {
                 Some(&self.proc_type),
                 MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
             )?;
+            if let Some(src) = &self.console_src {
+                // Best-effort: a container without /dev/console keeps none.
+                let _ = mount_at(Some(src), &self.console_dst, None, MsFlags::MS_BIND);
+            }
             // The container's read-only kernel filesystems, then its
             // read-only and masked paths, in runc's order. They live in
             // this mount namespace, which every exec joins.
@@ -446,6 +491,26 @@ impl ChildSetup {
         // Only reached when execve failed.
         Err(io::Error::last_os_error())
     }
+}
+
+/// Whether `spec`'s program (looked up as for starting it, in the
+/// container's root) is systemd: `/sbin/init`, `/lib/systemd/systemd`, or
+/// any link to a file named `systemd`.
+pub fn runs_systemd(spec: &ProcessSpec) -> bool {
+    let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
+    let Some(program) = spec.args.first() else {
+        return false;
+    };
+    let Ok(found) = look_path(
+        program,
+        path_of_env(&spec.env),
+        Path::new(cwd),
+        stat_in_root,
+    ) else {
+        return false;
+    };
+    let found = Path::new(cwd).join(found);
+    std::fs::canonicalize(found).is_ok_and(|p| p.file_name().is_some_and(|n| n == "systemd"))
 }
 
 /// The home directory of `uid` in the container's /etc/passwd, or "/".
@@ -594,6 +659,9 @@ pub fn start(
         masked_paths,
         dev_null: c"/dev/null".to_owned(),
         tmpfs: c"tmpfs".to_owned(),
+        // Set below, once the console's descriptor is known.
+        console_src: None,
+        console_dst: c"/dev/console".to_owned(),
         seccomp,
     };
 
@@ -604,6 +672,7 @@ pub fn start(
     // `ChildSetup::apply`) runs the program.
     let mut cmd = Command::new(&resolved);
     cmd.arg0(program).env_clear();
+    let mut console = None;
     let parent = if spec.terminal {
         let (master, slave) = open_pty().map_err(|e| io_err("cannot open a pseudo-terminal", e))?;
         if let Some((rows, cols)) = spec.console_size {
@@ -615,12 +684,21 @@ pub fn start(
         cmd.stdout(Stdio::from(
             slave.try_clone().map_err(|e| io_err("dup", e))?,
         ));
+        if new_container {
+            setup.console_src = Some(pts_path(&slave).map_err(|e| io_err("console", e))?);
+        }
         cmd.stderr(Stdio::from(slave));
         ParentStdio::Pty { master }
     } else {
         let (in_r, in_w) = pipe()?;
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
+        if new_container {
+            let (replica, holder) =
+                open_console(&out_w).map_err(|e| io_err("cannot open a console", e))?;
+            setup.console_src = Some(pts_path(&replica).map_err(|e| io_err("console", e))?);
+            console = Some(holder);
+        }
         cmd.stdin(Stdio::from(in_r));
         cmd.stdout(Stdio::from(out_w));
         cmd.stderr(Stdio::from(err_w));
@@ -679,6 +757,7 @@ pub fn start(
         Started {
             stdio: parent,
             namespaces,
+            console,
         },
     ))
 }
@@ -713,6 +792,15 @@ fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
     // close-on-exec too (F_DUPFD_CLOEXEC), and the original is closed here.
     let master = master.as_fd().try_clone_to_owned()?;
     Ok((master, OwnedFd::from(slave)))
+}
+
+/// The `/dev/pts/<n>` path of a pty replica. The child binds the path,
+/// which names the same node in its copy of the mount namespace (a bind
+/// from a descriptor would name a mount of the agent's namespace, which
+/// mount(2) refuses).
+fn pts_path(replica: &OwnedFd) -> io::Result<CString> {
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", replica.as_raw_fd()))?;
+    cstring(&path.to_string_lossy())
 }
 
 /// Sets the window size of a pty master.

@@ -18,6 +18,7 @@ use crate::reaper::Reaper;
 use crate::{disks, dns, early, mounts, network};
 use nix::mount::MsFlags;
 use runvm_protocol::session::{read_frame, write_frame, FdStream, Mode, Mux, MuxStream};
+use runvm_protocol::CgroupFs;
 use runvm_protocol::{
     ContainerSpec, GuestMessage, GuestNetwork, HostMessage, NetworkUpdated, StreamHeader,
 };
@@ -131,6 +132,10 @@ struct Agent {
     /// The container's network as last configured; `None` until the
     /// container is set up. Held during an update, so updates take turns.
     network: tokio::sync::Mutex<Option<GuestNetwork>>,
+    /// The container's init is systemd: `docker stop`'s SIGTERM (which
+    /// systemd takes as "re-execute") becomes SIGRTMIN+4 (power off), and
+    /// its power-off (SIGINT from reboot(2) in its PID namespace) exits 0.
+    init_is_systemd: std::sync::atomic::AtomicBool,
 }
 
 /// Runs until the container has ended and the host has acknowledged it.
@@ -155,6 +160,7 @@ pub async fn serve() -> Result<()> {
         confinement: std::sync::OnceLock::new(),
         shutdown: Notify::new(),
         network: tokio::sync::Mutex::new(None),
+        init_is_systemd: std::sync::atomic::AtomicBool::new(false),
     });
     let shutdown = agent.shutdown.notified();
     tokio::pin!(shutdown);
@@ -212,7 +218,10 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
                 *started = true;
             }
             let prepared = prepare_container(&agent.reaper, spec, &start.network).await;
-            if prepared.is_ok() {
+            if let Ok(systemd) = prepared {
+                agent
+                    .init_is_systemd
+                    .store(systemd, std::sync::atomic::Ordering::SeqCst);
                 *agent.network.lock().await = Some(start.network.clone());
                 if start.network.dns_relay {
                     if let Some(host) = agent.streams.take(0, Kind::Dns).await {
@@ -303,6 +312,7 @@ where
         }
     };
     let stdio = started.stdio;
+    let console = started.console;
     if join.is_none() {
         agent.container.send_replace(match started.namespaces {
             Some(ns) => Container::Running(Arc::new(ns)),
@@ -362,10 +372,18 @@ where
     let _ = send(wr, &GuestMessage::Started { pid }).await;
 
     let master_raw = pty_master.as_ref().map(|m| m.as_raw_fd());
+    let systemd = agent
+        .init_is_systemd
+        .load(std::sync::atomic::Ordering::SeqCst);
     let commands = async {
         loop {
             match read_frame::<_, HostMessage>(rd).await {
                 Ok(HostMessage::Signal { signal }) => {
+                    let signal = if join.is_none() && systemd && signal == libc::SIGTERM {
+                        libc::SIGRTMIN() + 4
+                    } else {
+                        signal
+                    };
                     agent.reaper.signal(pid, signal);
                     if join.is_none() && disks::is_stop_signal(signal) {
                         disks::flush_from_now_on();
@@ -394,6 +412,16 @@ where
         s = exit_rx => s.unwrap_or(ExitCode::VmFailure.code()),
         _ = commands => unreachable!("the command loop never ends"),
     };
+    // systemd powered off or halted: reboot(2) in a PID namespace ends its
+    // init with SIGINT. That is a clean end (exit 0, as runq reports it);
+    // a reboot (SIGHUP, 129) stays a failure, for restart policies.
+    let status = if join.is_none() && systemd && status == ExitCode::Signaled(libc::SIGINT).code() {
+        0
+    } else {
+        status
+    };
+    // The console's relay ends once no one holds its replica.
+    drop(console);
     for o in outputs {
         let _ = o.await;
     }
@@ -415,11 +443,12 @@ async fn wait_for_shutdown<R: tokio::io::AsyncRead + Unpin>(rd: &mut R) {
 }
 
 /// The root, mounts, hostname and network of the container.
+/// Returns whether the container's init is systemd.
 async fn prepare_container(
     reaper: &Reaper,
     spec: &ContainerSpec,
     net: &GuestNetwork,
-) -> Result<()> {
+) -> Result<bool> {
     // A `--read-only` root is read-only on the host side (the supervisor's
     // /rootfs mount), where virtiofsd enforces it. Mounting the share
     // read-only here would also make every volume read-only: the guest
@@ -443,7 +472,15 @@ async fn prepare_container(
     .await?;
     disks::mount_all(reaper, &spec.disks, &root).await?;
     mounts::switch_to_root(&root)?;
-    mounts::mount_container_filesystems(&spec.mounts)?;
+    // systemd mounts its cgroups itself; others get the unified hierarchy
+    // (dockerd without systemd needs one), unless RUNVM_CGROUPFS says.
+    let systemd = process::runs_systemd(&spec.process);
+    let cgroupfs = spec.cgroupfs.unwrap_or(if systemd {
+        CgroupFs::None
+    } else {
+        CgroupFs::V2
+    });
+    mounts::mount_container_filesystems(&spec.mounts, cgroupfs)?;
     disks::link_raw(&spec.disks)?;
     if let Some(version) = &spec.kernel_modules {
         mounts::mount_kernel_modules(MODULES_TAG, version);
@@ -452,7 +489,7 @@ async fn prepare_container(
         nix::unistd::sethostname(h).map_err(|e| AgentError::sys("set the hostname", e))?;
     }
     network::configure(&net.interfaces, &net.routes).await?;
-    Ok(())
+    Ok(systemd)
 }
 
 /// One network change (see [`StreamHeader::Network`]): configures the

@@ -34,6 +34,8 @@ pub struct VmOptions {
     /// The container's disks (`RUNVM_ROOTDISK` first, then `RUNVM_DISKS`),
     /// checked by [`crate::disks`].
     pub disks: Vec<runvm_contract::VmDisk>,
+    /// `RUNVM_CGROUPFS`; `None`: chosen by the entrypoint.
+    pub cgroupfs: Option<runvm_protocol::CgroupFs>,
 }
 
 /// A `RUNVM_*` variable with a value runvm cannot use.
@@ -156,6 +158,23 @@ impl VmOptions {
             }
             disks.extend(more);
         }
+        let cgroupfs = match get("RUNVM_CGROUPFS").as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(v) => Some(match v {
+                "none" | "systemd" => runvm_protocol::CgroupFs::None,
+                "1" | "cgroup1" => runvm_protocol::CgroupFs::V1,
+                "2" | "cgroup2" => runvm_protocol::CgroupFs::V2,
+                "hybrid" | "mixed" => runvm_protocol::CgroupFs::Hybrid,
+                _ => {
+                    return Err(OptionError {
+                        name: "RUNVM_CGROUPFS",
+                        value: v.to_owned(),
+                        expected: "use none, 1, 2 or hybrid (unset: none for systemd, 2 otherwise)"
+                            .into(),
+                    })
+                }
+            }),
+        };
         Ok(Self {
             accel,
             kernel,
@@ -164,6 +183,7 @@ impl VmOptions {
             debug,
             kernel_append,
             disks,
+            cgroupfs,
         })
     }
 }
@@ -290,6 +310,17 @@ mod tests {
             VmOptions::from_env(&env(&["RUNVM_KERNEL=6.1.0-56-cloud-amd64"]), |_| None).unwrap();
         assert_eq!(o.kernel.as_deref(), Some("6.1.0-56-cloud-amd64"));
         assert!(VmOptions::from_env(&env(&["RUNVM_DEBUG=yes"]), |_| None).is_err());
+        for (v, want) in [
+            ("none", runvm_protocol::CgroupFs::None),
+            ("1", runvm_protocol::CgroupFs::V1),
+            ("cgroup2", runvm_protocol::CgroupFs::V2),
+            ("hybrid", runvm_protocol::CgroupFs::Hybrid),
+        ] {
+            let o = VmOptions::from_env(&env(&[&format!("RUNVM_CGROUPFS={v}")]), |_| None).unwrap();
+            assert_eq!(o.cgroupfs, Some(want), "{v}");
+        }
+        let e = VmOptions::from_env(&env(&["RUNVM_CGROUPFS=3"]), |_| None).unwrap_err();
+        assert!(e.to_string().contains("none, 1, 2 or hybrid"), "{e}");
     }
 
     #[test]

@@ -389,6 +389,7 @@ pub fn rewrite_config(
             kernel_modules: host.modules.as_ref().map(|m| m.version.clone()),
             disks: guest_disks,
             docker_mounts,
+            cgroupfs: opts.cgroupfs,
         },
     };
     Ok(Rewritten { config, vm })

@@ -138,6 +138,26 @@ pub struct ContainerSpec {
     /// files (virtiofs), and leaves them out when it is first filled.
     #[serde(default)]
     pub docker_mounts: Vec<String>,
+    /// Which cgroup file systems the guest mounts for the workload
+    /// (`RUNVM_CGROUPFS`); `None`: chosen by the entrypoint (none for
+    /// systemd, which mounts its own; cgroup v2 otherwise).
+    #[serde(default)]
+    pub cgroupfs: Option<CgroupFs>,
+}
+
+/// The cgroup file systems the guest mounts under `/sys/fs/cgroup`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupFs {
+    /// Nothing: the workload (systemd) mounts its own.
+    None,
+    /// The v1 controllers, each at `/sys/fs/cgroup/<controller>`.
+    V1,
+    /// The unified hierarchy at `/sys/fs/cgroup`.
+    V2,
+    /// The v1 controllers, and the unified hierarchy at
+    /// `/sys/fs/cgroup/unified`.
+    Hybrid,
 }
 
 /// What a disk holds: a file system runvm formats and mounts, or nothing

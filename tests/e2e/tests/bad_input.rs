@@ -94,6 +94,10 @@ fn bad_runvm_options_fail_cleanly() {
         &["RUNVM_KERNEL_APPEND", "runvm's own"],
     );
     check_rejected(
+        "RUNVM_CGROUPFS=3",
+        &["RUNVM_CGROUPFS", "none, 1, 2 or hybrid"],
+    );
+    check_rejected(
         "RUNVM_KERNEL=no-such-kernel",
         &["no-such-kernel", "kernel store", "give one of"],
     );
