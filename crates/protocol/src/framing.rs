@@ -267,6 +267,7 @@ mod tests {
                 fs: DiskFs::Xfs,
             }],
             docker_mounts: vec!["/etc/hosts".into()],
+            cgroupfs: Some(CgroupFs::Hybrid),
         };
         let spec = StartContainer {
             container,

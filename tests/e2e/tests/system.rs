@@ -151,25 +151,16 @@ fn privileged_is_privileged_in_the_guest_only() {
             (r.code == 0).then_some(())
         });
     }
-    // In the guest: every capability the guest kernel knows.
+    // In the guest: every capability Docker grants for --privileged (the
+    // config's list: Docker 20.10 knows the 38 up to CAP_AUDIT_READ; the
+    // guest kernel's newer ones, PERFMON, BPF, CHECKPOINT_RESTORE, are not
+    // in it, as under runc).
     let guest_caps = privileged.logs().stdout_str().trim().to_string();
-    let last_cap: u32 = docker(
-        &[
-            "exec",
-            &privileged.name,
-            "cat",
-            "/proc/sys/kernel/cap_last_cap",
-        ],
-        None,
-    )
-    .stdout_str()
-    .trim()
-    .parse()
-    .unwrap();
+    let all_docker_knows = (1u64 << 38) - 1;
     assert_eq!(
-        u64::from_str_radix(&guest_caps, 16).unwrap(),
-        (1u64 << (last_cap + 1)) - 1,
-        "the privileged workload's CapEff in the guest"
+        u64::from_str_radix(&guest_caps, 16).unwrap() & all_docker_knows,
+        all_docker_knows,
+        "the privileged workload's CapEff in the guest: {guest_caps}"
     );
     assert_ne!(plain.logs().stdout_str().trim(), guest_caps);
     // On the host: the same as without --privileged, and no host device.
