@@ -71,6 +71,7 @@ async fn run(reaper: &Reaper, program: &str, args: &[&OsStr]) -> io::Result<i32>
         Ok::<_, io::Error>((child.id() as i32, ()))
     })?;
     rx.await
+        .map(|e| e.code)
         .map_err(|_| io::Error::other(format!("{program} was never reaped")))
 }
 

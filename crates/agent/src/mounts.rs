@@ -75,7 +75,11 @@ pub fn mount_kernel_modules(tag: &str, version: &str) {
 /// Mounts what a container has besides its root: kernel filesystems, the
 /// device tree, the cgroup file systems `cgroupfs` asks for, and the tmpfs
 /// mounts the container asked for.
-pub fn mount_container_filesystems(extra: &[GuestMount], cgroupfs: CgroupFs) -> Result<()> {
+pub fn mount_container_filesystems(
+    extra: &[GuestMount],
+    cgroupfs: CgroupFs,
+    cgroup_readonly: bool,
+) -> Result<()> {
     let hard = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
     mount_fs("proc", "/proc", "proc", hard, None)?;
     mount_fs("sysfs", "/sys", "sysfs", hard, None)?;
@@ -94,7 +98,7 @@ pub fn mount_container_filesystems(extra: &[GuestMount], cgroupfs: CgroupFs) -> 
         Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
     )?;
     mount_fs("mqueue", "/dev/mqueue", "mqueue", hard, None)?;
-    mount_cgroups(cgroupfs, hard);
+    mount_cgroups(cgroupfs, hard, cgroup_readonly);
     for (link, target) in [
         ("/dev/fd", "/proc/self/fd"),
         ("/dev/stdin", "/proc/self/fd/0"),
@@ -125,20 +129,30 @@ pub fn mount_container_filesystems(extra: &[GuestMount], cgroupfs: CgroupFs) -> 
 }
 
 /// Mounts the cgroup file systems (`RUNVM_CGROUPFS`). Best-effort: a
-/// controller or hierarchy the kernel lacks is just not there.
-fn mount_cgroups(cgroupfs: CgroupFs, flags: MsFlags) {
+/// controller or hierarchy the kernel lacks is just not there. With
+/// `readonly` (an unprivileged container) the v1 hierarchies are mounted
+/// read-only each (the workload's read-only remount of `/sys/fs/cgroup`
+/// covers that mount only, as it covers the v2 one).
+fn mount_cgroups(cgroupfs: CgroupFs, flags: MsFlags, readonly: bool) {
     const ROOT: &str = "/sys/fs/cgroup";
+    let sub = if readonly {
+        flags | MsFlags::MS_RDONLY
+    } else {
+        flags
+    };
     let v1 = || {
         let _ = mount_fs("cgroup", ROOT, "tmpfs", flags, Some("mode=755"));
+        // systemd's own hierarchy, which a v1 systemd needs.
+        let _ = mount_fs(
+            "cgroup",
+            &format!("{ROOT}/systemd"),
+            "cgroup",
+            sub,
+            Some("none,name=systemd"),
+        );
         for controllers in v1_controllers() {
             let dir = format!("{ROOT}/{}", controllers.join(","));
-            let _ = mount_fs(
-                "cgroup",
-                &dir,
-                "cgroup",
-                flags,
-                Some(&controllers.join(",")),
-            );
+            let _ = mount_fs("cgroup", &dir, "cgroup", sub, Some(&controllers.join(",")));
             // As systemd lays them out: cpu -> cpu,cpuacct and so on.
             if controllers.len() > 1 {
                 for c in &controllers {
@@ -155,13 +169,7 @@ fn mount_cgroups(cgroupfs: CgroupFs, flags: MsFlags) {
         CgroupFs::V1 => v1(),
         CgroupFs::Hybrid => {
             v1();
-            let _ = mount_fs(
-                "cgroup2",
-                &format!("{ROOT}/unified"),
-                "cgroup2",
-                flags,
-                None,
-            );
+            let _ = mount_fs("cgroup2", &format!("{ROOT}/unified"), "cgroup2", sub, None);
         }
     }
     if matches!(cgroupfs, CgroupFs::V1 | CgroupFs::Hybrid) {

@@ -142,7 +142,7 @@ fn open_console(stdout: &OwnedFd) -> io::Result<(OwnedFd, Console)> {
             let mut master = std::fs::File::from(master);
             let mut out = std::fs::File::from(out);
             // Ends with EIO once the last replica is closed.
-            let _ = io::copy(&mut master, &mut out);
+            let _ = copy_without_cr(&mut master, &mut out);
         })?;
     Ok((replica, Console { _replica: holder }))
 }
@@ -495,7 +495,9 @@ impl ChildSetup {
 
 /// Whether `spec`'s program (looked up as for starting it, in the
 /// container's root) is systemd: `/sbin/init`, `/lib/systemd/systemd`, or
-/// any link to a file named `systemd`.
+/// any link to it: the real file is `systemd` in a `lib/systemd`
+/// directory (`/lib/systemd`, `/usr/lib/systemd`), where distributions
+/// install it. (Only the container itself is affected by the answer.)
 pub fn runs_systemd(spec: &ProcessSpec) -> bool {
     let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
     let Some(program) = spec.args.first() else {
@@ -694,10 +696,15 @@ pub fn start(
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         if new_container {
-            let (replica, holder) =
-                open_console(&out_w).map_err(|e| io_err("cannot open a console", e))?;
-            setup.console_src = Some(pts_path(&replica).map_err(|e| io_err("console", e))?);
-            console = Some(holder);
+            // Best-effort (`--tmpfs /dev/pts`, say): without it the
+            // container has the VM's own console, as before.
+            match open_console(&out_w).and_then(|(r, h)| Ok((pts_path(&r)?, h))) {
+                Ok((path, holder)) => {
+                    setup.console_src = Some(path);
+                    console = Some(holder);
+                }
+                Err(e) => tracing::warn!("no console for the container: {e}"),
+            }
         }
         cmd.stdin(Stdio::from(in_r));
         cmd.stdout(Stdio::from(out_w));
@@ -794,6 +801,43 @@ fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((master, OwnedFd::from(slave)))
 }
 
+/// Copies `from` to `to`, dropping each `\r` that comes just before a
+/// `\n`: whoever opens the console may set it back to a terminal's
+/// output mode (systemd does), whose `\r\n` does not belong in
+/// `docker logs`.
+fn copy_without_cr(from: &mut impl io::Read, to: &mut impl io::Write) -> io::Result<()> {
+    let mut buf = [0u8; 8192];
+    let mut held_cr = false;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                if held_cr {
+                    to.write_all(b"\r")?;
+                }
+                return Err(e);
+            }
+        };
+        let mut out = Vec::with_capacity(n + 1);
+        for &b in &buf[..n] {
+            if held_cr && b != b'\n' {
+                out.push(b'\r');
+            }
+            held_cr = b == b'\r';
+            if !held_cr {
+                out.push(b);
+            }
+        }
+        to.write_all(&out)?;
+    }
+    if held_cr {
+        to.write_all(b"\r")?;
+    }
+    Ok(())
+}
+
 /// The `/dev/pts/<n>` path of a pty replica. The child binds the path,
 /// which names the same node in its copy of the mount namespace (a bind
 /// from a descriptor would name a mount of the agent's namespace, which
@@ -824,6 +868,28 @@ mod tests {
     fn close_on_exec(fd: &OwnedFd) -> bool {
         let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFD).unwrap();
         FdFlag::from_bits_retain(flags).contains(FdFlag::FD_CLOEXEC)
+    }
+
+    #[test]
+    fn the_console_copy_drops_cr_before_lf_only() {
+        struct Chunks(Vec<&'static [u8]>);
+        impl io::Read for Chunks {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0.is_empty() {
+                    return Ok(0);
+                }
+                let c = self.0.remove(0);
+                buf[..c.len()].copy_from_slice(c);
+                Ok(c.len())
+            }
+        }
+        let mut out = Vec::new();
+        copy_without_cr(
+            &mut Chunks(vec![b"a\r\nb\r", b"\nc\rd\r\r\n", b"e\r"]),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out, b"a\nb\nc\rd\r\ne\r");
     }
 
     #[test]

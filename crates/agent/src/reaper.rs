@@ -12,7 +12,16 @@ use tokio::sync::oneshot;
 
 /// Reaps children on SIGCHLD; statuses are kept until claimed.
 pub struct Reaper {
-    slots: Mutex<HashMap<i32, oneshot::Sender<i32>>>,
+    slots: Mutex<HashMap<i32, oneshot::Sender<Exit>>>,
+}
+
+/// How a child ended: the exit code a container runtime reports, and the
+/// signal that killed it, if one did (exit code 130 and death by SIGINT
+/// are told apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    pub code: i32,
+    pub signal: Option<i32>,
 }
 
 /// The exit code a container runtime reports for a wait status.
@@ -56,7 +65,11 @@ impl Reaper {
                     // A waited-for one is always registered before it can be
                     // reaped: `spawn_and_expect` holds this lock.
                     if let Some(tx) = slots.remove(&pid.as_raw()) {
-                        let _ = tx.send(code);
+                        let signal = match status {
+                            WaitStatus::Signaled(_, sig, _) => Some(sig as i32),
+                            _ => None,
+                        };
+                        let _ = tx.send(Exit { code, signal });
                     }
                 }
             }
@@ -84,7 +97,7 @@ impl Reaper {
     pub fn spawn_and_expect<T, E>(
         &self,
         spawn: impl FnOnce() -> Result<(i32, T), E>,
-    ) -> Result<(i32, oneshot::Receiver<i32>, T), E> {
+    ) -> Result<(i32, oneshot::Receiver<Exit>, T), E> {
         let mut slots = self.slots.lock().expect("reaper lock");
         let (pid, extra) = spawn()?;
         let (tx, rx) = oneshot::channel();

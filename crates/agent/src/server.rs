@@ -408,17 +408,17 @@ where
             }
         }
     };
-    let status = tokio::select! {
-        s = exit_rx => s.unwrap_or(ExitCode::VmFailure.code()),
+    let exit = tokio::select! {
+        s = exit_rx => s.ok(),
         _ = commands => unreachable!("the command loop never ends"),
     };
     // systemd powered off or halted: reboot(2) in a PID namespace ends its
     // init with SIGINT. That is a clean end (exit 0, as runq reports it);
     // a reboot (SIGHUP, 129) stays a failure, for restart policies.
-    let status = if join.is_none() && systemd && status == ExitCode::Signaled(libc::SIGINT).code() {
-        0
-    } else {
-        status
+    let status = match exit {
+        Some(e) if join.is_none() && systemd && e.signal == Some(libc::SIGINT) => 0,
+        Some(e) => e.code,
+        None => ExitCode::VmFailure.code(),
     };
     // The console's relay ends once no one holds its replica.
     drop(console);
@@ -480,7 +480,7 @@ async fn prepare_container(
     } else {
         CgroupFs::V2
     });
-    mounts::mount_container_filesystems(&spec.mounts, cgroupfs)?;
+    mounts::mount_container_filesystems(&spec.mounts, cgroupfs, spec.cgroup_readonly)?;
     disks::link_raw(&spec.disks)?;
     if let Some(version) = &spec.kernel_modules {
         mounts::mount_kernel_modules(MODULES_TAG, version);
