@@ -455,12 +455,11 @@ async fn prepare_container(
     // kernel gives virtiofs submounts the flags of the mount above them.
     mounts::mount_fs(ROOTFS_TAG, disks::SHARE, "virtiofs", MsFlags::empty(), None)?;
     // With a root disk, the root is the disk (read-only for `--read-only`).
+    // (Those in /dev are in the guest's devtmpfs, not on the disk.)
     let guest_mountpoints: Vec<String> = spec
-        .mounts
-        .iter()
-        .map(|m| m.destination.clone())
-        .chain(spec.disks.iter().map(|d| d.destination.clone()))
-        .filter(|d| d != "/" && !d.starts_with("/dev/"))
+        .guest_mountpoints()
+        .into_iter()
+        .filter(|d| !d.starts_with("/dev/"))
         .collect();
     let root = disks::prepare_root(
         reaper,

@@ -46,6 +46,17 @@ pub struct Contents<'a> {
     pub flavor: &'a str,
 }
 
+impl<'a> Contents<'a> {
+    /// Just `modules`: no tools, the default flavor.
+    pub const fn modules(modules: &'a [&'a str]) -> Self {
+        Contents {
+            modules,
+            tools: &[],
+            flavor: "",
+        }
+    }
+}
+
 /// Builds an initramfs (an uncompressed cpio "newc" archive) at `out` holding:
 ///
 /// - the directories `/dev /proc /sys /run /tmp /mnt /lib /lib/modules`;
@@ -69,12 +80,7 @@ pub fn build_initramfs(
     wanted_modules: &[&str],
     out: &Path,
 ) -> Result<(), Error> {
-    let contents = Contents {
-        modules: wanted_modules,
-        tools: &[],
-        flavor: "",
-    };
-    build_initramfs_with(kernel, agent, &contents, out)
+    build_initramfs_with(kernel, agent, &Contents::modules(wanted_modules), out)
 }
 
 /// [`build_initramfs`] with `contents`' modules and, at their names, its

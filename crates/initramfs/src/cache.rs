@@ -57,12 +57,7 @@ pub fn ensure_initramfs(
     wanted_modules: &[&str],
     cache_dir: &Path,
 ) -> Result<Initramfs, Error> {
-    let contents = Contents {
-        modules: wanted_modules,
-        tools: &[],
-        flavor: "",
-    };
-    ensure_initramfs_with(kernel, agent, &contents, cache_dir)
+    ensure_initramfs_with(kernel, agent, &Contents::modules(wanted_modules), cache_dir)
 }
 
 /// [`ensure_initramfs`] for other `contents`: their tools are part of the

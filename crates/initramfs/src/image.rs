@@ -1161,11 +1161,7 @@ mod tests {
         assert!(!dep.contains(".xz") && !dep.contains(".gz") && !dep.contains(".zst"));
         let agent = cache.join("agent");
         fs::write(&agent, b"agent").unwrap();
-        let contents = crate::Contents {
-            modules: crate::DEFAULT_MODULES,
-            tools: &[],
-            flavor: "",
-        };
+        let contents = crate::Contents::modules(crate::DEFAULT_MODULES);
         let initrd = ensure_image_initramfs(&k, &agent, &contents, cache).unwrap();
         assert_eq!(initrd.path.parent().unwrap(), cache.join(INITRAMFS_SUBDIR));
         let (_, entries) = crate::archive::tests::read_archive(&initrd.path);
@@ -1776,11 +1772,8 @@ mod tests {
         assert_eq!(names.len(), 2, "{names:?}");
     }
 
-    const DEFAULT_CONTENTS: crate::Contents<'static> = crate::Contents {
-        modules: crate::DEFAULT_MODULES,
-        tools: &[],
-        flavor: "",
-    };
+    const DEFAULT_CONTENTS: crate::Contents<'static> =
+        crate::Contents::modules(crate::DEFAULT_MODULES);
 
     #[test]
     fn image_and_store_archives_of_one_version_do_not_prune_each_other() {

@@ -145,6 +145,25 @@ pub struct ContainerSpec {
     pub cgroupfs: Option<CgroupFs>,
 }
 
+impl ContainerSpec {
+    /// Where the guest mounts file systems of its own: its tmpfs mounts
+    /// and its file-system disks (the root disk and raw disks aside).
+    /// Their mount points are made before a `--read-only` root becomes
+    /// read-only.
+    pub fn guest_mountpoints(&self) -> Vec<String> {
+        self.mounts
+            .iter()
+            .map(|m| m.destination.clone())
+            .chain(
+                self.disks
+                    .iter()
+                    .filter(|d| d.destination != "/" && d.fs != DiskFs::Raw)
+                    .map(|d| d.destination.clone()),
+            )
+            .collect()
+    }
+}
+
 /// The cgroup file systems the guest mounts under `/sys/fs/cgroup`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -305,4 +324,33 @@ pub struct GuestMount {
     pub source: String,
     /// Mount options as in an OCI mount (`nosuid`, `size=65536k`, …).
     pub options: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_mountpoints_are_tmpfs_mounts_and_file_system_disks() {
+        let disk = |destination: &str, fs| GuestDisk {
+            serial: "s".into(),
+            destination: destination.into(),
+            fs,
+        };
+        let spec = ContainerSpec {
+            mounts: vec![GuestMount {
+                destination: "/run".into(),
+                fstype: "tmpfs".into(),
+                source: "tmpfs".into(),
+                options: vec![],
+            }],
+            disks: vec![
+                disk("/", DiskFs::Ext4),
+                disk("/data", DiskFs::Xfs),
+                disk("/dev/raw", DiskFs::Raw),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(spec.guest_mountpoints(), ["/run", "/data"]);
+    }
 }

@@ -328,27 +328,13 @@ pub fn prepare_bundle(bundle: &Path, for_run: bool) -> Result<Prepared> {
     )?;
     let config_bytes = serde_json::to_vec(&rewritten.config).expect("a Value serialises");
     write_atomic(&config_path, &config_bytes)?;
+    let guest_mountpoints = rewritten.vm.container.guest_mountpoints();
     Ok(Prepared {
         process: rewritten.vm.container.process,
         staged_mounts: rewritten.vm.staged_mounts,
         disks: rewritten.vm.disks,
         readonly_root: rewritten.vm.container.readonly_root,
-        guest_mountpoints: rewritten
-            .vm
-            .container
-            .mounts
-            .iter()
-            .map(|m| m.destination.clone())
-            .chain(
-                rewritten
-                    .vm
-                    .container
-                    .disks
-                    .iter()
-                    .filter(|d| d.destination != "/" && d.fs != runvm_protocol::DiskFs::Raw)
-                    .map(|d| d.destination.clone()),
-            )
-            .collect(),
+        guest_mountpoints,
         new_root,
         initrd,
         image_kernel,

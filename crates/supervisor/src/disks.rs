@@ -10,6 +10,7 @@ use nix::fcntl::{Flock, FlockArg};
 use runvm_contract::{VmConfig, VmDisk};
 
 use crate::error::{Result, SupervisorError};
+use runvm_mounts::disks::DiskError;
 
 /// A disk's backing file, open and locked.
 pub struct OpenDisk {
@@ -43,7 +44,10 @@ pub fn open_all(cfg: &VmConfig) -> Result<Vec<OpenDisk>> {
             let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(f) => f,
                 Err((_, nix::Error::EWOULDBLOCK)) => {
-                    return Err(SupervisorError::DiskInUse(d.source.clone()))
+                    return Err(runvm_mounts::MountError::from(DiskError::InUse {
+                        source_path: d.source.clone(),
+                    })
+                    .into())
                 }
                 Err((_, e)) => {
                     return Err(SupervisorError::io(

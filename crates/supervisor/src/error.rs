@@ -22,8 +22,6 @@ pub enum SupervisorError {
     Network(#[from] crate::network::NetError),
     #[error("the container has {0} network interfaces; a runvm VM takes 31 at most: connect fewer networks")]
     TooManyNics(usize),
-    #[error("disk file {0} is in use by another running container: stop that container first, or give this one a file of its own")]
-    DiskInUse(String),
     #[error("cannot start {program}")]
     Spawn {
         program: String,

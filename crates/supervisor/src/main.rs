@@ -193,20 +193,7 @@ fn place_mounts(cfg: &VmConfig) -> Result<()> {
     runvm_mounts::disks::prepare_all(root, &cfg.disks, cfg.container.readonly_root)
         .map_err(runvm_mounts::MountError::from)?;
     if cfg.container.readonly_root {
-        let dirs: Vec<String> = cfg
-            .container
-            .mounts
-            .iter()
-            .map(|m| m.destination.clone())
-            .chain(
-                cfg.container
-                    .disks
-                    .iter()
-                    .filter(|d| d.destination != "/" && d.fs != runvm_protocol::DiskFs::Raw)
-                    .map(|d| d.destination.clone()),
-            )
-            .collect();
-        runvm_mounts::make_mountpoints(root, &dirs);
+        runvm_mounts::make_mountpoints(root, &cfg.container.guest_mountpoints());
         runvm_mounts::make_readonly(root)?;
     }
     Ok(())

@@ -728,6 +728,14 @@ impl Container {
         )
     }
 
+    /// Waits until `path` exists in the running container (`docker exec
+    /// test -f`, every 250 ms); panics after `timeout`, naming `what`.
+    pub fn wait_for_file(&self, what: &str, path: &str, timeout: Duration) {
+        poll_until(what, timeout, || {
+            (docker(&["exec", &self.name, "test", "-f", path], None).code == 0).then_some(())
+        });
+    }
+
     /// Waits for the container to stop (`docker wait`); returns its exit code.
     pub fn wait_exit(&self) -> i32 {
         let r = docker(&["wait", &self.name], None);

@@ -125,13 +125,10 @@ fn a_disk_in_use_is_refused_and_free_again_once_stopped() {
             "trap 'exit 0' TERM; touch /data/ready; sleep 600 & wait",
         ],
     );
-    poll_until(
+    holder.wait_for_file(
         "the first container's disk",
+        "/data/ready",
         Duration::from_secs(120),
-        || {
-            let r = docker(&["exec", &holder.name, "test", "-f", "/data/ready"], None);
-            (r.code == 0).then_some(())
-        },
     );
     let r = run_one("runvm", &["-v", &mount, "-e", env], &[IMAGE, "true"], None);
     r.assert_code(125, "a second container on a disk in use");
@@ -394,10 +391,7 @@ fn docker_stop_keeps_writes_of_a_workload_that_ignores_the_signal() {
             "trap '' TERM; touch /data/up; while true; do sleep 1; done",
         ],
     );
-    poll_until("the container's disk", Duration::from_secs(120), || {
-        let r = docker(&["exec", &c.name, "test", "-f", "/data/up"], None);
-        (r.code == 0).then_some(())
-    });
+    c.wait_for_file("the container's disk", "/data/up", Duration::from_secs(120));
     docker(
         &["exec", &c.name, "sh", "-c", "echo written > /data/late"],
         None,

@@ -129,9 +129,11 @@ fn exec_stdin_bulk_and_detach() {
         start.elapsed() < Duration::from_secs(2),
         "exec -d returned at once"
     );
-    poll_until("the detached exec's file", Duration::from_secs(30), || {
-        (docker(&["exec", &b.name, "test", "-f", "/tmp/done"], None).code == 0).then_some(())
-    });
+    b.wait_for_file(
+        "the detached exec's file",
+        "/tmp/done",
+        Duration::from_secs(30),
+    );
 }
 
 #[e2e_test]

@@ -146,10 +146,7 @@ fn privileged_is_privileged_in_the_guest_only() {
         &["--privileged", IMAGE, "sh", "-c", script],
     );
     for c in [&plain, &privileged] {
-        poll_until("the guest", Duration::from_secs(120), || {
-            let r = docker(&["exec", &c.name, "test", "-f", "/ready"], None);
-            (r.code == 0).then_some(())
-        });
+        c.wait_for_file("the guest", "/ready", Duration::from_secs(120));
     }
     // In the guest: every capability Docker grants for --privileged (the
     // config's list: Docker 20.10 knows the 38 up to CAP_AUDIT_READ; the
