@@ -12,6 +12,10 @@
 #                             (/boot/vmlinuz-<ver>, /lib/modules/<ver> with
 #                             its xz-compressed modules and modules.dep), a
 #                             kernel other than runvm's default one
+#   runvm-test/debian-systemd Debian bookworm booting systemd
+#   runvm-test/dockerd        Debian bookworm with docker.io, running
+#                             dockerd; /images/busybox.tar is the busybox
+#                             image above, saved, for `docker load`
 . "$(dirname "$0")/lib.sh"
 need_root
 NETTOOL=${1:?usage: build-test-images.sh PATH-TO-STATIC-NETTOOL}
@@ -120,4 +124,27 @@ if ! have_recipe "$IMAGE" "$recipe"; then
         docker build -q -t "$IMAGE" - >/dev/null 2>"$tmp/build.err" ||
         { cat "$tmp/build.err" >&2; die "cannot build $IMAGE"; }
     docker rmi "$IMAGE:base" >/dev/null
+fi
+
+# A Debian bookworm system with Debian's docker.io, whose command is
+# dockerd: the container-engine-in-a-VM tests. The busybox image, saved
+# with `docker save`, is baked in at /images/busybox.tar so that the inner
+# dockerd has an image to run without a registry; the recipe includes the
+# busybox image's, so a new busybox image makes a new tarball.
+IMAGE=runvm-test/dockerd
+dockerd_root() {
+    mmdebstrap --quiet --variant=apt \
+        --include=docker.io,iptables,kmod,procps,iproute2,e2fsprogs \
+        --customize-hook='mkdir -p "$1/images"' \
+        --customize-hook="copy-in $2 /images" \
+        bookworm "$1"
+}
+recipe=$( { declare -f dockerd_root; echo "$base_recipe"; } | sha256sum | cut -c1-16)
+if ! have_recipe "$IMAGE" "$recipe"; then
+    apt_install mmdebstrap
+    say "building image $IMAGE with mmdebstrap (recipe $recipe)"
+    docker save -o "$tmp/busybox.tar" runvm-test/busybox
+    dockerd_root "$tmp/dockerd.tar" "$tmp/busybox.tar"
+    docker import -c 'CMD ["dockerd"]' -c "LABEL io.runvm.recipe=$recipe" \
+        "$tmp/dockerd.tar" "$IMAGE" >/dev/null
 fi

@@ -7,12 +7,16 @@
 //! mount namespaces, so that inside the VM the workload is PID 1 exactly as
 //! under runc. It relays stdio, signals and the exit status, reaps every
 //! zombie, and finally syncs and powers the VM off.
+//!
+//! Run as `/sbin/modprobe` (a link in the initramfs), it is instead the
+//! kernel's helper for loading a missing module (see `modprobe`).
 
 mod caps;
 mod disks;
 mod dns;
 mod early;
 mod error;
+mod modprobe;
 mod mounts;
 mod network;
 mod process;
@@ -23,6 +27,11 @@ use runvm_contract::report::ErrorChain;
 use std::time::Duration;
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let invoked_as = args.first().map(|a| a.rsplit('/').next().unwrap_or(a));
+    if invoked_as == Some(modprobe::NAME) && std::process::id() != 1 {
+        std::process::exit(modprobe::main(&args));
+    }
     if std::process::id() != 1 {
         eprintln!("runvm-agent: this program is the VM's init and must run as PID 1");
         std::process::exit(2);

@@ -43,7 +43,8 @@ pub fn switch_to_root(target: &Path) -> Result<()> {
 }
 
 /// Mounts the guest kernel's modules (virtiofs tag `tag`) read-only at
-/// `/lib/modules/<version>` in the container's root, so `modprobe` finds
+/// `/lib/modules/<version>` in the current root (the initramfs's for the
+/// kernel's module helper, then the container's), so `modprobe` finds
 /// them. An image without that directory gets it created, empty, as runc
 /// creates the mount points of Docker's mounts; a read-only root without it
 /// gets no modules. A failure is reported, not fatal: the workload runs,

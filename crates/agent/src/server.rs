@@ -470,6 +470,12 @@ async fn prepare_container(
     )
     .await?;
     disks::mount_all(reaper, &spec.disks, &root).await?;
+    // The kernel's module helper (the agent as /sbin/modprobe) runs in
+    // this root, the initramfs, and loads from the store's tree mounted
+    // here, which no container process can reach.
+    if let Some(version) = &spec.kernel_modules {
+        mounts::mount_kernel_modules(MODULES_TAG, version);
+    }
     mounts::switch_to_root(&root)?;
     // systemd mounts its cgroups itself; others get the unified hierarchy
     // (dockerd without systemd needs one), unless RUNVM_CGROUPFS says.

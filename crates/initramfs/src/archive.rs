@@ -23,6 +23,10 @@ const DIRS: &[(&str, u32)] = &[
     ("sbin", 0o755),
 ];
 
+/// Where the kernel runs its modprobe helper (`CONFIG_MODPROBE_PATH`,
+/// `/sbin/modprobe` in every distribution kernel): a link to the agent.
+const MODPROBE_LINK: &str = "sbin/modprobe";
+
 /// A host program added to the initramfs (e.g. `e2fsck` for the guest to
 /// check its disks before mounting them): a static binary, copied as is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +66,8 @@ impl<'a> Contents<'a> {
 /// - the directories `/dev /proc /sys /run /tmp /mnt /lib /lib/modules`;
 /// - `/dev/console`, character device 5:1 mode 0600, so the kernel can open a
 ///   console before devtmpfs is mounted;
-/// - `/init`: the `agent` binary, mode 0755;
+/// - `/init`: the `agent` binary, mode 0755, and `/sbin/modprobe`, a
+///   symbolic link to it (the kernel's helper for a missing module);
 /// - `/lib/modules/<file name>` (mode 0644) for `wanted_modules` and their
 ///   dependencies (see [`resolve_modules`](crate::resolve_modules)), and
 ///   `/lib/modules/load-order` listing those file names one per line in load
@@ -135,6 +140,19 @@ pub fn build_initramfs_with(
     console.write(&mut w, 0).finish().map_err(write_err)?;
 
     write_file(&mut w, next_ino(), "init", 0o755, agent, "read guest agent")?;
+    // The kernel's usermode helper for a missing module (its
+    // `kernel.modprobe`): the agent, which loads modules from the kernel's
+    // read-only tree only (see the agent's modprobe module). The
+    // container never sees this root, so an image's /sbin/modprobe is
+    // never run by the kernel.
+    let target = b"/init";
+    let link = newc::Builder::new(MODPROBE_LINK)
+        .ino(next_ino())
+        .mode(0o777)
+        .set_mode_file_type(ModeFileType::Symlink);
+    let mut entry = link.write(&mut w, target.len() as u32);
+    entry.write_all(target).map_err(write_err)?;
+    entry.finish().map_err(write_err)?;
     for tool in contents.tools {
         write_file(&mut w, next_ino(), tool.name, 0o755, &tool.path, "read")?;
     }
@@ -384,6 +402,8 @@ pub(crate) mod tests {
         assert_eq!(entries["dev/console"].1, (5, 1));
         assert_eq!(entries["init"].0, 0o100755);
         assert_eq!(entries["init"].2, b"\x7fELF agent binary!");
+        assert_eq!(entries["sbin/modprobe"].0, 0o120777);
+        assert_eq!(entries["sbin/modprobe"].2, b"/init");
 
         let load_order = String::from_utf8(entries["lib/modules/load-order"].2.clone()).unwrap();
         assert_eq!(entries["lib/modules/load-order"].0, 0o100644);
@@ -403,8 +423,9 @@ pub(crate) mod tests {
                 "{m}"
             );
         }
-        // Exactly the directories, console, init, modules and load-order.
-        assert_eq!(names.len(), DIRS.len() + 2 + order.len() + 1, "{names:?}");
+        // Exactly the directories, console, init, modprobe, modules and
+        // load-order.
+        assert_eq!(names.len(), DIRS.len() + 3 + order.len() + 1, "{names:?}");
         // Directories come before anything inside them.
         for (i, name) in names.iter().enumerate() {
             if let Some((parent, _)) = name.rsplit_once('/') {
@@ -448,7 +469,13 @@ pub(crate) mod tests {
         fs::write(&agent, b"agent").unwrap();
 
         let err = build_initramfs(&kernel, &agent, &["virtio_gpu"], &out).unwrap_err();
-        assert!(matches!(err, Error::ModuleNotFound(_)), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::Index(runvm_modindex::IndexError::ModuleNotFound(_))
+            ),
+            "{err}"
+        );
 
         let dep = kernel.modules_dir.join("modules.dep");
         let text = fs::read_to_string(&dep).unwrap();

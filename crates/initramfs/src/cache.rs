@@ -12,7 +12,7 @@ use crate::archive::{build_initramfs_with, Contents};
 use crate::{Error, Kernel};
 
 /// Bumped whenever the archive layout changes, so old cache entries are not reused.
-const FORMAT_VERSION: &str = "runvm-initramfs-format-2";
+const FORMAT_VERSION: &str = "runvm-initramfs-format-3";
 
 /// Number of hex digits of the cache key in file names.
 const KEY_LEN: usize = 16;

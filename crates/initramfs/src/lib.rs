@@ -18,12 +18,11 @@ mod archive;
 mod cache;
 pub mod image;
 mod kernel;
-mod modules;
 
 pub use archive::{build_initramfs, build_initramfs_with, Contents, Tool};
 pub use cache::{ensure_initramfs, ensure_initramfs_with, Initramfs};
 pub use kernel::Kernel;
-pub use modules::{resolve_modules, MAX_MODULES};
+pub use runvm_modindex::{resolve_modules, MAX_MODULES};
 
 /// `runvm kernel prune`: removes from the cache at `cache_dir` every
 /// image-kernel entry and image-kernel archive, and every store kernel's
@@ -117,24 +116,9 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// A requested module is neither in `modules.dep` nor built in.
-    #[error(
-        "kernel module {0} is neither in modules.dep nor built into the kernel: use a kernel \
-         that provides it (Debian's linux-image-cloud-amd64 does), and make sure `depmod` was \
-         run for it"
-    )]
-    ModuleNotFound(String),
-
-    /// The wanted modules and their dependencies are too many.
-    #[error(
-        "the kernel modules runvm needs depend on more than {limit} modules in modules.dep: \
-         refusing the kernel"
-    )]
-    TooManyModules { limit: usize },
-
-    /// `modules.dep` lists more modules than any real kernel has.
-    #[error("the kernel's modules.dep lists more than {limit} modules, more than any real kernel: regenerate it with depmod")]
-    IndexTooLarge { limit: usize },
+    /// The module index cannot give the modules runvm needs.
+    #[error(transparent)]
+    Index(#[from] runvm_modindex::IndexError),
 
     /// The guest agent binary is missing.
     #[error("guest agent {} not found: run `make install`", path.display())]

@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::Error;
+use crate::IndexError as Error;
 
 /// At most this many modules are resolved for one initramfs (runvm's
 /// default set needs about 15, with the disk modules about 20).
@@ -17,7 +17,7 @@ const MODULE_SUFFIXES: &[&str] = &[".ko.xz", ".ko.zst", ".ko.gz", ".ko"];
 
 /// The module name of a module file path: the file name without its `.ko*`
 /// suffix, with `-` normalised to `_` (`virtio-rng.ko` is module `virtio_rng`).
-pub(crate) fn module_name(path: &str) -> String {
+pub fn module_name(path: &str) -> String {
     let file = path.rsplit('/').next().unwrap_or(path);
     let stem = MODULE_SUFFIXES
         .iter()
@@ -26,7 +26,7 @@ pub(crate) fn module_name(path: &str) -> String {
     normalize(stem)
 }
 
-fn normalize(name: &str) -> String {
+pub(crate) fn normalize(name: &str) -> String {
     name.replace('-', "_")
 }
 
@@ -61,6 +61,7 @@ pub fn resolve_modules(
         };
         if deps.len() >= MAX_INDEX_LINES {
             return Err(Error::IndexTooLarge {
+                file: "modules.dep",
                 limit: MAX_INDEX_LINES,
             });
         }
@@ -145,6 +146,16 @@ fn visit<'a>(
 mod tests {
     use super::*;
 
+    /// What runvm's initramfs loads at boot (the initramfs crate's list).
+    const DEFAULT_MODULES: &[&str] = &[
+        "virtio_pci",
+        "virtio_console",
+        "virtiofs",
+        "virtio_net",
+        "virtio_blk",
+        "virtio_rng",
+    ];
+
     /// The dependency facts of Debian 12's 6.1 cloud kernel (dependency
     /// lists deliberately not in load order), plus unrelated noise.
     const DEP: &str = "\
@@ -192,7 +203,7 @@ kernel/drivers/char/hw_random/rng-core.ko
 
     #[test]
     fn default_modules_resolve_in_dependency_order() {
-        let order = resolve_modules(DEP, Some(BUILTIN), crate::DEFAULT_MODULES).unwrap();
+        let order = resolve_modules(DEP, Some(BUILTIN), DEFAULT_MODULES).unwrap();
         assert_valid_order(&order);
         let names: HashSet<String> = order.iter().map(|p| module_name(p)).collect();
         let expected = [
@@ -274,7 +285,8 @@ kernel/drivers/char/hw_random/rng-core.ko
             matches!(
                 err,
                 Error::IndexTooLarge {
-                    limit: MAX_INDEX_LINES
+                    limit: MAX_INDEX_LINES,
+                    ..
                 }
             ),
             "{err}"
