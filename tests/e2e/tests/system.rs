@@ -216,3 +216,22 @@ fn runvm_cgroupfs_mounts_what_it_names() {
         "{hybrid}"
     );
 }
+
+/// `--init` as under runc: Docker's docker-init is PID 1 and the command
+/// its child; orphans are reaped; a SIGTERM to PID 1 reaches the command,
+/// whose death by it is the container's exit status.
+#[e2e_test]
+fn init_flag_behaves_as_under_runc() {
+    let script = "tr '\\0' ' ' </proc/1/cmdline; echo; \
+                  (sleep 0.2 &); sleep 1; \
+                  echo zombies: $(ps -o stat | grep -c '^Z'); \
+                  kill -TERM 1; sleep 5; echo not reached";
+    let (runc, runvm) = same_sh(&["--init"], script);
+    assert_eq!(runc.code, 143, "{}", runc.describe());
+    assert!(
+        runvm.stdout_str().starts_with("/sbin/docker-init -- sh -c"),
+        "{}",
+        runvm.describe()
+    );
+    assert!(runvm.stdout_str().contains("zombies: 0\n"));
+}
