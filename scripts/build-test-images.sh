@@ -23,8 +23,15 @@ NETTOOL=${1:?usage: build-test-images.sh PATH-TO-STATIC-NETTOOL}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
+# have_recipe IMAGE RECIPE: whether IMAGE exists and was built by RECIPE.
+# An image of another recipe is remembered, to be removed once rebuilt.
+STALE=()
 have_recipe() {
-    [ "$(docker image inspect -f '{{index .Config.Labels "io.runvm.recipe"}}' "$1" 2>/dev/null || true)" = "$2" ]
+    local got
+    got=$(docker image inspect -f '{{index .Config.Labels "io.runvm.recipe"}}' "$1" 2>/dev/null || true)
+    [ "$got" = "$2" ] && return 0
+    [ -n "$got" ] && STALE+=("$(docker image inspect -f '{{.Id}}' "$1")")
+    return 1
 }
 
 # busybox_root DIR: the busybox image's files.
@@ -135,7 +142,7 @@ IMAGE=runvm-test/dockerd
 dockerd_root() {
     mmdebstrap --quiet --variant=apt \
         --include=docker.io,iptables,kmod,procps,iproute2,e2fsprogs \
-        --customize-hook='mkdir -p "$1/images"' \
+        --customize-hook="mkdir -p \"\$1/images\"" \
         --customize-hook="copy-in $2 /images" \
         bookworm "$1"
 }
@@ -148,3 +155,11 @@ if ! have_recipe "$IMAGE" "$recipe"; then
     docker import -c 'CMD ["dockerd"]' -c "LABEL io.runvm.recipe=$recipe" \
         "$tmp/dockerd.tar" "$IMAGE" >/dev/null
 fi
+
+# The images the rebuilt ones replaced, now untagged: removed, unless a
+# container still uses one.
+for id in "${STALE[@]}"; do
+    if [ "$(docker image inspect -f '{{len .RepoTags}}' "$id" 2>/dev/null)" = 0 ]; then
+        docker rmi "$id" >/dev/null 2>&1 || true
+    fi
+done
