@@ -27,8 +27,13 @@ use runvm_contract::report::ErrorChain;
 use std::time::Duration;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let invoked_as = args.first().map(|a| a.rsplit('/').next().unwrap_or(a));
+    // (args_os: the kernel passes the module name a workload asked for,
+    // which need not be UTF-8.)
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let invoked_as = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|n| n.to_str());
     if invoked_as == Some(modprobe::NAME) && std::process::id() != 1 {
         std::process::exit(modprobe::main(&args));
     }

@@ -36,12 +36,32 @@ const MAX_INDEX_BYTES: u64 = 16 << 20;
 /// the libc crate).
 const MODULE_INIT_COMPRESSED_FILE: u32 = 4;
 
-/// Runs the helper with the process's arguments; returns its exit code.
-pub fn main(args: &[String]) -> i32 {
-    let Some(name) = requested_module(args) else {
+/// Marks, in the helper's root (`/run` of the initramfs, which no
+/// container process sees), that the container may open any device: only
+/// then are drivers loaded for a device number (see
+/// `ContainerSpec::any_device`). Written by the agent before the
+/// container's root becomes its own.
+pub const ANY_DEVICE_MARK: &str = "/run/runvm-modprobe-any-device";
+
+/// Marks that the helper has said once that it has no module tree.
+const NO_TREE_SAID: &str = "/run/runvm-modprobe-no-tree";
+
+/// Runs the helper with the process's arguments (the kernel's; a name
+/// that is not UTF-8, which a workload can make the kernel ask for, is a
+/// module no index has); returns its exit code.
+pub fn main(args: &[std::ffi::OsString]) -> i32 {
+    let args: Vec<String> = match args.iter().map(|a| a.clone().into_string()).collect() {
+        Ok(args) => args,
+        Err(_) => return 1,
+    };
+    let Some(name) = requested_module(&args) else {
         kmsg("usage: modprobe [-q] [--] MODULE");
         return 2;
     };
+    if by_device_number(name) && !Path::new(ANY_DEVICE_MARK).exists() {
+        // runc's device cgroup refuses the open before the kernel asks.
+        return 1;
+    }
     match load(name) {
         Ok(()) => 0,
         Err(e) => {
@@ -51,6 +71,13 @@ pub fn main(args: &[String]) -> i32 {
             1
         }
     }
+}
+
+/// Whether the kernel asks for a driver by device number (at the open of
+/// a node whose driver it lacks): `char-major-M[-N]`, `block-major-M[-N]`.
+fn by_device_number(name: &str) -> bool {
+    let name = name.replace('_', "-");
+    name.starts_with("char-major-") || name.starts_with("block-major-")
 }
 
 /// The one module name in `args` (after any options and `--`).
@@ -81,6 +108,24 @@ fn load(name: &str) -> Result<(), String> {
         return Err(format!("odd kernel release {release:?}"));
     }
     let dir = Path::new("/lib/modules").join(release);
+    if !dir.join("modules.dep").exists() {
+        // A kernel of the image's (or a store kernel whose tree could not
+        // be mounted): said once per boot.
+        let first = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(NO_TREE_SAID)
+            .is_ok();
+        return Err(if first {
+            format!(
+                "no module tree for kernel {release}: a kernel shipped in the image gets no \
+                 module loading on request; its modules load only through a modprobe of the \
+                 workload's, with CAP_SYS_MODULE"
+            )
+        } else {
+            String::new()
+        });
+    }
     let read = |file: &str| read_bounded(&dir.join(file));
     let dep = String::from_utf8(read("modules.dep")?)
         .map_err(|_| "modules.dep is not text".to_owned())?;
@@ -96,15 +141,26 @@ fn load(name: &str) -> Result<(), String> {
         builtin: &builtin,
         builtin_modinfo: &builtin_modinfo,
     };
-    let files = match plan_modprobe(&index, name) {
-        Ok(files) => files,
+    let plans = match plan_modprobe(&index, name) {
+        Ok(plans) => plans,
         Err(runvm_modindex::IndexError::ModuleNotFound(_)) => return Err(String::new()),
         Err(e) => return Err(e.to_string()),
     };
-    for file in files {
-        insert(&dir, &file)?;
+    // Every module the name stands for, each on its own: the request is
+    // served if one of them loads (or the name is built in).
+    let mut errors = Vec::new();
+    let mut loaded = plans.is_empty();
+    for plan in plans {
+        match plan.iter().try_for_each(|file| insert(&dir, file)) {
+            Ok(()) => loaded = true,
+            Err(e) => errors.push(e),
+        }
     }
-    Ok(())
+    if loaded {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
 }
 
 /// A file of the index, at most [`MAX_INDEX_BYTES`]; empty if missing.
@@ -157,8 +213,27 @@ fn insert(dir: &Path, file: &str) -> Result<(), String> {
 }
 
 /// A line in the guest kernel's log (the helper has no output of its own).
+///
+/// The initramfs's `/dev` is the guest's one devtmpfs, which is also every
+/// container's `/dev`: a container root may have replaced `/dev/kmsg` by
+/// a symlink (to `/proc/sys/kernel/modprobe`, say), a FIFO that blocks, or
+/// another node. So it is opened without following a link and without
+/// blocking, and written only if it is the kernel log's device, 1:11.
 fn kmsg(line: &str) {
-    if let Ok(mut k) = OpenOptions::new().write(true).open("/dev/kmsg") {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+    let Ok(mut k) = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open("/dev/kmsg")
+    else {
+        return;
+    };
+    let is_kmsg = k.metadata().is_ok_and(|m| {
+        m.file_type().is_char_device()
+            && nix::sys::stat::major(m.rdev()) == 1
+            && nix::sys::stat::minor(m.rdev()) == 11
+    });
+    if is_kmsg {
         let _ = k.write_all(format!("<3>runvm-modprobe: {line}\n").as_bytes());
     }
 }
@@ -188,6 +263,38 @@ mod tests {
         ] {
             assert_eq!(requested_module(&args(bad)), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn device_number_requests_are_told_apart() {
+        for name in [
+            "char-major-10-144",
+            "block-major-1-0",
+            "char_major_10",
+            "block-major-147",
+        ] {
+            assert!(by_device_number(name), "{name}");
+        }
+        for name in [
+            "fs-overlay",
+            "net-pf-16-proto-12",
+            "devname:loop-control",
+            "major",
+        ] {
+            assert!(!by_device_number(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_name_that_is_not_utf8_is_not_found() {
+        use std::os::unix::ffi::OsStringExt;
+        let args = [
+            "modprobe".into(),
+            "-q".into(),
+            "--".into(),
+            std::ffi::OsString::from_vec(b"crypto-\xff".to_vec()),
+        ];
+        assert_eq!(main(&args), 1);
     }
 
     #[test]

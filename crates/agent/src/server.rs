@@ -476,6 +476,11 @@ async fn prepare_container(
     if let Some(version) = &spec.kernel_modules {
         mounts::mount_kernel_modules(MODULES_TAG, version);
     }
+    if spec.any_device {
+        if let Err(e) = std::fs::write(crate::modprobe::ANY_DEVICE_MARK, b"") {
+            tracing::warn!("drivers will not load on request for device nodes: {e}");
+        }
+    }
     mounts::switch_to_root(&root)?;
     // systemd mounts its cgroups itself; others get the unified hierarchy
     // (dockerd without systemd needs one), unless RUNVM_CGROUPFS says.

@@ -25,34 +25,38 @@ pub struct IndexFiles<'a> {
     pub builtin_modinfo: &'a [u8],
 }
 
-/// The module files (relative, as in `modules.dep`) that `modprobe NAME`
-/// loads, in load order: the module `name` names, else every module one
-/// of whose aliases matches it; each with its dependencies, after its
-/// soft `pre:` dependencies and before its `post:` ones (those are loaded
-/// only if the index has them, as kmod does). Empty if `name` is built
-/// into the kernel; [`IndexError::ModuleNotFound`] if nothing matches.
-pub fn plan_modprobe(index: &IndexFiles, name: &str) -> Result<Vec<String>, IndexError> {
-    let modules = modules_for(index, name)?;
-    let mut order: Vec<String> = Vec::new();
-    let mut add = |files: Vec<String>| {
-        for f in files {
-            if !order.contains(&f) {
-                order.push(f);
-            }
-        }
-    };
+/// What `modprobe NAME` loads: for each module `name` stands for (the
+/// module it names, else every module one of whose aliases matches it),
+/// the module files (relative, as in `modules.dep`) in load order: the
+/// module's soft `pre:` dependencies, the module with its dependencies,
+/// its `post:` ones (soft dependencies only if the index has them, and
+/// by module name). As kmod does, the caller tries every module and
+/// succeeds if one loads (`net-pf-40` names three vsock transports, of
+/// which only one suits the machine). Empty if `name` is built into the
+/// kernel; [`IndexError::ModuleNotFound`] if nothing matches.
+pub fn plan_modprobe(index: &IndexFiles, name: &str) -> Result<Vec<Vec<String>>, IndexError> {
     let builtin = Some(index.builtin).filter(|b| !b.is_empty());
-    for module in &modules {
-        let (pre, post) = softdeps(index.softdep, module);
+    let mut plans = Vec::new();
+    for module in modules_for(index, name)? {
+        let mut order: Vec<String> = Vec::new();
+        let mut add = |files: Vec<String>| {
+            for f in files {
+                if !order.contains(&f) {
+                    order.push(f);
+                }
+            }
+        };
+        let (pre, post) = softdeps(index.softdep, &module);
         for soft in &pre {
             add(resolve_modules(index.dep, builtin, &[soft]).unwrap_or_default());
         }
-        add(resolve_modules(index.dep, builtin, &[module])?);
+        add(resolve_modules(index.dep, builtin, &[&module])?);
         for soft in &post {
             add(resolve_modules(index.dep, builtin, &[soft]).unwrap_or_default());
         }
+        plans.push(order);
     }
-    Ok(order)
+    Ok(plans)
 }
 
 /// The module names `name` stands for: itself if `modules.dep` has it,
@@ -136,22 +140,87 @@ fn normalize_alias(alias: &str) -> Option<String> {
     (!in_class).then_some(out)
 }
 
-/// Whether an alias pattern of `modules.alias` (a shell pattern:
-/// `*`, `?`, `[...]`) matches the normalised alias `wanted`.
+/// Whether an alias pattern of `modules.alias` matches the normalised
+/// alias `wanted`, as kmod's `fnmatch(pattern, wanted, 0)`.
 fn alias_matches(pattern: &str, wanted: &str) -> bool {
     let Some(pattern) = normalize_alias(pattern) else {
         return false;
     };
-    if !pattern.contains(['*', '?', '[']) {
-        return pattern == wanted;
+    let p: Vec<char> = pattern.chars().collect();
+    let s: Vec<char> = wanted.chars().collect();
+    fnmatch(&p, &s)
+}
+
+/// POSIX `fnmatch` without flags: `*` (any run, `/` too), `?`, `[...]`
+/// classes with ranges and `!`/`^` negation, `\` escapes. Written here:
+/// the glob crates match paths (`**`, separators) and differ from
+/// fnmatch in those corners, which module aliases are free to use.
+/// Iterative, with one backtrack point: linear in practice, never
+/// recursive, whatever the pattern.
+fn fnmatch(p: &[char], s: &[char]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    // Where the last `*` was, and how much of `s` it has taken so far.
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        let step = match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, si));
+                pi += 1;
+                continue;
+            }
+            Some('?') => Some(1),
+            Some('[') => match class(p, pi, s[si]) {
+                Some((true, len)) => Some(len),
+                Some((false, _)) => None,
+                None => (s[si] == '[').then_some(1),
+            },
+            Some('\\') if pi + 1 < p.len() => (p[pi + 1] == s[si]).then_some(2),
+            Some(c) => (*c == s[si]).then_some(1),
+            None => None,
+        };
+        match (step, star) {
+            (Some(len), _) => {
+                pi += len;
+                si += 1;
+            }
+            (None, Some((star_pi, star_si))) => {
+                // Let the last `*` take one more character and retry.
+                star = Some((star_pi, star_si + 1));
+                pi = star_pi + 1;
+                si = star_si + 1;
+            }
+            (None, None) => return false,
+        }
     }
-    // fnmatch without flags: `*` crosses `/` too.
-    let options = glob::MatchOptions {
-        case_sensitive: true,
-        require_literal_separator: false,
-        require_literal_leading_dot: false,
-    };
-    glob::Pattern::new(&pattern).is_ok_and(|p| p.matches_with(wanted, options))
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// The class `[...]` starting at `p[start]`: whether it matches `c`, and
+/// its length in the pattern; `None` if it is not closed (then `[` is a
+/// literal).
+fn class(p: &[char], start: usize, c: char) -> Option<(bool, usize)> {
+    let mut i = start + 1;
+    let negate = matches!(p.get(i), Some('!' | '^'));
+    if negate {
+        i += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    loop {
+        let lo = *p.get(i)?;
+        if lo == ']' && !first {
+            return Some((matched != negate, i + 1 - start));
+        }
+        first = false;
+        if p.get(i + 1) == Some(&'-') && p.get(i + 2).is_some_and(|hi| *hi != ']') {
+            let hi = p[i + 2];
+            matched |= lo <= c && c <= hi;
+            i += 3;
+        } else {
+            matched |= lo == c;
+            i += 1;
+        }
+    }
 }
 
 /// The soft dependencies `modules.softdep` gives `module`: (pre, post).
@@ -163,13 +232,17 @@ fn softdeps(softdep: &str, module: &str) -> (Vec<String>, Vec<String>) {
         {
             continue;
         }
-        let mut into_post = false;
+        // Names before any `pre:` or `post:` are ignored, as kmod does.
+        let mut list: Option<&mut Vec<String>> = None;
         for w in words {
             match w {
-                "pre:" => into_post = false,
-                "post:" => into_post = true,
-                name if into_post => post.push(normalize(name)),
-                name => pre.push(normalize(name)),
+                "pre:" => list = Some(&mut pre),
+                "post:" => list = Some(&mut post),
+                name => {
+                    if let Some(l) = list.as_deref_mut() {
+                        l.push(normalize(name));
+                    }
+                }
             }
         }
     }
@@ -220,12 +293,12 @@ alias char-major-10-[12]3? misc_thing
     fn a_module_name_loads_it_with_its_dependencies() {
         assert_eq!(
             plan_modprobe(&index(), "br-netfilter").unwrap(),
-            [
+            [[
                 "kernel/net/llc/llc.ko",
                 "kernel/net/802/stp.ko",
                 "kernel/net/bridge/bridge.ko",
                 "kernel/net/bridge/br_netfilter.ko"
-            ]
+            ]]
         );
     }
 
@@ -233,15 +306,15 @@ alias char-major-10-[12]3? misc_thing
     fn the_kernels_aliases_resolve() {
         assert_eq!(
             plan_modprobe(&index(), "fs-overlay").unwrap(),
-            ["kernel/fs/overlayfs/overlay.ko"]
+            [["kernel/fs/overlayfs/overlay.ko"]]
         );
         assert_eq!(
             plan_modprobe(&index(), "net-pf-16-proto-12").unwrap(),
-            ["kernel/net/netfilter/nfnetlink.ko"]
+            [["kernel/net/netfilter/nfnetlink.ko"]]
         );
         assert_eq!(
             plan_modprobe(&index(), "rtnl-link-veth").unwrap(),
-            ["kernel/drivers/net/veth.ko"]
+            [["kernel/drivers/net/veth.ko"]]
         );
     }
 
@@ -252,26 +325,62 @@ alias char-major-10-[12]3? misc_thing
         // (`crc32c` is an alias of the crypto API's) is skipped.
         assert_eq!(
             plan_modprobe(&index(), "nfnetlink-subsys-10").unwrap(),
-            [
+            [[
                 "kernel/net/netfilter/nfnetlink.ko",
                 "kernel/lib/libcrc32c.ko",
                 "kernel/net/netfilter/nf_tables.ko"
-            ]
+            ]]
         );
         assert_eq!(
             plan_modprobe(&index(), "libcrc32c").unwrap(),
-            ["kernel/lib/libcrc32c.ko"]
+            [["kernel/lib/libcrc32c.ko"]]
         );
-        let softdep = "softdep overlay pre: crc32c_generic post: veth nothing_like_it\n";
+        // Names before a marker are not soft dependencies (kmod's reading).
+        let softdep = "softdep overlay llc pre: crc32c_generic post: veth nothing_like_it\n";
         let files = IndexFiles { softdep, ..index() };
         assert_eq!(
             plan_modprobe(&files, "overlay").unwrap(),
-            [
+            [[
                 "kernel/crypto/crc32c_generic.ko",
                 "kernel/fs/overlayfs/overlay.ko",
                 "kernel/drivers/net/veth.ko"
-            ]
+            ]]
         );
+    }
+
+    #[test]
+    fn an_alias_of_several_modules_plans_each_on_its_own() {
+        let alias = "alias net-pf-40 vmw_vsock_vmci_transport\nalias net-pf-40 hv_sock\nalias net-pf-40 vsock_loopback\n";
+        let dep = "kernel/a/vmw_vsock_vmci_transport.ko: kernel/a/vsock.ko\nkernel/a/hv_sock.ko: kernel/a/vsock.ko\nkernel/a/vsock_loopback.ko: kernel/a/vsock.ko\nkernel/a/vsock.ko:\n";
+        let files = IndexFiles {
+            dep,
+            alias,
+            ..index()
+        };
+        let plans = plan_modprobe(&files, "net-pf-40").unwrap();
+        assert_eq!(plans.len(), 3, "{plans:?}");
+        assert_eq!(plans[1], ["kernel/a/vsock.ko", "kernel/a/hv_sock.ko"]);
+        assert_eq!(
+            plans[2],
+            ["kernel/a/vsock.ko", "kernel/a/vsock_loopback.ko"]
+        );
+    }
+
+    #[test]
+    fn fnmatch_corners() {
+        let m = |p: &str, s: &str| {
+            let p: Vec<char> = p.chars().collect();
+            let s: Vec<char> = s.chars().collect();
+            fnmatch(&p, &s)
+        };
+        assert!(m("a**b", "axyb") && m("**", "") && m("*", "a/b"));
+        assert!(m("[^x]y", "ay") && !m("[^x]y", "xy") && m("[!x]y", "ay"));
+        assert!(m("[]]", "]") && m("[a-]", "-") && m("a\\*", "a*") && !m("a\\*", "ab"));
+        assert!(m("a[b", "a[b") && !m("a[b", "ab"));
+        assert!(!m("a*b", "axbc") && m("a*b*c", "aXbYbZc") && !m("?", ""));
+        // A pattern that backtracks a lot still ends (linear passes).
+        let long = "a".repeat(5000);
+        assert!(!m(&format!("{}b", "*a".repeat(40)), &long));
     }
 
     #[test]

@@ -315,6 +315,7 @@ pub fn rewrite_config(
     linux.insert("seccomp".into(), crate::host_seccomp::profile());
     linux.insert("maskedPaths".into(), json!(HOST_SIDE_MASKED));
     linux.insert("readonlyPaths".into(), json!(HOST_SIDE_READONLY));
+    let any_device = allows_any_device(linux);
     add_devices(linux, &host.devices, host.qemu_ids)?;
     let limit_mib = grow_memory_limit(linux)?;
     // Without a limit the VM gets every host CPU, as a runc container sees
@@ -385,6 +386,7 @@ pub fn rewrite_config(
             readonly_paths,
             sysfs_readonly,
             cgroup_readonly,
+            any_device,
             seccomp,
             kernel_modules: host.modules.as_ref().map(|m| m.version.clone()),
             disks: guest_disks,
@@ -733,6 +735,30 @@ pub fn grant_mount_placement(config: &mut Value) {
             "action": "SCMP_ACT_ALLOW",
         }));
     }
+}
+
+/// Whether the container's device cgroup (`linux.resources.devices`, the
+/// last rule that covers every device deciding) lets it open any device,
+/// as Docker's `--privileged` rule `{"allow": true, "access": "rwm"}` does.
+fn allows_any_device(linux: &serde_json::Map<String, Value>) -> bool {
+    let Some(Value::Array(rules)) = linux.get("resources").and_then(|r| r.get("devices")) else {
+        return false;
+    };
+    let wildcard = |v: Option<&Value>| v.is_none_or(|v| v.is_null() || v.as_i64() == Some(-1));
+    rules
+        .iter()
+        .rev()
+        .find(|r| {
+            matches!(r.get("type").and_then(Value::as_str), None | Some("a"))
+                && wildcard(r.get("major"))
+                && wildcard(r.get("minor"))
+        })
+        .is_some_and(|r| {
+            r.get("allow").and_then(Value::as_bool) == Some(true)
+                && r.get("access")
+                    .and_then(Value::as_str)
+                    .is_none_or(|a| a.contains('r') && a.contains('w'))
+        })
 }
 
 /// Adds runvm's devices. `/dev/kvm` belongs to QEMU's uid and gid, mode

@@ -624,12 +624,47 @@ fn unconfined_and_privileged_containers_still_get_runvms_profile_on_the_host() {
             opts.push(json!("rw"));
         }
     }
+    // --privileged's device rule: every device.
+    orig["linux"]["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);
     let r = rewrite_config(orig, &opts(&[]), &host()).unwrap();
     assert_eq!(r.config["linux"]["seccomp"], host_seccomp::profile());
     let c = &r.vm.container;
     assert!(c.seccomp.is_none());
     assert!(c.masked_paths.is_empty() && c.readonly_paths.is_empty());
     assert!(!c.sysfs_readonly && !c.cgroup_readonly);
+    assert!(c.any_device);
+}
+
+#[test]
+fn any_device_is_what_the_device_cgroup_allows_for_every_device() {
+    let with = |rules: Value| {
+        let mut orig = fixture("docker-20.10-default.json");
+        orig["linux"]["resources"]["devices"] = rules;
+        rewrite_config(orig, &opts(&[]), &host())
+            .unwrap()
+            .vm
+            .container
+            .any_device
+    };
+    // Docker's default: deny all, then a list.
+    let orig = fixture("docker-20.10-default.json");
+    let r = rewrite_config(orig.clone(), &opts(&[]), &host()).unwrap();
+    assert!(!r.vm.container.any_device);
+    assert!(with(
+        json!([{"allow": true, "type": "a", "major": -1, "minor": -1, "access": "rwm"}])
+    ));
+    // The last rule for every device decides; specific rules do not.
+    assert!(!with(json!([
+        {"allow": true, "access": "rwm"},
+        {"allow": false, "access": "rwm"},
+        {"allow": true, "type": "c", "major": 10, "minor": 200, "access": "rwm"}
+    ])));
+    assert!(!with(
+        json!([{"allow": true, "type": "c", "access": "rwm"}])
+    ));
+    assert!(!with(json!([{"allow": true, "access": "m"}])));
+    assert!(!with(json!([])));
+    assert!(!with(Value::Null));
 }
 
 #[test]

@@ -256,6 +256,7 @@ mod tests {
             readonly_paths: vec!["/proc/sys".into()],
             sysfs_readonly: true,
             cgroup_readonly: true,
+            any_device: true,
             seccomp: Some(SeccompFilter {
                 program: vec![SockFilter(0x06, 0, 0, 0x7fff_0000)],
                 flags: 0,

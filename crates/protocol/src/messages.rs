@@ -118,6 +118,13 @@ pub struct ContainerSpec {
     /// `/sys/fs/cgroup` is read-only (likewise).
     #[serde(default)]
     pub cgroup_readonly: bool,
+    /// The container may open any device (its device cgroup allows all,
+    /// as `--privileged` makes it): opening a node of a driver the guest
+    /// kernel lacks loads that driver, as under runc. Otherwise the
+    /// kernel's requests for a driver by device number are refused, as
+    /// runc's device cgroup refuses the open before the kernel asks.
+    #[serde(default)]
+    pub any_device: bool,
     /// The container's seccomp filter (`linux.seccomp`, compiled on the
     /// host), installed on the workload and on every exec; `None` when the
     /// container is unconfined.

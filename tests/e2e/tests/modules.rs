@@ -77,3 +77,39 @@ fn kernel_parameters_reach_the_guest() {
         r.describe()
     );
 }
+
+/// The kernel loads what it asks for by itself (a file system at mount, a
+/// link type), from the kernel store, for any container; but a driver
+/// asked for at the open of a device node only when the container may
+/// open any device (`--privileged`), as runc's device cgroup refuses the
+/// open otherwise. An image's own /sbin/modprobe is never the kernel's.
+#[e2e_test]
+fn the_kernel_loads_modules_on_request_within_the_device_cgroup() {
+    let script = "printf '#!/bin/sh\\ntouch /tmp/image-modprobe-ran\\n' >/sbin/modprobe; \
+                  chmod 755 /sbin/modprobe; \
+                  ip link add br-e2e type bridge; \
+                  mknod /tmp/nvram c 10 144; cat /tmp/nvram >/dev/null 2>&1; \
+                  cut -d' ' -f1 /proc/modules | grep -E '^(bridge|nvram)$' | sort; \
+                  test -e /tmp/image-modprobe-ran && echo image modprobe ran; true";
+    let plain = run_one(
+        "runvm",
+        &["--cap-add", "NET_ADMIN"],
+        &[IMAGE, "sh", "-c", script],
+        None,
+    );
+    plain.assert_code(0, "unprivileged");
+    assert_eq!(plain.stdout_str(), "bridge\n", "{}", plain.describe());
+    let privileged = run_one(
+        "runvm",
+        &["--privileged"],
+        &[IMAGE, "sh", "-c", script],
+        None,
+    );
+    privileged.assert_code(0, "privileged");
+    assert_eq!(
+        privileged.stdout_str(),
+        "bridge\nnvram\n",
+        "{}",
+        privileged.describe()
+    );
+}
