@@ -74,10 +74,13 @@ pub fn main(args: &[std::ffi::OsString]) -> i32 {
 }
 
 /// Whether the kernel asks for a driver by device number (at the open of
-/// a node whose driver it lacks): `char-major-M[-N]`, `block-major-M[-N]`.
+/// a node whose driver it lacks): `char-major-M[-N]`, `block-major-M[-N]`,
+/// except tun/tap (10:200), which runc's device rules allow every
+/// container (VPN images make `/dev/net/tun` and open it).
 fn by_device_number(name: &str) -> bool {
     let name = name.replace('_', "-");
-    name.starts_with("char-major-") || name.starts_with("block-major-")
+    (name.starts_with("char-major-") || name.starts_with("block-major-"))
+        && name != "char-major-10-200"
 }
 
 /// The one module name in `args` (after any options and `--`).
@@ -130,7 +133,9 @@ fn load(name: &str) -> Result<(), String> {
     let dep = String::from_utf8(read("modules.dep")?)
         .map_err(|_| "modules.dep is not text".to_owned())?;
     let text = |file: &str| read(file).map(|b| String::from_utf8_lossy(&b).into_owned());
-    let alias = text("modules.alias")?;
+    // modules.symbols has the same form (`alias symbol:NAME module`), for
+    // the kernel's symbol_request().
+    let alias = text("modules.alias")? + "\n" + &text("modules.symbols")?;
     let softdep = text("modules.softdep")?;
     let builtin = text("modules.builtin")?;
     let builtin_modinfo = read("modules.builtin.modinfo")?;

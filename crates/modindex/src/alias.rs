@@ -37,7 +37,9 @@ pub struct IndexFiles<'a> {
 pub fn plan_modprobe(index: &IndexFiles, name: &str) -> Result<Vec<Vec<String>>, IndexError> {
     let builtin = Some(index.builtin).filter(|b| !b.is_empty());
     let mut plans = Vec::new();
-    for module in modules_for(index, name)? {
+    let modules = modules_for(index, name)?;
+    let built_in = modules.is_empty();
+    for module in modules {
         let mut order: Vec<String> = Vec::new();
         let mut add = |files: Vec<String>| {
             for f in files {
@@ -50,11 +52,21 @@ pub fn plan_modprobe(index: &IndexFiles, name: &str) -> Result<Vec<Vec<String>>,
         for soft in &pre {
             add(resolve_modules(index.dep, builtin, &[soft]).unwrap_or_default());
         }
-        add(resolve_modules(index.dep, builtin, &[&module])?);
+        // An alias whose module the index lacks (a stale entry) is
+        // skipped, as kmod skips it; the others are still tried.
+        let main = match resolve_modules(index.dep, builtin, &[&module]) {
+            Ok(files) => files,
+            Err(IndexError::ModuleNotFound(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        add(main);
         for soft in &post {
             add(resolve_modules(index.dep, builtin, &[soft]).unwrap_or_default());
         }
         plans.push(order);
+    }
+    if plans.is_empty() && !built_in {
+        return Err(IndexError::ModuleNotFound(name.to_owned()));
     }
     Ok(plans)
 }
@@ -115,8 +127,8 @@ fn is_builtin(index: &IndexFiles, module: &str, alias: &str) -> bool {
             .builtin_modinfo
             .split(|b| *b == 0)
             .filter_map(|entry| std::str::from_utf8(entry).ok())
-            .filter_map(|entry| entry.split_once(".alias="))
-            .any(|(_, pattern)| alias_matches(pattern, alias))
+            .filter_map(|entry| entry.split_once('='))
+            .any(|(key, pattern)| key.ends_with(".alias") && alias_matches(pattern, alias))
 }
 
 /// An alias as kmod compares it: `-` is `_` outside of `[...]` classes.
@@ -146,6 +158,12 @@ fn alias_matches(pattern: &str, wanted: &str) -> bool {
     let Some(pattern) = normalize_alias(pattern) else {
         return false;
     };
+    // Most patterns start with a literal: most lines are refused on it.
+    if let (Some(first), Some(w)) = (pattern.chars().next(), wanted.chars().next()) {
+        if !matches!(first, '*' | '?' | '[' | '\\') && first != w {
+            return false;
+        }
+    }
     let p: Vec<char> = pattern.chars().collect();
     let s: Vec<char> = wanted.chars().collect();
     fnmatch(&p, &s)
@@ -364,6 +382,31 @@ alias char-major-10-[12]3? misc_thing
             plans[2],
             ["kernel/a/vsock.ko", "kernel/a/vsock_loopback.ko"]
         );
+    }
+
+    #[test]
+    fn a_stale_alias_target_does_not_sink_the_others() {
+        let alias = "alias net-pf-40 gone_transport\nalias net-pf-40 veth\n";
+        let files = IndexFiles { alias, ..index() };
+        assert_eq!(
+            plan_modprobe(&files, "net-pf-40").unwrap(),
+            [["kernel/drivers/net/veth.ko"]]
+        );
+        let alias = "alias net-pf-41 gone_transport\n";
+        let files = IndexFiles { alias, ..index() };
+        assert!(matches!(
+            plan_modprobe(&files, "net-pf-41"),
+            Err(IndexError::ModuleNotFound(_))
+        ));
+    }
+
+    #[test]
+    fn only_alias_keys_of_modinfo_are_built_in_aliases() {
+        let files = IndexFiles {
+            builtin_modinfo: b"foo.description=see bar.alias=fs-zzz\0",
+            ..index()
+        };
+        assert!(plan_modprobe(&files, "fs-zzz").is_err());
     }
 
     #[test]

@@ -737,28 +737,39 @@ pub fn grant_mount_placement(config: &mut Value) {
     }
 }
 
-/// Whether the container's device cgroup (`linux.resources.devices`, the
-/// last rule that covers every device deciding) lets it open any device,
-/// as Docker's `--privileged` rule `{"allow": true, "access": "rwm"}` does.
+/// Whether the container's device cgroup (`linux.resources.devices`)
+/// lets it open any device, as Docker's `--privileged` rule `{"allow":
+/// true, "access": "rwm"}` does, read as runc reads it: for character and
+/// for block devices, the last rule that covers every device of the type
+/// decides (an allow rule of type `a` allows all, whatever its numbers).
 fn allows_any_device(linux: &serde_json::Map<String, Value>) -> bool {
     let Some(Value::Array(rules)) = linux.get("resources").and_then(|r| r.get("devices")) else {
         return false;
     };
     let wildcard = |v: Option<&Value>| v.is_none_or(|v| v.is_null() || v.as_i64() == Some(-1));
-    rules
-        .iter()
-        .rev()
-        .find(|r| {
-            matches!(r.get("type").and_then(Value::as_str), None | Some("a"))
-                && wildcard(r.get("major"))
-                && wildcard(r.get("minor"))
-        })
-        .is_some_and(|r| {
-            r.get("allow").and_then(Value::as_bool) == Some(true)
-                && r.get("access")
-                    .and_then(Value::as_str)
-                    .is_none_or(|a| a.contains('r') && a.contains('w'))
-        })
+    let opens = |r: &Value| {
+        r.get("access")
+            .and_then(Value::as_str)
+            .is_some_and(|a| a.contains('r') || a.contains('w'))
+    };
+    let all_of = |kind: &str| {
+        let mut allowed = false;
+        for r in rules {
+            let allow = r.get("allow").and_then(Value::as_bool) == Some(true);
+            match r.get("type").and_then(Value::as_str) {
+                None | Some("a") if allow => allowed = opens(r),
+                None | Some("a") => {
+                    allowed &= !(wildcard(r.get("major")) && wildcard(r.get("minor")))
+                }
+                Some(t) if t == kind && wildcard(r.get("major")) && wildcard(r.get("minor")) => {
+                    allowed = allow && opens(r)
+                }
+                _ => {}
+            }
+        }
+        allowed
+    };
+    all_of("c") && all_of("b")
 }
 
 /// Adds runvm's devices. `/dev/kvm` belongs to QEMU's uid and gid, mode

@@ -662,7 +662,14 @@ fn any_device_is_what_the_device_cgroup_allows_for_every_device() {
     assert!(!with(
         json!([{"allow": true, "type": "c", "access": "rwm"}])
     ));
+    // --device-cgroup-rule 'c *:* rwm' and 'b *:* rwm' together: all.
+    assert!(with(json!([
+        {"allow": false, "access": "rwm"},
+        {"allow": true, "type": "c", "access": "rwm"},
+        {"allow": true, "type": "b", "access": "rwm"}
+    ])));
     assert!(!with(json!([{"allow": true, "access": "m"}])));
+    assert!(!with(json!([{"allow": true}])));
     assert!(!with(json!([])));
     assert!(!with(Value::Null));
 }
