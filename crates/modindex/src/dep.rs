@@ -146,7 +146,9 @@ fn visit<'a>(
 mod tests {
     use super::*;
 
-    /// What runvm's initramfs loads at boot (the initramfs crate's list).
+    /// A fixture: the virtio set runvm's initramfs loads at boot. (The
+    /// initramfs crate's own list is checked against a real kernel in its
+    /// tests; this crate cannot see it.)
     const DEFAULT_MODULES: &[&str] = &[
         "virtio_pci",
         "virtio_console",

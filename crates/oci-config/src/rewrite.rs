@@ -756,14 +756,11 @@ fn allows_any_device(linux: &serde_json::Map<String, Value>) -> bool {
         let mut allowed = false;
         for r in rules {
             let allow = r.get("allow").and_then(Value::as_bool) == Some(true);
+            let every = wildcard(r.get("major")) && wildcard(r.get("minor"));
             match r.get("type").and_then(Value::as_str) {
                 None | Some("a") if allow => allowed = opens(r),
-                None | Some("a") => {
-                    allowed &= !(wildcard(r.get("major")) && wildcard(r.get("minor")))
-                }
-                Some(t) if t == kind && wildcard(r.get("major")) && wildcard(r.get("minor")) => {
-                    allowed = allow && opens(r)
-                }
+                None | Some("a") => allowed &= !every,
+                Some(t) if t == kind && every => allowed = allow && opens(r),
                 _ => {}
             }
         }

@@ -15,6 +15,19 @@ const DOCKERD_IMAGE: &str = "runvm-test/dockerd";
 /// The pause between two polls of an engine in a VM.
 const POLL_PAUSE: Duration = Duration::from_secs(3);
 
+/// [`poll_until`] for an engine in a VM: after each miss, a pause of
+/// [`POLL_PAUSE`], since each docker CLI run costs the busy TCG guest a
+/// second or more of CPU.
+fn poll_engine<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    poll_until(what, timeout, || {
+        let got = f();
+        if got.is_none() {
+            std::thread::sleep(POLL_PAUSE);
+        }
+        got
+    })
+}
+
 /// The run options of a dockerd VM: privileged in the guest, a fresh
 /// /run each boot (as under runc, a dockerd killed mid-run leaves its pid
 /// file behind in the container's /run otherwise), and an ext4 disk for
@@ -42,16 +55,11 @@ fn inner(c: &Container, args: &[&str]) -> Run {
 /// the seconds waited.
 fn wait_dockerd(c: &Container) -> (String, f64) {
     let start = Instant::now();
-    let driver = poll_until(
+    let driver = poll_engine(
         &format!("dockerd in {} to answer", c.name),
         Duration::from_secs(300),
         || {
             let r = inner(c, &["info", "--format", "{{.Driver}}"]);
-            if r.code != 0 {
-                // Each docker CLI run costs the busy TCG guest a second or
-                // more of CPU: poll gently.
-                std::thread::sleep(POLL_PAUSE);
-            }
             (r.code == 0).then(|| r.stdout_str().trim().to_string())
         },
     );
@@ -234,13 +242,9 @@ fn three_dockerd_vms_form_a_swarm_whose_mesh_answers_on_every_node() {
         inner(worker, &["swarm", "join", "--token", &token, &manager_addr])
             .assert_code(0, "docker swarm join");
     }
-    poll_until("three Ready nodes", Duration::from_secs(120), || {
+    poll_engine("three Ready nodes", Duration::from_secs(120), || {
         let r = inner(manager, &["node", "ls", "--format", "{{.Status}}"]);
-        let done = r.stdout_str().lines().filter(|l| *l == "Ready").count() == 3;
-        if !done {
-            std::thread::sleep(POLL_PAUSE);
-        }
-        done.then_some(())
+        (r.stdout_str().lines().filter(|l| *l == "Ready").count() == 3).then_some(())
     });
     eprintln!(
         "swarm: three Ready nodes after {:.0} s",
@@ -270,17 +274,13 @@ fn three_dockerd_vms_form_a_swarm_whose_mesh_answers_on_every_node() {
         ],
     )
     .assert_code(0, "docker service create");
-    poll_until("three running tasks", Duration::from_secs(400), || {
+    poll_engine("three running tasks", Duration::from_secs(400), || {
         let r = inner(
             manager,
             &["service", "ps", "web", "--format", "{{.CurrentState}}"],
         );
         let states = r.stdout_str();
-        let done = states.lines().filter(|s| s.starts_with("Running")).count() == 3;
-        if !done {
-            std::thread::sleep(POLL_PAUSE);
-        }
-        done.then_some(())
+        (states.lines().filter(|s| s.starts_with("Running")).count() == 3).then_some(())
     });
     eprintln!(
         "swarm: the global service runs on three nodes after {:.0} s",
