@@ -68,7 +68,7 @@ lint:
 # the network fixtures match a live namespace, which
 # scripts/record-net-fixtures.sh runs inside the containers it records.
 unit: kernel
-	RUNVM_TEST_KERNEL_ROOT=$$(ls -d $(DATA)/kernel/*/ | sort -V | tail -1) \
+	RUNVM_TEST_KERNEL_ROOT=$$(ls -d $(DATA)/kernel/*-cloud-amd64/ | sort -V | tail -1) \
 		cargo test --workspace --locked --exclude runvm-e2e -- --include-ignored \
 		--skip the_real_reader_sees_what_ip_shows
 
@@ -84,6 +84,7 @@ e2e: images
 test: images lint unit e2e
 
 bench: images
+	@scripts/build-test-images.sh $(NETTOOL) --bench
 	@scripts/bench.sh
 
 # Not part of `test`: 20 concurrent VMs and 200 lifecycles take a while.

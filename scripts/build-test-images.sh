@@ -16,9 +16,13 @@
 #   runvm-test/dockerd        Debian bookworm with docker.io, running
 #                             dockerd; /images/busybox.tar is the busybox
 #                             image above, saved, for `docker load`
+#   runvm-test/redis          (with --bench only) Debian bookworm running
+#                             redis-server, for make bench's time to a
+#                             server's first answer
 . "$(dirname "$0")/lib.sh"
 need_root
-NETTOOL=${1:?usage: build-test-images.sh PATH-TO-STATIC-NETTOOL}
+NETTOOL=${1:?usage: build-test-images.sh PATH-TO-STATIC-NETTOOL [--bench]}
+BENCH=${2:-}
 [ -x "$NETTOOL" ] || die "$NETTOOL is missing: run make images"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -154,6 +158,22 @@ if ! have_recipe "$IMAGE" "$recipe"; then
     dockerd_root "$tmp/dockerd.tar" "$tmp/busybox.tar"
     docker import -c 'CMD ["dockerd"]' -c "LABEL io.runvm.recipe=$recipe" \
         "$tmp/dockerd.tar" "$IMAGE" >/dev/null
+fi
+
+# Debian's redis-server, listening on every address without protected
+# mode (the benchmark asks it from the host): a real server for `make
+# bench`, which alone builds it.
+IMAGE=runvm-test/redis
+redis_root() {
+    mmdebstrap --quiet --variant=apt --include=redis-server bookworm "$1"
+}
+recipe=$(declare -f redis_root | sha256sum | cut -c1-16)
+if [ "$BENCH" = --bench ] && ! have_recipe "$IMAGE" "$recipe"; then
+    apt_install mmdebstrap
+    say "building image $IMAGE with mmdebstrap (recipe $recipe)"
+    redis_root "$tmp/redis.tar"
+    docker import -c 'CMD ["redis-server", "--protected-mode", "no", "--bind", "0.0.0.0", "--save", ""]' \
+        -c "LABEL io.runvm.recipe=$recipe" "$tmp/redis.tar" "$IMAGE" >/dev/null
 fi
 
 # The images the rebuilt ones replaced, now untagged: removed, unless a

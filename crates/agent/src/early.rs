@@ -14,6 +14,27 @@ use crate::mounts::mount_fs;
 
 use runvm_contract::guest::{LOAD_ORDER, MODULES_DIR};
 
+/// The guest's uptime in ms (CLOCK_BOOTTIME starts with the kernel).
+pub fn uptime_ms() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |t| {
+        t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000
+    })
+}
+
+/// When the agent started as `/init` and when it opened the host channel
+/// (guest uptimes in ms), for the phase timings the host prints.
+pub static INIT_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+pub static READY_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// The milestones so far, with now as the workload's start.
+pub fn boot_marks() -> runvm_protocol::BootMarks {
+    runvm_protocol::BootMarks {
+        init_ms: INIT_MS.get().copied().unwrap_or_default(),
+        ready_ms: READY_MS.get().copied().unwrap_or_default(),
+        started_ms: uptime_ms(),
+    }
+}
+
 /// Mounts the kernel filesystems of the initramfs and loads the modules.
 pub fn setup() -> Result<()> {
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;

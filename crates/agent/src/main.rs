@@ -41,6 +41,7 @@ fn main() {
         eprintln!("runvm-agent: this program is the VM's init and must run as PID 1");
         std::process::exit(2);
     }
+    early::INIT_MS.get_or_init(early::uptime_ms);
     runvm_protocol::log::init("runvm-agent");
     // A panic must not leave the VM hanging: report it and power off, which
     // ends QEMU, which the supervisor reports as a VM failure.

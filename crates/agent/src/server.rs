@@ -144,6 +144,7 @@ pub async fn serve() -> Result<()> {
     let port = tokio::task::spawn_blocking(|| early::open_port(AGENT_PORT_NAME))
         .await
         .map_err(|e| AgentError::sys("open the host channel", std::io::Error::other(e)))??;
+    early::READY_MS.get_or_init(early::uptime_ms);
     if early::kernel_flag(runvm_contract::guest::PROBE_FLAG) {
         // Boot probe (`runvm boot-probe`): the agent is ready; say so on
         // the console, where the probe watches for it, and stop.
@@ -369,7 +370,8 @@ where
     }
     // A failed report means the host end of the control stream is gone;
     // the command loop below sees the same and acts on it.
-    let _ = send(wr, &GuestMessage::Started { pid }).await;
+    let boot = Some(early::boot_marks());
+    let _ = send(wr, &GuestMessage::Started { pid, boot }).await;
 
     let master_raw = pty_master.as_ref().map(|m| m.as_raw_fd());
     let systemd = agent

@@ -158,11 +158,21 @@ pub struct VmConfig {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub qemu: String,
+    /// QEMU's `-bios`, if not its default (see `Install::firmware`).
+    #[serde(default)]
+    pub firmware: Option<String>,
     pub virtiofsd: String,
     pub kernel: String,
     pub initrd: String,
     pub rootfs: String,
     pub debug: bool,
+    /// Print the phase timings at the end (`RUNVM_DEBUG=phases` or `=1`).
+    #[serde(default)]
+    pub phases: bool,
+    /// When the runtime began to create the container (ms since the Unix
+    /// epoch), where the phase timings start; 0 if unknown.
+    #[serde(default)]
+    pub created_unix_ms: u64,
     /// Kernel parameters the container asked for (`RUNVM_KERNEL_APPEND`,
     /// already checked), after runvm's own.
     #[serde(default)]

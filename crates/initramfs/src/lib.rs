@@ -21,7 +21,7 @@ mod kernel;
 
 pub use archive::{build_initramfs, build_initramfs_with, Contents, Tool};
 pub use cache::{ensure_initramfs, ensure_initramfs_with, Initramfs};
-pub use kernel::Kernel;
+pub use kernel::{Kernel, DEFAULT_FILE as DEFAULT_KERNEL_FILE};
 pub use runvm_modindex::{resolve_modules, MAX_MODULES};
 
 /// `runvm kernel prune`: removes from the cache at `cache_dir` every
@@ -64,8 +64,8 @@ pub fn disk_modules(xfs: bool) -> Vec<&'static str> {
 pub enum Error {
     /// No `*/boot/vmlinuz-*` under the kernels directory.
     #[error(
-        "no guest kernel found in {}: run `make install` (it unpacks Debian's \
-         linux-image-cloud-amd64 there)",
+        "no guest kernel found in {}: run `make install` (it builds runvm's \
+         kernel and unpacks Debian's linux-image-cloud-amd64 there)",
         dir.display()
     )]
     NoKernel {
@@ -81,6 +81,19 @@ pub enum Error {
     KernelNotFound {
         /// The kernel path that was given.
         path: PathBuf,
+    },
+
+    /// The store's default file names a kernel the store does not have.
+    #[error(
+        "the default guest kernel {name:?} (named in {}) is not in runvm's kernel store: \
+         pick one of `runvm kernel list` with `runvm kernel default NAME`",
+        file.display()
+    )]
+    DefaultNotInStore {
+        /// The name the default file holds.
+        name: String,
+        /// The default file.
+        file: PathBuf,
     },
 
     /// `RUNVM_KERNEL` names no kernel of the store.

@@ -28,6 +28,9 @@ pub struct VmOptions {
     pub cpus: Option<u32>,
     /// Print the guest console and helper logs to the container's stderr.
     pub debug: bool,
+    /// Print the start's phase timings to the container's stderr at the
+    /// end (`RUNVM_DEBUG=phases`, and with every `RUNVM_DEBUG=1`).
+    pub phases: bool,
     /// Kernel parameters added to the guest's command line
     /// (`RUNVM_KERNEL_APPEND`), checked by [`kernel_append`].
     pub kernel_append: Vec<String>,
@@ -110,14 +113,15 @@ impl VmOptions {
                     })?,
             ),
         };
-        let debug = match get("RUNVM_DEBUG").as_deref() {
-            None | Some("") | Some("0") | Some("false") => false,
-            Some("1") | Some("true") => true,
+        let (debug, phases) = match get("RUNVM_DEBUG").as_deref() {
+            None | Some("") | Some("0") | Some("false") => (false, false),
+            Some("1") | Some("true") => (true, true),
+            Some("phases") => (false, true),
             Some(v) => {
                 return Err(OptionError {
                     name: "RUNVM_DEBUG",
                     value: v.to_owned(),
-                    expected: "use RUNVM_DEBUG=1 or RUNVM_DEBUG=0".into(),
+                    expected: "use RUNVM_DEBUG=1 (everything), RUNVM_DEBUG=phases (timings only) or RUNVM_DEBUG=0".into(),
                 })
             }
         };
@@ -181,6 +185,7 @@ impl VmOptions {
             memory_mib,
             cpus,
             debug,
+            phases,
             kernel_append,
             disks,
             cgroupfs,
@@ -267,6 +272,17 @@ mod tests {
         assert_eq!(o.accel, AccelRequest::Auto);
         assert_eq!(o.kernel, None);
         assert!(!o.debug);
+        assert!(!o.phases);
+    }
+
+    #[test]
+    fn debug_may_ask_for_the_phase_timings_alone() {
+        let o = VmOptions::from_env(&env(&["RUNVM_DEBUG=phases"]), |_| None).unwrap();
+        assert!(o.phases && !o.debug);
+        let o = VmOptions::from_env(&env(&["RUNVM_DEBUG=1"]), |_| None).unwrap();
+        assert!(o.phases && o.debug);
+        let e = VmOptions::from_env(&env(&["RUNVM_DEBUG=phase"]), |_| None).unwrap_err();
+        assert!(e.to_string().contains("RUNVM_DEBUG=phases"), "{e}");
     }
 
     #[test]

@@ -106,6 +106,8 @@ pub struct HostLayout {
     pub modules: Option<KernelModules>,
     /// QEMU's path; must be inside one of the bound host directories.
     pub qemu: String,
+    /// QEMU's `-bios`, if not its default; inside a bound directory too.
+    pub firmware: Option<String>,
     pub devices: Vec<HostDevice>,
     pub host_cpus: u32,
     /// The host's memory (MemTotal) in MiB: the most guest RAM a container
@@ -115,6 +117,9 @@ pub struct HostLayout {
     pub qemu_ids: (u32, u32),
     pub accel: Accel,
     pub accel_warning: Option<String>,
+    /// When the runtime began to create the container (ms since the Unix
+    /// epoch), for the phase timings.
+    pub created_unix_ms: u64,
 }
 
 /// A kernel's modules: `lib/modules/<version>` of its tree in the store.
@@ -366,11 +371,14 @@ pub fn rewrite_config(
         vcpus: cpus,
         memory_mib,
         qemu: host.qemu.clone(),
+        firmware: host.firmware.clone(),
         virtiofsd: paths::VIRTIOFSD.into(),
         kernel: paths::KERNEL.into(),
         initrd: paths::INITRD.into(),
         rootfs: paths::ROOTFS.into(),
         debug: opts.debug,
+        phases: opts.phases,
+        created_unix_ms: host.created_unix_ms,
         kernel_append: opts.kernel_append.clone(),
         own_network: true,
         staged_mounts,

@@ -58,8 +58,13 @@ pub enum HostMessage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum GuestMessage {
-    /// The process runs, with this pid as seen by the agent.
-    Started { pid: i32 },
+    /// The process runs, with this pid as seen by the agent; `boot` says
+    /// when the guest reached its milestones, for the phase timings.
+    Started {
+        pid: i32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        boot: Option<BootMarks>,
+    },
     /// The process could not be started; `exit_code` is what a shell would
     /// report (126 not executable, 127 not found, …).
     StartFailed { message: String, exit_code: i32 },
@@ -68,6 +73,19 @@ pub enum GuestMessage {
     Exited { status: i32 },
     /// Setup of the VM failed before the process could start.
     SetupFailed { message: String },
+}
+
+/// When the guest reached its milestones, in milliseconds of its own
+/// uptime (CLOCK_BOOTTIME, which starts with the kernel): the host, which
+/// knows when the message arrived, places them on its own clock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootMarks {
+    /// The agent started as `/init`.
+    pub init_ms: u64,
+    /// The agent opened the host channel.
+    pub ready_ms: u64,
+    /// The process was started (the moment this message was sent).
+    pub started_ms: u64,
 }
 
 /// Everything the guest needs to turn itself into the container: what the

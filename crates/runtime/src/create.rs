@@ -257,6 +257,7 @@ pub fn prepare_bundle(bundle: &Path, for_run: bool) -> Result<Prepared> {
     let new_root = bundle_real.join(ROOT_DIR_NAME);
     let host_entries = host::host_entries();
     let layout = HostLayout {
+        created_unix_ms: crate::started_unix_ms(),
         new_root: new_root.to_string_lossy().into_owned(),
         host_entries: host_entries.clone(),
         supervisor: supervisor.to_string_lossy().into_owned(),
@@ -268,6 +269,7 @@ pub fn prepare_bundle(bundle: &Path, for_run: bool) -> Result<Prepared> {
             dir: kernel.modules_dir.to_string_lossy().into_owned(),
             version: kernel.version.clone(),
         }),
+        firmware: crate::host::Install::firmware(&qemu).map(|p| p.to_string_lossy().into_owned()),
         qemu: qemu.to_string_lossy().into_owned(),
         devices: host::devices(accel),
         host_cpus: std::thread::available_parallelism()

@@ -19,7 +19,7 @@ use runvm_initramfs::Kernel;
 
 use crate::error::{Result, RuntimeError};
 
-const USAGE: &str = "usage: runvm kernel list | runvm kernel add NAME VMLINUZ [MODULES_DIR] | runvm kernel add NAME --package DEBIAN_PACKAGE | runvm kernel remove NAME | runvm kernel prune";
+const USAGE: &str = "usage: runvm kernel list | runvm kernel default [NAME] | runvm kernel add NAME VMLINUZ [MODULES_DIR] | runvm kernel add NAME --package DEBIAN_PACKAGE | runvm kernel remove NAME | runvm kernel prune";
 
 /// Runs `runvm kernel ARGS` against the store `store` and the cache `cache`.
 pub fn run(store: &Path, cache: &Path, args: &[String]) -> Result<i32> {
@@ -27,6 +27,12 @@ pub fn run(store: &Path, cache: &Path, args: &[String]) -> Result<i32> {
     match args.as_slice() {
         ["list"] => list(store),
         ["prune"] => prune(store, cache),
+        ["default"] => {
+            let k = Kernel::discover(store)?;
+            println!("{} ({})", dir_name_of(&k.root), k.version);
+            Ok(0)
+        }
+        ["default", name] => set_default(store, name),
         ["add", name, "--package", package] => add_package(store, name, package),
         ["add", name, vmlinuz] => add_files(store, name, Path::new(vmlinuz), None),
         ["add", name, vmlinuz, modules] => {
@@ -43,6 +49,7 @@ pub fn valid_name(name: &str) -> bool {
     runvm_config::options::is_kernel_name(name)
         && !name.ends_with(".partial")
         && !name.starts_with('-')
+        && name != runvm_initramfs::DEFAULT_KERNEL_FILE
 }
 
 fn check_name(name: &str) -> Result<()> {
@@ -102,9 +109,33 @@ fn users(k: &Kernel) -> Vec<u32> {
         .collect()
 }
 
+/// `default NAME`: the kernel containers boot when `RUNVM_KERNEL` names
+/// none. Written to a temporary file and renamed, so a container being
+/// created reads the old name or the new one, never half of one.
+fn set_default(store: &Path, name: &str) -> Result<i32> {
+    check_name(name)?;
+    let k = Kernel::from_store(store, name)?;
+    let chosen = dir_name_of(&k.root);
+    let file = store.join(runvm_initramfs::DEFAULT_KERNEL_FILE);
+    let tmp = store.join(format!(".{}.new", runvm_initramfs::DEFAULT_KERNEL_FILE));
+    fs::write(&tmp, format!("{chosen}\n"))
+        .and_then(|()| fs::rename(&tmp, &file))
+        .map_err(|source| RuntimeError::Write {
+            path: file.clone(),
+            source,
+        })?;
+    println!("default kernel: {chosen} ({})", k.version);
+    Ok(0)
+}
+
 fn remove(store: &Path, name: &str) -> Result<i32> {
     check_name(name)?;
     let k = Kernel::from_store(store, name)?;
+    if Kernel::default_name(store)?.is_some() && Kernel::discover(store).ok().as_ref() == Some(&k) {
+        return Err(RuntimeError::Usage(format!(
+            "kernel {name} is the store's default: pick another with `runvm kernel default NAME` first"
+        )));
+    }
     let pids = users(&k);
     if !pids.is_empty() {
         return Err(RuntimeError::Usage(format!(
@@ -360,6 +391,7 @@ mod tests {
             "a\0b",
             "two words",
             ".hidden",
+            "default",
         ] {
             assert!(!valid_name(bad), "{bad:?}");
         }
@@ -392,6 +424,31 @@ mod tests {
         assert_eq!(remove(s, "test").unwrap(), 0);
         assert!(Kernel::from_store(s, "test").is_err());
         assert!(remove(s, "test").is_err());
+    }
+
+    #[test]
+    fn the_default_is_set_by_name_and_cannot_be_removed() {
+        let store = tempfile::tempdir().unwrap();
+        let s = store.path();
+        for v in ["6.1.0-57-cloud-amd64", "6.1.192-runvm"] {
+            let f = s.join(format!("vmlinuz-{v}"));
+            fs::write(&f, b"x").unwrap();
+            add_files(s, v, &f, None).unwrap();
+        }
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            run(s, s, &args(&["default", "6.1.0-57-cloud-amd64"])).unwrap(),
+            0
+        );
+        assert_eq!(Kernel::discover(s).unwrap().version, "6.1.0-57-cloud-amd64");
+        assert!(!s.join(".default.new").exists());
+        let e = remove(s, "6.1.0-57-cloud-amd64").unwrap_err();
+        assert!(e.to_string().contains("runvm kernel default NAME"), "{e}");
+        assert!(run(s, s, &args(&["default", "nope"])).is_err());
+        assert!(run(s, s, &args(&["default", "../x"])).is_err());
+        assert_eq!(Kernel::discover(s).unwrap().version, "6.1.0-57-cloud-amd64");
+        assert_eq!(run(s, s, &args(&["default", "6.1.192-runvm"])).unwrap(), 0);
+        assert_eq!(remove(s, "6.1.0-57-cloud-amd64").unwrap(), 0);
     }
 
     #[test]

@@ -21,7 +21,19 @@ use cli::Cli;
 use error::{Result, RuntimeError};
 use logging::Log;
 
+/// When this process started, for the phase timings of a `create`.
+static STARTED: std::sync::OnceLock<std::time::SystemTime> = std::sync::OnceLock::new();
+
+/// [`STARTED`] in milliseconds since the Unix epoch.
+pub(crate) fn started_unix_ms() -> u64 {
+    STARTED
+        .get()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn main() {
+    STARTED.get_or_init(std::time::SystemTime::now);
     let cli = Cli::parse();
     let log = Log {
         path: cli.log.clone(),

@@ -10,6 +10,7 @@ mod dns;
 mod error;
 mod exec;
 mod network;
+mod phases;
 mod probe;
 mod qmp;
 mod relay;
@@ -230,6 +231,7 @@ async fn vm_end(qemu: &mut Child, virtiofsd: &mut Child) -> String {
 }
 
 async fn supervise() -> Result<i32> {
+    phases::mark(phases::Phase::Supervisor);
     let cfg = load_config()?;
     runvm_protocol::log::set_debug(cfg.debug);
     place_mounts(&cfg)?;
@@ -307,6 +309,8 @@ async fn supervise() -> Result<i32> {
         )?),
     };
 
+    phases::mark(phases::Phase::Helpers);
+
     let nic_args: Vec<vmm::NicArg> = nics
         .iter()
         .zip(vmm::NIC_SLOTS)
@@ -344,6 +348,7 @@ async fn supervise() -> Result<i32> {
     let mut qemu = spawn_helper(&cfg, &cfg.qemu, qemu_args, &logs.qemu, |c| {
         sandbox::run_unprivileged(c, quid, qgid, inherited)
     })?;
+    phases::mark(phases::Phase::Qemu);
     // Both helpers run: from here on the supervisor needs no privilege but
     // stopping QEMU, which runs under another uid.
     sandbox::drop_own_capabilities(sandbox::SUPERVISOR_KEEPS)
@@ -474,6 +479,10 @@ async fn supervise() -> Result<i32> {
     let _ = control.flush().await;
     stop(&mut qemu, Duration::from_secs(10)).await;
     stop(&mut virtiofsd, Duration::from_secs(2)).await;
+    phases::mark(phases::Phase::Stopped);
+    if cfg.phases {
+        tracing::info!("{}", phases::line(cfg.created_unix_ms));
+    }
     Ok(status)
 }
 

@@ -117,13 +117,19 @@ pub async fn run(
             msg = read_frame_limited::<_, GuestMessage>(&mut crd, MAX_SMALL_FRAME) => {
                 answered = true;
                 match msg {
-                    Ok(GuestMessage::Started { .. }) => {
+                    Ok(GuestMessage::Started { boot, .. }) => {
                         started = true;
+                        if let Some(boot) = boot {
+                            crate::phases::guest(boot);
+                        }
                         for signal in queued.drain(..) {
                             send(&mut cwr, &HostMessage::Signal { signal }).await;
                         }
                     }
-                    Ok(GuestMessage::Exited { status }) => break Outcome::Exited(status),
+                    Ok(GuestMessage::Exited { status }) => {
+                        crate::phases::mark(crate::phases::Phase::Exited);
+                        break Outcome::Exited(status);
+                    }
                     Ok(GuestMessage::StartFailed { message, exit_code }) => {
                         break Outcome::StartFailed { message, exit_code }
                     }
@@ -268,7 +274,7 @@ mod tests {
                 let h: StreamHeader = read_frame(&mut s).await.unwrap();
                 if let StreamHeader::Control { .. } = h {
                     let _: HostMessage = read_frame(&mut s).await.unwrap();
-                    write_frame(&mut s, &GuestMessage::Started { pid: 7 })
+                    write_frame(&mut s, &GuestMessage::Started { pid: 7, boot: None })
                         .await
                         .unwrap();
                     write_frame(&mut s, &GuestMessage::Exited { status: 3 })

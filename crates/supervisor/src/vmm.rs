@@ -112,6 +112,9 @@ fn machine_args(cfg: &VmConfig, cmdline_extra: &[&str], agent_chardev: String) -
         "-machine".into(),
         "q35,memory-backend=mem".into(),
     ];
+    if let Some(bios) = &cfg.firmware {
+        a.extend(["-bios".into(), bios.clone()]);
+    }
     match cfg.accel {
         Accel::Kvm => a.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]),
         Accel::Tcg => a.extend([
@@ -246,11 +249,14 @@ mod tests {
             vcpus: 2,
             memory_mib: 512,
             qemu: "/usr/bin/qemu-system-x86_64".into(),
+            firmware: Some("/usr/share/qemu/qboot.rom".into()),
             virtiofsd: "/runvm/bin/virtiofsd".into(),
             kernel: "/runvm/vmlinuz".into(),
             initrd: "/runvm/initrd.img".into(),
             rootfs: "/rootfs".into(),
             debug: false,
+            phases: false,
+            created_unix_ms: 0,
             kernel_append: vec![],
             own_network: true,
             staged_mounts: vec![],
@@ -429,7 +435,8 @@ mod tests {
         let vm = qemu_args(&c, &[], &[]);
         let probe = probe_args(&c, "/tmp/p/agent.sock");
         for flag in [
-            "-machine", "-accel", "-cpu", "-smp", "-m", "-object", "-kernel", "-initrd", "-sandbox",
+            "-machine", "-bios", "-accel", "-cpu", "-smp", "-m", "-object", "-kernel", "-initrd",
+            "-sandbox",
         ] {
             assert_eq!(pair(&probe, flag), pair(&vm, flag), "{flag}");
         }

@@ -33,6 +33,7 @@ pub fn host() -> HostLayout {
             version: "6.1.0-57-cloud-amd64".into(),
         }),
         qemu: "/usr/bin/qemu-system-x86_64".into(),
+        firmware: Some("/usr/share/qemu/qboot.rom".into()),
         devices: vec![HostDevice {
             path: "/dev/kvm".into(),
             major: 10,
@@ -43,5 +44,6 @@ pub fn host() -> HostLayout {
         qemu_ids: (2130706500, 2130706500),
         accel: Accel::Tcg,
         accel_warning: None,
+        created_unix_ms: 0,
     }
 }
