@@ -27,13 +27,15 @@ PHASES = [
     ("kernel", "QEMU set-up, firmware, kernel loading"),
     ("init", "guest kernel boot, until /init"),
     ("ready", "agent: early mounts, modules, host channel open"),
-    ("workload", "container set-up in the guest, until the workload runs"),
+    ("request", "the host's start request reaches the agent"),
+    ("prepared", "container set-up in the guest: root, mounts, network"),
+    ("workload", "the workload's process starts"),
     ("exited", "workload runs, exit status reaches the host"),
     ("stopped", "VM power-off, QEMU and virtiofsd stop"),
     ("end", "runc and runvm delete, docker returns"),
 ]
 COLOURS = ["#9e9e9e", "#8d6e63", "#ffb74d", "#fff176", "#e57373", "#ba68c8",
-           "#64b5f6", "#4db6ac", "#81c784", "#aed581", "#bdbdbd"]
+           "#64b5f6", "#90caf9", "#4dd0e1", "#4db6ac", "#81c784", "#aed581", "#bdbdbd"]
 
 
 def parse(lines):

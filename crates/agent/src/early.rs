@@ -25,12 +25,18 @@ pub fn uptime_ms() -> u64 {
 /// (guest uptimes in ms), for the phase timings the host prints.
 pub static INIT_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 pub static READY_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+/// When the request to start the container arrived, and when the
+/// container was set up.
+pub static REQUEST_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+pub static PREPARED_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 
 /// The milestones so far, with now as the workload's start.
 pub fn boot_marks() -> runvm_protocol::BootMarks {
     runvm_protocol::BootMarks {
         init_ms: INIT_MS.get().copied().unwrap_or_default(),
         ready_ms: READY_MS.get().copied().unwrap_or_default(),
+        request_ms: REQUEST_MS.get().copied().unwrap_or_default(),
+        prepared_ms: PREPARED_MS.get().copied().unwrap_or_default(),
         started_ms: uptime_ms(),
     }
 }

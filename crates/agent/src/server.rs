@@ -210,6 +210,7 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
     let wr = tokio::sync::Mutex::new(wr);
     match read_frame::<_, HostMessage>(&mut rd).await? {
         HostMessage::StartContainer(start) => {
+            early::REQUEST_MS.get_or_init(early::uptime_ms);
             let spec = &start.container;
             {
                 let mut started = agent.started.lock().expect("started lock");
@@ -220,6 +221,7 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
             }
             let prepared = prepare_container(&agent.reaper, spec, &start.network).await;
             if let Ok(systemd) = prepared {
+                early::PREPARED_MS.get_or_init(early::uptime_ms);
                 agent
                     .init_is_systemd
                     .store(systemd, std::sync::atomic::Ordering::SeqCst);

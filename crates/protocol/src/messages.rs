@@ -84,6 +84,12 @@ pub struct BootMarks {
     pub init_ms: u64,
     /// The agent opened the host channel.
     pub ready_ms: u64,
+    /// The request to start the container arrived.
+    #[serde(default)]
+    pub request_ms: u64,
+    /// The container was set up (root, mounts, network), about to start.
+    #[serde(default)]
+    pub prepared_ms: u64,
     /// The process was started (the moment this message was sent).
     pub started_ms: u64,
 }

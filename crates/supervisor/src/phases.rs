@@ -28,6 +28,10 @@ pub enum Phase {
     Init,
     /// The agent has opened the host channel.
     Ready,
+    /// The request to start the container reached the agent.
+    Request,
+    /// The guest has set the container up (root, mounts, network).
+    Prepared,
     /// The workload runs.
     Workload,
     /// Its exit status reached the host.
@@ -38,13 +42,15 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in the order they end.
-    pub const ALL: [Phase; 9] = [
+    pub const ALL: [Phase; 11] = [
         Phase::Supervisor,
         Phase::Helpers,
         Phase::Qemu,
         Phase::Kernel,
         Phase::Init,
         Phase::Ready,
+        Phase::Request,
+        Phase::Prepared,
         Phase::Workload,
         Phase::Exited,
         Phase::Stopped,
@@ -59,6 +65,8 @@ impl Phase {
             Phase::Kernel => "kernel",
             Phase::Init => "init",
             Phase::Ready => "ready",
+            Phase::Request => "request",
+            Phase::Prepared => "prepared",
             Phase::Workload => "workload",
             Phase::Exited => "exited",
             Phase::Stopped => "stopped",
@@ -84,7 +92,14 @@ impl Marks {
     /// at `arrived_unix_ms`, when the guest's uptime was `boot.started_ms`.
     /// Marks the guest could not have reached in that order are dropped.
     pub fn set_guest(&mut self, boot: BootMarks, arrived_unix_ms: u64) {
-        let ordered = boot.init_ms <= boot.ready_ms && boot.ready_ms <= boot.started_ms;
+        let guest = [
+            boot.init_ms,
+            boot.ready_ms,
+            boot.request_ms,
+            boot.prepared_ms,
+            boot.started_ms,
+        ];
+        let ordered = guest.windows(2).all(|w| w[0] <= w[1]);
         let Some(kernel) = arrived_unix_ms.checked_sub(boot.started_ms) else {
             return;
         };
@@ -94,6 +109,8 @@ impl Marks {
         self.set(Phase::Kernel, kernel);
         self.set(Phase::Init, kernel + boot.init_ms);
         self.set(Phase::Ready, kernel + boot.ready_ms);
+        self.set(Phase::Request, kernel + boot.request_ms);
+        self.set(Phase::Prepared, kernel + boot.prepared_ms);
         self.set(Phase::Workload, kernel + boot.started_ms);
     }
 
@@ -155,6 +172,8 @@ mod tests {
             BootMarks {
                 init_ms: 700,
                 ready_ms: 900,
+                request_ms: 920,
+                prepared_ms: 980,
                 started_ms: 1000,
             },
             1_002_000,
@@ -163,7 +182,7 @@ mod tests {
         assert_eq!(
             m.line(1_000_000),
             "phases (ms since runvm create): t0=1000000 supervisor=300 qemu=400 \
-             kernel=1000 init=1700 ready=1900 workload=2000 exited=2100"
+             kernel=1000 init=1700 ready=1900 request=1920 prepared=1980 workload=2000 exited=2100"
         );
     }
 
@@ -174,12 +193,12 @@ mod tests {
             init_ms: 5,
             ready_ms: 3,
             started_ms: 9,
+            ..Default::default()
         };
         m.set_guest(odd, 1000);
         let huge = BootMarks {
-            init_ms: 0,
-            ready_ms: 0,
             started_ms: u64::MAX,
+            ..Default::default()
         };
         m.set_guest(huge, 1000);
         assert_eq!(m, Marks::default());

@@ -117,3 +117,66 @@ fn a_kernel_added_by_name_boots_and_is_kept_while_in_use() {
     });
     assert!(!std::path::Path::new(&format!("{store}/{name}")).exists());
 }
+
+/// runvm's own kernel is the store's default; Debian's cloud kernel stays
+/// in the store as the compatible choice, picked by name, and runs a
+/// container with its network and an exec.
+#[e2e_test]
+fn runvms_kernel_is_the_default_and_debians_stays_selectable() {
+    let runvm = runvm_binary();
+    let default = run_cmd(&runvm, &["kernel", "default"], None, COMMAND_TIMEOUT);
+    default.assert_code(0, "runvm kernel default");
+    assert!(
+        default.stdout_str().contains("-runvm "),
+        "the default is runvm's kernel: {}",
+        default.describe()
+    );
+    let plain = run_one("runvm", &[], &[IMAGE, "uname", "-r"], None);
+    plain.assert_code(0, "the default kernel");
+    assert!(
+        plain.stdout_str().trim_end().ends_with("-runvm"),
+        "{}",
+        plain.describe()
+    );
+
+    let list = run_cmd(&runvm, &["kernel", "list"], None, COMMAND_TIMEOUT);
+    let cloud = list
+        .stdout_str()
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .find(|name| name.ends_with("-cloud-amd64"))
+        .unwrap_or_else(|| panic!("no Debian cloud kernel in the store: {}", list.describe()));
+    let env = format!("RUNVM_KERNEL={cloud}");
+    let c = Container::run_detached(
+        "cloud-kernel",
+        "runvm",
+        &[
+            "-e",
+            &env,
+            IMAGE,
+            "sh",
+            "-c",
+            "uname -r; echo up; sleep 600",
+        ],
+    );
+    c.wait_for_log("up", Duration::from_secs(120));
+    assert_eq!(c.logs().stdout_str(), format!("{cloud}\nup\n"));
+    let exec = docker(
+        &[
+            "exec",
+            &c.name,
+            "sh",
+            "-c",
+            "uname -r; ip route | grep -c '^default'",
+        ],
+        None,
+    );
+    exec.assert_code(0, "exec under the cloud kernel");
+    assert_eq!(
+        exec.stdout_str(),
+        format!("{cloud}\n1\n"),
+        "{}",
+        exec.describe()
+    );
+}
