@@ -146,6 +146,11 @@ fn machine_args(cfg: &VmConfig, cmdline_extra: &[&str], agent_chardev: String) -
         format!("virtserialport,bus=vser.0,chardev=agent,name={AGENT_PORT_NAME}"),
         "-device".into(),
         "virtio-rng-pci".into(),
+        // Free page reporting: the guest hands the pages it frees back to
+        // the host (QEMU punches them out of the shared memory), so an idle
+        // guest holds only what it uses, not the peak of its past.
+        "-device".into(),
+        "virtio-balloon-pci,id=balloon,free-page-reporting=on".into(),
     ]);
     a.extend([
         // QEMU's own seccomp filter on top of runvm's: no obsolete system
@@ -373,6 +378,12 @@ mod tests {
         let v = modules_virtiofsd_args(&c, 5);
         assert!(v.contains(&"--readonly".to_string()));
         assert!(v.contains(&"--shared-dir=/runvm/modules".to_string()));
+    }
+
+    #[test]
+    fn the_guest_gives_freed_memory_back() {
+        let a = qemu_args(&cfg(Accel::Tcg), &[], &[]);
+        assert!(pair(&a, "-device").contains(&"virtio-balloon-pci,id=balloon,free-page-reporting=on"));
     }
 
     #[test]
