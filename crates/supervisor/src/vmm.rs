@@ -383,7 +383,9 @@ mod tests {
     #[test]
     fn the_guest_gives_freed_memory_back() {
         let a = qemu_args(&cfg(Accel::Tcg), &[], &[]);
-        assert!(pair(&a, "-device").contains(&"virtio-balloon-pci,id=balloon,free-page-reporting=on"));
+        assert!(
+            pair(&a, "-device").contains(&"virtio-balloon-pci,id=balloon,free-page-reporting=on")
+        );
     }
 
     #[test]
