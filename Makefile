@@ -44,7 +44,7 @@ uninstall:
 	-@if [ -x $(PREFIX)/bin/runvm ]; then $(PREFIX)/bin/runvm docker-unregister /etc/docker/daemon.json; fi
 	-@pid=$$(pidof dockerd) && kill -HUP $$pid || true
 	rm -f $(PREFIX)/bin/runvm
-	rm -rf $(LIBEXEC) $(DATA)
+	rm -rf $(LIBEXEC) $(DATA) /var/cache/runvm
 
 # The test image carries nettool (tests/nettool), static like the agent.
 images: install

@@ -21,7 +21,8 @@ import sys
 # its mark and starts at the previous one's.
 PHASES = [
     ("t0", "docker and containerd, until runvm create starts"),
-    ("supervisor", "runvm create (config rewrite) and runc, until the supervisor runs"),
+    ("rewritten", "runvm create: the bundle rewritten for the VM"),
+    ("supervisor", "runc create and start, until the supervisor runs"),
     ("helpers", "supervisor set-up: network capture, sockets, virtiofsd"),
     ("qemu", "QEMU started"),
     ("kernel", "QEMU set-up, firmware, kernel loading"),
@@ -34,7 +35,7 @@ PHASES = [
     ("stopped", "VM power-off, QEMU and virtiofsd stop"),
     ("end", "runc and runvm delete, docker returns"),
 ]
-COLOURS = ["#9e9e9e", "#8d6e63", "#ffb74d", "#fff176", "#e57373", "#ba68c8",
+COLOURS = ["#9e9e9e", "#a1887f", "#8d6e63", "#ffb74d", "#fff176", "#e57373", "#ba68c8",
            "#64b5f6", "#90caf9", "#4dd0e1", "#4db6ac", "#81c784", "#aed581", "#bdbdbd"]
 
 

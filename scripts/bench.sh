@@ -12,8 +12,8 @@
 #  4. host memory (PSS) of QEMU + virtiofsd + supervisor for one idle
 #     container, against what the guest has touched and its RAM;
 #  5. file throughput: virtiofs (runvm's root) against runc's overlayfs;
-#  6. time until a real server answers (redis-server, redis-cli ping from
-#     another container);
+#  6. time until a real server answers (redis-server: from `docker run -d`
+#     until it answers PING, asked from the host);
 #  7. TCP throughput and HTTP request latency between two containers on a
 #     user-defined network, for each pairing of runtimes, against
 #     runc to runc (nettool, the test image's static tool).
@@ -44,6 +44,13 @@ measure() { # name, command...
     printf '%-44s median %7.3f s   (min %.3f, max %.3f, n=%d)\n' "$name" "$med" "$min" "$max" "$N"
 }
 ratio() { echo "$1 / $2" | bc -l; }
+
+# Whatever this run started goes, however it ends.
+cleanup() {
+    docker ps -aq --filter name="runvm-bench-.*-$$" | xargs -r docker rm -f >/dev/null 2>&1 || true
+    docker network rm "runvm-bench-net-$$" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
 
 command -v bc >/dev/null || apt_install bc
 command -v python3 >/dev/null || apt_install python3
@@ -181,9 +188,11 @@ for rt in runc runvm; do
         t0=$(now)
         docker run -d --rm --name "$c" --runtime=$rt runvm-test/redis >/dev/null
         ip=$(docker inspect -f '{{.NetworkSettings.IPAddress}}' "$c")
-        for _ in $(seq 1 3000); do redis_ping "$ip" && break; sleep 0.02; done
+        answered=no
+        for _ in $(seq 1 3000); do redis_ping "$ip" && { answered=yes; break; }; sleep 0.02; done
         t1=$(now)
         docker rm -f "$c" >/dev/null
+        [ "$answered" = yes ] || { echo "redis-server under $rt never answered: sample dropped" >&2; continue; }
         samples+=("$(echo "$t1 - $t0" | bc -l)")
     done
     read -r med min max < <(printf '%s\n' "${samples[@]}" | stats)

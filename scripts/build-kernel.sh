@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Builds runvm's own guest kernel from Debian's linux-source-6.1 and
-# kernel/runvm.config (a fragment on `make allnoconfig`), and adds it to
-# the kernel store as <release> (6.1.N-runvm), with its modules.
+# kernel/runvm.config (a fragment on `make allnoconfig`), adds it to the
+# kernel store as <release>-<recipe> (e.g. 6.1.192-runvm-1a2b3c4d, version
+# 6.1.192-runvm) with its modules, and makes it the store's default unless
+# the administrator chose another with `runvm kernel default`.
 #
-# The build is cached: the store entry records the recipe it was built from
+# The build is cached: a store entry records the recipe it was built from
 # (the fragment, this script, the source package's version) and is rebuilt
-# only when that changes. Object files stay in $RUNVM_KBUILD so a changed
-# fragment rebuilds only what it touches.
+# only when that changes. A new build never replaces a kernel a running
+# container boots: it is a new entry, and older runvm builds are removed
+# only once no container uses them. Object files stay in $RUNVM_KBUILD,
+# so a changed fragment rebuilds only what it touches.
 #
 #   --check   print "current" or "stale" and exit, building nothing.
 . "$(dirname "$0")/lib.sh"
@@ -21,27 +25,99 @@ BUILD="${RUNVM_KBUILD:-/var/cache/runvm/kbuild}"
 SRC_PKG=linux-source-6.1
 TARBALL=/usr/src/$SRC_PKG.tar.xz
 
-if ! dpkg-query -W -f='${Status}' "$SRC_PKG" 2>/dev/null | grep -q 'ok installed'; then
-    [ "${1:-}" = --check ] && { echo stale; exit 0; }
-    say "installing $SRC_PKG and the kernel's build tools (about 140 MB)"
+if [ "${1:-}" != --check ]; then
+    # The source (about 140 MB) and the build tools; apt_install skips
+    # what is there.
     apt_install "$SRC_PKG" bc bison flex libelf-dev libssl-dev gcc make xz-utils kmod cpio
+elif ! dpkg-query -W -f='${Status}' "$SRC_PKG" 2>/dev/null | grep -q 'ok installed'; then
+    echo stale
+    exit 0
 fi
 src_version=$(dpkg-query -W -f='${Version}' "$SRC_PKG")
 recipe=$( { echo "$src_version"; cat "$FRAGMENT" "$0"; } | sha256sum | cut -c1-16)
 
 current() { # the store entry built from this recipe, if there is one
-    grep -lx "$recipe" "$KDIR"/*-runvm/.recipe 2>/dev/null | head -1
+    local f
+    for f in "$KDIR"/*/.recipe; do
+        if [ -f "$f" ] && [ "$(cat "$f")" = "$recipe" ]; then
+            dirname "$f"
+            return 0
+        fi
+    done
 }
 if [ "${1:-}" = --check ]; then
     if [ -n "$(current)" ]; then echo current; else echo stale; fi
     exit 0
 fi
-if [ -n "$(current)" ]; then
+
+# One build at a time (two checkouts on one machine share the build tree).
+mkdir -p "$BUILD" "$KDIR"
+exec 9>"$BUILD/.lock"
+flock 9
+
+# users DIR: the pids of running supervisors whose VM boots the kernel of
+# store entry DIR (their /runvm/vmlinuz is that file, bound in by runvm).
+users() {
+    local f pid want
+    for f in "$1"/boot/vmlinuz-* "$1"/boot/vmlinux-*; do
+        [ -f "$f" ] || continue
+        want=$(stat -L -c %d:%i "$f")
+        for pid in $(pgrep -x runvm-superviso || true); do
+            [ "$(stat -L -c %d:%i "/proc/$pid/root/runvm/vmlinuz" 2>/dev/null)" = "$want" ] && echo "$pid"
+        done
+    done
+}
+
+# set_default NAME: the store's default, unless the administrator picked
+# another one (a default that make did not write stays).
+set_default() {
+    local current made
+    current=$(cat "$KDIR/default" 2>/dev/null || true)
+    made=$(cat "$BUILD/default-set-by-make" 2>/dev/null || true)
+    if [ "$current" = "$1" ]; then
+        return 0
+    elif [ -z "$current" ] || [ "$current" = "$made" ]; then
+        printf '%s\n' "$1" >"$KDIR/.default.new"
+        mv "$KDIR/.default.new" "$KDIR/default"
+        printf '%s\n' "$1" >"$BUILD/default-set-by-make"
+        say "default guest kernel: $1"
+    else
+        say "the default guest kernel stays $current (chosen with runvm kernel default); runvm's own is $1"
+    fi
+}
+
+# prune_old KEEP: removes runvm's older builds (store entries with a
+# .recipe) that no running container boots and that are not the default.
+prune_old() {
+    local d name pids
+    for d in "$KDIR"/*/; do
+        d=${d%/}
+        name=${d##*/}
+        if [ ! -f "$d/.recipe" ] || [ "$name" = "$1" ] ||
+            [ "$name" = "$(cat "$KDIR/default" 2>/dev/null || true)" ]; then
+            continue
+        fi
+        pids=$(users "$d" | tr '\n' ' ')
+        if [ -n "$pids" ]; then
+            say "keeping the older kernel $name: running containers boot it (supervisor pids $pids)"
+        else
+            rm -rf "$d"
+            say "removed the older kernel $name"
+        fi
+    done
+}
+
+built=$(current)
+if [ -n "$built" ]; then
+    set_default "${built##*/}"
+    prune_old "${built##*/}"
     exit 0
 fi
 
 tree="$BUILD/$SRC_PKG-$src_version"
 if [ ! -f "$tree/.unpacked" ]; then
+    # Trees of older source versions go: 1.5 GB each.
+    find "$BUILD" -mindepth 1 -maxdepth 1 -type d -name "$SRC_PKG-*" ! -name "${tree##*/}" -exec rm -rf {} +
     say "unpacking $TARBALL into $tree"
     rm -rf "$tree"
     mkdir -p "$tree"
@@ -68,37 +144,35 @@ while IFS= read -r line; do
     sym=${want#\# }; sym=${sym%%[= ]*}
     got=$(grep -E "^(# )?${sym}[= ]" "$out/.config" || echo "# $sym is not set")
     if [ "$got" != "$want" ]; then
-        echo "runvm: kernel/runvm.config asks for '$want' but the configuration has '$got' (a dependency is missing)" >&2
+        echo "runvm: kernel/runvm.config asks for '$want' but the configuration has '$got'" >&2
         unapplied=1
     fi
 done <"$FRAGMENT"
-[ "$unapplied" = 0 ] || die "kernel/runvm.config does not apply to $SRC_PKG $src_version: add the missing dependencies to it"
+[ "$unapplied" = 0 ] || die "kernel/runvm.config does not apply to $SRC_PKG $src_version: a dependency of the lines above is missing from it, or the symbol was renamed or removed in this source version"
 
-say "building the runvm guest kernel on $jobs cores (about 10 minutes on 2)"
+say "building the runvm guest kernel on $jobs cores (about 5 minutes on 2)"
 t0=$(date +%s)
 make -s -C "$tree" O="$out" ARCH=x86_64 -j"$jobs" bzImage modules
 release=$(make -s --no-print-directory -C "$tree" O="$out" ARCH=x86_64 kernelrelease)
 say "built $release in $(( $(date +%s) - t0 )) s"
 
-tmp="$KDIR/$release.partial"
-rm -rf "$tmp"; mkdir -p "$tmp"
+name="$release-${recipe:0:8}"
+tmp="$KDIR/$name.partial"
+rm -rf "$tmp"; mkdir -p "$tmp/boot"
 trap 'rm -rf "$tmp"' EXIT
-mkdir -p "$tmp/boot"
+# Only the bzImage: its decompressor is what applies KASLR (an
+# uncompressed boot/vmlinux-* would boot at its PVH entry, 70 ms faster
+# under TCG, always at the same address).
 cp "$out/arch/x86/boot/bzImage" "$tmp/boot/vmlinuz-$release"
-# The uncompressed kernel, which QEMU boots at its PVH entry (no
-# decompression): the store prefers it. Symbols are of no use there.
-objcopy --strip-all "$out/vmlinux" "$tmp/boot/vmlinux-$release"
 cp "$out/.config" "$tmp/boot/config-$release"
 make -s -C "$tree" O="$out" ARCH=x86_64 INSTALL_MOD_PATH="$tmp" INSTALL_MOD_STRIP=1 DEPMOD=/bin/true modules_install
 rm -f "$tmp/lib/modules/$release/build" "$tmp/lib/modules/$release/source"
 depmod -b "$tmp" "$release"
 echo "$recipe" >"$tmp/.recipe"
 chmod 0755 "$tmp"
-rm -rf "$KDIR/$release.old"
-if [ -d "$KDIR/$release" ]; then
-    mv "$KDIR/$release" "$KDIR/$release.old"
-fi
-mv "$tmp" "$KDIR/$release"
+rm -rf "${KDIR:?}/$name"
+mv "$tmp" "$KDIR/$name"
 trap - EXIT
-rm -rf "$KDIR/$release.old"
-say "added kernel $release to the store $KDIR"
+say "added kernel $name ($release) to the store $KDIR"
+set_default "$name"
+prune_old "$name"

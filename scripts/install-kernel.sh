@@ -14,12 +14,13 @@ cloud_kernel() {
     fi
     apt_install kmod dpkg
     [ -n "$APT_UPDATED" ] || { DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null; APT_UPDATED=1; }
-    local pkg ver tmp
+    local pkg ver
     pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
     [ -n "$pkg" ] || die "cannot find the package behind linux-image-cloud-amd64 in apt's lists"
     ver=${pkg#linux-image-}
     say "unpacking $pkg into $KDIR/$ver"
     tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
     (cd "$tmp" && apt-get download -q "$pkg" >/dev/null)
     mkdir -p "$tmp/root"
     dpkg-deb -x "$tmp"/*.deb "$tmp/root"
@@ -29,20 +30,9 @@ cloud_kernel() {
     mv "$tmp/root" "$KDIR/$ver.partial"
     mv "$KDIR/$ver.partial" "$KDIR/$ver"
     rm -rf "$tmp"
+    trap - EXIT
 }
 
 cloud_kernel
+# runvm's own, built once and cached; the store's default (see there).
 "$(dirname "$0")/build-kernel.sh"
-
-# The default: the newest runvm kernel, unless the administrator picked
-# another one (`runvm kernel default NAME`), which stays.
-newest=$(find "$KDIR" -mindepth 1 -maxdepth 1 -type d -name '*-runvm' -printf '%f\n' | sort -V | tail -1)
-current=$(cat "$KDIR/default" 2>/dev/null || true)
-case "$current" in
-    "$newest") ;;
-    "" | *-runvm)
-        printf '%s\n' "$newest" >"$KDIR/.default.new"
-        mv "$KDIR/.default.new" "$KDIR/default"
-        say "default guest kernel: $newest" ;;
-    *) say "default guest kernel stays $current (set by runvm kernel default; runvm's own is $newest)" ;;
-esac

@@ -173,6 +173,9 @@ pub struct VmConfig {
     /// epoch), where the phase timings start; 0 if unknown.
     #[serde(default)]
     pub created_unix_ms: u64,
+    /// When the runtime had rewritten the bundle, just before runc runs.
+    #[serde(default)]
+    pub rewritten_unix_ms: u64,
     /// Kernel parameters the container asked for (`RUNVM_KERNEL_APPEND`,
     /// already checked), after runvm's own.
     #[serde(default)]

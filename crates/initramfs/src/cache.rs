@@ -43,9 +43,10 @@ impl Initramfs {
 ///
 /// The path is `<cache_dir>/initramfs-<kernel version>-<key>.img`, where
 /// `<key>` is the first 16 hex digits of the SHA-256 of the agent's bytes,
-/// the kernel image's bytes, the module files' bytes and names, and an
-/// archive format version: a kernel or agent replaced in place (same
-/// version string, other content) never reuses a stale archive. The kernel
+/// the module files' bytes and names, the kernel's version and an archive
+/// format version: modules or an agent replaced in place (same version
+/// string, other content) never reuse a stale archive. (Not the kernel
+/// image's bytes: the archive holds nothing of it.) The kernel
 /// is checked (module paths stay in its tree) before anything is written.
 /// Concurrent callers are safe: archives are renamed into place atomically,
 /// so a racing builder at worst does the work twice. After a build, other

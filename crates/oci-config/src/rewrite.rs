@@ -379,6 +379,7 @@ pub fn rewrite_config(
         debug: opts.debug,
         phases: opts.phases,
         created_unix_ms: host.created_unix_ms,
+        rewritten_unix_ms: 0,
         kernel_append: opts.kernel_append.clone(),
         own_network: true,
         staged_mounts,

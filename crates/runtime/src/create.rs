@@ -323,6 +323,8 @@ pub fn prepare_bundle(bundle: &Path, for_run: bool) -> Result<Prepared> {
             }
         }
     }
+    // runvm's own work is done: runc's (create, then start) follows.
+    rewritten.vm.rewritten_unix_ms = crate::now_unix_ms();
     let vm_json = serde_json::to_vec_pretty(&rewritten.vm).expect("VmConfig serialises");
     write_atomic(
         &new_root.join(paths::VM_CONFIG.trim_start_matches('/')),

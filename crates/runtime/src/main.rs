@@ -32,6 +32,13 @@ pub(crate) fn started_unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Now, in milliseconds since the Unix epoch.
+pub(crate) fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn main() {
     STARTED.get_or_init(std::time::SystemTime::now);
     let cli = Cli::parse();

@@ -46,6 +46,7 @@ pub fn boot_probe(debug: bool) -> Result<i32> {
         debug: debug || opts.debug,
         phases: false,
         created_unix_ms: 0,
+        rewritten_unix_ms: 0,
         kernel_append: opts.kernel_append.clone(),
         own_network: false,
         qemu_uid: 0,

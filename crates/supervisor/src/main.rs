@@ -233,6 +233,7 @@ async fn vm_end(qemu: &mut Child, virtiofsd: &mut Child) -> String {
 async fn supervise() -> Result<i32> {
     phases::mark(phases::Phase::Supervisor);
     let cfg = load_config()?;
+    phases::mark_at(phases::Phase::Rewritten, cfg.rewritten_unix_ms);
     runvm_protocol::log::set_debug(cfg.debug);
     place_mounts(&cfg)?;
     let terminal = cfg.container.process.terminal;

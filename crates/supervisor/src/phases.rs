@@ -16,7 +16,9 @@ use runvm_protocol::BootMarks;
 /// A phase of the start, named by the moment it ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// The supervisor runs (runc has made the container).
+    /// runvm has rewritten the bundle (runc runs next).
+    Rewritten,
+    /// The supervisor runs (runc has made and started the container).
     Supervisor,
     /// Its sockets listen, the network is captured, virtiofsd runs.
     Helpers,
@@ -42,7 +44,8 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in the order they end.
-    pub const ALL: [Phase; 11] = [
+    pub const ALL: [Phase; 12] = [
+        Phase::Rewritten,
         Phase::Supervisor,
         Phase::Helpers,
         Phase::Qemu,
@@ -59,6 +62,7 @@ impl Phase {
     /// Its name in the printed line.
     pub fn name(self) -> &'static str {
         match self {
+            Phase::Rewritten => "rewritten",
             Phase::Supervisor => "supervisor",
             Phase::Helpers => "helpers",
             Phase::Qemu => "qemu",
@@ -137,6 +141,16 @@ pub fn now_unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Records that `phase` ended at `unix_ms` (0: unknown, not recorded).
+pub fn mark_at(phase: Phase, unix_ms: u64) {
+    if unix_ms == 0 {
+        return;
+    }
+    if let Ok(mut m) = MARKS.lock() {
+        m.set(phase, unix_ms);
+    }
+}
+
 /// Records that `phase` ends now.
 pub fn mark(phase: Phase) {
     let now = now_unix_ms();
@@ -165,6 +179,7 @@ mod tests {
     #[test]
     fn the_guests_milestones_are_placed_by_the_arrival_of_its_message() {
         let mut m = Marks::default();
+        m.set(Phase::Rewritten, 1_000_100);
         m.set(Phase::Supervisor, 1_000_300);
         m.set(Phase::Qemu, 1_000_400);
         m.set(Phase::Qemu, 1_000_999);
@@ -181,7 +196,7 @@ mod tests {
         m.set(Phase::Exited, 1_002_100);
         assert_eq!(
             m.line(1_000_000),
-            "phases (ms since runvm create): t0=1000000 supervisor=300 qemu=400 \
+            "phases (ms since runvm create): t0=1000000 rewritten=100 supervisor=300 qemu=400 \
              kernel=1000 init=1700 ready=1900 request=1920 prepared=1980 workload=2000 exited=2100"
         );
     }

@@ -262,6 +262,7 @@ mod tests {
             debug: false,
             phases: false,
             created_unix_ms: 0,
+            rewritten_unix_ms: 0,
             kernel_append: vec![],
             own_network: true,
             staged_mounts: vec![],

@@ -127,7 +127,7 @@ fn runvms_kernel_is_the_default_and_debians_stays_selectable() {
     let default = run_cmd(&runvm, &["kernel", "default"], None, COMMAND_TIMEOUT);
     default.assert_code(0, "runvm kernel default");
     assert!(
-        default.stdout_str().contains("-runvm "),
+        default.stdout_str().trim_end().ends_with("-runvm)"),
         "the default is runvm's kernel: {}",
         default.describe()
     );
