@@ -236,3 +236,15 @@ for pair in runvm:runvm runc:runvm runvm:runc; do
         "$(echo "${MBPS[$pair]} / ${MBPS[runc:runc]}" | bc -l)" \
         "$(echo "${LAT[$pair]} / ${LAT[runc:runc]}" | bc -l)"
 done
+
+# VM templating, an experiment (not a runvm feature): restoring a VM
+# saved with its agent ready, against a cold boot (TCG).
+echo
+echo "== VM templating (experiment): the default kernel, restored from a saved VM against booted"
+read -r kname kversion < <(runvm kernel default | tr -d '()')
+initrd=$(find "$RUNVM_DATA/cache" -maxdepth 1 -name "initramfs-$kversion-[0-9a-f]*.img" -printf "%T@ %p\n" 2>/dev/null | sort -rn | head -1 | cut -d" " -f2-)
+if [ -n "$initrd" ]; then
+    python3 "$(dirname "$0")/bench-templating.py" "$RUNVM_DATA/kernel/$kname/boot/vmlinuz-$kversion" "$initrd" || true
+else
+    echo "no initramfs of $kversion in the cache yet: run a container first"
+fi
