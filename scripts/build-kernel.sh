@@ -53,33 +53,41 @@ fi
 # One build at a time (two checkouts on one machine share the build tree).
 mkdir -p "$BUILD" "$KDIR"
 exec 9>"$BUILD/.lock"
-flock 9
+flock -n 9 || { say "waiting for another kernel build to finish ($BUILD/.lock)"; flock 9; }
+# The default when this run began: a build it stops being the default of
+# is removed only by a later run, never while a container being created
+# may still have read its name.
+initial_default=$(cat "$KDIR/default" 2>/dev/null || true)
 
-# users DIR: the pids of running supervisors whose VM boots the kernel of
-# store entry DIR (their /runvm/vmlinuz is that file, bound in by runvm).
+# users DIR: the pids of the processes whose root has the kernel of store
+# entry DIR at /runvm/vmlinuz (runvm binds it there at create, before the
+# supervisor runs: every process is looked at, whatever its name).
 users() {
-    local f pid want
+    local f p want
     for f in "$1"/boot/vmlinuz-* "$1"/boot/vmlinux-*; do
         [ -f "$f" ] || continue
         want=$(stat -L -c %d:%i "$f")
-        for pid in $(pgrep -x runvm-superviso || true); do
-            [ "$(stat -L -c %d:%i "/proc/$pid/root/runvm/vmlinuz" 2>/dev/null)" = "$want" ] && echo "$pid"
+        for p in /proc/[0-9]*; do
+            if [ "$(stat -L -c %d:%i "$p/root/runvm/vmlinuz" 2>/dev/null || true)" = "$want" ]; then
+                echo "${p#/proc/}"
+            fi
         done
     done
+    return 0
 }
 
 # set_default NAME: the store's default, unless the administrator picked
-# another one (a default that make did not write stays).
+# a kernel that is not one of runvm's builds (Debian's, one added by
+# hand): that choice stays. A default naming nothing in the store is
+# replaced.
 set_default() {
-    local current made
+    local current
     current=$(cat "$KDIR/default" 2>/dev/null || true)
-    made=$(cat "$BUILD/default-set-by-make" 2>/dev/null || true)
     if [ "$current" = "$1" ]; then
         return 0
-    elif [ -z "$current" ] || [ "$current" = "$made" ]; then
+    elif [ -z "$current" ] || [ ! -d "$KDIR/$current" ] || [ -f "$KDIR/$current/.recipe" ]; then
         printf '%s\n' "$1" >"$KDIR/.default.new"
         mv "$KDIR/.default.new" "$KDIR/default"
-        printf '%s\n' "$1" >"$BUILD/default-set-by-make"
         say "default guest kernel: $1"
     else
         say "the default guest kernel stays $current (chosen with runvm kernel default); runvm's own is $1"
@@ -93,13 +101,13 @@ prune_old() {
     for d in "$KDIR"/*/; do
         d=${d%/}
         name=${d##*/}
-        if [ ! -f "$d/.recipe" ] || [ "$name" = "$1" ] ||
+        if [ ! -f "$d/.recipe" ] || [ "$name" = "$1" ] || [ "$name" = "$initial_default" ] ||
             [ "$name" = "$(cat "$KDIR/default" 2>/dev/null || true)" ]; then
             continue
         fi
-        pids=$(users "$d" | tr '\n' ' ')
+        pids=$(users "$d" | sort -u | tr '\n' ' ')
         if [ -n "$pids" ]; then
-            say "keeping the older kernel $name: running containers boot it (supervisor pids $pids)"
+            say "keeping the older kernel $name: running containers boot it (pids $pids); run make kernel again once they have stopped"
         else
             rm -rf "$d"
             say "removed the older kernel $name"

@@ -15,20 +15,21 @@ cloud_kernel() {
     apt_install kmod dpkg
     [ -n "$APT_UPDATED" ] || { DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null; APT_UPDATED=1; }
     local pkg ver
-    pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-    [ -n "$pkg" ] || die "cannot find the package behind linux-image-cloud-amd64 in apt's lists"
+    pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}' || true)
+    [ -n "$pkg" ] || die "apt knows no linux-image-cloud-amd64: add Debian bookworm's main suite to apt's sources (/etc/apt/sources.list.d) and run make again"
     ver=${pkg#linux-image-}
     say "unpacking $pkg into $KDIR/$ver"
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' EXIT
+    chmod 755 "$tmp" # apt's download user writes there
     (cd "$tmp" && apt-get download -q "$pkg" >/dev/null)
     mkdir -p "$tmp/root"
     dpkg-deb -x "$tmp"/*.deb "$tmp/root"
     depmod -b "$tmp/root" "$ver"
     mkdir -p "$KDIR"
-    rm -rf "$KDIR/$ver.partial"
-    mv "$tmp/root" "$KDIR/$ver.partial"
-    mv "$KDIR/$ver.partial" "$KDIR/$ver"
+    rm -rf "${KDIR:?}/$ver.partial" "${KDIR:?}/$ver"
+    mv -T "$tmp/root" "$KDIR/$ver.partial"
+    mv -T "$KDIR/$ver.partial" "$KDIR/$ver"
     rm -rf "$tmp"
     trap - EXIT
 }
