@@ -60,11 +60,15 @@ pub struct Confinement {
     pub sysfs_readonly: bool,
     pub cgroup_readonly: bool,
     pub seccomp: Option<SeccompFilter>,
+    /// The workload's cgroup (see [`crate::cgroup`]), which the init and
+    /// every exec join, in a cgroup namespace of the init's.
+    pub cgroup: Option<PathBuf>,
 }
 
 impl Confinement {
-    pub fn of(spec: &ContainerSpec) -> Self {
+    pub fn of(spec: &ContainerSpec, cgroup: Option<PathBuf>) -> Self {
         Confinement {
+            cgroup,
             masked_paths: spec.masked_paths.clone(),
             readonly_paths: spec.readonly_paths.clone(),
             sysfs_readonly: spec.sysfs_readonly,
@@ -89,6 +93,8 @@ pub enum Namespaces<'a> {
 pub struct ContainerNamespaces {
     mnt: OwnedFd,
     pid: OwnedFd,
+    /// None on a kernel without cgroup namespaces.
+    cgroup: Option<OwnedFd>,
 }
 
 impl ContainerNamespaces {
@@ -100,6 +106,7 @@ impl ContainerNamespaces {
         Ok(ContainerNamespaces {
             mnt: open("mnt")?,
             pid: open("pid")?,
+            cgroup: open("cgroup").ok(),
         })
     }
 }
@@ -195,7 +202,19 @@ struct ChildSetup {
     soft_rlimits: Vec<Limit>,
     caps: Option<crate::caps::Masks>,
     no_new_privileges: bool,
+    /// `cgroup.procs` of the workload's cgroup, in the agent's mount
+    /// namespace: the process joins it first.
+    cgroup_procs: Option<CString>,
+    /// The init: a cgroup namespace of its own (rooted at its cgroup), and
+    /// `/sys/fs/cgroup` mounted anew in it.
+    new_cgroup_ns: bool,
+    /// An exec: the init's cgroup namespace.
+    join_cgroup_ns: Option<OwnedFd>,
+    cgroup2: CString,
+    cgroup_dir: CString,
     cwd: CString,
+    /// Written to when the working directory cannot be entered.
+    chdir_failed: OwnedFd,
     /// What to execute, prepared before the fork: execve is called from the
     /// child directly so that the environment keeps its order (std's
     /// `Command` sorts it).
@@ -389,6 +408,24 @@ impl ChildSetup {
         // Every call below is a nix wrapper or a system call on data owned
         // by `self` and prepared before the fork (paths as `&CStr`, ids,
         // flag sets, fixed-size structures): nothing allocates.
+        // The cgroup first, by its path in the agent's mount namespace.
+        if let Some(procs) = &self.cgroup_procs {
+            let fd = nix::fcntl::open(
+                procs.as_c_str(),
+                nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?;
+            // SAFETY: `open` just returned this descriptor; nothing else
+            // owns it. (Closing it on drop is async-signal-safe.)
+            let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            nix::unistd::write(&fd, b"0")?;
+        }
+        if self.new_cgroup_ns {
+            unshare(CloneFlags::CLONE_NEWCGROUP)?;
+        }
+        if let Some(fd) = &self.join_cgroup_ns {
+            setns(fd, CloneFlags::CLONE_NEWCGROUP)?;
+        }
         if let Some(fd) = &self.join_mount_ns {
             setns(fd, CloneFlags::CLONE_NEWNS)?;
         }
@@ -407,6 +444,17 @@ impl ChildSetup {
                 Some(&self.proc_type),
                 MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
             )?;
+            if self.new_cgroup_ns {
+                // A cgroup2 mount shows the hierarchy from the mounting
+                // process's cgroup namespace root: the workload's cgroup.
+                nix::mount::umount2(self.cgroup_dir.as_c_str(), nix::mount::MntFlags::MNT_DETACH)?;
+                mount_at(
+                    Some(&self.cgroup2),
+                    &self.cgroup_dir,
+                    Some(&self.cgroup2),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                )?;
+            }
             if let Some(src) = &self.console_src {
                 // Best-effort: a container without /dev/console keeps none.
                 let _ = mount_at(Some(src), &self.console_dst, None, MsFlags::MS_BIND);
@@ -469,7 +517,12 @@ impl ChildSetup {
         if let Some(mask) = self.umask {
             umask(mask);
         }
-        chdir(self.cwd.as_c_str())?;
+        if let Err(e) = chdir(self.cwd.as_c_str()) {
+            // Tell the parent which step failed (spawn only gives it the
+            // errno); the pipe closes on exec otherwise.
+            let _ = nix::unistd::write(&self.chdir_failed, b"c");
+            return Err(e.into());
+        }
         if let (Some(f), true) = (&self.seccomp, self.no_new_privileges) {
             // SAFETY: as above.
             unsafe { f.install() }?;
@@ -552,7 +605,10 @@ pub fn start(
     } else {
         spec.cwd.as_str()
     };
-    crate::mounts::ensure_dir(Path::new(cwd));
+    // runc makes the init's working directory; an exec's must exist.
+    if matches!(ns, Namespaces::NewContainer) {
+        crate::mounts::ensure_dir(Path::new(cwd));
+    }
     let program = spec.args.first().ok_or(StartError {
         message: "no command given".into(),
         exit_code: ExitCode::NotFound.code(),
@@ -613,27 +669,32 @@ pub fn start(
         (Vec::new(), Vec::new(), Vec::new())
     };
     let seccomp = confinement.seccomp.as_ref().map(Seccomp::new).transpose()?;
-    let (join_mount_ns, join_pid_ns) = match ns {
-        Namespaces::Join(c) => {
-            let dup = |fd: &OwnedFd| {
-                fd.try_clone()
-                    .map_err(|e| io_err("cannot duplicate a namespace descriptor", e))
-            };
-            (Some(dup(&c.mnt)?), Some(dup(&c.pid)?))
-        }
-        Namespaces::NewContainer => (None, None),
+    let dup = |fd: &OwnedFd| {
+        fd.try_clone()
+            .map_err(|e| io_err("cannot duplicate a namespace descriptor", e))
     };
+    let (join_mount_ns, join_pid_ns, join_cgroup_ns) = match ns {
+        Namespaces::Join(c) => (
+            Some(dup(&c.mnt)?),
+            Some(dup(&c.pid)?),
+            c.cgroup.as_ref().map(dup).transpose()?,
+        ),
+        Namespaces::NewContainer => (None, None, None),
+    };
+    let cgroup_procs = confinement
+        .cgroup
+        .as_ref()
+        .map(|d| cstring(&d.join("cgroup.procs").to_string_lossy()))
+        .transpose()
+        .map_err(|e| io_err("bad cgroup path", e))?;
+    let (chdir_r, chdir_w) = pipe()?;
     let setup = ChildSetup {
         new_mount_ns: new_container,
         join_mount_ns,
         terminal: spec.terminal,
         uid: Uid::from_raw(spec.uid),
         gid: Gid::from_raw(spec.gid),
-        groups: spec
-            .additional_gids
-            .iter()
-            .map(|&g| Gid::from_raw(g))
-            .collect(),
+        groups: unique_groups(&spec.additional_gids),
         umask: spec
             .umask
             .map(|m| Mode::from_bits_truncate(m as libc::mode_t)),
@@ -646,7 +707,13 @@ pub fn start(
             .collect(),
         caps: spec.capabilities.as_ref().map(crate::caps::Masks::new),
         no_new_privileges: spec.no_new_privileges,
+        new_cgroup_ns: new_container && cgroup_procs.is_some(),
+        cgroup_procs,
+        join_cgroup_ns,
+        cgroup2: c"cgroup2".to_owned(),
+        cgroup_dir: c"/sys/fs/cgroup".to_owned(),
         cwd: cstring(cwd).map_err(|e| io_err("bad working directory", e))?,
+        chdir_failed: chdir_w,
         path: cstring(&resolved.to_string_lossy()).map_err(|e| io_err("bad program path", e))?,
         argv,
         argv_ptrs: PtrArray(Vec::new()),
@@ -738,6 +805,20 @@ pub fn start(
         message: "the thread starting the process panicked".into(),
         exit_code: ExitCode::CannotExecute.code(),
     })?;
+    // `cmd`, and with it the pipe's other end, is gone: this read ends.
+    let mut step = [0u8; 1];
+    if matches!(nix::unistd::read(chdir_r.as_raw_fd(), &mut step), Ok(1)) {
+        let e = child
+            .err()
+            .unwrap_or_else(|| io::Error::from_raw_os_error(libc::EIO));
+        return Err(StartError {
+            message: format!(
+                "chdir to cwd ({cwd:?}) set in config.json failed: {}",
+                runvm_protocol::runc_compat::go_errno_text(&e)
+            ),
+            exit_code: ExitCode::CannotExecute.code(),
+        });
+    }
     let child = child.map_err(|e| StartError {
         exit_code: match e.raw_os_error() {
             Some(libc::ENOENT) => ExitCode::NotFound.code(),
@@ -767,6 +848,17 @@ pub fn start(
             console,
         },
     ))
+}
+
+/// The supplementary groups without repeats, in their first order: the
+/// engine lists a group twice when the user is a member and `--group-add`
+/// names it too, and runc's container has it once.
+fn unique_groups(gids: &[u32]) -> Vec<Gid> {
+    let mut seen = std::collections::HashSet::new();
+    gids.iter()
+        .filter(|g| seen.insert(**g))
+        .map(|&g| Gid::from_raw(g))
+        .collect()
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), StartError> {
@@ -862,6 +954,15 @@ pub fn resize(master: RawFd, rows: u16, cols: u16) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn groups_listed_twice_are_given_once() {
+        let got: Vec<u32> = super::unique_groups(&[1000, 100, 100, 27, 1000])
+            .iter()
+            .map(|g| g.as_raw())
+            .collect();
+        assert_eq!(got, [1000, 100, 27]);
+    }
+
     use super::*;
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 

@@ -29,6 +29,9 @@ pub enum LookPathError {
     Permission { file: String },
     /// A path with a slash whose `stat` failed (`errno` text as Go prints it).
     Stat { file: String, error: String },
+    /// An exec's working directory that cannot be entered (runc makes only
+    /// the container's init's).
+    Cwd { cwd: String, error: String },
 }
 
 impl LookPathError {
@@ -41,6 +44,7 @@ impl LookPathError {
                 ExitCode::CannotExecute.code()
             }
             LookPathError::Stat { .. } => ExitCode::NotFound.code(),
+            LookPathError::Cwd { .. } => ExitCode::CannotExecute.code(),
         }
     }
 }
@@ -54,6 +58,12 @@ impl fmt::Display for LookPathError {
             LookPathError::Permission { file } => write!(f, "exec: \"{file}\": permission denied"),
             LookPathError::Stat { file, error } => {
                 write!(f, "exec: \"{file}\": stat {file}: {error}")
+            }
+            LookPathError::Cwd { cwd, error } => {
+                write!(
+                    f,
+                    "chdir to cwd ({cwd:?}) set in config.json failed: {error}"
+                )
             }
         }
     }
@@ -175,6 +185,19 @@ mod tests {
     fn bare_names_search_path_in_order() {
         let r = look_path("sh", "/usr/bin:/bin", Path::new("/"), fs()).unwrap();
         assert_eq!(r, PathBuf::from("/bin/sh"));
+    }
+
+    #[test]
+    fn an_exec_cwd_that_is_missing_is_worded_as_runc() {
+        let e = LookPathError::Cwd {
+            cwd: "/new/dir".into(),
+            error: "no such file or directory".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            r#"chdir to cwd ("/new/dir") set in config.json failed: no such file or directory"#
+        );
+        assert_eq!(e.exit_code(), 126);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use runvm_contract::report::ErrorChain;
 use runvm_contract::{paths, Accel, StagedMount};
 use runvm_initramfs::image::{self, ImageKernel, ImageRoot};
 use runvm_initramfs::{ensure_initramfs_with, Contents, Initramfs, Kernel, Tool, DEFAULT_MODULES};
-use runvm_protocol::runc_compat::{look_path, path_of_env, FileInfo};
+use runvm_protocol::runc_compat::{go_errno_text, look_path, path_of_env, FileInfo, LookPathError};
 use serde_json::Value;
 
 use crate::error::{Result, RuntimeError};
@@ -366,8 +366,14 @@ pub fn place_mounts(pid: i32, prepared: &Prepared) -> Result<()> {
 }
 
 /// Checks, inside the created container's root, that the workload's
-/// program can be executed, with runc's rules and wording.
-pub fn check_program(container_pid: i32, process: &runvm_protocol::ProcessSpec) -> Result<()> {
+/// program can be executed, with runc's rules and wording; with
+/// `check_cwd` (an exec, whose working directory runc does not make), that
+/// its working directory can be entered.
+pub fn check_program(
+    container_pid: i32,
+    process: &runvm_protocol::ProcessSpec,
+    check_cwd: bool,
+) -> Result<()> {
     use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let root_path = format!("/proc/{container_pid}/root{}", paths::ROOTFS);
@@ -403,6 +409,19 @@ pub fn check_program(container_pid: i32, process: &runvm_protocol::ProcessSpec) 
     } else {
         &process.cwd
     };
+    if check_cwd {
+        let enter = match stat(Path::new(cwd)) {
+            Ok(info) if info.is_dir => Ok(()),
+            Ok(_) => Err(std::io::Error::from_raw_os_error(libc::ENOTDIR)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = enter {
+            return Err(RuntimeError::Exec(LookPathError::Cwd {
+                cwd: cwd.to_owned(),
+                error: go_errno_text(&e),
+            }));
+        }
+    }
     look_path(program, path_of_env(&process.env), Path::new(cwd), stat)
         .map(|_| ())
         .map_err(RuntimeError::Exec)

@@ -176,7 +176,7 @@ fn create_or_run(cli: &Cli, verb: &str, args: &[String]) -> Result<i32> {
             ))
         })?;
         create::place_mounts(pid, &prepared)?;
-        create::check_program(pid, &prepared.process)
+        create::check_program(pid, &prepared.process, false)
     };
     if let Err(e) = after_create() {
         let _ = runc(cli, &["delete".into(), "--force".into(), id.clone()]).status();
@@ -204,7 +204,7 @@ fn exec(cli: &Cli, args: &[String]) -> Result<i32> {
         })?;
     let (rewritten, spec) = runvm_config::rewrite_exec_process(process)?;
     if let Some(pid) = container_pid(cli, id) {
-        if let Err(RuntimeError::Exec(e)) = create::check_program(pid, &spec) {
+        if let Err(RuntimeError::Exec(e)) = create::check_program(pid, &spec, true) {
             return Err(RuntimeError::ExecInContainer(e));
         }
     }
