@@ -103,6 +103,7 @@ pub fn power_off() -> ! {
     nix::unistd::sync();
     // Every process but ourselves.
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), Signal::SIGKILL);
+    crate::mounts::release_kernel_modules();
     crate::disks::release();
     nix::unistd::sync();
     let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);

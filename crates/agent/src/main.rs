@@ -12,6 +12,7 @@
 //! kernel's helper for loading a missing module (see `modprobe`).
 
 mod caps;
+mod cgroup;
 mod disks;
 mod dns;
 mod early;
@@ -22,6 +23,7 @@ mod network;
 mod process;
 mod reaper;
 mod server;
+mod sysctl;
 
 use runvm_contract::report::ErrorChain;
 use std::time::Duration;

@@ -49,27 +49,68 @@ pub fn switch_to_root(target: &Path) -> Result<()> {
 /// creates the mount points of Docker's mounts; a read-only root without it
 /// gets no modules. A failure is reported, not fatal: the workload runs,
 /// without modules, as it would have before.
-pub fn mount_kernel_modules(tag: &str, version: &str) {
+///
+/// Returns the directories it created, outermost first, so the container's
+/// can be removed at power-off ([`release_kernel_modules`]) and `docker
+/// diff` of the stopped container shows only the workload's changes.
+pub fn mount_kernel_modules(tag: &str, version: &str) -> Vec<PathBuf> {
     let single_component =
         !version.is_empty() && !version.contains('/') && version != "." && version != "..";
     if !single_component {
         tracing::warn!("kernel modules not mounted: {version:?} is not a kernel version");
-        return;
+        return Vec::new();
     }
-    let target = format!("/lib/modules/{version}");
-    if let Err(e) = fs::create_dir_all(&target) {
-        tracing::warn!("kernel modules not mounted: cannot create {target}: {e}");
-        return;
+    let target = PathBuf::from(format!("/lib/modules/{version}"));
+    let mut created = Vec::new();
+    for dir in [
+        Path::new("/lib"),
+        Path::new("/lib/modules"),
+        target.as_path(),
+    ] {
+        match fs::create_dir(dir) {
+            Ok(()) => created.push(dir.to_path_buf()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                tracing::warn!(
+                    "kernel modules not mounted: cannot create {}: {e}",
+                    dir.display()
+                );
+                return created;
+            }
+        }
     }
     let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    if let Err(e) = mount(
-        Some(tag),
-        target.as_str(),
-        Some("virtiofs"),
-        flags,
-        None::<&str>,
-    ) {
-        tracing::warn!("kernel modules not mounted at {target}: {e}");
+    if let Err(e) = mount(Some(tag), &target, Some("virtiofs"), flags, None::<&str>) {
+        tracing::warn!("kernel modules not mounted at {}: {e}", target.display());
+    }
+    created
+}
+
+/// The modules' mount point in the container's root and the directories
+/// made for it (see [`mount_kernel_modules`]).
+static CONTAINER_MODULES: std::sync::Mutex<Option<(PathBuf, Vec<PathBuf>)>> =
+    std::sync::Mutex::new(None);
+
+/// Notes what [`mount_kernel_modules`] made in the container's root.
+pub fn remember_kernel_modules(version: &str, created: Vec<PathBuf>) {
+    *CONTAINER_MODULES.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some((PathBuf::from(format!("/lib/modules/{version}")), created));
+}
+
+/// At power-off, once the container's processes are gone: unmounts the
+/// modules from the container's root and removes the directories made for
+/// them, innermost first (one the workload put files in stays).
+pub fn release_kernel_modules() {
+    let Some((target, created)) = CONTAINER_MODULES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    else {
+        return;
+    };
+    let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
+    for dir in created.iter().rev() {
+        let _ = fs::remove_dir(dir);
     }
 }
 

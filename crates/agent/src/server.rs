@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use crate::error::{AgentError, Result};
 use crate::process::{self, Confinement, ContainerNamespaces, Namespaces, ParentStdio};
 use crate::reaper::Reaper;
-use crate::{disks, dns, early, mounts, network};
+use crate::{cgroup, disks, dns, early, mounts, network, sysctl};
 use nix::mount::MsFlags;
 use runvm_protocol::session::{read_frame, write_frame, FdStream, Mode, Mux, MuxStream};
 use runvm_protocol::CgroupFs;
@@ -220,7 +220,7 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
                 *started = true;
             }
             let prepared = prepare_container(&agent.reaper, spec, &start.network).await;
-            if let Ok(systemd) = prepared {
+            if let Ok(Prepared { systemd, .. }) = prepared {
                 early::PREPARED_MS.get_or_init(early::uptime_ms);
                 agent
                     .init_is_systemd
@@ -232,12 +232,18 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
                     }
                 }
             }
+            let workload_cgroup = match prepared {
+                Ok(Prepared { ref cgroup, .. }) => cgroup.clone(),
+                Err(_) => None,
+            };
             if let Err(e) = prepared {
                 agent.container.send_replace(Container::Gone);
                 let message = e.chain().to_string();
                 send(&wr, &GuestMessage::SetupFailed { message }).await?;
             } else {
-                let _ = agent.confinement.set(Arc::new(Confinement::of(spec)));
+                let _ = agent
+                    .confinement
+                    .set(Arc::new(Confinement::of(spec, workload_cgroup)));
                 let ran = run_process(&agent, process, &spec.process, None, &mut rd, &wr).await;
                 agent.container.send_replace(Container::Gone);
                 ran?;
@@ -446,13 +452,21 @@ async fn wait_for_shutdown<R: tokio::io::AsyncRead + Unpin>(rd: &mut R) {
     let _ = tokio::time::timeout(Duration::from_secs(30), wait).await;
 }
 
-/// The root, mounts, hostname and network of the container.
-/// Returns whether the container's init is systemd.
+/// What [`prepare_container`] found and made.
+struct Prepared {
+    /// The container's init is systemd.
+    systemd: bool,
+    /// The workload's cgroup, when the container has limits (see
+    /// [`cgroup`]).
+    cgroup: Option<std::path::PathBuf>,
+}
+
+/// The root, mounts, hostname, network, sysctls and cgroup of the container.
 async fn prepare_container(
     reaper: &Reaper,
     spec: &ContainerSpec,
     net: &GuestNetwork,
-) -> Result<bool> {
+) -> Result<Prepared> {
     // A `--read-only` root is read-only on the host side (the supervisor's
     // /rootfs mount), where virtiofsd enforces it. Mounting the share
     // read-only here would also make every volume read-only: the guest
@@ -497,13 +511,29 @@ async fn prepare_container(
     mounts::mount_container_filesystems(&spec.mounts, cgroupfs, spec.cgroup_readonly)?;
     disks::link_raw(&spec.disks)?;
     if let Some(version) = &spec.kernel_modules {
-        mounts::mount_kernel_modules(MODULES_TAG, version);
+        let created = mounts::mount_kernel_modules(MODULES_TAG, version);
+        mounts::remember_kernel_modules(version, created);
     }
     if let Some(h) = &spec.hostname {
         nix::unistd::sethostname(h).map_err(|e| AgentError::sys("set the hostname", e))?;
     }
     network::configure(&net.interfaces, &net.routes).await?;
-    Ok(systemd)
+    // After the network: a key may name an interface.
+    sysctl::apply(&spec.sysctl)?;
+    // The limits need the cgroup v2 hierarchy the agent mounted; with
+    // another layout (systemd's own, RUNVM_CGROUPFS=v1) they hold the
+    // whole VM, on the host.
+    let cgroup = if cgroupfs == CgroupFs::V2 {
+        cgroup::create(&spec.limits)?
+    } else {
+        if spec.limits.any() {
+            tracing::warn!(
+                "the container's memory and pids limits hold the whole VM only: the guest has no cgroup v2 hierarchy of the agent's"
+            );
+        }
+        None
+    };
+    Ok(Prepared { systemd, cgroup })
 }
 
 /// One network change (see [`StreamHeader::Network`]): configures the

@@ -37,7 +37,7 @@ use runvm_contract::Accel;
 use runvm_contract::StagedMount;
 use runvm_contract::VmConfig;
 use runvm_contract::{netns, paths};
-use runvm_protocol::{Capabilities, ContainerSpec, GuestMount, ProcessSpec, Rlimit};
+use runvm_protocol::{Capabilities, ContainerSpec, GuestLimits, GuestMount, ProcessSpec, Rlimit};
 
 /// Host memory that QEMU, virtiofsd and the supervisor need on top of the
 /// guest RAM (QEMU's TCG translation cache alone is 64 MiB).
@@ -46,6 +46,33 @@ pub const VM_OVERHEAD_MIB: u64 = 256;
 pub const DEFAULT_MEMORY_MIB: u64 = 512;
 /// Smallest guest RAM that boots the distribution kernel.
 pub const MIN_MEMORY_MIB: u64 = 128;
+/// Guest RAM the guest's kernel and agent need beside a limited workload,
+/// which a cgroup in the guest holds to the container's limit.
+pub const GUEST_KERNEL_MIB: u64 = 64;
+/// Host tasks that QEMU, virtiofsd and the supervisor need (their threads)
+/// on top of a `--pids-limit`, which a cgroup in the guest enforces.
+pub const VM_OVERHEAD_PIDS: i64 = 512;
+const MIB: u64 = 1024 * 1024;
+
+/// The guest RAM, in MiB, of a container whose memory limit is `limit`
+/// bytes: the limit, which the workload's cgroup in the guest holds it to,
+/// plus what the guest kernel needs; at least [`MIN_MEMORY_MIB`]. Any
+/// limit the engine accepts (Docker's least is 6 MiB) gets a VM.
+pub fn guest_ram_for_limit_mib(limit: u64) -> u64 {
+    limit
+        .div_ceil(MIB)
+        .saturating_add(GUEST_KERNEL_MIB)
+        .max(MIN_MEMORY_MIB)
+}
+
+/// The host cgroup's memory limit for a container limited to `limit`
+/// bytes: its VM's RAM plus QEMU's, virtiofsd's and the supervisor's
+/// [`VM_OVERHEAD_MIB`]. (`docker stats` shows this as the limit.)
+pub fn host_memory_limit(limit: u64) -> u64 {
+    guest_ram_for_limit_mib(limit)
+        .saturating_add(VM_OVERHEAD_MIB)
+        .saturating_mul(MIB)
+}
 
 /// The host side's capabilities, whatever the container asked for (its own
 /// capabilities apply to the workload in the guest): tap and tc setup
@@ -165,8 +192,6 @@ pub enum RewriteError {
     Malformed { field: &'static str, why: String },
     #[error("config.json was already rewritten by runvm; recreate the container")]
     AlreadyRewritten,
-    #[error("the container's memory limit ({mib} MiB) is too small for a VM: give --memory {MIN_MEMORY_MIB}m or more")]
-    MemoryTooSmall { mib: u64 },
     #[error("the container's CPU limit ({cpus} CPUs, from --cpus) is too small to boot a VM under TCG software emulation: give --cpus 0.1 or more")]
     CpuTooSmall { cpus: String },
     #[error("{variable} asks for {want}, more than {limit}: lower {variable} or raise the limit")]
@@ -304,6 +329,9 @@ pub fn rewrite_config(
     // namespace; the answers come back to these ports, which the
     // supervisor keeps apart from the VM's traffic (runvm_contract::netns).
     let sysctl = linux.entry("sysctl").or_insert_with(|| json!({}));
+    // The container's own, for the guest (before runvm's, which is the
+    // host side's).
+    let guest_sysctl = sysctl_list(sysctl)?;
     let (key, value) = netns::LOCAL_PORTS_SYSCTL;
     obj(sysctl, "linux.sysctl")?.insert(key.into(), json!(value));
     // Confinement: the container's for the guest, runvm's own for the
@@ -322,7 +350,7 @@ pub fn rewrite_config(
     linux.insert("readonlyPaths".into(), json!(HOST_SIDE_READONLY));
     let any_device = allows_any_device(linux);
     add_devices(linux, &host.devices, host.qemu_ids)?;
-    let limit_mib = grow_memory_limit(linux)?;
+    let limits = grow_host_limits(linux);
     // Without a limit the VM gets every host CPU, as a runc container sees
     // them all. (Under TCG on an idle 2-core host this also boots faster:
     // 5.3 s against 5.8 s with one vCPU, medians of 3.)
@@ -349,7 +377,7 @@ pub fn rewrite_config(
         .get("hostname")
         .and_then(Value::as_str)
         .map(str::to_owned);
-    let memory_mib = guest_memory_mib(opts, limit_mib, host.host_memory_mib)?;
+    let memory_mib = guest_memory_mib(opts, limits.memory_bytes, host.host_memory_mib)?;
 
     let guest_disks = opts
         .disks
@@ -401,9 +429,27 @@ pub fn rewrite_config(
             disks: guest_disks,
             docker_mounts,
             cgroupfs: opts.cgroupfs,
+            sysctl: guest_sysctl,
+            limits,
         },
     };
     Ok(Rewritten { config, vm })
+}
+
+/// `linux.sysctl` as (key, value) pairs, in order.
+fn sysctl_list(v: &Value) -> Result<Vec<(String, String)>, RewriteError> {
+    let malformed = |why: &str| RewriteError::Malformed {
+        field: "linux.sysctl",
+        why: why.into(),
+    };
+    v.as_object()
+        .ok_or_else(|| malformed("not an object"))?
+        .iter()
+        .map(|(k, v)| match v.as_str() {
+            Some(v) => Ok((k.clone(), v.to_owned())),
+            None => Err(malformed(&format!("the value of {k} is not a string"))),
+        })
+        .collect()
 }
 
 /// Extracts the parts of an OCI process object the guest needs.
@@ -856,49 +902,66 @@ const HOST_SIDE_READONLY: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-/// Raises the memory limit by the VM overhead; returns the user's limit in
-/// MiB (the guest RAM), if there was one.
-fn grow_memory_limit(linux: &mut Map<String, Value>) -> Result<Option<u64>, RewriteError> {
-    let Some(mem) = linux
-        .get_mut("resources")
-        .and_then(|r| r.get_mut("memory"))
+/// Raises the host's memory and pids limits by what the VM needs beside
+/// the workload (see [`host_memory_limit`], [`VM_OVERHEAD_PIDS`]); returns
+/// the container's own limits, which the guest enforces.
+fn grow_host_limits(linux: &mut Map<String, Value>) -> GuestLimits {
+    let Some(resources) = linux.get_mut("resources").and_then(Value::as_object_mut) else {
+        return GuestLimits::default();
+    };
+    let memory_bytes = resources
+        .get_mut("memory")
         .and_then(Value::as_object_mut)
-    else {
-        return Ok(None);
-    };
-    let Some(limit) = add_memory_overhead(mem) else {
-        return Ok(None);
-    };
-    let mib = limit / (1024 * 1024);
-    if mib < MIN_MEMORY_MIB {
-        return Err(RewriteError::MemoryTooSmall { mib });
-    }
-    Ok(Some(mib))
+        .and_then(add_memory_overhead);
+    let pids = resources
+        .get_mut("pids")
+        .and_then(Value::as_object_mut)
+        .and_then(add_pids_overhead);
+    GuestLimits { memory_bytes, pids }
 }
 
-/// Adds the VM overhead to a memory resource object's `limit` and `swap`
-/// (when set); returns the user's limit in bytes.
+/// Sets a memory resource object's `limit` to [`host_memory_limit`] and
+/// raises its `swap` (when set) by as much; returns the user's limit in
+/// bytes.
 fn add_memory_overhead(mem: &mut Map<String, Value>) -> Option<u64> {
     let limit = mem
         .get("limit")
         .and_then(Value::as_i64)
         .filter(|l| *l > 0)?;
-    let overhead = (VM_OVERHEAD_MIB * 1024 * 1024) as i64;
     // Saturating: a limit near i64::MAX (no real limit) must not wrap to a
     // negative one.
-    mem.insert("limit".into(), json!(limit.saturating_add(overhead)));
+    let host = i64::try_from(host_memory_limit(limit as u64)).unwrap_or(i64::MAX);
+    mem.insert("limit".into(), json!(host));
     if let Some(swap) = mem.get("swap").and_then(Value::as_i64).filter(|s| *s > 0) {
-        mem.insert("swap".into(), json!(swap.saturating_add(overhead)));
+        mem.insert("swap".into(), json!(swap.saturating_add(host - limit)));
     }
     Some(limit as u64)
 }
 
-/// Rewrites the resources of `runc update` (`docker update -m`): the cgroup
-/// limit keeps room for QEMU above the memory the user gives. (The guest's
-/// RAM stays what it booted with.)
+/// Raises a pids resource object's `limit` (when positive) by
+/// [`VM_OVERHEAD_PIDS`]; returns the user's limit.
+fn add_pids_overhead(pids: &mut Map<String, Value>) -> Option<u64> {
+    let limit = pids
+        .get("limit")
+        .and_then(Value::as_i64)
+        .filter(|l| *l > 0)?;
+    pids.insert(
+        "limit".into(),
+        json!(limit.saturating_add(VM_OVERHEAD_PIDS)),
+    );
+    Some(limit as u64)
+}
+
+/// Rewrites the resources of `runc update` (`docker update -m`,
+/// `--pids-limit`): the cgroup limits keep room for QEMU above what the
+/// user gives. (The guest's RAM and its cgroup's limits stay what they
+/// booted with.)
 pub fn rewrite_update_resources(mut resources: Value) -> Value {
     if let Some(mem) = resources.get_mut("memory").and_then(Value::as_object_mut) {
         add_memory_overhead(mem);
+    }
+    if let Some(pids) = resources.get_mut("pids").and_then(Value::as_object_mut) {
+        add_pids_overhead(pids);
     }
     resources
 }
@@ -935,44 +998,43 @@ pub fn guest_cpus(
     Ok(opts.cpus.or(cpu_cap).unwrap_or(host_cpus).max(1))
 }
 
-/// The guest's RAM in MiB: `RUNVM_MEMORY`, else the container's memory
-/// limit (`limit_mib`), else [`DEFAULT_MEMORY_MIB`]; at least
-/// [`MIN_MEMORY_MIB`]. `RUNVM_MEMORY` may lower the limit, never raise it
-/// (nor exceed the host's memory). `runvm create` and `runvm boot-probe`
-/// size their VMs with this.
+/// The guest's RAM in MiB: `RUNVM_MEMORY`, else what the container's
+/// memory limit (`limit`, bytes) needs ([`guest_ram_for_limit_mib`]), else
+/// [`DEFAULT_MEMORY_MIB`]. `RUNVM_MEMORY` may lower that, never raise it
+/// (nor exceed the host's memory), and must be at least [`MIN_MEMORY_MIB`].
+/// `runvm create` and `runvm boot-probe` size their VMs with this.
 pub fn guest_memory_mib(
     opts: &VmOptions,
-    limit_mib: Option<u64>,
+    limit: Option<u64>,
     host_memory_mib: u64,
 ) -> Result<u64, RewriteError> {
-    if let Some(want) = opts.memory_mib {
-        let cap = limit_mib.unwrap_or(host_memory_mib);
-        if want > cap {
-            return Err(RewriteError::AboveLimit {
-                variable: "RUNVM_MEMORY",
-                want: format!("{want} MiB of guest RAM"),
-                limit: match limit_mib {
-                    Some(l) => format!("the container's memory limit ({l} MiB, from --memory)"),
-                    None => format!("this host's {host_memory_mib} MiB of memory"),
-                },
-            });
-        }
+    let for_limit = limit.map(guest_ram_for_limit_mib);
+    let Some(want) = opts.memory_mib else {
+        return Ok(for_limit.unwrap_or(DEFAULT_MEMORY_MIB));
+    };
+    let cap = for_limit.unwrap_or(host_memory_mib);
+    if want > cap {
+        return Err(RewriteError::AboveLimit {
+            variable: "RUNVM_MEMORY",
+            want: format!("{want} MiB of guest RAM"),
+            limit: match limit {
+                Some(l) => format!(
+                    "the {cap} MiB a VM gets for the container's memory limit ({} MiB, from --memory)",
+                    l.div_ceil(MIB)
+                ),
+                None => format!("this host's {host_memory_mib} MiB of memory"),
+            },
+        });
     }
-    let memory_mib = opts.memory_mib.or(limit_mib).unwrap_or(DEFAULT_MEMORY_MIB);
-    if memory_mib < MIN_MEMORY_MIB {
-        // Name what set it: RUNVM_MEMORY, not --memory, when that was it.
-        if opts.memory_mib.is_some() {
-            return Err(crate::options::OptionError {
-                name: "RUNVM_MEMORY",
-                value: format!("{memory_mib}m"),
-                expected: "give the guest at least 128m of RAM (less cannot boot its kernel)"
-                    .into(),
-            }
-            .into());
+    if want < MIN_MEMORY_MIB {
+        return Err(crate::options::OptionError {
+            name: "RUNVM_MEMORY",
+            value: format!("{want}m"),
+            expected: "give the guest at least 128m of RAM (less cannot boot its kernel)".into(),
         }
-        return Err(RewriteError::MemoryTooSmall { mib: memory_mib });
+        .into());
     }
-    Ok(memory_mib)
+    Ok(want)
 }
 
 /// The CPU quota (`--cpus`) in thousandths of a CPU, when there is one.

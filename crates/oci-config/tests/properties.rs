@@ -12,7 +12,9 @@
 
 use proptest::prelude::*;
 use runvm_config::options::parse_size_mib;
-use runvm_config::rewrite::{guest_process, MIN_MEMORY_MIB, VM_OVERHEAD_MIB};
+use runvm_config::rewrite::{
+    guest_process, guest_ram_for_limit_mib, host_memory_limit, MIN_MEMORY_MIB, VM_OVERHEAD_PIDS,
+};
 use runvm_config::*;
 use runvm_contract::{paths, VmConfig};
 use runvm_hostile_json::{
@@ -544,17 +546,21 @@ fn check_rewrite(
     }
     // The memory limit grows by the VM overhead; the guest gets the
     // user's limit (or RUNVM_MEMORY).
-    let overhead = (VM_OVERHEAD_MIB * 1024 * 1024) as i64;
     let mem_in = input.pointer("/linux/resources/memory");
     let mem_out = out.config.pointer("/linux/resources/memory");
     if let Some(limit) = positive_i64(mem_in.and_then(|m| m.get("limit"))) {
         let mem_out = mem_out.expect("the memory object is kept");
-        prop_assert_eq!(&mem_out["limit"], &json!(limit.saturating_add(overhead)));
+        let host = i64::try_from(host_memory_limit(limit as u64)).unwrap_or(i64::MAX);
+        prop_assert!(host > limit || host == i64::MAX);
+        prop_assert_eq!(&mem_out["limit"], &json!(host));
         if let Some(swap) = positive_i64(mem_in.and_then(|m| m.get("swap"))) {
-            prop_assert_eq!(&mem_out["swap"], &json!(swap.saturating_add(overhead)));
+            prop_assert_eq!(&mem_out["swap"], &json!(swap.saturating_add(host - limit)));
         }
-        let guest = opts.memory_mib.unwrap_or(limit as u64 / (1024 * 1024));
+        let guest = opts
+            .memory_mib
+            .unwrap_or(guest_ram_for_limit_mib(limit as u64));
         prop_assert_eq!(out.vm.memory_mib, guest);
+        prop_assert_eq!(out.vm.container.limits.memory_bytes, Some(limit as u64));
     } else if mem_in.is_some() {
         prop_assert_eq!(mem_out, mem_in, "a memory object without a limit changed");
     }
@@ -661,9 +667,10 @@ proptest! {
         ],
     ) {
         let out = rewrite_update_resources(input.clone());
-        let overhead = (VM_OVERHEAD_MIB * 1024 * 1024) as i64;
         let limit = positive_i64(input.pointer("/memory/limit"));
-        // Everything but the memory limit and swap is unchanged.
+        let pids = positive_i64(input.pointer("/pids/limit"));
+        // Everything but the memory limit and swap and the pids limit is
+        // unchanged.
         let strip = |v: &Value| {
             let mut v = v.clone();
             if let Some(Value::Object(m)) = v.get_mut("memory") {
@@ -672,11 +679,21 @@ proptest! {
                     m.remove("swap");
                 }
             }
+            if let Some(Value::Object(p)) = v.get_mut("pids") {
+                if pids.is_some() {
+                    p.remove("limit");
+                }
+            }
             v
         };
         prop_assert_eq!(strip(&out), strip(&input));
+        if let Some(p) = pids {
+            prop_assert_eq!(&out["pids"]["limit"], &json!(p.saturating_add(VM_OVERHEAD_PIDS)));
+        }
         if let Some(limit) = limit {
-            prop_assert_eq!(&out["memory"]["limit"], &json!(limit.saturating_add(overhead)));
+            let host = i64::try_from(host_memory_limit(limit as u64)).unwrap_or(i64::MAX);
+            let overhead = host - limit;
+            prop_assert_eq!(&out["memory"]["limit"], &json!(host));
             match positive_i64(input.pointer("/memory/swap")) {
                 Some(swap) => prop_assert_eq!(&out["memory"]["swap"], &json!(swap.saturating_add(overhead))),
                 None => prop_assert_eq!(out.pointer("/memory/swap"), input.pointer("/memory/swap")),

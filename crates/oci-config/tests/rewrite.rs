@@ -229,10 +229,13 @@ fn memory_limit_grows_by_the_overhead_and_cpus_follow_the_quota() {
     let orig = fixture("docker-20.10-full.json");
     let r = rewrite_config(orig, &opts(&[]), &host()).unwrap();
     let mem = &r.config["linux"]["resources"]["memory"];
-    let overhead = (rewrite::VM_OVERHEAD_MIB * 1024 * 1024) as i64;
-    assert_eq!(mem["limit"], json!(268435456 + overhead));
-    assert_eq!(mem["swap"], json!(536870912 + overhead));
-    assert_eq!(r.vm.memory_mib, 256);
+    // 256 MiB for the workload (held there by the guest's cgroup), the
+    // guest kernel's 64 MiB beside it, QEMU's and virtiofsd's 256 MiB.
+    let mib = 1024 * 1024;
+    assert_eq!(mem["limit"], json!(576 * mib));
+    assert_eq!(mem["swap"], json!((512 + 320) * mib));
+    assert_eq!(r.vm.memory_mib, 256 + rewrite::GUEST_KERNEL_MIB);
+    assert_eq!(r.vm.container.limits.memory_bytes, Some(256 * mib as u64));
     assert_eq!(r.vm.vcpus, 2, "--cpus 1.5 rounds up to 2 vCPUs");
 
     let def = rewrite_config(fixture("docker-20.10-default.json"), &opts(&[]), &host()).unwrap();
@@ -245,14 +248,6 @@ fn memory_limit_grows_by_the_overhead_and_cpus_follow_the_quota() {
     )
     .unwrap();
     assert_eq!((set.vm.memory_mib, set.vm.vcpus), (1024, 1));
-}
-
-#[test]
-fn a_tiny_memory_limit_is_refused_with_the_fix() {
-    let mut orig = fixture("docker-20.10-full.json");
-    orig["linux"]["resources"]["memory"]["limit"] = json!(6 * 1024 * 1024);
-    let e = rewrite_config(orig, &opts(&[]), &host()).unwrap_err();
-    assert!(e.to_string().contains("--memory 128m"), "{e}");
 }
 
 #[test]
@@ -486,22 +481,79 @@ fn the_containers_own_sysctls_are_kept_beside_the_resolver_ports() {
 }
 
 #[test]
+fn the_guest_gets_the_containers_sysctls_in_order_and_not_runvms() {
+    let mut orig = fixture("docker-20.10-default.json");
+    orig["linux"]["sysctl"] = json!({
+        "net.ipv4.ip_forward": "1",
+        "kernel.domainname": "example.org",
+        "net.ipv4.ip_unprivileged_port_start": "0"
+    });
+    let r = rewrite_config(orig, &opts(&[]), &host()).unwrap();
+    let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+    assert_eq!(
+        r.vm.container.sysctl,
+        [
+            pair("net.ipv4.ip_forward", "1"),
+            pair("kernel.domainname", "example.org"),
+            pair("net.ipv4.ip_unprivileged_port_start", "0"),
+        ]
+    );
+}
+
+#[test]
+fn a_sysctl_value_that_is_not_a_string_is_refused() {
+    let mut orig = fixture("docker-20.10-default.json");
+    orig["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": 1});
+    let err = rewrite_config(orig, &opts(&[]), &host()).unwrap_err();
+    assert!(err.to_string().contains("linux.sysctl"), "{err}");
+}
+
+#[test]
 fn docker_update_keeps_room_for_qemu() {
-    let overhead = (rewrite::VM_OVERHEAD_MIB * 1024 * 1024) as i64;
+    let added = ((rewrite::GUEST_KERNEL_MIB + rewrite::VM_OVERHEAD_MIB) * 1024 * 1024) as i64;
     let r = rewrite_update_resources(json!({
         "memory": {"limit": 536870912, "swap": 1073741824},
         "cpu": {"shares": 512},
         "x-other": true
     }));
-    assert_eq!(r["memory"]["limit"], json!(536870912 + overhead));
-    assert_eq!(r["memory"]["swap"], json!(1073741824 + overhead));
+    assert_eq!(r["memory"]["limit"], json!(536870912 + added));
+    assert_eq!(r["memory"]["swap"], json!(1073741824 + added));
     assert_eq!(r["cpu"]["shares"], 512);
     assert_eq!(r["x-other"], true);
     let unlimited = rewrite_update_resources(json!({"memory": {"limit": 0}, "pids": {"limit": 5}}));
     assert_eq!(
         unlimited,
-        json!({"memory": {"limit": 0}, "pids": {"limit": 5}})
+        json!({"memory": {"limit": 0}, "pids": {"limit": 5 + rewrite::VM_OVERHEAD_PIDS}})
     );
+}
+
+#[test]
+fn any_memory_limit_docker_accepts_gets_a_vm_and_the_guest_holds_the_limits() {
+    let mib: u64 = 1024 * 1024;
+    for (limit, guest) in [
+        (6 * mib, 128),
+        (64 * mib, 128),
+        (100 * mib, 164),
+        (mib / 2 + 64 * mib, 129),
+    ] {
+        let mut orig = fixture("docker-20.10-default.json");
+        orig["linux"]["resources"]["memory"] = json!({"limit": limit});
+        orig["linux"]["resources"]["pids"] = json!({"limit": 10});
+        let r = rewrite_config(orig, &opts(&[]), &host()).unwrap();
+        assert_eq!(r.vm.memory_mib, guest, "-m {limit}");
+        assert_eq!(r.vm.container.limits.memory_bytes, Some(limit));
+        assert_eq!(r.vm.container.limits.pids, Some(10));
+        assert_eq!(
+            r.config["linux"]["resources"]["memory"]["limit"],
+            json!((guest + rewrite::VM_OVERHEAD_MIB) * mib)
+        );
+        assert_eq!(
+            r.config["linux"]["resources"]["pids"]["limit"],
+            json!(10 + rewrite::VM_OVERHEAD_PIDS)
+        );
+    }
+    let none = rewrite_config(fixture("docker-20.10-default.json"), &opts(&[]), &host()).unwrap();
+    assert!(!none.vm.container.limits.any());
 }
 
 #[test]

@@ -269,6 +269,11 @@ mod tests {
             }],
             docker_mounts: vec!["/etc/hosts".into()],
             cgroupfs: Some(CgroupFs::Hybrid),
+            sysctl: vec![("net.ipv4.ip_forward".into(), "1".into())],
+            limits: GuestLimits {
+                memory_bytes: Some(64 << 20),
+                pids: Some(10),
+            },
         };
         let spec = StartContainer {
             container,

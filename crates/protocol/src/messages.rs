@@ -174,6 +174,32 @@ pub struct ContainerSpec {
     /// systemd, which mounts its own; cgroup v2 otherwise).
     #[serde(default)]
     pub cgroupfs: Option<CgroupFs>,
+    /// The container's sysctls (`linux.sysctl`, in the engine's order:
+    /// `--sysctl`, `--domainname` as `kernel.domainname`, the engine's
+    /// defaults), which the agent writes in the guest before the workload
+    /// starts, as runc writes them in the container's namespaces.
+    #[serde(default)]
+    pub sysctl: Vec<(String, String)>,
+    /// The container's own limits, which the guest holds its workload to
+    /// (the host's cgroup has room for the VM above them).
+    #[serde(default)]
+    pub limits: GuestLimits,
+}
+
+/// Limits the agent sets on a cgroup of the workload's (and its execs') in
+/// the guest, as runc sets them on the container's cgroup.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestLimits {
+    /// `memory.max`, in bytes (`--memory`).
+    pub memory_bytes: Option<u64>,
+    /// `pids.max` (`--pids-limit`).
+    pub pids: Option<u64>,
+}
+
+impl GuestLimits {
+    pub fn any(&self) -> bool {
+        self.memory_bytes.is_some() || self.pids.is_some()
+    }
 }
 
 impl ContainerSpec {

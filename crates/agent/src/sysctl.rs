@@ -1,0 +1,82 @@
+//! The container's sysctls (`--sysctl`, `--domainname`, the engine's
+//! defaults), written in the guest as runc writes them in a container's
+//! namespaces: the workload sees the values it asked for.
+
+use std::path::PathBuf;
+
+use crate::error::{AgentError, Result};
+
+/// Where `key` lives under `/proc/sys`, as runc maps it: dots separate the
+/// components (`net.ipv4.ip_forward`), unless the key has slashes, which
+/// then do (`net/ipv4/conf/eth0.100/forwarding`, where a dot is part of a
+/// name). `None` for a key that could leave `/proc/sys`.
+pub fn proc_path(key: &str) -> Option<PathBuf> {
+    let sep = if key.contains('/') { '/' } else { '.' };
+    let mut path = PathBuf::from("/proc/sys");
+    for part in key.split(sep) {
+        if part.is_empty() || part == "." || part == ".." || part.contains('\0') {
+            return None;
+        }
+        path.push(part);
+    }
+    Some(path)
+}
+
+/// Writes each sysctl in order; the first that cannot be written is an
+/// error naming it, as runc fails the container's start.
+pub fn apply(list: &[(String, String)]) -> Result<()> {
+    for (key, value) in list {
+        let path = proc_path(key).ok_or_else(|| {
+            AgentError::sys(
+                format!("write sysctl key {key}"),
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a sysctl name"),
+            )
+        })?;
+        std::fs::write(&path, value.as_bytes()).map_err(|e| {
+            AgentError::sys(
+                format!(
+                    "write sysctl key {key} (in the guest kernel, {})",
+                    path.display()
+                ),
+                e,
+            )
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_map_to_proc_sys_paths() {
+        assert_eq!(
+            proc_path("net.ipv4.ip_forward"),
+            Some(PathBuf::from("/proc/sys/net/ipv4/ip_forward"))
+        );
+        assert_eq!(
+            proc_path("net/ipv4/conf/eth0.100/forwarding"),
+            Some(PathBuf::from("/proc/sys/net/ipv4/conf/eth0.100/forwarding"))
+        );
+        assert_eq!(
+            proc_path("kernel.domainname"),
+            Some(PathBuf::from("/proc/sys/kernel/domainname"))
+        );
+    }
+
+    #[test]
+    fn keys_that_would_leave_proc_sys_are_refused() {
+        for bad in [
+            "",
+            "net..x",
+            "../../etc/passwd",
+            "net/../../etc",
+            "/etc/passwd",
+            "a.\0.b",
+            "net.",
+        ] {
+            assert_eq!(proc_path(bad), None, "{bad:?}");
+        }
+    }
+}
