@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+pub mod differential;
+pub mod scenarios;
+
 /// The image every test uses: a static busybox imported with `docker import`.
 pub const IMAGE: &str = "runvm-test/busybox";
 
