@@ -13,6 +13,7 @@
 
 mod caps;
 mod cgroup;
+mod devices;
 mod disks;
 mod dns;
 mod early;

@@ -202,6 +202,9 @@ struct ChildSetup {
     soft_rlimits: Vec<Limit>,
     caps: Option<crate::caps::Masks>,
     no_new_privileges: bool,
+    /// The value for `/proc/self/oom_score_adj` (`--oom-score-adj`).
+    oom_score_adj: Option<CString>,
+    oom_score_adj_path: CString,
     /// `cgroup.procs` of the workload's cgroup, in the agent's mount
     /// namespace: the process joins it first.
     cgroup_procs: Option<CString>,
@@ -408,6 +411,19 @@ impl ChildSetup {
         // Every call below is a nix wrapper or a system call on data owned
         // by `self` and prepared before the fork (paths as `&CStr`, ids,
         // flag sets, fixed-size structures): nothing allocates.
+        // As root with every capability: lowering it needs
+        // CAP_SYS_RESOURCE.
+        if let Some(adj) = &self.oom_score_adj {
+            let fd = nix::fcntl::open(
+                self.oom_score_adj_path.as_c_str(),
+                nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?;
+            // SAFETY: `open` just returned this descriptor; nothing else
+            // owns it.
+            let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            nix::unistd::write(&fd, adj.as_bytes())?;
+        }
         // The cgroup first, by its path in the agent's mount namespace.
         if let Some(procs) = &self.cgroup_procs {
             let fd = nix::fcntl::open(
@@ -707,6 +723,12 @@ pub fn start(
             .collect(),
         caps: spec.capabilities.as_ref().map(crate::caps::Masks::new),
         no_new_privileges: spec.no_new_privileges,
+        oom_score_adj: spec
+            .oom_score_adj
+            .map(|a| cstring(&a.to_string()))
+            .transpose()
+            .map_err(|e| io_err("bad oom_score_adj", e))?,
+        oom_score_adj_path: c"/proc/self/oom_score_adj".to_owned(),
         new_cgroup_ns: new_container && cgroup_procs.is_some(),
         cgroup_procs,
         join_cgroup_ns,

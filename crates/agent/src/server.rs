@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use crate::error::{AgentError, Result};
 use crate::process::{self, Confinement, ContainerNamespaces, Namespaces, ParentStdio};
 use crate::reaper::Reaper;
-use crate::{cgroup, disks, dns, early, mounts, network, sysctl};
+use crate::{cgroup, devices, disks, dns, early, mounts, network, sysctl};
 use nix::mount::MsFlags;
 use runvm_protocol::session::{read_frame, write_frame, FdStream, Mode, Mux, MuxStream};
 use runvm_protocol::CgroupFs;
@@ -510,6 +510,7 @@ async fn prepare_container(
     });
     mounts::mount_container_filesystems(&spec.mounts, cgroupfs, spec.cgroup_readonly)?;
     disks::link_raw(&spec.disks)?;
+    devices::create(&spec.devices)?;
     if let Some(version) = &spec.kernel_modules {
         let created = mounts::mount_kernel_modules(MODULES_TAG, version);
         mounts::remember_kernel_modules(version, created);

@@ -37,7 +37,9 @@ use runvm_contract::Accel;
 use runvm_contract::StagedMount;
 use runvm_contract::VmConfig;
 use runvm_contract::{netns, paths};
-use runvm_protocol::{Capabilities, ContainerSpec, GuestLimits, GuestMount, ProcessSpec, Rlimit};
+use runvm_protocol::{
+    Capabilities, ContainerSpec, GuestDevice, GuestLimits, GuestMount, ProcessSpec, Rlimit,
+};
 
 /// Host memory that QEMU, virtiofsd and the supervisor need on top of the
 /// guest RAM (QEMU's TCG translation cache alone is 64 MiB).
@@ -200,6 +202,19 @@ pub enum RewriteError {
         want: String,
         limit: String,
     },
+    #[error("--device {path} ({kind} {major}:{minor}) is not supported by runvm: a VM has devices of its own and cannot reach the host's; runvm passes only those the guest has too ({}); drop the --device or use --runtime=runc", GUEST_DEVICE_NAMES)]
+    Device {
+        path: String,
+        kind: &'static str,
+        major: i64,
+        minor: i64,
+    },
+    #[error("--{flag} {mode} is not supported by runvm: a VM runs its own kernel and cannot share {what}; drop --{flag}")]
+    NamespaceMode {
+        flag: &'static str,
+        mode: &'static str,
+        what: &'static str,
+    },
     #[error("--network {mode} is not supported by runvm: {why}")]
     NetworkMode {
         mode: &'static str,
@@ -235,6 +250,101 @@ fn network_mode(linux: &Map<String, Value>) -> Result<(), RewriteError> {
             why: "a VM runs its own kernel and cannot share another container's network stack; put both containers on a user-defined network",
         }),
     }
+}
+
+/// `--pid`, `--ipc` and `--uts` with `host` or `container:<name>`: the
+/// workload would share a namespace of the host's (Docker leaves the
+/// namespace out) or of another container's (Docker names its path),
+/// which a VM cannot; refused, as `--network host` is.
+fn shared_namespaces(linux: &Map<String, Value>) -> Result<(), RewriteError> {
+    let list = linux.get("namespaces").and_then(Value::as_array);
+    for (kind, flag, what) in [
+        ("pid", "pid", "the host's or another container's processes"),
+        (
+            "ipc",
+            "ipc",
+            "the host's or another container's System V IPC and /dev/shm",
+        ),
+        ("uts", "uts", "the host's hostname"),
+    ] {
+        let ns = list.and_then(|l| {
+            l.iter()
+                .find(|n| n.get("type").and_then(Value::as_str) == Some(kind))
+        });
+        let mode = match ns.map(|n| n.get("path").and_then(Value::as_str)) {
+            Some(None | Some("")) => continue,
+            None => "host",
+            Some(Some(_)) => "container:<name>",
+        };
+        return Err(RewriteError::NamespaceMode { flag, mode, what });
+    }
+    Ok(())
+}
+
+/// The `--device` nodes a guest can have: virtual devices its kernel has
+/// under the host's numbers, (block, major, minor) with `None` for any
+/// minor. A host's hardware (disks, GPUs, serial ports, `/dev/kvm`) is not
+/// in the VM.
+const GUEST_DEVICES: &[(bool, i64, Option<i64>)] = &[
+    (false, 1, Some(3)),    // null
+    (false, 1, Some(5)),    // zero
+    (false, 1, Some(7)),    // full
+    (false, 1, Some(8)),    // random
+    (false, 1, Some(9)),    // urandom
+    (false, 5, Some(0)),    // tty
+    (false, 5, Some(2)),    // ptmx
+    (false, 10, Some(200)), // net/tun
+    (false, 10, Some(229)), // fuse
+];
+const GUEST_DEVICE_NAMES: &str = "null, zero, full, random, urandom, tty, ptmx, net/tun, fuse";
+
+/// The container's `--device` nodes for the guest; one the guest cannot
+/// have is an error naming it.
+fn guest_devices(linux: &Map<String, Value>) -> Result<Vec<GuestDevice>, RewriteError> {
+    let Some(list) = linux.get("devices") else {
+        return Ok(Vec::new());
+    };
+    let malformed = |why: String| RewriteError::Malformed {
+        field: "linux.devices",
+        why,
+    };
+    let list = list
+        .as_array()
+        .ok_or_else(|| malformed("not an array".into()))?;
+    list.iter()
+        .map(|d| {
+            let path = required_str(d.get("path"), "linux.devices[].path")?;
+            let block = match d.get("type").and_then(Value::as_str) {
+                Some("c" | "u") => false,
+                Some("b") => true,
+                other => return Err(malformed(format!("{path}: device type {other:?}"))),
+            };
+            let num = |k: &str| d.get(k).and_then(Value::as_i64).unwrap_or(-1);
+            let (major, minor) = (num("major"), num("minor"));
+            let known = GUEST_DEVICES
+                .iter()
+                .any(|(b, ma, mi)| *b == block && *ma == major && mi.is_none_or(|m| m == minor));
+            let absolute = path.starts_with('/') && !path.split('/').any(|c| c == "..");
+            if !known || !absolute {
+                return Err(RewriteError::Device {
+                    path,
+                    kind: if block { "block" } else { "character" },
+                    major,
+                    minor,
+                });
+            }
+            Ok(GuestDevice {
+                path,
+                block,
+                major: major as u32,
+                minor: minor as u32,
+                mode: u32_field(d.get("fileMode"), "linux.devices[].fileMode")?.unwrap_or(0o666)
+                    & 0o7777,
+                uid: u32_field(d.get("uid"), "linux.devices[].uid")?.unwrap_or(0),
+                gid: u32_field(d.get("gid"), "linux.devices[].gid")?.unwrap_or(0),
+            })
+        })
+        .collect()
 }
 
 /// Whether two namespace files are the same namespace.
@@ -325,6 +435,7 @@ pub fn rewrite_config(
     // kernel of its own and cannot share either stack, so both are refused
     // before anything is set up.
     network_mode(linux)?;
+    shared_namespaces(linux)?;
     // dockerd's embedded resolver forwards lookups from the container's
     // namespace; the answers come back to these ports, which the
     // supervisor keeps apart from the VM's traffic (runvm_contract::netns).
@@ -349,6 +460,13 @@ pub fn rewrite_config(
     linux.insert("maskedPaths".into(), json!(HOST_SIDE_MASKED));
     linux.insert("readonlyPaths".into(), json!(HOST_SIDE_READONLY));
     let any_device = allows_any_device(linux);
+    // With every device allowed (--privileged lists all of the host's),
+    // the guest has its own full /dev already.
+    let devices = if any_device {
+        Vec::new()
+    } else {
+        guest_devices(linux)?
+    };
     add_devices(linux, &host.devices, host.qemu_ids)?;
     let limits = grow_host_limits(linux);
     // Without a limit the VM gets every host CPU, as a runc container sees
@@ -431,6 +549,7 @@ pub fn rewrite_config(
             cgroupfs: opts.cgroupfs,
             sysctl: guest_sysctl,
             limits,
+            devices,
         },
     };
     Ok(Rewritten { config, vm })
@@ -526,6 +645,15 @@ pub fn guest_process(p: &Value) -> Result<ProcessSpec, RewriteError> {
         rlimits,
         inherited_rlimits: Vec::new(),
         umask: id("umask", "process.user.umask")?,
+        oom_score_adj: match p.get("oomScoreAdj") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_i64().filter(|n| (-1000..=1000).contains(n)).ok_or(
+                RewriteError::Malformed {
+                    field: "process.oomScoreAdj",
+                    why: format!("{v} is not a number from -1000 to 1000"),
+                },
+            )? as i32),
+        },
         no_new_privileges: p
             .get("noNewPrivileges")
             .and_then(Value::as_bool)

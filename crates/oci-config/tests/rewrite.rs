@@ -887,3 +887,87 @@ fn the_kernels_modules_are_bound_read_only_for_the_guest() {
         .iter()
         .any(|m| m["destination"] == "/runvm/modules"));
 }
+
+#[test]
+fn devices_the_guest_has_go_to_the_guest_and_the_hosts_hardware_is_refused() {
+    let mut orig = fixture("docker-20.10-default.json");
+    orig["linux"]["devices"] = json!([
+        {"path": "/dev/mynull", "type": "c", "major": 1, "minor": 3, "fileMode": 438, "uid": 0, "gid": 0},
+        {"path": "/dev/net/tun", "type": "c", "major": 10, "minor": 200, "fileMode": 438, "uid": 0, "gid": 0}
+    ]);
+    let r = rewrite_config(orig, &opts(&[]), &host()).unwrap();
+    let d = &r.vm.container.devices;
+    assert_eq!(d.len(), 2);
+    assert_eq!(
+        (d[0].path.as_str(), d[0].major, d[0].minor, d[0].mode),
+        ("/dev/mynull", 1, 3, 0o666)
+    );
+    // The host side gets runvm's devices only.
+    let host_side = r.config["linux"]["devices"].to_string();
+    assert!(!host_side.contains("/dev/mynull"), "{host_side}");
+
+    for (path, kind, major, minor) in [("/dev/sda", "b", 8, 0), ("/dev/kvm", "c", 10, 232)] {
+        let mut orig = fixture("docker-20.10-default.json");
+        orig["linux"]["devices"] = json!([
+            {"path": path, "type": kind, "major": major, "minor": minor, "fileMode": 432}
+        ]);
+        let e = rewrite_config(orig, &opts(&[]), &host())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("--device {path}")), "{e}");
+        assert!(e.contains(&format!("{major}:{minor}")), "{e}");
+        assert!(e.contains("drop the --device"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+    // A path that climbs out is refused too.
+    let mut orig = fixture("docker-20.10-default.json");
+    orig["linux"]["devices"] =
+        json!([{"path": "/dev/../etc/x", "type": "c", "major": 1, "minor": 3}]);
+    assert!(rewrite_config(orig, &opts(&[]), &host()).is_err());
+}
+
+#[test]
+fn privileged_lists_every_host_device_and_is_not_refused() {
+    let mut orig = fixture("docker-20.10-default.json");
+    orig["linux"]["devices"] =
+        json!([{"path": "/dev/sda", "type": "b", "major": 8, "minor": 0, "fileMode": 432}]);
+    orig["linux"]["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);
+    let r = rewrite_config(orig, &opts(&[]), &host()).unwrap();
+    assert!(r.vm.container.devices.is_empty());
+}
+
+#[test]
+fn sharing_the_hosts_or_another_containers_pid_ipc_or_uts_namespace_is_refused() {
+    for (kind, flag) in [("pid", "--pid"), ("ipc", "--ipc"), ("uts", "--uts")] {
+        let mut orig = fixture("docker-20.10-default.json");
+        let ns = orig["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != kind);
+        let e = rewrite_config(orig.clone(), &opts(&[]), &host())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("{flag} host is not supported by runvm")),
+            "{e}"
+        );
+        let ns = orig["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.push(json!({"type": kind, "path": "/proc/4242/ns/x"}));
+        let e = rewrite_config(orig, &opts(&[]), &host())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("{flag} container:<name>")), "{e}");
+    }
+}
+
+#[test]
+fn oom_score_adj_goes_to_the_guest_and_a_wild_one_is_refused() {
+    let mut orig = fixture("docker-20.10-default.json");
+    orig["process"]["oomScoreAdj"] = json!(500);
+    let r = rewrite_config(orig, &opts(&[]), &host()).unwrap();
+    assert_eq!(r.vm.container.process.oom_score_adj, Some(500));
+    let mut orig = fixture("docker-20.10-default.json");
+    orig["process"]["oomScoreAdj"] = json!(5000);
+    let e = rewrite_config(orig, &opts(&[]), &host())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("process.oomScoreAdj"), "{e}");
+}

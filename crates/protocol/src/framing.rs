@@ -274,6 +274,15 @@ mod tests {
                 memory_bytes: Some(64 << 20),
                 pids: Some(10),
             },
+            devices: vec![GuestDevice {
+                path: "/dev/mynull".into(),
+                block: false,
+                major: 1,
+                minor: 3,
+                mode: 0o666,
+                uid: 0,
+                gid: 0,
+            }],
         };
         let spec = StartContainer {
             container,

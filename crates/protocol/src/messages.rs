@@ -184,6 +184,26 @@ pub struct ContainerSpec {
     /// (the host's cgroup has room for the VM above them).
     #[serde(default)]
     pub limits: GuestLimits,
+    /// `--device` nodes the agent makes in the guest (only devices the
+    /// guest kernel has under the same numbers; the host side refuses
+    /// others).
+    #[serde(default)]
+    pub devices: Vec<GuestDevice>,
+}
+
+/// A device node of the container's (`linux.devices`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestDevice {
+    /// Absolute path in the container, e.g. `/dev/mynull`.
+    pub path: String,
+    /// A block device (else a character device).
+    pub block: bool,
+    pub major: u32,
+    pub minor: u32,
+    /// Permission bits (`fileMode`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// Limits the agent sets on a cgroup of the workload's (and its execs') in
@@ -329,6 +349,10 @@ pub struct ProcessSpec {
     /// with every capability, as an OCI process without the field would.
     #[serde(default)]
     pub capabilities: Option<Capabilities>,
+    /// `process.oomScoreAdj` (`--oom-score-adj`), written for the process
+    /// in the guest as runc writes it.
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
 }
 
 /// The capability sets of a process, as in the OCI spec.

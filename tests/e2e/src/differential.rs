@@ -540,17 +540,17 @@ pub fn run_table(scenarios: &[Scenario]) {
                         format!("PANICKED {}", sc.name)
                     }
                 };
-                eprintln!("scenario {line}");
+                say(&format!("scenario {line}"));
             });
         }
     });
     let failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
     let (same, differs) = counts.into_inner().unwrap_or_else(|e| e.into_inner());
-    eprintln!(
+    say(&format!(
         "differential: {} scenarios: {same} same, {differs} differ as documented, {} failed",
         chosen.len(),
         failures.len()
-    );
+    ));
     assert!(
         failures.is_empty(),
         "{} of {} scenarios failed:\n{}",
@@ -558,4 +558,11 @@ pub fn run_table(scenarios: &[Scenario]) {
         chosen.len(),
         failures.join("\n")
     );
+}
+
+/// A line on stderr that the test harness does not capture: `make test`
+/// shows each scenario as it ends and the table's summary.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }

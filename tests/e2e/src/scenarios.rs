@@ -18,6 +18,7 @@ pub fn scenarios() -> Vec<Scenario> {
     all.extend(resources());
     all.extend(kernel_settings());
     all.extend(privileges());
+    all.extend(devices_and_namespaces());
     all.extend(lifecycle());
     all.extend(logs());
     all.extend(container_files());
@@ -664,6 +665,84 @@ fn privileges() -> Vec<Scenario> {
     ]
 }
 
+fn devices_and_namespaces() -> Vec<Scenario> {
+    const NODE: &str = "stat -c '%F %t:%T %a %u:%g'";
+    vec![
+        sh(
+            "device_renamed",
+            "--device",
+            &["--device", "/dev/null:/dev/mynull"],
+            &format!("{NODE} /dev/mynull; echo x > /dev/mynull && echo wrote"),
+        ),
+        sh(
+            "device_tun",
+            "--device",
+            &["--device", "/dev/net/tun"],
+            &format!("{NODE} /dev/net/tun"),
+        ),
+        sh(
+            "device_fuse",
+            "--device",
+            &["--device", "/dev/fuse"],
+            &format!("{NODE} /dev/fuse"),
+        ),
+        sh(
+            "device_read_only",
+            "--device",
+            &["--device", "/dev/null:/dev/mynull:r"],
+            "cat /dev/mynull && echo read; echo x > /dev/mynull; echo wrote=$?",
+        )
+        .differs(
+            "the device cgroup's r/w/m permissions are not enforced in the guest: the node is made \
+             with the device's mode, and the VM is the boundary",
+            |_runc, runvm| {
+                if runvm.stdout() == "read\nwrote=0\n" {
+                    Ok(())
+                } else {
+                    Err(format!("got {:?}", runvm.stdout()))
+                }
+            },
+        ),
+        run("device_host_hardware", "--device", &["--device", "/dev/loop0"], &["true"]).differs(
+            "refused: a VM cannot reach the host's hardware; runvm passes null, zero, full, random, \
+             urandom, tty, ptmx, net/tun and fuse, which the guest has too",
+            |_runc, runvm| refused(runvm, "--device /dev/loop0"),
+        ),
+        run("pid_host", "--pid", &["--pid", "host"], &["true"]).differs(
+            "refused: a VM cannot share the host's processes",
+            |_runc, runvm| refused(runvm, "--pid host"),
+        ),
+        run("ipc_host", "--ipc", &["--ipc", "host"], &["true"]).differs(
+            "refused: a VM cannot share the host's System V IPC and /dev/shm",
+            |_runc, runvm| refused(runvm, "--ipc host"),
+        ),
+        run("ipc_shareable", "--ipc", &["--ipc", "shareable"], &["sh", "-c", "grep -c ' /dev/shm ' /proc/mounts"]),
+        run("uts_host", "--uts", &["--uts", "host"], &["true"]).differs(
+            "refused: a VM cannot share the host's hostname",
+            |_runc, runvm| refused(runvm, "--uts host"),
+        ),
+        run("network_host", "--network", &["--network", "host"], &["true"]).differs(
+            "refused: a VM cannot share the host's network stack (publish ports with -p)",
+            |_runc, runvm| refused(runvm, "--network host"),
+        ),
+        run("network_none", "--network", &["--network", "none"], &["ip", "-o", "link"])
+            .normalise(link_names),
+        run(
+            "oom_score_adj",
+            "--oom-score-adj",
+            &["--oom-score-adj", "500"],
+            &["cat", "/proc/self/oom_score_adj"],
+        ),
+        host(
+            "oom_score_adj_exec",
+            "--oom-score-adj",
+            r#"run -d --name $C --oom-score-adj 300 $IMAGE sh -c 'echo ready; sleep 600' >/dev/null
+wait_log $C ready
+docker exec $C cat /proc/self/oom_score_adj"#,
+        ),
+    ]
+}
+
 fn lifecycle() -> Vec<Scenario> {
     vec![
         host(
@@ -932,6 +1011,20 @@ fn exec() -> Vec<Scenario> {
             &with("docker exec $C grep ^Cap /proc/self/status; docker exec -u 1000 $C grep ^Cap /proc/self/status"),
         ),
         host(
+            "exec_held_to_pids_limit",
+            "exec",
+            r#"run -d --name $C --pids-limit 8 $IMAGE sh -c 'echo ready; sleep 600' >/dev/null
+wait_log $C ready
+docker exec $C sh -c 'for i in 1 2 3 4 5 6 7 8 9 10; do sleep 1 & done; wait; echo all started'; echo "exit $?""#,
+        ),
+        host(
+            "exec_held_to_memory_limit",
+            "exec",
+            r#"run -d --name $C -m 32m --memory-swap 32m $IMAGE sh -c 'echo ready; sleep 600' >/dev/null
+wait_log $C ready
+docker exec $C sh -c 'x=$(head -c 100000000 /dev/zero | tr "\0" a); echo survived'; echo "exit $?""#,
+        ),
+        host(
             "exec_in_stopped",
             "exec",
             "run --name $C $IMAGE true; docker exec $C true; echo \"exit $?\"",
@@ -948,6 +1041,30 @@ fn runtime_error(text: &str) -> String {
             None => l.to_string(),
         })
         .map(|l| l + "\n")
+        .collect()
+}
+
+/// For `.differs`: runvm refused the container with exit 125 and one line
+/// naming `what` as not supported.
+fn refused(runvm: &Side, what: &str) -> Result<(), String> {
+    let lines: Vec<String> = runvm
+        .stderr()
+        .lines()
+        .filter(|l| l.contains(what) && l.contains("not supported by runvm"))
+        .map(str::to_string)
+        .collect();
+    if runvm.run.code == 125 && lines.len() == 1 {
+        Ok(())
+    } else {
+        Err(format!("expected exit 125 and one line naming {what}"))
+    }
+}
+
+/// `ip -o link` of a container without a network: just the names and
+/// states (the guest's loopback has no qdisc line of the host's).
+fn link_names(text: &str) -> String {
+    text.lines()
+        .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" ") + "\n")
         .collect()
 }
 
