@@ -19,32 +19,76 @@ const ROOT: &str = "/sys/fs/cgroup";
 /// The workload's cgroup, under [`ROOT`].
 const NAME: &str = "container";
 
+/// Limit files of a cgroup and their values.
+pub type LimitFiles = Vec<(&'static str, String)>;
+
 /// The files a cgroup's limits are written to, in order: the controllers
-/// to enable in the root, then each limit file and its value.
-pub fn plan(limits: &GuestLimits) -> (String, Vec<(&'static str, String)>) {
-    let mut controllers = Vec::new();
+/// to enable in the root (every one the kernel has, `available`, as a
+/// workload in the root had them all: dockerd in the VM may limit its own
+/// containers' CPUs), then each limit file and its value. An error names a
+/// controller the limits need that the kernel lacks.
+pub fn plan(
+    limits: &GuestLimits,
+    available: &str,
+) -> std::result::Result<(String, LimitFiles), &'static str> {
+    let has = |c: &str| available.split_whitespace().any(|a| a == c);
     let mut files = Vec::new();
     if let Some(bytes) = limits.memory_bytes {
-        controllers.push("+memory");
+        if !has("memory") {
+            return Err("memory");
+        }
         files.push(("memory.max", bytes.to_string()));
         // The guest has no swap; a workload over its limit is killed by
         // the guest kernel's OOM killer, as runc's is without swap.
     }
     if let Some(pids) = limits.pids {
-        controllers.push("+pids");
+        if !has("pids") {
+            return Err("pids");
+        }
         files.push(("pids.max", pids.to_string()));
     }
-    (controllers.join(" "), files)
+    let controllers: Vec<String> = available
+        .split_whitespace()
+        .map(|c| format!("+{c}"))
+        .collect();
+    Ok((controllers.join(" "), files))
 }
 
-/// Makes the workload's cgroup with `limits`; returns its directory, or
-/// `None` when there is nothing to limit.
-pub fn create(limits: &GuestLimits) -> Result<Option<PathBuf>> {
+/// The workload's cgroup, held open: the init and every exec join it
+/// through this descriptor (`openat`), never by a path a workload could
+/// redirect.
+#[derive(Debug)]
+pub struct WorkloadCgroup {
+    pub fd: std::os::fd::OwnedFd,
+}
+
+/// Makes the workload's cgroup with `limits`; `None` when there is nothing
+/// to limit. `mounted`: whether the agent mounted the cgroup v2 hierarchy
+/// at [`ROOT`] for the workload; when not (systemd mounts its own), it is
+/// mounted here, and the init's remount in its own cgroup namespace shows
+/// systemd the workload's cgroup as its root.
+pub fn create(limits: &GuestLimits, mounted: bool) -> Result<Option<WorkloadCgroup>> {
     if !limits.any() {
         return Ok(None);
     }
+    if !mounted {
+        use nix::mount::MsFlags;
+        crate::mounts::mount_fs(
+            "cgroup2",
+            ROOT,
+            "cgroup2",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV,
+            Some("nsdelegate"),
+        )?;
+    }
     let root = Path::new(ROOT);
-    let (controllers, files) = plan(limits);
+    let available = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+    let (controllers, files) = plan(limits, &available).map_err(|c| {
+        AgentError::sys(
+            format!("set the container's limits: the guest kernel has no {c} controller"),
+            std::io::Error::from_raw_os_error(libc::ENOTSUP),
+        )
+    })?;
     let write = |path: PathBuf, value: &str| {
         std::fs::write(&path, value).map_err(|e| {
             AgentError::sys(
@@ -72,36 +116,64 @@ pub fn create(limits: &GuestLimits) -> Result<Option<PathBuf>> {
     for (file, value) in files {
         write(dir.join(file), &value)?;
     }
-    Ok(Some(dir))
+    let fd = std::fs::File::open(&dir).map_err(|e| {
+        AgentError::sys(format!("open the container's cgroup {}", dir.display()), e)
+    })?;
+    Ok(Some(WorkloadCgroup { fd: fd.into() }))
+}
+
+/// The v2 cgroup of one of the agent's children (`/proc/<pid>/cgroup`),
+/// held open; `None` if it cannot be read.
+pub fn of_process(pid: i32) -> Option<std::os::fd::OwnedFd> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let rel = path.trim_start_matches('/');
+    if rel.split('/').any(|c| c == "..") {
+        return None;
+    }
+    std::fs::File::open(Path::new(ROOT).join(rel))
+        .ok()
+        .map(Into::into)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const ALL: &str = "cpuset cpu io memory hugetlb pids rdma misc\n";
+
     #[test]
-    fn only_the_limits_given_are_set() {
+    fn only_the_limits_given_are_set_and_every_controller_is_enabled() {
         let both = GuestLimits {
             memory_bytes: Some(64 << 20),
             pids: Some(10),
         };
         assert_eq!(
-            plan(&both),
-            (
-                "+memory +pids".to_string(),
+            plan(&both, ALL),
+            Ok((
+                "+cpuset +cpu +io +memory +hugetlb +pids +rdma +misc".to_string(),
                 vec![
                     ("memory.max", "67108864".to_string()),
                     ("pids.max", "10".to_string())
                 ]
-            )
+            ))
         );
         let pids = GuestLimits {
             memory_bytes: None,
             pids: Some(7),
         };
         assert_eq!(
-            plan(&pids),
-            ("+pids".to_string(), vec![("pids.max", "7".to_string())])
+            plan(&pids, ALL).unwrap().1,
+            vec![("pids.max", "7".to_string())]
         );
+    }
+
+    #[test]
+    fn a_controller_the_kernel_lacks_is_named() {
+        let mem = GuestLimits {
+            memory_bytes: Some(1 << 20),
+            pids: None,
+        };
+        assert_eq!(plan(&mem, "cpu pids"), Err("memory"));
     }
 }

@@ -205,13 +205,22 @@ fn mount_cgroups(cgroupfs: CgroupFs, flags: MsFlags, readonly: bool) {
     };
     match cgroupfs {
         CgroupFs::None => {}
+        // nsdelegate: a cgroup namespace is a delegation boundary, so a
+        // workload (even a privileged one) cannot write the limits of the
+        // cgroup it sees as its root, as on a systemd host.
         CgroupFs::V2 => {
-            let _ = mount_fs("cgroup2", ROOT, "cgroup2", flags, None);
+            let _ = mount_fs("cgroup2", ROOT, "cgroup2", flags, Some("nsdelegate"));
         }
         CgroupFs::V1 => v1(),
         CgroupFs::Hybrid => {
             v1();
-            let _ = mount_fs("cgroup2", &format!("{ROOT}/unified"), "cgroup2", sub, None);
+            let _ = mount_fs(
+                "cgroup2",
+                &format!("{ROOT}/unified"),
+                "cgroup2",
+                sub,
+                Some("nsdelegate"),
+            );
         }
     }
     if matches!(cgroupfs, CgroupFs::V1 | CgroupFs::Hybrid) {

@@ -9,6 +9,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::mount::MsFlags;
@@ -60,15 +61,21 @@ pub struct Confinement {
     pub sysfs_readonly: bool,
     pub cgroup_readonly: bool,
     pub seccomp: Option<SeccompFilter>,
-    /// The workload's cgroup (see [`crate::cgroup`]), which the init and
-    /// every exec join, in a cgroup namespace of the init's.
-    pub cgroup: Option<PathBuf>,
+    /// The workload's cgroup (see [`crate::cgroup`]), held open, which the
+    /// init and every exec join, in a cgroup namespace of the init's.
+    pub cgroup: Option<Arc<OwnedFd>>,
+    /// The agent's `/proc`, held open from before the workload ran: a
+    /// process's own `oom_score_adj` is written through it.
+    pub proc_dir: Option<Arc<OwnedFd>>,
 }
 
 impl Confinement {
-    pub fn of(spec: &ContainerSpec, cgroup: Option<PathBuf>) -> Self {
+    pub fn of(spec: &ContainerSpec, cgroup: Option<OwnedFd>) -> Self {
         Confinement {
-            cgroup,
+            cgroup: cgroup.map(Arc::new),
+            proc_dir: std::fs::File::open("/proc")
+                .ok()
+                .map(|f| Arc::new(OwnedFd::from(f))),
             masked_paths: spec.masked_paths.clone(),
             readonly_paths: spec.readonly_paths.clone(),
             sysfs_readonly: spec.sysfs_readonly,
@@ -91,6 +98,9 @@ pub enum Namespaces<'a> {
 /// may by then belong to another process.
 #[derive(Debug)]
 pub struct ContainerNamespaces {
+    /// The init's pid (a child of the agent's, not reaped while the
+    /// container runs).
+    init: i32,
     mnt: OwnedFd,
     pid: OwnedFd,
     /// None on a kernel without cgroup namespaces.
@@ -104,6 +114,7 @@ impl ContainerNamespaces {
         let open =
             |kind: &str| std::fs::File::open(format!("/proc/{pid}/ns/{kind}")).map(OwnedFd::from);
         Ok(ContainerNamespaces {
+            init: pid,
             mnt: open("mnt")?,
             pid: open("pid")?,
             cgroup: open("cgroup").ok(),
@@ -202,12 +213,20 @@ struct ChildSetup {
     soft_rlimits: Vec<Limit>,
     caps: Option<crate::caps::Masks>,
     no_new_privileges: bool,
-    /// The value for `/proc/self/oom_score_adj` (`--oom-score-adj`).
+    /// The value for `self/oom_score_adj` (`--oom-score-adj`), written
+    /// through `proc_fd`.
     oom_score_adj: Option<CString>,
     oom_score_adj_path: CString,
-    /// `cgroup.procs` of the workload's cgroup, in the agent's mount
-    /// namespace: the process joins it first.
-    cgroup_procs: Option<CString>,
+    proc_fd: Option<OwnedFd>,
+    /// The workload's cgroup: the process joins it first (`cgroup.procs`
+    /// under this descriptor).
+    cgroup: Option<OwnedFd>,
+    /// An exec's second choice: the init's cgroup of the moment, when the
+    /// workload's cgroup no longer takes processes (dockerd in the VM
+    /// moves itself into a child and enables controllers: EBUSY), as runc
+    /// joins an exec to the init's cgroup.
+    cgroup_fallback: Option<OwnedFd>,
+    cgroup_procs: CString,
     /// The init: a cgroup namespace of its own (rooted at its cgroup), and
     /// `/sys/fs/cgroup` mounted anew in it.
     new_cgroup_ns: bool,
@@ -351,6 +370,22 @@ fn mount_at(
     nix::mount::mount(source, target, fstype, flags, None::<&CStr>)
 }
 
+/// Writes `data` to the file `name` under the directory `dir`. Safe between
+/// fork and exec: `name` is a `CStr` prepared before, and closing the file
+/// is a plain `close`.
+fn write_at(dir: &OwnedFd, name: &CStr, data: &[u8]) -> nix::Result<()> {
+    let fd = nix::fcntl::openat(
+        Some(dir.as_raw_fd()),
+        name,
+        nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    // SAFETY: `openat` just returned this descriptor; nothing else owns it.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    nix::unistd::write(&fd, data)?;
+    Ok(())
+}
+
 /// The mount flags a bind remount must keep (runc's `readonlyPath`).
 fn locked_flags(path: &CStr) -> nix::Result<MsFlags> {
     let st = nix::sys::statfs::statfs(path)?;
@@ -413,28 +448,18 @@ impl ChildSetup {
         // flag sets, fixed-size structures): nothing allocates.
         // As root with every capability: lowering it needs
         // CAP_SYS_RESOURCE.
-        if let Some(adj) = &self.oom_score_adj {
-            let fd = nix::fcntl::open(
-                self.oom_score_adj_path.as_c_str(),
-                nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )?;
-            // SAFETY: `open` just returned this descriptor; nothing else
-            // owns it.
-            let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-            nix::unistd::write(&fd, adj.as_bytes())?;
+        if let (Some(adj), Some(proc_fd)) = (&self.oom_score_adj, &self.proc_fd) {
+            write_at(proc_fd, &self.oom_score_adj_path, adj.as_bytes())?;
         }
-        // The cgroup first, by its path in the agent's mount namespace.
-        if let Some(procs) = &self.cgroup_procs {
-            let fd = nix::fcntl::open(
-                procs.as_c_str(),
-                nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )?;
-            // SAFETY: `open` just returned this descriptor; nothing else
-            // owns it. (Closing it on drop is async-signal-safe.)
-            let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-            nix::unistd::write(&fd, b"0")?;
+        // The cgroup first, through the descriptor held since it was made.
+        if let Some(dir) = &self.cgroup {
+            match (
+                write_at(dir, &self.cgroup_procs, b"0"),
+                &self.cgroup_fallback,
+            ) {
+                (Err(Errno::EBUSY), Some(init)) => write_at(init, &self.cgroup_procs, b"0")?,
+                (r, _) => r?,
+            }
         }
         if self.new_cgroup_ns {
             unshare(CloneFlags::CLONE_NEWCGROUP)?;
@@ -453,7 +478,13 @@ impl ChildSetup {
                 None,
                 MsFlags::MS_REC | MsFlags::MS_PRIVATE,
             )?;
-            // A /proc that shows the new PID namespace.
+            // A /proc that shows the new PID namespace, instead of the
+            // agent's (over it, unmounting it would show the VM's
+            // processes).
+            match nix::mount::umount2(self.proc_dir.as_c_str(), nix::mount::MntFlags::MNT_DETACH) {
+                Ok(()) | Err(Errno::EINVAL) => {}
+                Err(e) => return Err(e.into()),
+            }
             mount_at(
                 Some(&self.proc_src),
                 &self.proc_dir,
@@ -697,12 +728,11 @@ pub fn start(
         ),
         Namespaces::NewContainer => (None, None, None),
     };
-    let cgroup_procs = confinement
-        .cgroup
-        .as_ref()
-        .map(|d| cstring(&d.join("cgroup.procs").to_string_lossy()))
-        .transpose()
-        .map_err(|e| io_err("bad cgroup path", e))?;
+    let cgroup = confinement.cgroup.as_deref().map(dup).transpose()?;
+    let cgroup_fallback = match (&ns, &cgroup) {
+        (Namespaces::Join(c), Some(_)) => crate::cgroup::of_process(c.init),
+        _ => None,
+    };
     let (chdir_r, chdir_w) = pipe()?;
     let setup = ChildSetup {
         new_mount_ns: new_container,
@@ -728,9 +758,12 @@ pub fn start(
             .map(|a| cstring(&a.to_string()))
             .transpose()
             .map_err(|e| io_err("bad oom_score_adj", e))?,
-        oom_score_adj_path: c"/proc/self/oom_score_adj".to_owned(),
-        new_cgroup_ns: new_container && cgroup_procs.is_some(),
-        cgroup_procs,
+        oom_score_adj_path: c"self/oom_score_adj".to_owned(),
+        proc_fd: confinement.proc_dir.as_deref().map(dup).transpose()?,
+        new_cgroup_ns: new_container && cgroup.is_some(),
+        cgroup,
+        cgroup_fallback,
+        cgroup_procs: c"cgroup.procs".to_owned(),
         join_cgroup_ns,
         cgroup2: c"cgroup2".to_owned(),
         cgroup_dir: c"/sys/fs/cgroup".to_owned(),
@@ -829,7 +862,13 @@ pub fn start(
     })?;
     // `cmd`, and with it the pipe's other end, is gone: this read ends.
     let mut step = [0u8; 1];
-    if matches!(nix::unistd::read(chdir_r.as_raw_fd(), &mut step), Ok(1)) {
+    let chdir_failed = loop {
+        match nix::unistd::read(chdir_r.as_raw_fd(), &mut step) {
+            Err(Errno::EINTR) => continue,
+            r => break matches!(r, Ok(1)),
+        }
+    };
+    if chdir_failed {
         let e = child
             .err()
             .unwrap_or_else(|| io::Error::from_raw_os_error(libc::EIO));

@@ -220,7 +220,8 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
                 *started = true;
             }
             let prepared = prepare_container(&agent.reaper, spec, &start.network).await;
-            if let Ok(Prepared { systemd, .. }) = prepared {
+            if let Ok(Prepared { systemd, .. }) = &prepared {
+                let systemd = *systemd;
                 early::PREPARED_MS.get_or_init(early::uptime_ms);
                 agent
                     .init_is_systemd
@@ -232,21 +233,21 @@ async fn control(agent: Arc<Agent>, process: u32, s: MuxStream) -> Result<()> {
                     }
                 }
             }
-            let workload_cgroup = match prepared {
-                Ok(Prepared { ref cgroup, .. }) => cgroup.clone(),
-                Err(_) => None,
-            };
-            if let Err(e) = prepared {
-                agent.container.send_replace(Container::Gone);
-                let message = e.chain().to_string();
-                send(&wr, &GuestMessage::SetupFailed { message }).await?;
-            } else {
-                let _ = agent
-                    .confinement
-                    .set(Arc::new(Confinement::of(spec, workload_cgroup)));
-                let ran = run_process(&agent, process, &spec.process, None, &mut rd, &wr).await;
-                agent.container.send_replace(Container::Gone);
-                ran?;
+            match prepared {
+                Err(e) => {
+                    agent.container.send_replace(Container::Gone);
+                    let message = e.chain().to_string();
+                    send(&wr, &GuestMessage::SetupFailed { message }).await?;
+                }
+                Ok(prepared) => {
+                    let _ = agent.confinement.set(Arc::new(Confinement::of(
+                        spec,
+                        prepared.cgroup.map(|c| c.fd),
+                    )));
+                    let ran = run_process(&agent, process, &spec.process, None, &mut rd, &wr).await;
+                    agent.container.send_replace(Container::Gone);
+                    ran?;
+                }
             }
             // The container is over: wait for the host's go-ahead, then stop.
             wait_for_shutdown(&mut rd).await;
@@ -458,7 +459,7 @@ struct Prepared {
     systemd: bool,
     /// The workload's cgroup, when the container has limits (see
     /// [`cgroup`]).
-    cgroup: Option<std::path::PathBuf>,
+    cgroup: Option<cgroup::WorkloadCgroup>,
 }
 
 /// The root, mounts, hostname, network, sysctls and cgroup of the container.
@@ -524,15 +525,17 @@ async fn prepare_container(
     // The limits need the cgroup v2 hierarchy the agent mounted; with
     // another layout (systemd's own, RUNVM_CGROUPFS=v1) they hold the
     // whole VM, on the host.
-    let cgroup = if cgroupfs == CgroupFs::V2 {
-        cgroup::create(&spec.limits)?
-    } else {
-        if spec.limits.any() {
-            tracing::warn!(
-                "the container's memory and pids limits hold the whole VM only: the guest has no cgroup v2 hierarchy of the agent's"
-            );
+    let cgroup = match cgroupfs {
+        CgroupFs::V2 => cgroup::create(&spec.limits, true)?,
+        CgroupFs::None => cgroup::create(&spec.limits, false)?,
+        // The host side refuses this pairing; never run unlimited.
+        CgroupFs::V1 | CgroupFs::Hybrid if spec.limits.any() => {
+            return Err(AgentError::sys(
+                "hold the container to its limits with RUNVM_CGROUPFS's v1 hierarchies",
+                std::io::Error::from_raw_os_error(libc::ENOTSUP),
+            ))
         }
-        None
+        CgroupFs::V1 | CgroupFs::Hybrid => None,
     };
     Ok(Prepared { systemd, cgroup })
 }
