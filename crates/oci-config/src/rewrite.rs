@@ -38,7 +38,8 @@ use runvm_contract::StagedMount;
 use runvm_contract::VmConfig;
 use runvm_contract::{netns, paths};
 use runvm_protocol::{
-    Capabilities, ContainerSpec, GuestDevice, GuestLimits, GuestMount, ProcessSpec, Rlimit,
+    Capabilities, CgroupFs, ContainerSpec, GuestDevice, GuestLimits, GuestMount, ProcessSpec,
+    Rlimit,
 };
 
 /// Host memory that QEMU, virtiofsd and the supervisor need on top of the
@@ -58,12 +59,15 @@ const MIB: u64 = 1024 * 1024;
 
 /// The guest RAM, in MiB, of a container whose memory limit is `limit`
 /// bytes: the limit, which the workload's cgroup in the guest holds it to,
-/// plus what the guest kernel needs; at least [`MIN_MEMORY_MIB`]. Any
-/// limit the engine accepts (Docker's least is 6 MiB) gets a VM.
+/// plus what the guest kernel needs: [`GUEST_KERNEL_MIB`] and its page
+/// descriptors (64 bytes for each 4 KiB page, a 64th of the RAM, which
+/// the kernel takes before it counts MemTotal); at least
+/// [`MIN_MEMORY_MIB`]. Any limit the engine accepts (Docker's least is
+/// 6 MiB) gets a VM.
 pub fn guest_ram_for_limit_mib(limit: u64) -> u64 {
-    limit
-        .div_ceil(MIB)
-        .saturating_add(GUEST_KERNEL_MIB)
+    let mib = limit.div_ceil(MIB);
+    mib.saturating_add(GUEST_KERNEL_MIB)
+        .saturating_add(mib.div_ceil(64))
         .max(MIN_MEMORY_MIB)
 }
 
@@ -215,6 +219,8 @@ pub enum RewriteError {
         mode: &'static str,
         what: &'static str,
     },
+    #[error("RUNVM_CGROUPFS={mode} cannot hold --memory or --pids-limit in the guest, which enforces them with cgroup v2: drop RUNVM_CGROUPFS or the limit")]
+    LimitsNeedV2 { mode: &'static str },
     #[error("--network {mode} is not supported by runvm: {why}")]
     NetworkMode {
         mode: &'static str,
@@ -299,10 +305,17 @@ const GUEST_DEVICES: &[(bool, i64, Option<i64>)] = &[
 const GUEST_DEVICE_NAMES: &str = "null, zero, full, random, urandom, tty, ptmx, net/tun, fuse";
 
 /// The container's `--device` nodes for the guest; one the guest cannot
-/// have is an error naming it.
-fn guest_devices(linux: &Map<String, Value>) -> Result<Vec<GuestDevice>, RewriteError> {
-    let Some(list) = linux.get("devices") else {
-        return Ok(Vec::new());
+/// have is an error naming it, except for a privileged container, whose
+/// list is every device of the host's (the guest has its own full `/dev`:
+/// only the nodes the guest can have are made, a `--device
+/// /dev/null:/custom` among them).
+fn guest_devices(
+    linux: &Map<String, Value>,
+    privileged: bool,
+) -> Result<Vec<GuestDevice>, RewriteError> {
+    let list = match linux.get("devices") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(l) => l,
     };
     let malformed = |why: String| RewriteError::Malformed {
         field: "linux.devices",
@@ -312,37 +325,44 @@ fn guest_devices(linux: &Map<String, Value>) -> Result<Vec<GuestDevice>, Rewrite
         .as_array()
         .ok_or_else(|| malformed("not an array".into()))?;
     list.iter()
-        .map(|d| {
-            let path = required_str(d.get("path"), "linux.devices[].path")?;
-            let block = match d.get("type").and_then(Value::as_str) {
-                Some("c" | "u") => false,
-                Some("b") => true,
-                other => return Err(malformed(format!("{path}: device type {other:?}"))),
-            };
-            let num = |k: &str| d.get(k).and_then(Value::as_i64).unwrap_or(-1);
-            let (major, minor) = (num("major"), num("minor"));
-            let known = GUEST_DEVICES
-                .iter()
-                .any(|(b, ma, mi)| *b == block && *ma == major && mi.is_none_or(|m| m == minor));
-            let absolute = path.starts_with('/') && !path.split('/').any(|c| c == "..");
-            if !known || !absolute {
-                return Err(RewriteError::Device {
-                    path,
-                    kind: if block { "block" } else { "character" },
-                    major,
-                    minor,
+        .filter_map(|d| {
+            let device = || -> Result<GuestDevice, RewriteError> {
+                let path = required_str(d.get("path"), "linux.devices[].path")?;
+                let block = match d.get("type").and_then(Value::as_str) {
+                    Some("c" | "u") => false,
+                    Some("b") => true,
+                    other => return Err(malformed(format!("{path}: device type {other:?}"))),
+                };
+                let num = |k: &str| d.get(k).and_then(Value::as_i64).unwrap_or(-1);
+                let (major, minor) = (num("major"), num("minor"));
+                let known = GUEST_DEVICES.iter().any(|(b, ma, mi)| {
+                    *b == block && *ma == major && mi.is_none_or(|m| m == minor)
                 });
+                let absolute = path.starts_with('/') && !path.split('/').any(|c| c == "..");
+                if !known || !absolute {
+                    return Err(RewriteError::Device {
+                        path,
+                        kind: if block { "block" } else { "character" },
+                        major,
+                        minor,
+                    });
+                }
+                Ok(GuestDevice {
+                    path,
+                    block,
+                    major: major as u32,
+                    minor: minor as u32,
+                    mode: u32_field(d.get("fileMode"), "linux.devices[].fileMode")?
+                        .unwrap_or(0o666)
+                        & 0o7777,
+                    uid: u32_field(d.get("uid"), "linux.devices[].uid")?.unwrap_or(0),
+                    gid: u32_field(d.get("gid"), "linux.devices[].gid")?.unwrap_or(0),
+                })
+            };
+            match device() {
+                Err(RewriteError::Device { .. }) if privileged => None,
+                r => Some(r),
             }
-            Ok(GuestDevice {
-                path,
-                block,
-                major: major as u32,
-                minor: minor as u32,
-                mode: u32_field(d.get("fileMode"), "linux.devices[].fileMode")?.unwrap_or(0o666)
-                    & 0o7777,
-                uid: u32_field(d.get("uid"), "linux.devices[].uid")?.unwrap_or(0),
-                gid: u32_field(d.get("gid"), "linux.devices[].gid")?.unwrap_or(0),
-            })
         })
         .collect()
 }
@@ -460,15 +480,23 @@ pub fn rewrite_config(
     linux.insert("maskedPaths".into(), json!(HOST_SIDE_MASKED));
     linux.insert("readonlyPaths".into(), json!(HOST_SIDE_READONLY));
     let any_device = allows_any_device(linux);
-    // With every device allowed (--privileged lists all of the host's),
-    // the guest has its own full /dev already.
-    let devices = if any_device {
-        Vec::new()
-    } else {
-        guest_devices(linux)?
-    };
+    // --privileged: every device allowed and every capability (a device
+    // cgroup rule for all devices alone does not make a host device fit).
+    let privileged = any_device
+        && guest_process
+            .capabilities
+            .as_ref()
+            .is_none_or(|c| c.bounding.iter().any(|c| c == "CAP_SYS_ADMIN"));
+    let devices = guest_devices(linux, privileged)?;
     add_devices(linux, &host.devices, host.qemu_ids)?;
     let limits = grow_host_limits(linux);
+    // The guest holds the limits with cgroup v2; an image's ENV may not
+    // trade them for v1 hierarchies (and run unlimited).
+    if let (true, Some(mode @ (CgroupFs::V1 | CgroupFs::Hybrid))) = (limits.any(), opts.cgroupfs) {
+        return Err(RewriteError::LimitsNeedV2 {
+            mode: if mode == CgroupFs::V1 { "1" } else { "hybrid" },
+        });
+    }
     // Without a limit the VM gets every host CPU, as a runc container sees
     // them all. (Under TCG on an idle 2-core host this also boots faster:
     // 5.3 s against 5.8 s with one vCPU, medians of 3.)
@@ -988,6 +1016,12 @@ fn add_devices(
     for d in devices {
         rules.push(json!({"allow": true, "type": "c", "major": d.major, "minor": d.minor, "access": "rwm"}));
     }
+    // Making device nodes (not opening them), as Docker's rules allow a
+    // container: virtiofsd makes the guest's on the shared root (a
+    // `--device /dev/fuse:/opt/fuse`, a workload's mknod).
+    for kind in ["c", "b"] {
+        rules.push(json!({"allow": true, "type": kind, "access": "m"}));
+    }
     let res = linux.entry("resources").or_insert_with(|| json!({}));
     obj(res, "linux.resources")?.insert("devices".into(), Value::Array(rules));
     Ok(())
@@ -1075,18 +1109,37 @@ fn add_pids_overhead(pids: &mut Map<String, Value>) -> Option<u64> {
         .filter(|l| *l > 0)?;
     pids.insert(
         "limit".into(),
-        json!(limit.saturating_add(VM_OVERHEAD_PIDS)),
+        json!(limit.saturating_add(VM_OVERHEAD_PIDS).min(PIDS_MAX)),
     );
     Some(limit as u64)
 }
+
+/// The largest `pids.max` the kernel takes (PID_MAX_LIMIT).
+const PIDS_MAX: i64 = 4 * 1024 * 1024;
 
 /// Rewrites the resources of `runc update` (`docker update -m`,
 /// `--pids-limit`): the cgroup limits keep room for QEMU above what the
 /// user gives. (The guest's RAM and its cgroup's limits stay what they
 /// booted with.)
-pub fn rewrite_update_resources(mut resources: Value) -> Value {
+///
+/// `booted_mib`, the guest RAM the VM booted with when known, is a floor:
+/// a lower limit would let the host's OOM killer take QEMU itself.
+pub fn rewrite_update_resources(mut resources: Value, booted_mib: Option<u64>) -> Value {
     if let Some(mem) = resources.get_mut("memory").and_then(Value::as_object_mut) {
-        add_memory_overhead(mem);
+        if add_memory_overhead(mem).is_some() {
+            let floor = booted_mib.map(|m| {
+                i64::try_from(m.saturating_add(VM_OVERHEAD_MIB).saturating_mul(MIB))
+                    .unwrap_or(i64::MAX)
+            });
+            if let (Some(floor), Some(limit)) = (floor, mem.get("limit").and_then(Value::as_i64)) {
+                if limit < floor {
+                    mem.insert("limit".into(), json!(floor));
+                    if let Some(swap) = mem.get("swap").and_then(Value::as_i64).filter(|s| *s > 0) {
+                        mem.insert("swap".into(), json!(swap.max(floor)));
+                    }
+                }
+            }
+        }
     }
     if let Some(pids) = resources.get_mut("pids").and_then(Value::as_object_mut) {
         add_pids_overhead(pids);

@@ -666,7 +666,7 @@ proptest! {
             }),
         ],
     ) {
-        let out = rewrite_update_resources(input.clone());
+        let out = rewrite_update_resources(input.clone(), None);
         let limit = positive_i64(input.pointer("/memory/limit"));
         let pids = positive_i64(input.pointer("/pids/limit"));
         // Everything but the memory limit and swap and the pids limit is
@@ -778,7 +778,7 @@ fn huge_memory_limits_do_not_overflow() {
             out.config["linux"]["resources"]["memory"]["swap"],
             json!(i64::MAX)
         );
-        let r = rewrite_update_resources(json!({"memory": {"limit": limit, "swap": limit}}));
+        let r = rewrite_update_resources(json!({"memory": {"limit": limit, "swap": limit}}), None);
         assert_eq!(r, json!({"memory": {"limit": i64::MAX, "swap": i64::MAX}}));
     }
 }

@@ -232,9 +232,9 @@ fn memory_limit_grows_by_the_overhead_and_cpus_follow_the_quota() {
     // 256 MiB for the workload (held there by the guest's cgroup), the
     // guest kernel's 64 MiB beside it, QEMU's and virtiofsd's 256 MiB.
     let mib = 1024 * 1024;
-    assert_eq!(mem["limit"], json!(576 * mib));
-    assert_eq!(mem["swap"], json!((512 + 320) * mib));
-    assert_eq!(r.vm.memory_mib, 256 + rewrite::GUEST_KERNEL_MIB);
+    assert_eq!(mem["limit"], json!(580 * mib));
+    assert_eq!(mem["swap"], json!((512 + 324) * mib));
+    assert_eq!(r.vm.memory_mib, 256 + rewrite::GUEST_KERNEL_MIB + 4);
     assert_eq!(r.vm.container.limits.memory_bytes, Some(256 * mib as u64));
     assert_eq!(r.vm.vcpus, 2, "--cpus 1.5 rounds up to 2 vCPUs");
 
@@ -510,21 +510,36 @@ fn a_sysctl_value_that_is_not_a_string_is_refused() {
 
 #[test]
 fn docker_update_keeps_room_for_qemu() {
-    let added = ((rewrite::GUEST_KERNEL_MIB + rewrite::VM_OVERHEAD_MIB) * 1024 * 1024) as i64;
-    let r = rewrite_update_resources(json!({
-        "memory": {"limit": 536870912, "swap": 1073741824},
-        "cpu": {"shares": 512},
-        "x-other": true
-    }));
+    // 512 MiB: 64 MiB for the guest kernel, 8 for its page descriptors,
+    // 256 for QEMU.
+    let added = ((64 + 8 + rewrite::VM_OVERHEAD_MIB) * 1024 * 1024) as i64;
+    let r = rewrite_update_resources(
+        json!({
+            "memory": {"limit": 536870912, "swap": 1073741824},
+            "cpu": {"shares": 512},
+            "x-other": true
+        }),
+        None,
+    );
     assert_eq!(r["memory"]["limit"], json!(536870912 + added));
     assert_eq!(r["memory"]["swap"], json!(1073741824 + added));
     assert_eq!(r["cpu"]["shares"], 512);
     assert_eq!(r["x-other"], true);
-    let unlimited = rewrite_update_resources(json!({"memory": {"limit": 0}, "pids": {"limit": 5}}));
+    let unlimited =
+        rewrite_update_resources(json!({"memory": {"limit": 0}, "pids": {"limit": 5}}), None);
     assert_eq!(
         unlimited,
         json!({"memory": {"limit": 0}, "pids": {"limit": 5 + rewrite::VM_OVERHEAD_PIDS}})
     );
+    // Below what the VM booted with, the host limit stays above its RAM.
+    let mib = 1024 * 1024;
+    let low = rewrite_update_resources(json!({"memory": {"limit": 64 * mib}}), Some(600));
+    assert_eq!(
+        low["memory"]["limit"],
+        json!((600 + rewrite::VM_OVERHEAD_MIB) * mib as u64)
+    );
+    let pids = rewrite_update_resources(json!({"pids": {"limit": 4194300}}), None);
+    assert_eq!(pids["pids"]["limit"], json!(4194304), "pids.max's ceiling");
 }
 
 #[test]
@@ -532,9 +547,10 @@ fn any_memory_limit_docker_accepts_gets_a_vm_and_the_guest_holds_the_limits() {
     let mib: u64 = 1024 * 1024;
     for (limit, guest) in [
         (6 * mib, 128),
-        (64 * mib, 128),
-        (100 * mib, 164),
-        (mib / 2 + 64 * mib, 129),
+        (64 * mib, 129),
+        (100 * mib, 166),
+        (mib / 2 + 64 * mib, 131),
+        (16 * 1024 * mib, 16384 + 64 + 256),
     ] {
         let mut orig = fixture("docker-20.10-default.json");
         orig["linux"]["resources"]["memory"] = json!({"limit": limit});
@@ -775,6 +791,7 @@ fn the_host_side_gets_runvms_devices_and_confinement_whatever_the_container_asks
     // What --privileged / --device give runc.
     orig["linux"]["devices"] = json!([{"path": "/dev/vda", "type": "b", "major": 254, "minor": 0}]);
     orig["linux"]["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);
+    with_sys_admin(&mut orig);
     orig["linux"]["maskedPaths"] = json!([]);
     orig["linux"]["readonlyPaths"] = json!([]);
     for m in orig["mounts"].as_array_mut().unwrap() {
@@ -932,8 +949,33 @@ fn privileged_lists_every_host_device_and_is_not_refused() {
     orig["linux"]["devices"] =
         json!([{"path": "/dev/sda", "type": "b", "major": 8, "minor": 0, "fileMode": 432}]);
     orig["linux"]["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);
+    // A device cgroup rule for every device alone is not --privileged.
+    let e = rewrite_config(orig.clone(), &opts(&[]), &host()).unwrap_err();
+    assert!(e.to_string().contains("--device /dev/sda"), "{e}");
+    with_sys_admin(&mut orig);
+    orig["linux"]["devices"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"path": "/custom", "type": "c", "major": 1, "minor": 3, "fileMode": 438}));
     let r = rewrite_config(orig, &opts(&[]), &host()).unwrap();
-    assert!(r.vm.container.devices.is_empty());
+    let paths: Vec<&str> =
+        r.vm.container
+            .devices
+            .iter()
+            .map(|d| d.path.as_str())
+            .collect();
+    assert_eq!(paths, ["/custom"], "the guest's own /dev has the rest");
+    let mut orig = fixture("docker-20.10-default.json");
+    orig["linux"]["devices"] = Value::Null;
+    assert!(rewrite_config(orig, &opts(&[]), &host()).is_ok());
+}
+
+/// Adds CAP_SYS_ADMIN to the process's bounding set, as --privileged has it.
+fn with_sys_admin(config: &mut Value) {
+    config["process"]["capabilities"]["bounding"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("CAP_SYS_ADMIN"));
 }
 
 #[test]
@@ -956,6 +998,19 @@ fn sharing_the_hosts_or_another_containers_pid_ipc_or_uts_namespace_is_refused()
             .to_string();
         assert!(e.contains(&format!("{flag} container:<name>")), "{e}");
     }
+}
+
+#[test]
+fn limits_with_v1_cgroups_in_the_guest_are_refused() {
+    let mut orig = fixture("docker-20.10-default.json");
+    orig["linux"]["resources"]["pids"] = json!({"limit": 10});
+    let e = rewrite_config(orig, &opts(&["RUNVM_CGROUPFS=1"]), &host())
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("RUNVM_CGROUPFS=1 cannot hold"), "{e}");
+    // Without a limit, v1 is fine.
+    let orig = fixture("docker-20.10-default.json");
+    assert!(rewrite_config(orig, &opts(&["RUNVM_CGROUPFS=1"]), &host()).is_ok());
 }
 
 #[test]

@@ -239,6 +239,23 @@ impl ContainerSpec {
             )
             .collect()
     }
+
+    /// Whether `path` (absolute, in the container) is somewhere only the
+    /// guest has: its kernel file systems (`/dev`, `/proc`, `/sys`), its
+    /// tmpfs mounts and disks, anything on a root disk. The host side
+    /// cannot judge such a path by the container's files.
+    pub fn guest_only(&self, path: &str) -> bool {
+        let under = |dir: &str| {
+            let dir = dir.trim_end_matches('/');
+            path == dir
+                || path
+                    .strip_prefix(dir)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        };
+        self.disks.iter().any(|d| d.destination == "/")
+            || ["/dev", "/proc", "/sys"].into_iter().any(under)
+            || self.guest_mountpoints().iter().any(|m| under(m))
+    }
 }
 
 /// The cgroup file systems the guest mounts under `/sys/fs/cgroup`.
@@ -433,5 +450,23 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(spec.guest_mountpoints(), ["/run", "/data"]);
+        assert!(
+            spec.guest_only("/srv"),
+            "on a root disk, everything is the guest's"
+        );
+        let mut spec = spec;
+        spec.disks.retain(|d| d.destination != "/");
+        for (path, only) in [
+            ("/run", true),
+            ("/run/x/y", true),
+            ("/running", false),
+            ("/data/a", true),
+            ("/dev/shm/w", true),
+            ("/proc", true),
+            ("/srv", false),
+            ("/", false),
+        ] {
+            assert_eq!(spec.guest_only(path), only, "{path}");
+        }
     }
 }

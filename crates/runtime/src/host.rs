@@ -65,16 +65,22 @@ impl Install {
     }
 
     pub fn virtiofsd(&self) -> Result<PathBuf> {
-        let mut c = Vec::new();
+        // RUNVM_VIRTIOFSD, when set, is the only candidate (as RUNVM_QEMU).
         if let Some(p) = std::env::var_os("RUNVM_VIRTIOFSD") {
-            c.push(PathBuf::from(p));
+            return existing(
+                "virtiofsd",
+                &[PathBuf::from(p)],
+                "point RUNVM_VIRTIOFSD at virtiofsd, or unset it",
+            );
         }
-        c.push(self.libexec.join("virtiofsd"));
-        c.push("/usr/local/lib/runvm/virtiofsd".into());
-        // Debian 13 packages the Rust virtiofsd here. (Debian 12's
-        // /usr/lib/qemu/virtiofsd is the old C one, with other options.)
-        c.push("/usr/libexec/virtiofsd".into());
-        c.push("/usr/local/bin/virtiofsd".into());
+        let c = [
+            self.libexec.join("virtiofsd"),
+            "/usr/local/lib/runvm/virtiofsd".into(),
+            // Debian 13 packages the Rust virtiofsd here. (Debian 12's
+            // /usr/lib/qemu/virtiofsd is the old C one, with other options.)
+            "/usr/libexec/virtiofsd".into(),
+            "/usr/local/bin/virtiofsd".into(),
+        ];
         existing(
             "virtiofsd",
             &c,
@@ -82,12 +88,13 @@ impl Install {
         )
     }
 
+    /// QEMU: `RUNVM_QEMU` when set (only it: a wrong setting is an error,
+    /// not a fall-back), else Debian's.
     pub fn qemu(&self) -> Result<PathBuf> {
-        let mut c = Vec::new();
-        if let Some(p) = std::env::var_os("RUNVM_QEMU") {
-            c.push(PathBuf::from(p));
-        }
-        c.push("/usr/bin/qemu-system-x86_64".into());
+        let c = match std::env::var_os("RUNVM_QEMU") {
+            Some(p) => vec![PathBuf::from(p)],
+            None => vec!["/usr/bin/qemu-system-x86_64".into()],
+        };
         existing(
             "QEMU",
             &c,

@@ -4,6 +4,7 @@
 mod cli;
 mod create;
 mod docker;
+mod doctor;
 mod error;
 mod host;
 mod kernel_store;
@@ -118,7 +119,7 @@ fn run(cli: &Cli) -> Result<i32> {
         "checkpoint" | "restore" => Err(RuntimeError::Usage(format!(
             "{verb} is not supported: a runvm container's state lives in its VM, which runc's CRIU checkpointing cannot capture; stop and start the container instead"
         ))),
-        "check" => check(),
+        "check" => check(cli),
         "kernel" => {
             let install = host::Install::locate();
             kernel_store::run(&install.kernels_dir(), &install.cache_dir(), args)
@@ -204,7 +205,10 @@ fn exec(cli: &Cli, args: &[String]) -> Result<i32> {
         })?;
     let (rewritten, spec) = runvm_config::rewrite_exec_process(process)?;
     if let Some(pid) = container_pid(cli, id) {
-        if let Err(RuntimeError::Exec(e)) = create::check_program(pid, &spec, true) {
+        // A working directory only the guest has (a --tmpfs, a disk) is
+        // for the guest to judge; it reports a missing one in runc's words.
+        let check_cwd = !booted_vm(cli, id).is_some_and(|vm| vm.container.guest_only(&spec.cwd));
+        if let Err(RuntimeError::Exec(e)) = create::check_program(pid, &spec, check_cwd) {
             return Err(RuntimeError::ExecInContainer(e));
         }
     }
@@ -240,7 +244,11 @@ fn update(cli: &Cli, args: &[String]) -> Result<i32> {
         path: source.into(),
         source: e,
     })?;
-    let rewritten = runvm_config::rewrite_update_resources(json);
+    let booted = args
+        .last()
+        .and_then(|id| booted_vm(cli, id))
+        .map(|vm| vm.memory_mib);
+    let rewritten = runvm_config::rewrite_update_resources(json, booted);
     let mut cmd = runc(cli, &[]);
     let mut new_args = vec!["update".to_string()];
     new_args.extend(args.iter().cloned());
@@ -268,59 +276,73 @@ fn container_pid(cli: &Cli, id: &str) -> Option<i32> {
     state["pid"].as_i64().filter(|p| *p > 0).map(|p| p as i32)
 }
 
-/// `runvm check`: what runvm would use on this host, and whether it can.
-fn check() -> Result<i32> {
+/// The VM configuration a running container booted with (its `vm.json`,
+/// read through the container's root), if it runs.
+fn booted_vm(cli: &Cli, id: &str) -> Option<runvm_contract::VmConfig> {
+    let pid = container_pid(cli, id)?;
+    let path = format!("/proc/{pid}/root{}", runvm_contract::paths::VM_CONFIG);
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+/// `runvm check`: what runvm needs on this host, each finding with its fix
+/// (see [`doctor`]); exit code 1 when something runvm cannot do without is
+/// missing.
+fn check(cli: &Cli) -> Result<i32> {
     let install = host::Install::locate();
-    let mut ok = true;
-    let mut line = |what: &str, r: std::result::Result<String, String>| match r {
-        Ok(v) => println!("ok      {what}: {v}"),
-        Err(e) => {
-            ok = false;
-            println!("MISSING {what}: {e}");
-        }
-    };
-    let show = |r: Result<PathBuf>| {
-        r.map(|p| p.display().to_string())
-            .map_err(|e| e.chain().to_string())
-    };
-    line("supervisor", show(install.supervisor()));
-    line("guest agent", show(install.agent()));
-    line("virtiofsd", show(install.virtiofsd()));
-    line("qemu", show(install.qemu()));
-    line(
-        "guest kernel",
-        runvm_initramfs::Kernel::discover(&install.kernels_dir())
+    let show = |r: Result<PathBuf>| r.map_err(|e| e.chain().to_string());
+    let store = runvm_initramfs::Kernel::all_in_store(&install.kernels_dir())
+        .ok()
+        .map(|all| {
+            let names: Vec<String> = all
+                .iter()
+                .map(|k| {
+                    let dir = k
+                        .root
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    if dir == k.version {
+                        dir
+                    } else {
+                        format!("{dir} ({})", k.version)
+                    }
+                })
+                .collect();
+            format!(
+                "{}: {} (pick one with RUNVM_KERNEL=<name>)",
+                install.kernels_dir().display(),
+                names.join(", ")
+            )
+        });
+    let runc = Path::new(&runc_path(cli)).to_path_buf();
+    let parts = doctor::Parts {
+        runvm: std::env::current_exe().unwrap_or_else(|_| "runvm".into()),
+        runc: if runc.is_absolute() {
+            Some(runc).filter(|p| p.is_file())
+        } else {
+            doctor::System::which(&doctor::RealSystem, &runc.to_string_lossy())
+        },
+        supervisor: show(install.supervisor()),
+        agent: show(install.agent()),
+        virtiofsd: show(install.virtiofsd()),
+        qemu: show(install.qemu()),
+        kernel: runvm_initramfs::Kernel::discover(&install.kernels_dir())
             .map(|k| format!("{} ({})", k.vmlinuz.display(), k.version))
             .map_err(|e| e.chain().to_string()),
-    );
-    if let Ok(all) = runvm_initramfs::Kernel::all_in_store(&install.kernels_dir()) {
-        let names: Vec<String> = all
-            .iter()
-            .map(|k| {
-                let dir = k
-                    .root
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                if dir == k.version {
-                    dir
-                } else {
-                    format!("{dir} ({})", k.version)
-                }
-            })
-            .collect();
-        println!(
-            "ok      kernel store {}: {} (pick one with RUNVM_KERNEL=<name>)",
-            install.kernels_dir().display(),
-            names.join(", ")
-        );
+        store,
+        accel: host::decide_accel(runvm_config::AccelRequest::Auto, host::kvm_problem())
+            .map(|(a, why)| (a.to_string(), why))
+            .map_err(|e| e.chain().to_string()),
+    };
+    let all = doctor::findings(&doctor::RealSystem, &parts);
+    for f in &all {
+        println!("{f}");
     }
-    match host::decide_accel(runvm_config::AccelRequest::Auto, host::kvm_problem()) {
-        Ok((a, None)) => println!("ok      accelerator: {a}"),
-        Ok((a, Some(w))) => println!("warning accelerator: {a}: {w}"),
-        Err(e) => println!("MISSING accelerator: {}", e.chain()),
-    }
-    Ok(if ok { 0 } else { 1 })
+    Ok(if all.iter().any(|f| f.status == doctor::Status::Missing) {
+        1
+    } else {
+        0
+    })
 }
 
 /// `runvm docker-register [DAEMON_JSON]` / `docker-unregister`.
