@@ -308,3 +308,50 @@ fn the_host_side_is_always_confined_by_runvms_profile() {
         );
     }
 }
+
+/// A privileged workload (runc refuses --privileged on some hosts, so this
+/// is runvm's side alone) cannot lift the limits the guest holds it to:
+/// its cgroup is the root of its cgroup namespace, a delegation boundary
+/// (nsdelegate); unmounting its /proc shows nothing of the VM's; its
+/// image cannot trade the cgroup for v1 hierarchies.
+#[e2e_test]
+fn a_privileged_workload_cannot_lift_its_limits() {
+    let script = "echo max > /sys/fs/cgroup/memory.max 2>/dev/null; echo mem=$?; \
+                  echo max > /sys/fs/cgroup/pids.max 2>/dev/null; echo pids=$?; \
+                  cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max; \
+                  umount -l /proc; test -e /proc/1/cmdline; echo agent_visible=$?; \
+                  dd if=/dev/zero of=/dev/null bs=100M count=1 2>/dev/null; echo dd=$?";
+    let run = run_one(
+        "runvm",
+        &[
+            "--privileged",
+            "-m",
+            "64m",
+            "--memory-swap",
+            "64m",
+            "--pids-limit",
+            "50",
+        ],
+        &[IMAGE, "sh", "-c", script],
+        None,
+    );
+    run.assert_code(0, "a privileged workload with limits");
+    assert_eq!(
+        run.stdout_str(),
+        "mem=1\npids=1\n67108864\n50\nagent_visible=1\ndd=137\n",
+        "{}",
+        run.describe()
+    );
+    let run = run_one(
+        "runvm",
+        &["--pids-limit", "10", "-e", "RUNVM_CGROUPFS=1"],
+        &[IMAGE, "true"],
+        None,
+    );
+    run.assert_code(125, "limits with RUNVM_CGROUPFS=1");
+    assert!(
+        run.stderr_str().contains("RUNVM_CGROUPFS=1 cannot hold"),
+        "{}",
+        run.describe()
+    );
+}
