@@ -251,6 +251,10 @@ fn network_mode(linux: &Map<String, Value>) -> Result<(), RewriteError> {
         // (/var/run/docker/netns/default); runvm runs in that namespace.
         None => Err(host_mode()),
         Some(Some(path)) if host(path) => Err(host_mode()),
+        // A namespace no process is in yet was made for this container by
+        // its engine (Podman's netavark, CNI), which runvm's side joins and
+        // takes the interfaces of, as Docker's.
+        Some(Some(path)) if !namespace_in_use(path) => Ok(()),
         Some(Some(_)) => Err(RewriteError::NetworkMode {
             mode: "container:<name>",
             why: "a VM runs its own kernel and cannot share another container's network stack; put both containers on a user-defined network",
@@ -365,6 +369,30 @@ fn guest_devices(
             }
         })
         .collect()
+}
+
+/// Whether any process is in the namespace of the file `path` (another
+/// container's, when a config names it): a namespace that an engine made
+/// for a new container has none yet.
+fn namespace_in_use(path: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(ns) = std::fs::metadata(path) else {
+        // Not a namespace of this host's: refused as another container's.
+        return true;
+    };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    procs
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::metadata(e.path().join("ns/net")).ok())
+        .any(|m| (m.dev(), m.ino()) == (ns.dev(), ns.ino()))
 }
 
 /// Whether two namespace files are the same namespace.

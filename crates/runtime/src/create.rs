@@ -222,9 +222,33 @@ fn image_kernel(
 /// every check passed, so a refused container leaves nothing behind.
 /// `for_run`: the bundle is for `runc run`, which has no step between
 /// creating and starting; the supervisor then places the mounts itself.
+/// The engine's own config.json, kept beside the rewritten one: Podman
+/// starts a stopped container again (a restart policy, `podman start`)
+/// from the same bundle, whose config.json runvm has rewritten; Docker
+/// writes a new bundle for each start.
+const ORIGINAL_CONFIG: &str = "config.json.runvm-original";
+
 pub fn prepare_bundle(bundle: &Path, for_run: bool) -> Result<Prepared> {
     let config_path = bundle.join("config.json");
-    let config = read_json(&config_path)?;
+    let mut config = read_json(&config_path)?;
+    let original_path = bundle.join(ORIGINAL_CONFIG);
+    let rewritten_before = config
+        .pointer(&format!(
+            "/annotations/{}",
+            paths::ANNOTATION.replace('/', "~1")
+        ))
+        .is_some();
+    if rewritten_before && original_path.is_file() {
+        config = read_json(&original_path)?;
+    } else {
+        write_atomic(
+            &original_path,
+            &std::fs::read(&config_path).map_err(|source| RuntimeError::Read {
+                path: config_path.clone(),
+                source,
+            })?,
+        )?;
+    }
     let env: Vec<String> = config["process"]["env"]
         .as_array()
         .map(|a| {

@@ -302,31 +302,40 @@ fn docker(sys: &dyn System, parts: &Parts) -> Finding {
     }
 }
 
-/// Whether Podman's `containers.conf` names this runvm.
+/// runvm's drop-in of Podman's configuration (`runvm podman-register`).
+pub const PODMAN_DROP_IN: &str = "/etc/containers/containers.conf.d/runvm.conf";
+
+/// The drop-in that registers `runvm` (this binary) with Podman.
+pub fn podman_drop_in(runvm: &Path) -> String {
+    format!(
+        "# Written by `runvm podman-register`; `runvm podman-unregister` removes it.\n\
+         [engine.runtimes]\n\
+         runvm = [\"{}\"]\n",
+        runvm.display()
+    )
+}
+
+/// Whether Podman's configuration (`containers.conf` or runvm's drop-in)
+/// names this runvm.
 fn podman(sys: &dyn System, parts: &Parts) -> Finding {
     if sys.which("podman").is_none() {
         return ok("podman", "not installed (nothing to register)");
     }
-    let path = Path::new("/etc/containers/containers.conf");
-    let text = sys.read(path).unwrap_or_default();
     let want = parts.runvm.display().to_string();
-    let registered = text
-        .lines()
-        .any(|l| l.trim_start().starts_with("runvm") && l.contains(&format!("\"{want}\"")));
-    if registered {
-        ok(
+    let names_it = |text: &str| {
+        text.lines()
+            .any(|l| l.trim_start().starts_with("runvm") && l.contains(&format!("\"{want}\"")))
+    };
+    let found = [PODMAN_DROP_IN, "/etc/containers/containers.conf"]
+        .into_iter()
+        .find(|p| sys.read(Path::new(p)).is_some_and(|t| names_it(&t)));
+    match found {
+        Some(p) => ok("podman", format!("runtime \"runvm\" is {want} in {p}")),
+        None => warning(
             "podman",
-            format!("runtime \"runvm\" is {want} in {}", path.display()),
-        )
-    } else {
-        warning(
-            "podman",
-            format!("{} has no runtime \"runvm\" naming {want}", path.display()),
-            format!(
-                "add `runvm = [\"{want}\"]` under [engine.runtimes] in {}",
-                path.display()
-            ),
-        )
+            format!("Podman's configuration has no runtime \"runvm\" naming {want}"),
+            format!("{want} podman-register"),
+        ),
     }
 }
 
@@ -453,7 +462,7 @@ mod tests {
         let all = findings(&sys, &p);
         for (what, fix) in [
             ("docker", "docker-register"),
-            ("podman", "[engine.runtimes]"),
+            ("podman", "podman-register"),
             ("memory", "-m"),
             ("accelerator", "/dev/kvm"),
         ] {
@@ -471,6 +480,23 @@ mod tests {
             .find(|f| f.what == "docker")
             .unwrap();
         assert!(f.detail.contains("/opt/old/runvm"), "{f}");
+    }
+
+    #[test]
+    fn podmans_drop_in_registers_this_runvm() {
+        let mut sys = healthy();
+        sys.path.insert("podman".into(), "/usr/bin/podman".into());
+        sys.files.insert(
+            PODMAN_DROP_IN.into(),
+            podman_drop_in(Path::new("/usr/local/bin/runvm")),
+        );
+        let all = findings(&sys, &parts());
+        assert_eq!(
+            find(&all, "podman").status,
+            Status::Ok,
+            "{}",
+            find(&all, "podman")
+        );
     }
 
     #[test]

@@ -23,6 +23,11 @@ pub struct Log {
     pub path: Option<String>,
     pub json: bool,
     pub debug: bool,
+    /// Called by an engine (create, start, exec, …) rather than by a
+    /// person (check, kernel, …): without a log file, only errors go to
+    /// stderr, as runc's: Podman's conmon passes no `--log` and shows the
+    /// runtime's stderr to the user, and reads the error from it.
+    pub engine_verb: bool,
 }
 
 /// logrus' name of a level.
@@ -57,6 +62,8 @@ impl Log {
     pub fn init(&self) {
         let level = if self.debug {
             Level::DEBUG
+        } else if self.engine_verb && self.path.is_none() {
+            Level::ERROR
         } else {
             Level::INFO
         };

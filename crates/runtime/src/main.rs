@@ -47,6 +47,18 @@ fn main() {
         path: cli.log.clone(),
         json: cli.log_format.as_deref() == Some("json"),
         debug: cli.debug,
+        engine_verb: !matches!(
+            cli.command.first().map(String::as_str),
+            None | Some(
+                "check"
+                    | "kernel"
+                    | "boot-probe"
+                    | "docker-register"
+                    | "docker-unregister"
+                    | "podman-register"
+                    | "podman-unregister"
+            )
+        ),
     };
     log.init();
     match run(&cli) {
@@ -127,6 +139,8 @@ fn run(cli: &Cli) -> Result<i32> {
         "boot-probe" => probe::boot_probe(cli.debug),
         "docker-register" => docker_edit(args, true),
         "docker-unregister" => docker_edit(args, false),
+        "podman-register" => podman_edit(args, true),
+        "podman-unregister" => podman_edit(args, false),
         _ => exec_runc(cli, &cli.command),
     }
 }
@@ -343,6 +357,35 @@ fn check(cli: &Cli) -> Result<i32> {
     } else {
         0
     })
+}
+
+/// `runvm podman-register [DROP_IN]` / `podman-unregister`: Podman's
+/// runtimes come from `containers.conf` and the drop-ins of
+/// `containers.conf.d`; runvm's is a drop-in of its own, so every other
+/// setting stays the administrator's and unregistering removes exactly it.
+fn podman_edit(args: &[String], add: bool) -> Result<i32> {
+    let path = PathBuf::from(
+        args.first()
+            .map(String::as_str)
+            .unwrap_or(doctor::PODMAN_DROP_IN),
+    );
+    if !add {
+        return match std::fs::remove_file(&path) {
+            Ok(()) => Ok(0),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(source) => Err(RuntimeError::Write { path, source }),
+        };
+    }
+    let exe = std::env::current_exe().map_err(|source| RuntimeError::Read {
+        path: "/proc/self/exe".into(),
+        source,
+    })?;
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    std::fs::write(&path, doctor::podman_drop_in(&exe))
+        .map_err(|source| RuntimeError::Write { path, source })?;
+    Ok(0)
 }
 
 /// `runvm docker-register [DAEMON_JSON]` / `docker-unregister`.
