@@ -5,7 +5,8 @@
 #   make bench      boot-time and memory figures against runc and bare QEMU
 #   make soak       many containers and lifecycles, then a table of leaks (slow)
 #   make install    build and install runvm, QEMU, virtiofsd, the guest kernel
-#   make uninstall  remove runvm and its Docker registration
+#   make uninstall  remove runvm and its Docker and Podman registration
+#   make deb        build target/runvm_<version>_amd64.deb (binaries, virtiofsd, the guest kernel)
 #
 # Every target is idempotent.
 
@@ -18,7 +19,7 @@ AGENT := target/$(TARGET)/release/runvm-agent
 NETTOOL := target/$(TARGET)/release/runvm-nettool
 export RUNVM_PREFIX := $(PREFIX)
 
-.PHONY: all build deps kernel install uninstall demo test unit e2e lint bench soak images
+.PHONY: all build deps kernel install uninstall demo test unit e2e lint bench soak images deb deb-test
 
 all: build
 
@@ -38,10 +39,11 @@ install: deps build kernel
 	install -m 0755 target/release/runvm-supervisor $(AGENT) $(LIBEXEC)/
 	@scripts/install-virtiofsd.sh
 	@scripts/ensure-docker.sh --register
+	@$(PREFIX)/bin/runvm podman-register
 	@$(PREFIX)/bin/runvm check
 
 uninstall:
-	-@if [ -x $(PREFIX)/bin/runvm ]; then $(PREFIX)/bin/runvm docker-unregister /etc/docker/daemon.json; fi
+	-@if [ -x $(PREFIX)/bin/runvm ]; then $(PREFIX)/bin/runvm docker-unregister /etc/docker/daemon.json; $(PREFIX)/bin/runvm podman-unregister; fi
 	-@pid=$$(pidof dockerd) && kill -HUP $$pid || true
 	rm -f $(PREFIX)/bin/runvm
 	rm -rf $(LIBEXEC) $(DATA) /var/cache/runvm
@@ -86,6 +88,14 @@ test: images lint unit e2e
 bench: images
 	@scripts/build-test-images.sh $(NETTOOL) --bench
 	@scripts/bench.sh
+
+deb: build kernel
+	@scripts/build-deb.sh $(AGENT)
+
+# Not part of `test`: it uninstalls runvm, installs the package, runs VMs
+# under Docker and Podman, purges it and installs the tree's runvm again.
+deb-test: deb images
+	@scripts/deb-smoke.sh
 
 # Not part of `test`: 20 concurrent VMs and 200 lifecycles take a while.
 soak: images

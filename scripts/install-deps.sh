@@ -10,7 +10,8 @@ command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (1
 # iproute2, procps, util-linux (script): used by the tests; dnsmasq-base:
 # the upstream DNS server of the network tests; shellcheck: make lint;
 # e2fsprogs, xfsprogs: format the disks of RUNVM_DISKS; e2fsck-static: the
-# guest's e2fsck, in its initramfs.
+# guest's e2fsck, in its initramfs; podman: runvm under Podman (its table in
+# make test).
 apt_install qemu-system-x86 docker.io runc libseccomp-dev libcap-ng-dev pkg-config \
     kmod busybox-static iproute2 procps util-linux ca-certificates dnsmasq-base shellcheck \
-    e2fsprogs xfsprogs e2fsck-static
+    e2fsprogs xfsprogs e2fsck-static podman

@@ -8,7 +8,7 @@ if [ -x "$RUNVM_LIBEXEC/virtiofsd" ] && "$RUNVM_LIBEXEC/virtiofsd" --version 2>/
     exit 0
 fi
 mkdir -p "$RUNVM_LIBEXEC"
-for cand in /usr/libexec/virtiofsd "$HOME/.cargo/bin/virtiofsd"; do
+for cand in /usr/local/lib/runvm/virtiofsd /usr/libexec/virtiofsd "$HOME/.cargo/bin/virtiofsd"; do
     if [ -x "$cand" ] && "$cand" --version 2>/dev/null | grep -q "$VERSION"; then
         install -m 0755 "$cand" "$RUNVM_LIBEXEC/virtiofsd"
         exit 0
