@@ -24,7 +24,65 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::{docker, run_cmd_quiet, runvm_runtime, unique_name, Run, COMMAND_TIMEOUT, IMAGE};
+use crate::{run_cmd_quiet, runvm_runtime, unique_name, Run, COMMAND_TIMEOUT, IMAGE};
+
+/// The container engine a table runs under: Docker, or Podman (whose CLI
+/// takes the same commands; host scripts get `docker` as a function that
+/// calls `podman`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Docker,
+    Podman,
+}
+
+impl Engine {
+    pub fn cli(self) -> &'static str {
+        match self {
+            Engine::Docker => "docker",
+            Engine::Podman => "podman",
+        }
+    }
+
+    /// A `--filter name=` pattern for container names starting `name`
+    /// (Docker's names begin with a slash there).
+    fn name_filter(self, name: &str) -> String {
+        match self {
+            Engine::Docker => format!("name=^/{name}($|-)"),
+            Engine::Podman => format!("name=^{name}($|-)"),
+        }
+    }
+
+    /// Arguments every `run` and `create` gets. Rootful Podman raises
+    /// `nofile` and `nproc` to 1048576 and 4194304 by default, which runc
+    /// cannot set where root lacks CAP_SYS_RESOURCE (this project's
+    /// machines): both sides get lower limits, so runc runs at all.
+    fn run_args(self) -> &'static [&'static str] {
+        match self {
+            Engine::Docker => &[],
+            Engine::Podman => &[
+                "--ulimit",
+                "nofile=1024:4096",
+                "--ulimit",
+                "nproc=4096:4096",
+            ],
+        }
+    }
+
+    fn prelude(self) -> &'static str {
+        match self {
+            Engine::Docker => "",
+            Engine::Podman => {
+                "docker() {\n\
+                 \x20   case \"$1\" in\n\
+                 \x20   run|create) local verb=$1; shift; command podman \"$verb\" \
+                 --ulimit nofile=1024:4096 --ulimit nproc=4096:4096 \"$@\" ;;\n\
+                 \x20   *) command podman \"$@\" ;;\n\
+                 \x20   esac\n\
+                 }\n"
+            }
+        }
+    }
+}
 
 /// What a scenario runs.
 #[derive(Clone, Debug)]
@@ -227,6 +285,7 @@ impl Side {
 
 /// The fixtures of one side, removed on drop.
 struct Fixtures {
+    engine: Engine,
     name: String,
     dir: Option<tempfile::TempDir>,
     vol: Option<String>,
@@ -236,7 +295,7 @@ struct Fixtures {
 }
 
 impl Fixtures {
-    fn new(scenario: &Scenario, tag: &str) -> Self {
+    fn new(scenario: &Scenario, tag: &str, engine: Engine) -> Self {
         let dir = scenario.uses("{dir}").then(|| {
             let d = tempfile::Builder::new()
                 .prefix("runvm-e2e-dir-")
@@ -260,10 +319,17 @@ impl Fixtures {
         });
         let vol = scenario.uses("{vol}").then(|| {
             let v = unique_name(&format!("{tag}-vol"));
-            docker(&["volume", "create", &v], None).assert_code(0, "docker volume create");
+            crate::run_cmd(
+                engine.cli(),
+                &["volume", "create", &v],
+                None,
+                COMMAND_TIMEOUT,
+            )
+            .assert_code(0, "volume create");
             v
         });
         Fixtures {
+            engine,
             name: unique_name(tag),
             dir,
             vol,
@@ -275,9 +341,9 @@ impl Fixtures {
     /// Notes the ids of the containers the action made (`--rm` ones are
     /// known from the cidfile).
     fn note_ids(&mut self) {
-        let filter = format!("name=^/{}($|-)", self.name);
+        let filter = self.engine.name_filter(&self.name);
         let ps = run_cmd_quiet(
-            "docker",
+            self.engine.cli(),
             &["ps", "-aq", "--no-trunc", "--filter", &filter],
             None,
             COMMAND_TIMEOUT,
@@ -340,7 +406,7 @@ impl Fixtures {
         if let Some(v) = &self.vol {
             text = text.replace(v.as_str(), "<vol>");
         }
-        text.replace(self.name.as_str(), "<c>")
+        hex_ids(&text.replace(self.name.as_str(), "<c>"))
     }
 }
 
@@ -348,9 +414,11 @@ impl Drop for Fixtures {
     fn drop(&mut self) {
         // Containers named $C or $C-…, images tagged $C…, then the volume.
         let script = format!(
-            "ids=$(docker ps -aq --filter name='^/{n}($|-)'); [ -z \"$ids\" ] || docker rm -f -v $ids; \
+            "{prelude}ids=$(docker ps -aq --filter '{filter}'); [ -z \"$ids\" ] || docker rm -f -v $ids; \
              imgs=$(docker images -q '{n}*'); [ -z \"$imgs\" ] || docker rmi -f $imgs; \
              vols=$(docker volume ls -q --filter name='^{n}'); [ -z \"$vols\" ] || docker volume rm -f $vols",
+            prelude = self.engine.prelude(),
+            filter = self.engine.name_filter(&self.name),
             n = self.name
         );
         let _ = std::process::Command::new("bash")
@@ -359,7 +427,7 @@ impl Drop for Fixtures {
             .stderr(std::process::Stdio::null())
             .status();
         if let Some(v) = &self.vol {
-            let _ = std::process::Command::new("docker")
+            let _ = std::process::Command::new(self.engine.cli())
                 .args(["volume", "rm", "-f", v])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
@@ -368,8 +436,8 @@ impl Drop for Fixtures {
     }
 }
 
-fn run_side(scenario: &Scenario, runtime: &str) -> Side {
-    let mut fx = Fixtures::new(scenario, runtime);
+fn run_side(scenario: &Scenario, runtime: &str, engine: Engine) -> Side {
+    let mut fx = Fixtures::new(scenario, runtime, engine);
     let start = Instant::now();
     let mut run = match &scenario.action {
         Action::Run {
@@ -386,10 +454,11 @@ fn run_side(scenario: &Scenario, runtime: &str) -> Side {
                 "--cidfile".into(),
                 cidfile,
             ];
+            argv.extend(engine.run_args().iter().map(|a| a.to_string()));
             argv.extend(args.iter().map(|a| fx.substitute(a)));
             argv.extend(image_and_cmd.iter().map(|a| fx.substitute(a)));
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-            run_cmd_quiet("docker", &argv, None, COMMAND_TIMEOUT)
+            run_cmd_quiet(engine.cli(), &argv, None, COMMAND_TIMEOUT)
         }
         Action::Host { script } => host_script(&fx, runtime, script),
     };
@@ -431,7 +500,7 @@ fn host_script(fx: &Fixtures, runtime: &str, script: &str) -> Run {
     argv.extend([
         "bash".to_string(),
         "-c".to_string(),
-        format!("{HOST_PRELUDE}\n{script}"),
+        format!("{}{HOST_PRELUDE}\n{script}", fx.engine.prelude()),
     ]);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     run_cmd_quiet("env", &argv, None, COMMAND_TIMEOUT)
@@ -447,12 +516,15 @@ pub enum Verdict {
     Failed(String),
 }
 
-/// Runs one scenario under both runtimes and compares.
-pub fn run_scenario(scenario: &Scenario) -> (Verdict, Side, Side) {
-    let runvm_name = runvm_runtime();
+/// Runs one scenario under both runtimes of `engine` and compares.
+pub fn run_scenario(scenario: &Scenario, engine: Engine) -> (Verdict, Side, Side) {
+    let runvm_name = match engine {
+        Engine::Docker => runvm_runtime(),
+        Engine::Podman => "runvm".to_string(),
+    };
     let (runc, runvm) = thread::scope(|s| {
-        let runc = s.spawn(|| run_side(scenario, "runc"));
-        let runvm = run_side(scenario, &runvm_name);
+        let runc = s.spawn(|| run_side(scenario, "runc", engine));
+        let runvm = run_side(scenario, &runvm_name, engine);
         (runc.join().expect("runc side panicked"), runvm)
     });
     let verdict = match scenario.expect {
@@ -487,7 +559,7 @@ pub fn run_scenario(scenario: &Scenario) -> (Verdict, Side, Side) {
 /// Runs `scenarios` (those whose name contains one of the comma-separated
 /// words of `RUNVM_SCENARIOS`, when set) on [`crate::vm_capacity`] workers,
 /// prints one line each, and panics listing every failure.
-pub fn run_table(scenarios: &[Scenario]) {
+pub fn run_table(scenarios: &[Scenario], engine: Engine) {
     let filter: Vec<String> = std::env::var("RUNVM_SCENARIOS")
         .unwrap_or_default()
         .split(',')
@@ -511,7 +583,7 @@ pub fn run_table(scenarios: &[Scenario]) {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(sc) = chosen.get(i) else { break };
-                let outcome = std::panic::catch_unwind(|| run_scenario(sc));
+                let outcome = std::panic::catch_unwind(|| run_scenario(sc, engine));
                 let line = match outcome {
                     Ok((verdict, runc, runvm)) => {
                         let times = format!(
@@ -559,8 +631,9 @@ pub fn run_table(scenarios: &[Scenario]) {
     let (same, differs) = counts.into_inner().unwrap_or_else(|e| e.into_inner());
     let refused = chosen.iter().filter(|s| s.engine_refuses).count();
     say(&format!(
-        "differential: {} scenarios ({} reach the runtime, {refused} are refused by the engine first): \
+        "differential ({}): {} scenarios ({} reach the runtime, {refused} are refused by the engine first): \
          {same} same, {differs} differ as documented, {} failed",
+        engine.cli(),
         chosen.len(),
         chosen.len() - refused,
         failures.len()
@@ -579,4 +652,41 @@ pub fn run_table(scenarios: &[Scenario]) {
 fn say(line: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Ids that differ between any two runs (an exec session's, a layer's
+/// digest): every run of 64 hexadecimal digits becomes `<hex>`.
+fn hex_ids(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() == 64 {
+            out.push_str("<hex>");
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_hexdigit() && !c.is_ascii_uppercase() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_ids_are_replaced_and_nothing_else() {
+        let id = "0be3012a3275b2c57d8f7c5b06cf3e09f833a701d230d8269509d0f67e42ecad";
+        assert_eq!(
+            super::hex_ids(&format!("sha256:{id}\ndeadbeef {id}x\n")),
+            "sha256:<hex>\ndeadbeef <hex>x\n"
+        );
+    }
 }

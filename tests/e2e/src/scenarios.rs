@@ -913,9 +913,10 @@ docker top $C -o pid,comm | tail -n +2 | awk '{print $2}' | sort"#,
         )
         .differs(
             "docker top shows the container's host processes: runvm's supervisor, QEMU and virtiofsd",
-            |_runc, runvm| {
+            |runc, runvm| {
                 let out = runvm.stdout();
-                if out.contains("qemu-system") && out.contains("runvm-") {
+                // Podman's top runs ps in the container: the guest's.
+                if (out.contains("qemu-system") && out.contains("runvm-")) || out == runc.stdout() {
                     Ok(())
                 } else {
                     Err(format!("expected QEMU and runvm's supervisor, got {out:?}"))
@@ -1110,11 +1111,21 @@ docker exec $C dd if=/dev/zero of=/dev/null bs=100M count=1; echo "exit $?""#,
 
 /// A runtime's own error text differs (runc's words against runvm's): keep
 /// Docker's part and the exit code, drop the text after "OCI runtime … failed".
+/// Podman names the runtime first (`Error: runc: <runc's words>: OCI
+/// runtime error`), and there runvm's words must be runc's: only the name
+/// becomes `<runtime>`.
 fn runtime_error(text: &str) -> String {
     text.lines()
-        .map(|l| match l.find("OCI runtime") {
-            Some(i) => format!("{}OCI runtime error", &l[..i]),
-            None => l.to_string(),
+        .map(|l| {
+            for rt in ["Error: runc: ", "Error: runvm: "] {
+                if let Some(rest) = l.strip_prefix(rt) {
+                    return format!("Error: <runtime>: {rest}");
+                }
+            }
+            match l.find("OCI runtime") {
+                Some(i) => format!("{}OCI runtime error", &l[..i]),
+                None => l.to_string(),
+            }
         })
         .map(|l| l + "\n")
         .collect()
@@ -1129,10 +1140,13 @@ fn refused(runvm: &Side, what: &str) -> Result<(), String> {
         .filter(|l| l.contains(what) && l.contains("not supported by runvm"))
         .map(str::to_string)
         .collect();
-    if runvm.run.code == 125 && lines.len() == 1 {
+    // Docker's exit code for a runtime's refusal is 125, Podman's 126.
+    if matches!(runvm.run.code, 125 | 126) && lines.len() == 1 {
         Ok(())
     } else {
-        Err(format!("expected exit 125 and one line naming {what}"))
+        Err(format!(
+            "expected exit 125 (126 under Podman) and one line naming {what}"
+        ))
     }
 }
 
@@ -1161,6 +1175,18 @@ fn expect_stdout(runc: &Side, runvm: &Side, want: &str) -> Result<(), String> {
         return Err("exit code or stderr differ".to_string());
     }
     Ok(())
+}
+
+/// Scenarios that only Docker has: the `local` log driver, and `docker
+/// stats`'s figures, which the check reads in Docker's units.
+const DOCKER_ONLY: &[&str] = &["log_local", "stats_sane"];
+
+/// The table as Podman runs it (see [`DOCKER_ONLY`]).
+pub fn podman_scenarios() -> Vec<Scenario> {
+    scenarios()
+        .into_iter()
+        .filter(|s| !DOCKER_ONLY.contains(&s.name))
+        .collect()
 }
 
 /// The README's table of options, made from the scenarios: one row per

@@ -5,5 +5,5 @@ use runvm_e2e::*;
 
 #[e2e_test]
 fn every_scenario_as_under_runc() {
-    differential::run_table(&scenarios::scenarios());
+    differential::run_table(&scenarios::scenarios(), differential::Engine::Docker);
 }
