@@ -500,7 +500,13 @@ fn host_script(fx: &Fixtures, runtime: &str, script: &str) -> Run {
     argv.extend([
         "bash".to_string(),
         "-c".to_string(),
-        format!("{}{HOST_PRELUDE}\n{script}", fx.engine.prelude()),
+        // In a directory of the side's own, removed with it: a script's
+        // stray relative file never lands in the tree.
+        format!(
+            "cd {:?} || exit 99\n{}{HOST_PRELUDE}\n{script}",
+            fx.cidfile.path(),
+            fx.engine.prelude()
+        ),
     ]);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     run_cmd_quiet("env", &argv, None, COMMAND_TIMEOUT)
