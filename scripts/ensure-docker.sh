@@ -13,9 +13,15 @@ if ! docker_ok; then
     for _ in $(seq 1 60); do docker_ok && break; sleep 1; done
     docker_ok || die "dockerd did not come up; see $DOCKERD_LOG"
 fi
+# The path dockerd has for the runvm runtime ("" if none).
+runvm_path() { docker info --format '{{with index .Runtimes "runvm"}}{{.Path}}{{end}}' 2>/dev/null || true; }
 if [ "${1:-}" = "--register" ]; then
-    "$RUNVM_PREFIX/bin/runvm" docker-register /etc/docker/daemon.json
-    if ! docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"runvm"'; then
+    want="$RUNVM_PREFIX/bin/runvm"
+    "$want" docker-register /etc/docker/daemon.json
+    # Reloaded also when dockerd still has another path (a runvm removed
+    # since, a package's /usr/bin/runvm): dockerd keeps a runtime that
+    # daemon.json no longer names until it is named again.
+    if [ "$(runvm_path)" != "$want" ]; then
         say "reloading dockerd's configuration"
         if [ -d /run/systemd/system ] && systemctl is-active --quiet docker 2>/dev/null; then
             systemctl reload docker || systemctl restart docker
@@ -23,9 +29,9 @@ if [ "${1:-}" = "--register" ]; then
             kill -HUP "$(pidof dockerd)"
         fi
         for _ in $(seq 1 30); do
-            docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"runvm"' && break
+            [ "$(runvm_path)" = "$want" ] && break
             sleep 1
         done
     fi
-    docker info --format '{{json .Runtimes}}' | grep -q '"runvm"' || die "dockerd does not list the runvm runtime after a reload"
+    [ "$(runvm_path)" = "$want" ] || die "dockerd's runvm runtime is '$(runvm_path)', not $want, after a reload; see $DOCKERD_LOG"
 fi
