@@ -221,7 +221,7 @@ fn exec(cli: &Cli, args: &[String]) -> Result<i32> {
     if let Some(pid) = container_pid(cli, id) {
         // A working directory only the guest has (a --tmpfs, a disk) is
         // for the guest to judge; it reports a missing one in runc's words.
-        let check_cwd = !booted_vm(cli, id).is_some_and(|vm| vm.container.guest_only(&spec.cwd));
+        let check_cwd = !booted_vm(pid).is_some_and(|vm| vm.container.guest_only(&spec.cwd));
         if let Err(RuntimeError::Exec(e)) = create::check_program(pid, &spec, check_cwd) {
             return Err(RuntimeError::ExecInContainer(e));
         }
@@ -260,7 +260,8 @@ fn update(cli: &Cli, args: &[String]) -> Result<i32> {
     })?;
     let booted = args
         .last()
-        .and_then(|id| booted_vm(cli, id))
+        .and_then(|id| container_pid(cli, id))
+        .and_then(booted_vm)
         .map(|vm| vm.memory_mib);
     let rewritten = runvm_config::rewrite_update_resources(json, booted);
     let mut cmd = runc(cli, &[]);
@@ -292,8 +293,7 @@ fn container_pid(cli: &Cli, id: &str) -> Option<i32> {
 
 /// The VM configuration a running container booted with (its `vm.json`,
 /// read through the container's root), if it runs.
-fn booted_vm(cli: &Cli, id: &str) -> Option<runvm_contract::VmConfig> {
-    let pid = container_pid(cli, id)?;
+fn booted_vm(pid: i32) -> Option<runvm_contract::VmConfig> {
     let path = format!("/proc/{pid}/root{}", runvm_contract::paths::VM_CONFIG);
     serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
 }

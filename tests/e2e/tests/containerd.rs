@@ -30,9 +30,31 @@ fn socket() -> &'static str {
 }
 
 fn ctr(args: &[&str]) -> Run {
+    run_cmd("ctr", &in_namespace(args), None, COMMAND_TIMEOUT)
+}
+
+/// `args` after the socket and namespace flags.
+fn in_namespace<'a>(args: &[&'a str]) -> Vec<&'a str> {
     let mut all = vec!["-a", socket(), "-n", NS];
     all.extend_from_slice(args);
-    run_cmd("ctr", &all, None, COMMAND_TIMEOUT)
+    all
+}
+
+/// `ctr run <mode> … <id> <cmd…>` with containerd's runc shim and
+/// `runc_binary` as its runc (the `BinaryName` option).
+fn ctr_run_with(mode: &str, runc_binary: &str, id: &str, cmd: &[&str]) -> Run {
+    let mut args = vec![
+        "run",
+        mode,
+        "--runtime",
+        "io.containerd.runc.v2",
+        "--runc-binary",
+        runc_binary,
+        image(),
+        id,
+    ];
+    args.extend_from_slice(cmd);
+    ctr(&args)
 }
 
 /// The test image in containerd's store (imported once from Docker's).
@@ -73,9 +95,7 @@ impl Task {
 impl Drop for Task {
     fn drop(&mut self) {
         let quiet = |args: &[&str]| {
-            let mut all = vec!["-a", socket(), "-n", NS];
-            all.extend_from_slice(args);
-            run_cmd_quiet("ctr", &all, None, Duration::from_secs(60))
+            run_cmd_quiet("ctr", &in_namespace(args), None, Duration::from_secs(60))
         };
         quiet(&["task", "kill", "-s", "SIGKILL", &self.id]);
         // The task goes once its VM is down.
@@ -97,20 +117,8 @@ impl Drop for Task {
 /// `ctr run --rm` under `runtime`; returns what it printed and its exit code.
 fn ctr_run(runtime: &str, cmd: &[&str]) -> Run {
     let task = Task::new(runtime);
-    let runc_binary = binary(runtime);
-    let mut args = vec![
-        "run",
-        "--rm",
-        "--runtime",
-        "io.containerd.runc.v2",
-        "--runc-binary",
-        &runc_binary,
-        image(),
-        &task.id,
-    ];
-    args.extend_from_slice(cmd);
     let _slot = (runtime != "runc").then(|| vm_slots(1));
-    ctr(&args)
+    ctr_run_with("--rm", &binary(runtime), &task.id, cmd)
 }
 
 fn host_kernel() -> String {
@@ -139,21 +147,13 @@ fn ctr_run_boots_a_vm_and_returns_its_exit_code() {
 #[e2e_test]
 fn ctr_task_exec_runs_inside_the_vm() {
     let task = Task::new("exec");
-    let runc_binary = runvm_binary();
     let _slot = vm_slots(1);
-    ctr(&[
-        "run",
+    ctr_run_with(
         "-d",
-        "--runtime",
-        "io.containerd.runc.v2",
-        "--runc-binary",
-        &runc_binary,
-        image(),
+        &runvm_binary(),
         &task.id,
-        "sh",
-        "-c",
-        "echo ready > /tmp/ready; sleep 600",
-    ])
+        &["sh", "-c", "echo ready > /tmp/ready; sleep 600"],
+    )
     .assert_code(0, "ctr run -d under runvm");
     let exec = |n: &str, cmd: &[&str]| {
         let mut args = vec!["task", "exec", "--exec-id", n, &task.id];
