@@ -10,8 +10,8 @@ use netlink_packet_route::link::{LinkAttribute, LinkFlag, LinkInfo};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::tc::{
     TcAction, TcActionAttribute, TcActionMirror, TcActionMirrorOption, TcActionOption,
-    TcActionType, TcFilterU32Option, TcMirror, TcMirrorActionType, TcU32Key, TcU32Selector,
-    TcU32SelectorFlag,
+    TcActionType, TcFilterU32Option, TcHandle, TcMirror, TcMirrorActionType, TcU32Key,
+    TcU32Selector, TcU32SelectorFlag,
 };
 use rtnetlink::{Handle, IpVersion};
 use runvm_netlink::nl;
@@ -199,6 +199,19 @@ impl NetlinkOps for RtNetlink {
     }
 
     async fn add_ingress_qdisc(&mut self, index: u32, name: &str) -> Result<(), NetError> {
+        // An engine that keeps the namespace across restarts (Podman) hands
+        // over the link with the ingress qdisc of the run before, whose
+        // filters point at a tap that is gone: it is deleted, filters and
+        // all, and made anew. ENOENT (none there) is the usual case.
+        let mut del = self.handle.qdisc().del(index as i32);
+        del.message_mut().header.parent = TcHandle::INGRESS;
+        del.message_mut().header.handle = TcHandle::from(0xffff_0000);
+        match del.execute().await {
+            Ok(()) => tracing::debug!("removed the ingress qdisc a run before left on {name}"),
+            Err(rtnetlink::Error::NetlinkError(e))
+                if e.raw_code() == -libc::ENOENT || e.raw_code() == -libc::EINVAL => {}
+            Err(e) => return Err(nl(format!("remove the old ingress qdisc of {name}"))(e).into()),
+        }
         self.handle
             .qdisc()
             .add(index as i32)
