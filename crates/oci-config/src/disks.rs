@@ -30,7 +30,7 @@ pub const MAX_SIZE: u64 = (16 << 40) - (1 << 20);
 
 /// Kernel filesystems of the container's own side (the supervisor's): no
 /// backing file lives there and no disk is mounted over the guest's.
-const KERNEL_DIRS: &[&str] = &["/proc", "/sys", "/dev"];
+const KERNEL_DIRS: &[&str] = &runvm_protocol::KERNEL_FS_MOUNTPOINTS;
 
 /// The smallest file system `fs` can be made on.
 pub fn min_size(fs: DiskFs) -> u64 {

@@ -222,15 +222,20 @@ impl GuestLimits {
     }
 }
 
+/// Where the guest mounts its kernel file systems in the container.
+pub const KERNEL_FS_MOUNTPOINTS: [&str; 3] = ["/proc", "/sys", "/dev"];
+
 impl ContainerSpec {
-    /// Where the guest mounts file systems of its own: its tmpfs mounts
-    /// and its file-system disks (the root disk and raw disks aside).
-    /// Their mount points are made before a `--read-only` root becomes
-    /// read-only.
+    /// Where the guest mounts file systems of its own: its kernel file
+    /// systems, its tmpfs mounts and its file-system disks (the root disk
+    /// and raw disks aside). Their mount points are made before a
+    /// `--read-only` root becomes read-only (an image from Podman has no
+    /// init layer that made `/proc`, `/sys` and `/dev`).
     pub fn guest_mountpoints(&self) -> Vec<String> {
-        self.mounts
+        KERNEL_FS_MOUNTPOINTS
             .iter()
-            .map(|m| m.destination.clone())
+            .map(|d| d.to_string())
+            .chain(self.mounts.iter().map(|m| m.destination.clone()))
             .chain(
                 self.disks
                     .iter()
@@ -253,7 +258,6 @@ impl ContainerSpec {
                     .is_some_and(|rest| rest.starts_with('/'))
         };
         self.disks.iter().any(|d| d.destination == "/")
-            || ["/dev", "/proc", "/sys"].into_iter().any(under)
             || self.guest_mountpoints().iter().any(|m| under(m))
     }
 }
@@ -449,7 +453,10 @@ mod tests {
             ],
             ..Default::default()
         };
-        assert_eq!(spec.guest_mountpoints(), ["/run", "/data"]);
+        assert_eq!(
+            spec.guest_mountpoints(),
+            ["/proc", "/sys", "/dev", "/run", "/data"]
+        );
         assert!(
             spec.guest_only("/srv"),
             "on a root disk, everything is the guest's"
