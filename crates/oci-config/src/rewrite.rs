@@ -153,6 +153,10 @@ pub struct HostLayout {
     /// When the runtime began to create the container (ms since the Unix
     /// epoch), for the phase timings.
     pub created_unix_ms: u64,
+    /// The size in bytes of the host tmpfs an engine binds at `/dev/shm`
+    /// (Podman makes one per container, of `--shm-size`), read by the
+    /// runtime; the guest's own `/dev/shm` gets that size.
+    pub bound_shm_bytes: Option<u64>,
 }
 
 /// A kernel's modules: `lib/modules/<version>` of its tree in the store.
@@ -856,16 +860,19 @@ fn rewrite_mounts(
             })
             .unwrap_or_default();
         if dest == "/dev/shm" {
-            // The guest has its own /dev/shm; give it the size Docker chose.
+            // The guest has its own /dev/shm; give it the size the engine
+            // chose: Docker's tmpfs options, or the size of the tmpfs Podman
+            // binds there.
             let opts = if kind == "tmpfs" {
                 options.clone()
             } else {
+                let size = host.bound_shm_bytes.unwrap_or(64 << 20);
                 vec![
                     "nosuid".into(),
                     "nodev".into(),
                     "noexec".into(),
                     "mode=1777".into(),
-                    "size=65536k".into(),
+                    format!("size={size}"),
                 ]
             };
             guest.push(GuestMount {

@@ -1026,3 +1026,35 @@ fn oom_score_adj_goes_to_the_guest_and_a_wild_one_is_refused() {
         .to_string();
     assert!(e.contains("process.oomScoreAdj"), "{e}");
 }
+
+#[test]
+fn a_bound_shm_gives_the_guests_shm_the_size_of_the_hosts() {
+    // Podman binds a tmpfs of --shm-size at /dev/shm.
+    let mut orig = fixture("docker-20.10-full.json");
+    let mounts = orig["mounts"].as_array_mut().unwrap();
+    mounts.retain(|m| m["destination"] != "/dev/shm");
+    mounts.push(json!({
+        "destination": "/dev/shm", "type": "bind",
+        "source": "/var/lib/containers/storage/overlay-containers/c/userdata/shm",
+        "options": ["bind", "private"]
+    }));
+    let guest_shm = |host: &HostLayout| {
+        let r = rewrite_config(orig.clone(), &opts(&[]), host).unwrap();
+        let shm =
+            r.vm.container
+                .mounts
+                .iter()
+                .find(|m| m.destination == "/dev/shm");
+        shm.unwrap().options.clone()
+    };
+    let mut h = host();
+    h.bound_shm_bytes = Some(8 << 20);
+    let sized = guest_shm(&h);
+    assert!(sized.contains(&"size=8388608".to_string()), "{sized:?}");
+    for o in ["nosuid", "nodev", "noexec", "mode=1777"] {
+        assert!(sized.contains(&o.to_string()), "{o} in {sized:?}");
+    }
+    h.bound_shm_bytes = None;
+    assert!(guest_shm(&h).contains(&"size=67108864".to_string()));
+}
+

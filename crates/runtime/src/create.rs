@@ -228,6 +228,20 @@ fn image_kernel(
 /// writes a new bundle for each start.
 const ORIGINAL_CONFIG: &str = "config.json.runvm-original";
 
+/// The size of the tmpfs the engine binds at `/dev/shm` (Podman), if it
+/// binds one there. The source is the engine's own directory, read before
+/// anything of the container runs.
+fn bound_shm_bytes(config: &serde_json::Value) -> Option<u64> {
+    let mounts = config["mounts"].as_array()?;
+    let shm = mounts.iter().rfind(|m| m["destination"] == "/dev/shm")?;
+    if shm["type"] != "bind" {
+        return None;
+    }
+    let st = nix::sys::statfs::statfs(shm["source"].as_str()?).ok()?;
+    (st.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+        .then(|| st.blocks() * st.block_size() as u64)
+}
+
 pub fn prepare_bundle(bundle: &Path, for_run: bool) -> Result<Prepared> {
     let config_path = bundle.join("config.json");
     let mut config = read_json(&config_path)?;
@@ -303,6 +317,7 @@ pub fn prepare_bundle(bundle: &Path, for_run: bool) -> Result<Prepared> {
         qemu_ids: runvm_config::rewrite::qemu_ids(&bundle_real.to_string_lossy()),
         accel,
         accel_warning,
+        bound_shm_bytes: bound_shm_bytes(&config),
     };
     let mut rewritten = rewrite_config(config, &opts, &layout)?;
     if for_run {

@@ -45,5 +45,6 @@ pub fn host() -> HostLayout {
         accel: Accel::Tcg,
         accel_warning: None,
         created_unix_ms: 0,
+        bound_shm_bytes: None,
     }
 }
