@@ -15,6 +15,6 @@ pub mod seccomp;
 
 pub use options::{AccelRequest, VmOptions};
 pub use rewrite::{
-    rewrite_config, rewrite_exec_process, rewrite_update_resources, HostLayout, RewriteError,
-    Rewritten,
+    exec_caps_from_container, rewrite_config, rewrite_exec_process, rewrite_update_resources,
+    HostLayout, RewriteError, Rewritten,
 };

@@ -791,7 +791,7 @@ fn mount_is_readonly(mounts: &[Value], dest: &str) -> bool {
 }
 
 fn is_kernel_fs_destination(dest: &str) -> bool {
-    ["/proc", "/sys", "/dev"]
+    runvm_protocol::KERNEL_FS_MOUNTPOINTS
         .iter()
         .any(|p| dest == *p || dest.strip_prefix(p).is_some_and(|r| r.starts_with('/')))
 }
@@ -1294,6 +1294,34 @@ fn cpu_limit(linux: &Map<String, Value>) -> Option<u32> {
 /// Rewrites an exec's process object (runc's `--process` file) so that runc
 /// runs the exec client, which hands the original process to the guest.
 /// Returns the new process object and the original, as the guest needs it.
+/// Gives an exec the container's capabilities where the engine copied the
+/// supervisor's. Podman builds an exec's bounding set (and, for root, its
+/// other sets) from the config.json in the bundle, which runvm rewrote for
+/// the supervisor; under runc that file has the container's own. A set that
+/// is exactly the supervisor's (with or without [`MOUNT_PLACEMENT_CAP`])
+/// becomes the container's bounding set; any other set is the engine's
+/// choice (`--privileged`, an exec as another user) and stays.
+pub fn exec_caps_from_container(process: &mut Value, container_bounding: &[String]) {
+    let supervisor: std::collections::BTreeSet<&str> = SUPERVISOR_CAPS.iter().copied().collect();
+    let is_supervisors = |set: &[Value]| {
+        let mut names: std::collections::BTreeSet<&str> =
+            set.iter().filter_map(Value::as_str).collect();
+        names.remove(MOUNT_PLACEMENT_CAP);
+        names == supervisor
+    };
+    let Some(caps) = process
+        .get_mut("capabilities")
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    for set in caps.values_mut() {
+        if set.as_array().is_some_and(|a| is_supervisors(a)) {
+            *set = json!(container_bounding);
+        }
+    }
+}
+
 pub fn rewrite_exec_process(mut process: Value) -> Result<(Value, ProcessSpec), RewriteError> {
     let spec = guest_process(&process)?;
     let p = obj(&mut process, "process")?;

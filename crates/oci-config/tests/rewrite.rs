@@ -1058,3 +1058,34 @@ fn a_bound_shm_gives_the_guests_shm_the_size_of_the_hosts() {
     assert!(guest_shm(&h).contains(&"size=67108864".to_string()));
 }
 
+#[test]
+fn an_exec_with_the_supervisors_capabilities_gets_the_containers() {
+    // Podman copies an exec's capabilities from the bundle's config.json,
+    // which holds the supervisor's after the rewrite.
+    let rewritten = rewrite_config(fixture("docker-20.10-full.json"), &opts(&[]), &host())
+        .unwrap()
+        .config;
+    let supervisors = rewritten["process"]["capabilities"]["bounding"].clone();
+    let container: Vec<String> = vec!["CAP_CHOWN".into(), "CAP_NET_BIND_SERVICE".into()];
+    let mut root_exec = json!({"args": ["id"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+        "capabilities": {"bounding": supervisors, "effective": supervisors,
+                         "permitted": supervisors, "inheritable": [], "ambient": []}});
+    runvm_config::exec_caps_from_container(&mut root_exec, &container);
+    for set in ["bounding", "effective", "permitted"] {
+        assert_eq!(root_exec["capabilities"][set], json!(container), "{set}");
+    }
+    assert_eq!(root_exec["capabilities"]["inheritable"], json!([]));
+
+    // `--privileged` (every capability) and the container's own sets stay.
+    let all = json!(["CAP_CHOWN", "CAP_SYS_ADMIN", "CAP_NET_ADMIN"]);
+    let mut privileged = json!({"capabilities": {"bounding": all}});
+    runvm_config::exec_caps_from_container(&mut privileged, &container);
+    assert_eq!(privileged["capabilities"]["bounding"], all);
+
+    // With `runc run`'s extra capability too.
+    let mut with_mount = supervisors.as_array().unwrap().clone();
+    with_mount.push(json!(runvm_config::rewrite::MOUNT_PLACEMENT_CAP));
+    let mut p = json!({"capabilities": {"bounding": with_mount}});
+    runvm_config::exec_caps_from_container(&mut p, &container);
+    assert_eq!(p["capabilities"]["bounding"], json!(container));
+}

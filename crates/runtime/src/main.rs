@@ -212,16 +212,25 @@ fn exec(cli: &Cli, args: &[String]) -> Result<i32> {
         path: path.clone(),
         source,
     })?;
-    let process: serde_json::Value =
+    let mut process: serde_json::Value =
         serde_json::from_str(&text).map_err(|source| RuntimeError::Json {
             path: path.clone(),
             source,
         })?;
+    let pid = container_pid(cli, id);
+    let vm = pid.and_then(booted_vm);
+    if let Some(bounding) = vm
+        .as_ref()
+        .and_then(|vm| vm.container.process.capabilities.as_ref())
+        .map(|c| &c.bounding)
+    {
+        runvm_config::exec_caps_from_container(&mut process, bounding);
+    }
     let (rewritten, spec) = runvm_config::rewrite_exec_process(process)?;
-    if let Some(pid) = container_pid(cli, id) {
+    if let Some(pid) = pid {
         // A working directory only the guest has (a --tmpfs, a disk) is
         // for the guest to judge; it reports a missing one in runc's words.
-        let check_cwd = !booted_vm(pid).is_some_and(|vm| vm.container.guest_only(&spec.cwd));
+        let check_cwd = !vm.is_some_and(|vm| vm.container.guest_only(&spec.cwd));
         if let Err(RuntimeError::Exec(e)) = create::check_program(pid, &spec, check_cwd) {
             return Err(RuntimeError::ExecInContainer(e));
         }
