@@ -53,6 +53,8 @@ pub enum RuntimeError {
     ExecInContainer(#[source] runvm_protocol::runc_compat::LookPathError),
     #[error("{0}")]
     Usage(String),
+    #[error("not root on the host ({why}): runvm needs the host's root, and rootless engines (rootless Podman, Docker's rootless mode) are not supported; run the engine as root, for example `sudo podman run --runtime runvm …`")]
+    Rootless { why: String },
 }
 
 pub type Result<T> = std::result::Result<T, RuntimeError>;

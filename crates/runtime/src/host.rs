@@ -255,8 +255,50 @@ pub fn decide_accel(req: AccelRequest, problem: Option<String>) -> Result<(Accel
     }
 }
 
+/// Why this process is not root on the host, if it is not: runvm gives
+/// QEMU tap devices, cgroup limits and mounts that only the host's root
+/// may make. `rootless` is the engine's `--rootless` flag.
+pub fn not_root(rootless: Option<&str>) -> Option<String> {
+    let uid_map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+    root_problem(nix::unistd::geteuid().as_raw(), &uid_map, rootless)
+}
+
+/// [`not_root`] on its inputs: the effective uid, `/proc/self/uid_map`
+/// and the `--rootless` flag.
+fn root_problem(euid: u32, uid_map: &str, rootless: Option<&str>) -> Option<String> {
+    if rootless == Some("true") {
+        return Some("the engine passed --rootless true".into());
+    }
+    if euid != 0 {
+        return Some(format!("it runs as uid {euid}"));
+    }
+    // The initial user namespace maps every uid to itself in one line.
+    let whole = uid_map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"];
+    (!whole).then(|| {
+        "it runs in a user namespace, as a rootless engine's root, which is not the host's".into()
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn root_is_uid_0_in_the_initial_user_namespace() {
+        let host = "         0          0 4294967295\n";
+        assert_eq!(super::root_problem(0, host, None), None);
+        assert_eq!(super::root_problem(0, host, Some("auto")), None);
+        assert_eq!(super::root_problem(0, host, Some("false")), None);
+        let rootless_podman =
+            "         0       1000          1\n         1     100000      65536\n";
+        for (euid, map, flag) in [
+            (1000, host, None),
+            (0, rootless_podman, None),
+            (0, host, Some("true")),
+        ] {
+            let why = super::root_problem(euid, map, flag);
+            assert!(why.is_some(), "{euid} {map:?} {flag:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

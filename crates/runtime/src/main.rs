@@ -68,10 +68,13 @@ fn main() {
                 RuntimeError::Exec(_) | RuntimeError::ExecInContainer(_) => e.chain().to_string(),
                 _ => format!("runvm: {}", e.chain()),
             };
-            tracing::error!("{msg}");
+            // With a log file (Docker's shim, containerd's) the entry goes
+            // there and the message to stderr; without one (Podman's conmon)
+            // the plain message only, which Podman shows as runc's.
             if cli.log.is_some() {
-                eprintln!("{msg}");
+                tracing::error!("{msg}");
             }
+            eprintln!("{msg}");
             std::process::exit(1);
         }
     }
@@ -97,7 +100,15 @@ fn runc_path(cli: &Cli) -> String {
 
 fn runc(cli: &Cli, verb_and_args: &[String]) -> Command {
     let mut cmd = Command::new(runc_path(cli));
-    cmd.args(cli.runc_globals()).args(verb_and_args);
+    cmd.args(cli.runc_globals());
+    if cli.log.is_none() && !cli.debug {
+        // Without a log file runc writes its error as a logrus line
+        // (`time="…" level=error msg="…"`) on stderr; with one, the plain
+        // message, as runvm's own. An engine that passes no log (Podman's
+        // conmon) shows stderr to the user as runc's own error.
+        cmd.args(["--log", "/dev/null"]);
+    }
+    cmd.args(verb_and_args);
     tracing::debug!("runvm: running {cmd:?}");
     cmd
 }
@@ -146,6 +157,9 @@ fn run(cli: &Cli) -> Result<i32> {
 }
 
 fn create_or_run(cli: &Cli, verb: &str, args: &[String]) -> Result<i32> {
+    if let Some(why) = host::not_root(cli.rootless.as_deref()) {
+        return Err(RuntimeError::Rootless { why });
+    }
     let parsed = cli::parse_create_args(args);
     let bundle = PathBuf::from(parsed.bundle.clone().unwrap_or_else(|| ".".into()));
     let prepared = create::prepare_bundle(&bundle, verb == "run")?;
