@@ -261,11 +261,68 @@ fn v1_controllers() -> Vec<Vec<String>> {
     out
 }
 
-/// Mounts one filesystem described with OCI mount options.
+/// Mounts one filesystem described with OCI mount options. A tmpfs with
+/// `tmpcopyup` (Podman's default for `--tmpfs`) starts with a copy of
+/// what the image has at its mount point, as runc copies it.
 pub fn mount_guest(m: &GuestMount) -> Result<()> {
     let (flags, data) = parse_options(&m.options);
     let data = (!data.is_empty()).then_some(data);
-    mount_fs(&m.source, &m.destination, &m.fstype, flags, data.as_deref())
+    let copyup = m.fstype == "tmpfs" && m.options.iter().any(|o| o == "tmpcopyup");
+    // The directory underneath, held open: its entries stay readable
+    // through /proc/self/fd once the tmpfs covers it.
+    let under = copyup
+        .then(|| fs::File::open(&m.destination).ok())
+        .flatten()
+        .filter(|f| f.metadata().is_ok_and(|md| md.is_dir()));
+    mount_fs(&m.source, &m.destination, &m.fstype, flags, data.as_deref())?;
+    if let Some(dir) = under {
+        use std::os::fd::AsRawFd;
+        let from = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+        if let Err(e) = copy_tree(&from, Path::new(&m.destination)) {
+            tracing::warn!("tmpcopyup of {}: {e}", m.destination);
+        }
+    }
+    Ok(())
+}
+
+/// Copies the tree under `from` into `to` (an empty tmpfs) as runc's
+/// copy-up does: directories, files and links, with their modes and
+/// owners; `to` takes `from`'s mode and owner. Other kinds (device nodes,
+/// sockets) are skipped.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let copy_meta = |md: &fs::Metadata, path: &Path| -> std::io::Result<()> {
+        nix::unistd::fchownat(
+            None,
+            path,
+            Some(nix::unistd::Uid::from_raw(md.uid())),
+            Some(nix::unistd::Gid::from_raw(md.gid())),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )?;
+        if !md.file_type().is_symlink() {
+            fs::set_permissions(path, fs::Permissions::from_mode(md.mode() & 0o7777))?;
+        }
+        Ok(())
+    };
+    copy_meta(&fs::metadata(from)?, to)?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let md = entry.metadata()?;
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        let t = md.file_type();
+        if t.is_dir() {
+            fs::create_dir(&dst)?;
+            copy_tree(&src, &dst)?;
+        } else if t.is_file() {
+            fs::copy(&src, &dst)?;
+            copy_meta(&md, &dst)?;
+        } else if t.is_symlink() {
+            symlink(fs::read_link(&src)?, &dst)?;
+            copy_meta(&md, &dst)?;
+        }
+    }
+    Ok(())
 }
 
 /// Splits OCI mount options into mount flags and filesystem data.
