@@ -406,7 +406,7 @@ impl Fixtures {
         if let Some(v) = &self.vol {
             text = text.replace(v.as_str(), "<vol>");
         }
-        hex_ids(&text.replace(self.name.as_str(), "<c>"))
+        log_times(&hex_ids(&text.replace(self.name.as_str(), "<c>")))
     }
 }
 
@@ -658,6 +658,17 @@ pub fn run_table(scenarios: &[Scenario], engine: Engine) {
 fn say(line: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// An engine's own log lines (Podman's `time="…" level=warning …`) carry
+/// the time: it becomes `<time>`.
+fn log_times(text: &str) -> String {
+    text.split_inclusive('\n')
+        .map(|l| match (l.strip_prefix("time=\""), l.find("\" level=")) {
+            (Some(_), Some(end)) => format!("time=\"<time>{}", &l[end..]),
+            _ => l.to_string(),
+        })
+        .collect()
 }
 
 /// Ids that differ between any two runs (an exec session's, a layer's

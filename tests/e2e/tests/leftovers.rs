@@ -39,5 +39,21 @@ fn nothing_left_behind() {
         left.trim().is_empty(),
         "containers of the tests are left:\n{left}"
     );
+    // The Podman table's containers and volumes.
+    for (what, format) in [
+        (["ps", "-a"], "{{.Names}}"),
+        (["volume", "ls"], "{{.Name}}"),
+    ] {
+        let mut args = what.to_vec();
+        args.extend(["--filter", "name=runvm-e2e-", "--format", format]);
+        let podman = run_cmd("podman", &args, None, COMMAND_TIMEOUT);
+        podman.assert_code(0, &format!("podman {}", what.join(" ")));
+        let left = podman.stdout_str();
+        assert!(
+            left.trim().is_empty(),
+            "Podman's {} lists what the tests left:\n{left}",
+            what.join(" ")
+        );
+    }
     assert_no_leftovers("after all end-to-end tests", Duration::from_secs(30));
 }
