@@ -103,7 +103,7 @@ fn requested_module(args: &[String]) -> Option<&str> {
 /// Loads `name` and what it needs. The error is empty for a module the
 /// index does not know (the kernel asks for many that do not exist; as
 /// `modprobe -q`, that is quiet).
-fn load(name: &str) -> Result<(), String> {
+pub fn load(name: &str) -> Result<(), String> {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease")
         .map_err(|e| format!("cannot read the kernel release: {e}"))?;
     let release = release.trim();

@@ -495,6 +495,15 @@ async fn prepare_container(
     if let Some(version) = &spec.kernel_modules {
         mounts::mount_kernel_modules(MODULES_TAG, version);
     }
+    // Sysctls of modules nothing has loaded yet (conntrack's, the bridge's)
+    // exist once their module is in: loaded from that tree, here, where
+    // the image has no say. One that cannot load leaves its keys missing,
+    // and their write fails as on a host without the module.
+    for module in sysctl::modules_for(&spec.sysctl) {
+        if let Err(e) = crate::modprobe::load(module) {
+            tracing::warn!("cannot load {module} for its sysctls: {e}");
+        }
+    }
     if spec.any_device {
         if let Err(e) = std::fs::write(crate::modprobe::ANY_DEVICE_MARK, b"") {
             tracing::warn!("drivers will not load on request for device nodes: {e}");

@@ -22,6 +22,31 @@ pub fn proc_path(key: &str) -> Option<PathBuf> {
     Some(path)
 }
 
+/// The modules whose sysctls live under each directory of `/proc/sys`,
+/// which a kernel without them loaded does not have (the guest loads
+/// modules on demand; a host usually has these loaded by its own
+/// firewall and bridges).
+const MODULE_SYSCTLS: &[(&str, &str)] = &[
+    ("/proc/sys/net/netfilter", "nf_conntrack"),
+    ("/proc/sys/net/bridge", "br_netfilter"),
+    ("/proc/sys/net/ipv4/vs", "ip_vs"),
+];
+
+/// The modules that `list`'s keys need, each once, in the order first
+/// needed.
+pub fn modules_for(list: &[(String, String)]) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for (key, _) in list {
+        let Some(path) = proc_path(key) else { continue };
+        for (dir, module) in MODULE_SYSCTLS {
+            if path.starts_with(dir) && !out.contains(module) {
+                out.push(*module);
+            }
+        }
+    }
+    out
+}
+
 /// Writes each sysctl in order; the first that cannot be written is an
 /// error naming it, as runc fails the container's start.
 pub fn apply(list: &[(String, String)]) -> Result<()> {
@@ -48,6 +73,29 @@ pub fn apply(list: &[(String, String)]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modules_are_those_of_the_keys_directories() {
+        let keys = |ks: &[&str]| -> Vec<(String, String)> {
+            ks.iter().map(|k| (k.to_string(), "1".into())).collect()
+        };
+        assert_eq!(
+            modules_for(&keys(&[
+                "net.ipv4.ip_forward",
+                "net.netfilter.nf_conntrack_max",
+                "net/bridge/bridge-nf-call-iptables",
+                "net.netfilter.nf_conntrack_tcp_timeout_established",
+                "net.ipv4.vs.conntrack",
+            ])),
+            ["nf_conntrack", "br_netfilter", "ip_vs"]
+        );
+        assert!(modules_for(&keys(&[
+            "net.netfilterx.y",
+            "kernel.shmmax",
+            "net..netfilter"
+        ]))
+        .is_empty());
+    }
 
     #[test]
     fn keys_map_to_proc_sys_paths() {

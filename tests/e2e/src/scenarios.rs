@@ -572,6 +572,18 @@ fn kernel_settings() -> Vec<Scenario> {
             &["cat", "/proc/sys/net/ipv4/ip_forward"],
         ),
         run(
+            "sysctl_conntrack",
+            "--sysctl",
+            &["--sysctl", "net.netfilter.nf_conntrack_tcp_timeout_established=1000"],
+            &["cat", "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established"],
+        ),
+        run(
+            "sysctl_bridge",
+            "--sysctl",
+            &["--sysctl", "net.bridge.bridge-nf-call-iptables=0"],
+            &["cat", "/proc/sys/net/bridge/bridge-nf-call-iptables"],
+        ),
+        run(
             "sysctl_somaxconn",
             "--sysctl",
             &["--sysctl", "net.core.somaxconn=1024"],
