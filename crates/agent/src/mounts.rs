@@ -278,9 +278,14 @@ pub fn mount_guest(m: &GuestMount) -> Result<()> {
     if let Some(dir) = under {
         use std::os::fd::AsRawFd;
         let from = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-        if let Err(e) = copy_tree(&from, Path::new(&m.destination)) {
-            tracing::warn!("tmpcopyup of {}: {e}", m.destination);
-        }
+        // As runc's copy-up, a tree that cannot be copied whole fails the
+        // start rather than leave some of the image's files out.
+        copy_tree(&from, Path::new(&m.destination)).map_err(|e| {
+            AgentError::sys(
+                format!("copy the image's {} into its tmpfs (tmpcopyup)", m.destination),
+                e,
+            )
+        })?;
     }
     Ok(())
 }

@@ -197,6 +197,13 @@ impl VmOptions {
 /// its agent: never from `RUNVM_KERNEL_APPEND`.
 const RESERVED_PARAMS: &[&str] = &["console", "init", "rdinit", "root", "panic", "initrd"];
 
+/// Beginnings of parameter names that would let the value (an image's ENV
+/// may give it) undo what the engine asked of the guest: the cgroups that
+/// hold `-m` and `--pids-limit` (`cgroup.memory=nokmem`,
+/// `cgroup_disable=memory`, …) and boot-time sysctls, which `--sysctl`
+/// owns.
+const RESERVED_PREFIXES: &[&str] = &["runvm.", "cgroup", "sysctl."];
+
 /// Checks `RUNVM_KERNEL_APPEND`: at most 32 parameters and 1024 bytes,
 /// each `name` or `name=value` of letters, digits and `_.,:/+-=`, none of
 /// runvm's own (see [`RESERVED_PARAMS`], `runvm.*`) and no `--` (which
@@ -204,7 +211,7 @@ const RESERVED_PARAMS: &[&str] = &["console", "init", "rdinit", "root", "panic",
 /// concerns the container's own guest only, but must not stop it booting
 /// runvm's agent.
 pub fn kernel_append(v: &str) -> Result<Vec<String>, &'static str> {
-    const WHY: &str = "give kernel parameters such as \"mitigations=off quiet\" (at most 32, 1024 bytes; letters, digits and _.,:/+-=); console, init, rdinit, root, panic, initrd, runvm.* and -- are runvm's own";
+    const WHY: &str = "give kernel parameters such as \"mitigations=off quiet\" (at most 32, 1024 bytes; letters, digits and _.,:/+-=); console, init, rdinit, root, panic, initrd, runvm.* and -- are runvm's own, and cgroup* and sysctl.* the engine's (-m, --pids-limit, --sysctl)";
     let params: Vec<String> = v.split_whitespace().map(str::to_owned).collect();
     let ok = v.len() <= 1024
         && params.len() <= 32
@@ -213,7 +220,7 @@ pub fn kernel_append(v: &str) -> Result<Vec<String>, &'static str> {
             !name.is_empty()
                 && p != "--"
                 && !RESERVED_PARAMS.contains(&name)
-                && !name.starts_with("runvm.")
+                && !RESERVED_PREFIXES.iter().any(|r| name.starts_with(r))
                 && p.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"_.,:/+-=".contains(&b))
         });
@@ -352,6 +359,11 @@ mod tests {
             "console=tty0",
             "panic=0",
             "runvm.debug",
+            "cgroup.memory=nokmem",
+            "cgroup_disable=memory",
+            "cgroup_no_v1=all",
+            "sysctl.kernel.pid_max=100",
+            "quiet sysctl.vm.overcommit_memory=1",
             "-- x",
             "a=\"b c\"",
             "a;b",

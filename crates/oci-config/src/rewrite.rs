@@ -1215,16 +1215,23 @@ pub fn guest_cpus(
 }
 
 /// The guest's RAM in MiB: `RUNVM_MEMORY`, else what the container's
-/// memory limit (`limit`, bytes) needs ([`guest_ram_for_limit_mib`]), else
-/// [`DEFAULT_MEMORY_MIB`]. `RUNVM_MEMORY` may lower that, never raise it
-/// (nor exceed the host's memory), and must be at least [`MIN_MEMORY_MIB`].
-/// `runvm create` and `runvm boot-probe` size their VMs with this.
+/// memory limit (`limit`, bytes) needs ([`guest_ram_for_limit_mib`]) but
+/// no more than the host has, else [`DEFAULT_MEMORY_MIB`]. `RUNVM_MEMORY`
+/// may lower that, never raise it (nor exceed the host's memory), and must
+/// be at least [`MIN_MEMORY_MIB`]. `runvm create` and `runvm boot-probe`
+/// size their VMs with this.
+///
+/// The cap matters because guest RAM, unlike a cgroup limit, costs the
+/// host even unused: the guest kernel's page descriptors (a 64th of it)
+/// and QEMU's tables. `-m 64g` on a 24 GiB host, a limit that under runc
+/// means "no limit", would take 1.4 GiB for an idle guest.
 pub fn guest_memory_mib(
     opts: &VmOptions,
     limit: Option<u64>,
     host_memory_mib: u64,
 ) -> Result<u64, RewriteError> {
-    let for_limit = limit.map(guest_ram_for_limit_mib);
+    let for_limit =
+        limit.map(|l| guest_ram_for_limit_mib(l).min(host_memory_mib.max(MIN_MEMORY_MIB)));
     let Some(want) = opts.memory_mib else {
         return Ok(for_limit.unwrap_or(DEFAULT_MEMORY_MIB));
     };
@@ -1295,13 +1302,15 @@ fn cpu_limit(linux: &Map<String, Value>) -> Option<u32> {
 /// runs the exec client, which hands the original process to the guest.
 /// Returns the new process object and the original, as the guest needs it.
 /// Gives an exec the container's capabilities where the engine copied the
-/// supervisor's. Podman builds an exec's bounding set (and, for root, its
-/// other sets) from the config.json in the bundle, which runvm rewrote for
-/// the supervisor; under runc that file has the container's own. A set that
-/// is exactly the supervisor's (with or without [`MOUNT_PLACEMENT_CAP`])
-/// becomes the container's bounding set; any other set is the engine's
-/// choice (`--privileged`, an exec as another user) and stays.
-pub fn exec_caps_from_container(process: &mut Value, container_bounding: &[String]) {
+/// supervisor's. Podman builds an exec's capability sets from the
+/// config.json in the bundle, which runvm rewrote for the supervisor; under
+/// runc that file has the container's own. A set that is exactly the
+/// supervisor's (with or without [`MOUNT_PLACEMENT_CAP`]) becomes the
+/// container's set of the same name (its bounding set for the bounding
+/// set, its effective set for the effective set, …): the set Podman would
+/// have copied under runc. Any other set is the engine's choice
+/// (`--privileged`, an exec as another user) and stays.
+pub fn exec_caps_from_container(process: &mut Value, container: &Capabilities) {
     let supervisor: std::collections::BTreeSet<&str> = SUPERVISOR_CAPS.iter().copied().collect();
     let is_supervisors = |set: &[Value]| {
         let mut names: std::collections::BTreeSet<&str> =
@@ -1315,10 +1324,21 @@ pub fn exec_caps_from_container(process: &mut Value, container_bounding: &[Strin
     else {
         return;
     };
-    for set in caps.values_mut() {
-        if set.as_array().is_some_and(|a| is_supervisors(a)) {
-            *set = json!(container_bounding);
+    let none = Vec::new();
+    for (name, set) in caps.iter_mut() {
+        if !set.as_array().is_some_and(|a| is_supervisors(a)) {
+            continue;
         }
+        let same_named = match name.as_str() {
+            "bounding" => &container.bounding,
+            "effective" => &container.effective,
+            "permitted" => &container.permitted,
+            "inheritable" => &container.inheritable,
+            "ambient" => &container.ambient,
+            // Not a set runc knows: nothing of the supervisor's stays.
+            _ => &none,
+        };
+        *set = json!(same_named);
     }
 }
 

@@ -556,9 +556,10 @@ fn check_rewrite(
         if let Some(swap) = positive_i64(mem_in.and_then(|m| m.get("swap"))) {
             prop_assert_eq!(&mem_out["swap"], &json!(swap.saturating_add(host - limit)));
         }
-        let guest = opts
-            .memory_mib
-            .unwrap_or(guest_ram_for_limit_mib(limit as u64));
+        let guest = opts.memory_mib.unwrap_or(
+            guest_ram_for_limit_mib(limit as u64)
+                .min(common::host().host_memory_mib.max(MIN_MEMORY_MIB)),
+        );
         prop_assert_eq!(out.vm.memory_mib, guest);
         prop_assert_eq!(out.vm.container.limits.memory_bytes, Some(limit as u64));
     } else if mem_in.is_some() {

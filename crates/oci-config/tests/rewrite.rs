@@ -555,7 +555,9 @@ fn any_memory_limit_docker_accepts_gets_a_vm_and_the_guest_holds_the_limits() {
         let mut orig = fixture("docker-20.10-default.json");
         orig["linux"]["resources"]["memory"] = json!({"limit": limit});
         orig["linux"]["resources"]["pids"] = json!({"limit": 10});
-        let r = rewrite_config(orig, &opts(&[]), &host()).unwrap();
+        let mut big_host = host();
+        big_host.host_memory_mib = 64 * 1024;
+        let r = rewrite_config(orig, &opts(&[]), &big_host).unwrap();
         assert_eq!(r.vm.memory_mib, guest, "-m {limit}");
         assert_eq!(r.vm.container.limits.memory_bytes, Some(limit));
         assert_eq!(r.vm.container.limits.pids, Some(10));
@@ -570,6 +572,14 @@ fn any_memory_limit_docker_accepts_gets_a_vm_and_the_guest_holds_the_limits() {
     }
     let none = rewrite_config(fixture("docker-20.10-default.json"), &opts(&[]), &host()).unwrap();
     assert!(!none.vm.container.limits.any());
+    // A limit beyond the host's memory ("no limit" to many) gets a guest
+    // of the host's memory, not one whose page tables alone cost GiBs;
+    // the guest cgroup still holds the limit asked for.
+    let mut orig = fixture("docker-20.10-default.json");
+    orig["linux"]["resources"]["memory"] = json!({"limit": 64u64 << 30});
+    let r = rewrite_config(orig, &opts(&[]), &host()).unwrap();
+    assert_eq!(r.vm.memory_mib, host().host_memory_mib);
+    assert_eq!(r.vm.container.limits.memory_bytes, Some(64u64 << 30));
 }
 
 #[test]
@@ -1060,32 +1070,59 @@ fn a_bound_shm_gives_the_guests_shm_the_size_of_the_hosts() {
 
 #[test]
 fn an_exec_with_the_supervisors_capabilities_gets_the_containers() {
-    // Podman copies an exec's capabilities from the bundle's config.json,
-    // which holds the supervisor's after the rewrite.
+    // Podman copies an exec's capability sets from the bundle's
+    // config.json, which holds the supervisor's after the rewrite.
     let rewritten = rewrite_config(fixture("docker-20.10-full.json"), &opts(&[]), &host())
         .unwrap()
         .config;
-    let supervisors = rewritten["process"]["capabilities"]["bounding"].clone();
-    let container: Vec<String> = vec!["CAP_CHOWN".into(), "CAP_NET_BIND_SERVICE".into()];
-    let mut root_exec = json!({"args": ["id"], "cwd": "/", "user": {"uid": 0, "gid": 0},
-        "capabilities": {"bounding": supervisors, "effective": supervisors,
-                         "permitted": supervisors, "inheritable": [], "ambient": []}});
-    runvm_config::exec_caps_from_container(&mut root_exec, &container);
-    for set in ["bounding", "effective", "permitted"] {
-        assert_eq!(root_exec["capabilities"][set], json!(container), "{set}");
+    let sup = rewritten["process"]["capabilities"]["bounding"].clone();
+    let names = |n: &[&str]| -> Vec<String> { n.iter().map(|s| s.to_string()).collect() };
+    // A container whose user is not root: a bounding set, nothing else.
+    let container = runvm_protocol::Capabilities {
+        bounding: names(&["CAP_CHOWN", "CAP_NET_BIND_SERVICE"]),
+        ..Default::default()
+    };
+    // Podman, for an exec as the container's user, copies every set of
+    // the config's.
+    let mut exec = json!({"args": ["id"], "cwd": "/", "user": {"uid": 1000, "gid": 1000},
+        "capabilities": {"bounding": sup, "effective": sup, "permitted": sup,
+                         "inheritable": sup, "ambient": sup}});
+    runvm_config::exec_caps_from_container(&mut exec, &container);
+    assert_eq!(exec["capabilities"]["bounding"], json!(container.bounding));
+    for set in ["effective", "permitted", "inheritable", "ambient"] {
+        assert_eq!(
+            exec["capabilities"][set],
+            json!([]),
+            "{set}: the user gets none"
+        );
     }
-    assert_eq!(root_exec["capabilities"]["inheritable"], json!([]));
 
-    // `--privileged` (every capability) and the container's own sets stay.
+    // A root container: each set becomes the container's own.
+    let root = runvm_protocol::Capabilities {
+        bounding: names(&["CAP_CHOWN", "CAP_KILL"]),
+        effective: names(&["CAP_CHOWN", "CAP_KILL"]),
+        permitted: names(&["CAP_CHOWN", "CAP_KILL"]),
+        ..Default::default()
+    };
+    let mut exec = json!({"capabilities": {"bounding": sup, "effective": sup,
+        "permitted": sup, "inheritable": [], "ambient": []}});
+    runvm_config::exec_caps_from_container(&mut exec, &root);
+    for set in ["bounding", "effective", "permitted"] {
+        assert_eq!(exec["capabilities"][set], json!(root.bounding), "{set}");
+    }
+    assert_eq!(exec["capabilities"]["inheritable"], json!([]));
+
+    // `--privileged` (every capability) stays as the engine chose.
     let all = json!(["CAP_CHOWN", "CAP_SYS_ADMIN", "CAP_NET_ADMIN"]);
-    let mut privileged = json!({"capabilities": {"bounding": all}});
-    runvm_config::exec_caps_from_container(&mut privileged, &container);
+    let mut privileged = json!({"capabilities": {"bounding": all, "effective": all}});
+    runvm_config::exec_caps_from_container(&mut privileged, &root);
     assert_eq!(privileged["capabilities"]["bounding"], all);
+    assert_eq!(privileged["capabilities"]["effective"], all);
 
     // With `runc run`'s extra capability too.
-    let mut with_mount = supervisors.as_array().unwrap().clone();
+    let mut with_mount = sup.as_array().unwrap().clone();
     with_mount.push(json!(runvm_config::rewrite::MOUNT_PLACEMENT_CAP));
-    let mut p = json!({"capabilities": {"bounding": with_mount}});
+    let mut p = json!({"capabilities": {"effective": with_mount}});
     runvm_config::exec_caps_from_container(&mut p, &container);
-    assert_eq!(p["capabilities"]["bounding"], json!(container));
+    assert_eq!(p["capabilities"]["effective"], json!([]));
 }

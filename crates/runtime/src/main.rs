@@ -233,12 +233,11 @@ fn exec(cli: &Cli, args: &[String]) -> Result<i32> {
         })?;
     let pid = container_pid(cli, id);
     let vm = pid.and_then(booted_vm);
-    if let Some(bounding) = vm
+    if let Some(caps) = vm
         .as_ref()
         .and_then(|vm| vm.container.process.capabilities.as_ref())
-        .map(|c| &c.bounding)
     {
-        runvm_config::exec_caps_from_container(&mut process, bounding);
+        runvm_config::exec_caps_from_container(&mut process, caps);
     }
     let (rewritten, spec) = runvm_config::rewrite_exec_process(process)?;
     if let Some(pid) = pid {

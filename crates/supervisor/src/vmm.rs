@@ -41,8 +41,13 @@ pub fn nic_device(mac: &str, slot: u8) -> String {
 ///
 /// The supervisor makes the listening socket itself and hands it over as
 /// `listen_fd`, so QEMU can never try to connect before virtiofsd listens.
+///
+/// A container without `CAP_MKNOD` gets a virtiofsd without it too: the
+/// guest kernel refuses the workload's `mknod` of a device node, but a
+/// guest kernel of the image's (or one a privileged workload changed) need
+/// not, and virtiofsd would make the node on the host's storage.
 pub fn virtiofsd_args(cfg: &VmConfig, listen_fd: i32) -> Vec<String> {
-    vec![
+    let mut args = vec![
         format!("--fd={listen_fd}"),
         format!("--shared-dir={}", cfg.rootfs),
         "--sandbox=none".into(),
@@ -51,7 +56,17 @@ pub fn virtiofsd_args(cfg: &VmConfig, listen_fd: i32) -> Vec<String> {
         "--announce-submounts".into(),
         "--xattr".into(),
         format!("--log-level={}", if cfg.debug { "info" } else { "error" }),
-    ]
+    ];
+    let mknod = cfg
+        .container
+        .process
+        .capabilities
+        .as_ref()
+        .is_none_or(|c| c.bounding.iter().any(|n| n == "CAP_MKNOD"));
+    if !mknod {
+        args.push("--modcaps=-mknod".into());
+    }
+    args
 }
 
 /// The second virtiofsd's arguments, when the kernel has modules: serve
@@ -441,6 +456,25 @@ mod tests {
         assert!(a.contains(&"--fd=5".to_string()));
         assert!(a.contains(&"--shared-dir=/rootfs".to_string()));
         assert!(a.contains(&"--sandbox=none".to_string()));
+    }
+
+    #[test]
+    fn virtiofsd_makes_device_nodes_only_for_a_container_that_may() {
+        let mut c = cfg(Accel::Tcg);
+        let caps = |names: &[&str]| runvm_protocol::Capabilities {
+            bounding: names.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        c.container.process.capabilities = None;
+        assert!(!virtiofsd_args(&c, 5)
+            .iter()
+            .any(|a| a.starts_with("--modcaps")));
+        c.container.process.capabilities = Some(caps(&["CAP_CHOWN", "CAP_MKNOD"]));
+        assert!(!virtiofsd_args(&c, 5)
+            .iter()
+            .any(|a| a.starts_with("--modcaps")));
+        c.container.process.capabilities = Some(caps(&["CAP_CHOWN"]));
+        assert!(virtiofsd_args(&c, 5).contains(&"--modcaps=-mknod".to_string()));
     }
 
     #[test]

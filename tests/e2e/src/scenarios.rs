@@ -574,8 +574,14 @@ fn kernel_settings() -> Vec<Scenario> {
         run(
             "sysctl_conntrack",
             "--sysctl",
-            &["--sysctl", "net.netfilter.nf_conntrack_tcp_timeout_established=1000"],
-            &["cat", "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established"],
+            &[
+                "--sysctl",
+                "net.netfilter.nf_conntrack_tcp_timeout_established=1000",
+            ],
+            &[
+                "cat",
+                "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established",
+            ],
         ),
         run(
             "sysctl_bridge",
@@ -1089,6 +1095,14 @@ docker exec -w /scratch/none $C pwd; echo "exit $?""#,
             "exec_capabilities",
             "exec",
             &with("docker exec $C grep ^Cap /proc/self/status; docker exec -u 1000 $C grep ^Cap /proc/self/status"),
+        ),
+        host(
+            "exec_capabilities_of_a_user_container",
+            "exec",
+            r#"run -d --name $C -u 1000 $IMAGE sh -c 'echo ready; sleep 600' >/dev/null
+wait_log $C ready
+docker exec $C grep ^Cap /proc/self/status
+docker exec $C touch /etc/x; echo "exit $?""#,
         ),
         host(
             "exec_held_to_pids_limit",
