@@ -282,7 +282,10 @@ pub fn mount_guest(m: &GuestMount) -> Result<()> {
         // start rather than leave some of the image's files out.
         copy_tree(&from, Path::new(&m.destination)).map_err(|e| {
             AgentError::sys(
-                format!("copy the image's {} into its tmpfs (tmpcopyup)", m.destination),
+                format!(
+                    "copy the image's {} into its tmpfs (tmpcopyup)",
+                    m.destination
+                ),
                 e,
             )
         })?;
