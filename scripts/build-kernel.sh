@@ -28,7 +28,9 @@ TARBALL=/usr/src/$SRC_PKG.tar.xz
 if [ "${1:-}" != --check ]; then
     # The source (about 140 MB) and the build tools; apt_install skips
     # what is there.
-    apt_install "$SRC_PKG" bc bison flex libelf-dev libssl-dev gcc make xz-utils kmod cpio
+    # lz4: kernel/runvm.config compresses the kernel with it (kbuild's
+    # pipeline would not notice it missing; see the size check below).
+    apt_install "$SRC_PKG" bc bison flex libelf-dev libssl-dev gcc make xz-utils kmod cpio lz4
 elif ! dpkg-query -W -f='${Status}' "$SRC_PKG" 2>/dev/null | grep -q 'ok installed'; then
     echo stale
     exit 0
@@ -163,6 +165,12 @@ t0=$(date +%s)
 make -s -C "$tree" O="$out" ARCH=x86_64 -j"$jobs" bzImage modules
 release=$(make -s --no-print-directory -C "$tree" O="$out" ARCH=x86_64 kernelrelease)
 say "built $release in $(( $(date +%s) - t0 )) s"
+# kbuild pipes the kernel through its compressor inside a { …; } group whose
+# status it does not check: a missing compressor leaves a bzImage of the
+# decompressor alone (some 30 KB), which would halt every guest at boot.
+bzimage_size=$(stat -c %s "$out/arch/x86/boot/bzImage")
+[ "$bzimage_size" -gt $((1024 * 1024)) ] ||
+    die "the built bzImage is $bzimage_size bytes, too small to hold a kernel: its compressor (lz4, for CONFIG_KERNEL_LZ4) failed or is missing; install lz4 and run make kernel again"
 
 name="$release-${recipe:0:8}"
 tmp="$KDIR/$name.partial"
