@@ -19,7 +19,7 @@ AGENT := target/$(TARGET)/release/runvm-agent
 NETTOOL := target/$(TARGET)/release/runvm-nettool
 export RUNVM_PREFIX := $(PREFIX)
 
-.PHONY: all build deps kernel install uninstall demo test unit e2e lint bench soak images deb deb-test
+.PHONY: all build deps kernel install uninstall demo test unit e2e lint bench soak nettool images deb deb-test
 
 all: build
 
@@ -49,12 +49,16 @@ uninstall:
 	rm -rf $(LIBEXEC) $(DATA) /var/cache/runvm
 
 # The test image carries nettool (tests/nettool), static like the agent.
-images: install
+nettool: install
 	RUSTFLAGS="-C target-feature=+crt-static" \
 		cargo build --release --locked -p runvm-nettool --target $(TARGET)
+
+images: nettool
 	@scripts/build-test-images.sh $(NETTOOL)
 
-demo: images
+# The demo needs the busybox image only.
+demo: nettool
+	@scripts/build-test-images.sh $(NETTOOL) --demo
 	@echo "host kernel:  $$(uname -r)"
 	@echo -n "guest kernel: " && docker run --rm --runtime=runvm runvm-test/busybox uname -r
 	@docker run --rm --runtime=runvm runvm-test/busybox sh -c 'echo "hello from a VM: $$(cat /proc/cpuinfo | grep -m1 "model name")"'

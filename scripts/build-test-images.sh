@@ -19,9 +19,11 @@
 #   runvm-test/redis          (with --bench only) Debian bookworm running
 #                             redis-server, for make bench's time to a
 #                             server's first answer
+#
+# With --demo, only the first (what make demo runs).
 . "$(dirname "$0")/lib.sh"
 need_root
-NETTOOL=${1:?usage: build-test-images.sh PATH-TO-STATIC-NETTOOL [--bench]}
+NETTOOL=${1:?usage: build-test-images.sh PATH-TO-STATIC-NETTOOL [--bench|--demo]}
 BENCH=${2:-}
 [ -x "$NETTOOL" ] || die "$NETTOOL is missing: run make images"
 tmp=$(mktemp -d)
@@ -36,6 +38,17 @@ have_recipe() {
     [ "$got" = "$2" ] && return 0
     [ -n "$got" ] && STALE+=("$(docker image inspect -f '{{.Id}}' "$1")")
     return 1
+}
+
+# The images the rebuilt ones replaced, now untagged: removed, unless a
+# container still uses one.
+remove_stale() {
+    local id
+    for id in "${STALE[@]}"; do
+        if [ "$(docker image inspect -f '{{len .RepoTags}}' "$id" 2>/dev/null)" = 0 ]; then
+            docker rmi "$id" >/dev/null 2>&1 || true
+        fi
+    done
 }
 
 # busybox_root DIR: the busybox image's files.
@@ -76,6 +89,10 @@ if ! have_recipe "$IMAGE" "$base_recipe"; then
     say "building image $IMAGE from Debian's busybox-static (recipe $base_recipe)"
     busybox_root "$tmp/busybox"
     import "$tmp/busybox" "$IMAGE" "$base_recipe"
+fi
+if [ "$BENCH" = --demo ]; then
+    remove_stale
+    exit 0
 fi
 
 # A Debian 6.12 cloud kernel from bookworm-backports (or -security): the
@@ -176,10 +193,4 @@ if [ "$BENCH" = --bench ] && ! have_recipe "$IMAGE" "$recipe"; then
         -c "LABEL io.runvm.recipe=$recipe" "$tmp/redis.tar" "$IMAGE" >/dev/null
 fi
 
-# The images the rebuilt ones replaced, now untagged: removed, unless a
-# container still uses one.
-for id in "${STALE[@]}"; do
-    if [ "$(docker image inspect -f '{{len .RepoTags}}' "$id" 2>/dev/null)" = 0 ]; then
-        docker rmi "$id" >/dev/null 2>&1 || true
-    fi
-done
+remove_stale

@@ -46,7 +46,8 @@ pub struct Cli {
     /// arguments; runvm's own verbs are `check`, `kernel` (`list`, `add`,
     /// `remove`, `prune`: the kernel store and runvm's cache of what it made
     /// from kernels), `boot-probe` (boot a VM without a container and time
-    /// it), `docker-register` and `docker-unregister`.
+    /// it), `docker-register`, `docker-unregister`, `podman-register` and
+    /// `podman-unregister`.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
 }

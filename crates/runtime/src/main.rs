@@ -130,7 +130,7 @@ fn run(cli: &Cli) -> Result<i32> {
     }
     let Some(verb) = cli.command.first() else {
         return Err(RuntimeError::Usage(
-            "no command given: runvm takes runc's commands (create, start, state, kill, delete, exec, …) and check, kernel, boot-probe, docker-register, docker-unregister".into(),
+            "no command given: runvm takes runc's commands (create, start, state, kill, delete, exec, …) and check, kernel, boot-probe, docker-register, docker-unregister, podman-register, podman-unregister".into(),
         ));
     };
     let args = &cli.command[1..];
