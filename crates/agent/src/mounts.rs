@@ -267,7 +267,15 @@ fn v1_controllers() -> Vec<Vec<String>> {
 pub fn mount_guest(m: &GuestMount) -> Result<()> {
     let (flags, data) = parse_options(&m.options);
     let data = (!data.is_empty()).then_some(data);
-    let copyup = m.fstype == "tmpfs" && m.options.iter().any(|o| o == "tmpcopyup");
+    let tmpfs = m.fstype == "tmpfs";
+    let copyup = tmpfs && m.options.iter().any(|o| o == "tmpcopyup");
+    // runc gives a tmpfs over an existing directory that directory's mode
+    // (when no mode= says otherwise): `--tmpfs /home` stays 0755.
+    let keep_mode = (tmpfs && !m.options.iter().any(|o| o.starts_with("mode=")))
+        .then(|| fs::metadata(&m.destination).ok())
+        .flatten()
+        .filter(|md| md.is_dir())
+        .map(|md| std::os::unix::fs::PermissionsExt::mode(&md.permissions()) & 0o7777);
     // The directory underneath, held open: its entries stay readable
     // through /proc/self/fd once the tmpfs covers it.
     let under = copyup
@@ -275,6 +283,12 @@ pub fn mount_guest(m: &GuestMount) -> Result<()> {
         .flatten()
         .filter(|f| f.metadata().is_ok_and(|md| md.is_dir()));
     mount_fs(&m.source, &m.destination, &m.fstype, flags, data.as_deref())?;
+    if let Some(mode) = keep_mode {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&m.destination, fs::Permissions::from_mode(mode)).map_err(|e| {
+            AgentError::sys(format!("give the tmpfs at {} its mode", m.destination), e)
+        })?;
+    }
     if let Some(dir) = under {
         use std::os::fd::AsRawFd;
         let from = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
