@@ -162,6 +162,9 @@ done <"$FRAGMENT"
 
 say "building the runvm guest kernel on $jobs cores (about 5 minutes on 2)"
 t0=$(date +%s)
+# The compressed payload is made anew: kbuild would keep one that an
+# earlier build without the compressor left (see the size check below).
+rm -f "$out"/arch/x86/boot/compressed/vmlinux.bin.* "$out/arch/x86/boot/bzImage"
 make -s -C "$tree" O="$out" ARCH=x86_64 -j"$jobs" bzImage modules
 release=$(make -s --no-print-directory -C "$tree" O="$out" ARCH=x86_64 kernelrelease)
 say "built $release in $(( $(date +%s) - t0 )) s"

@@ -44,9 +44,25 @@ pub fn boot_marks() -> runvm_protocol::BootMarks {
 /// Mounts the kernel filesystems of the initramfs and loads the modules.
 pub fn setup() -> Result<()> {
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
-    mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, None)?;
+    mount_fs(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        None,
+    )?;
     mount_fs("proc", "/proc", "proc", nosuid, None)?;
     mount_fs("sysfs", "/sys", "sysfs", nosuid, None)?;
+    // The kernel's module helper is this binary, whatever the command line
+    // said (runvm refuses `sysctl` parameters in RUNVM_KERNEL_APPEND; this
+    // holds for any other way one could get there).
+    // (A kernel without module support has no such file, and no helper.)
+    match fs::write("/proc/sys/kernel/modprobe", b"/sbin/modprobe") {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(AgentError::sys("set the kernel's module helper", e));
+        }
+        _ => {}
+    }
     load_modules()?;
     Ok(())
 }

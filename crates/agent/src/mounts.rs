@@ -282,7 +282,21 @@ pub fn mount_guest(m: &GuestMount) -> Result<()> {
         .then(|| fs::File::open(&m.destination).ok())
         .flatten()
         .filter(|f| f.metadata().is_ok_and(|md| md.is_dir()));
-    mount_fs(&m.source, &m.destination, &m.fstype, flags, data.as_deref())?;
+    // A read-only tmpfs is filled (and given its mode) first, then made
+    // read-only, as runc does.
+    let fill_first = flags.contains(MsFlags::MS_RDONLY) && (keep_mode.is_some() || under.is_some());
+    let first_flags = if fill_first {
+        flags - MsFlags::MS_RDONLY
+    } else {
+        flags
+    };
+    mount_fs(
+        &m.source,
+        &m.destination,
+        &m.fstype,
+        first_flags,
+        data.as_deref(),
+    )?;
     if let Some(mode) = keep_mode {
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&m.destination, fs::Permissions::from_mode(mode)).map_err(|e| {
@@ -302,6 +316,18 @@ pub fn mount_guest(m: &GuestMount) -> Result<()> {
                 ),
                 e,
             )
+        })?;
+    }
+    if fill_first {
+        nix::mount::mount(
+            None::<&str>,
+            m.destination.as_str(),
+            None::<&str>,
+            flags | MsFlags::MS_REMOUNT,
+            data.as_deref(),
+        )
+        .map_err(|e| {
+            AgentError::sys(format!("make the tmpfs at {} read-only", m.destination), e)
         })?;
     }
     Ok(())

@@ -200,9 +200,18 @@ const RESERVED_PARAMS: &[&str] = &["console", "init", "rdinit", "root", "panic",
 /// Beginnings of parameter names that would let the value (an image's ENV
 /// may give it) undo what the engine asked of the guest: the cgroups that
 /// hold `-m` and `--pids-limit` (`cgroup.memory=nokmem`,
-/// `cgroup_disable=memory`, …) and boot-time sysctls, which `--sysctl`
-/// owns.
-const RESERVED_PREFIXES: &[&str] = &["runvm.", "cgroup", "sysctl."];
+/// `cgroup_disable=memory`, …); boot-time sysctls, which `--sysctl` owns
+/// and which the kernel takes as `sysctl.` or `sysctl/`
+/// (`sysctl/kernel/modprobe=…` would name the image's program as the
+/// kernel's module helper, run as the guest's full root); huge pages,
+/// which the memory cgroup does not count.
+const RESERVED_PREFIXES: &[&str] = &[
+    "runvm.",
+    "cgroup",
+    "sysctl",
+    "hugepage",
+    "default_hugepagesz",
+];
 
 /// Checks `RUNVM_KERNEL_APPEND`: at most 32 parameters and 1024 bytes,
 /// each `name` or `name=value` of letters, digits and `_.,:/+-=`, none of
@@ -211,7 +220,7 @@ const RESERVED_PREFIXES: &[&str] = &["runvm.", "cgroup", "sysctl."];
 /// concerns the container's own guest only, but must not stop it booting
 /// runvm's agent.
 pub fn kernel_append(v: &str) -> Result<Vec<String>, &'static str> {
-    const WHY: &str = "give kernel parameters such as \"mitigations=off quiet\" (at most 32, 1024 bytes; letters, digits and _.,:/+-=); console, init, rdinit, root, panic, initrd, runvm.* and -- are runvm's own, and cgroup* and sysctl.* the engine's (-m, --pids-limit, --sysctl)";
+    const WHY: &str = "give kernel parameters such as \"mitigations=off quiet\" (at most 32, 1024 bytes; letters, digits and _.,:/+-=); console, init, rdinit, root, panic, initrd, runvm.* and -- are runvm's own, and cgroup*, sysctl* and hugepage* the engine's (-m, --pids-limit, --sysctl)";
     let params: Vec<String> = v.split_whitespace().map(str::to_owned).collect();
     let ok = v.len() <= 1024
         && params.len() <= 32
@@ -364,6 +373,10 @@ mod tests {
             "cgroup_no_v1=all",
             "sysctl.kernel.pid_max=100",
             "quiet sysctl.vm.overcommit_memory=1",
+            "sysctl/kernel/modprobe=/proc/1/root/x",
+            "hugepages=100",
+            "hugepagesz=2M",
+            "default_hugepagesz=1G",
             "-- x",
             "a=\"b c\"",
             "a;b",

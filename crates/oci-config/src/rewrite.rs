@@ -676,7 +676,9 @@ pub fn guest_process(p: &Value) -> Result<ProcessSpec, RewriteError> {
         .get("consoleSize")
         .and_then(|c| Some((dim(c.get("height")?)?, dim(c.get("width")?)?)));
     let capabilities = match p.get("capabilities") {
-        None | Some(Value::Null) => None,
+        // runc gives a process without the field no capabilities at all
+        // (runvm's `None` would keep every one).
+        None | Some(Value::Null) => Some(Capabilities::default()),
         Some(c) => {
             let set = |k: &'static str| string_list(c.get(k), "process.capabilities");
             Some(Capabilities {
@@ -1307,10 +1309,19 @@ fn cpu_limit(linux: &Map<String, Value>) -> Option<u32> {
 /// runc that file has the container's own. A set that is exactly the
 /// supervisor's (with or without [`MOUNT_PLACEMENT_CAP`]) becomes the
 /// container's set of the same name (its bounding set for the bounding
-/// set, its effective set for the effective set, …): the set Podman would
-/// have copied under runc. Any other set is the engine's choice
-/// (`--privileged`, an exec as another user) and stays.
+/// set, its effective set for the effective set, …; for an exec as root,
+/// its bounding set for the effective and permitted sets too): the set
+/// Podman would have copied under runc. Any other set is the engine's
+/// choice (`--privileged`, an exec as another user) and stays. With the
+/// container's sets unknown, pass empty ones: the supervisor's never reach
+/// the guest.
 pub fn exec_caps_from_container(process: &mut Value, container: &Capabilities) {
+    // Podman gives an exec as root its bounding set as its effective and
+    // permitted sets too.
+    let root = process
+        .pointer("/user/uid")
+        .and_then(Value::as_u64)
+        .is_none_or(|uid| uid == 0);
     let supervisor: std::collections::BTreeSet<&str> = SUPERVISOR_CAPS.iter().copied().collect();
     let is_supervisors = |set: &[Value]| {
         let mut names: std::collections::BTreeSet<&str> =
@@ -1331,6 +1342,7 @@ pub fn exec_caps_from_container(process: &mut Value, container: &Capabilities) {
         }
         let same_named = match name.as_str() {
             "bounding" => &container.bounding,
+            "effective" | "permitted" if root => &container.bounding,
             "effective" => &container.effective,
             "permitted" => &container.permitted,
             "inheritable" => &container.inheritable,

@@ -1096,6 +1096,26 @@ fn an_exec_with_the_supervisors_capabilities_gets_the_containers() {
             "{set}: the user gets none"
         );
     }
+    // `podman exec -u 0` into that container: root gets the bounding set
+    // as its effective and permitted sets, as Podman gives it under runc.
+    let mut exec = json!({"user": {"uid": 0, "gid": 0},
+        "capabilities": {"bounding": sup, "effective": sup, "permitted": sup,
+                         "inheritable": [], "ambient": []}});
+    runvm_config::exec_caps_from_container(&mut exec, &container);
+    for set in ["bounding", "effective", "permitted"] {
+        assert_eq!(
+            exec["capabilities"][set],
+            json!(container.bounding),
+            "{set}"
+        );
+    }
+    // The container's sets unknown (no vm.json): none of the supervisor's
+    // reach the guest.
+    let mut exec = json!({"user": {"uid": 1000, "gid": 1000},
+        "capabilities": {"bounding": sup, "ambient": sup}});
+    runvm_config::exec_caps_from_container(&mut exec, &Default::default());
+    assert_eq!(exec["capabilities"]["bounding"], json!([]));
+    assert_eq!(exec["capabilities"]["ambient"], json!([]));
 
     // A root container: each set becomes the container's own.
     let root = runvm_protocol::Capabilities {
@@ -1122,7 +1142,7 @@ fn an_exec_with_the_supervisors_capabilities_gets_the_containers() {
     // With `runc run`'s extra capability too.
     let mut with_mount = sup.as_array().unwrap().clone();
     with_mount.push(json!(runvm_config::rewrite::MOUNT_PLACEMENT_CAP));
-    let mut p = json!({"capabilities": {"effective": with_mount}});
+    let mut p = json!({"user": {"uid": 1000}, "capabilities": {"effective": with_mount}});
     runvm_config::exec_caps_from_container(&mut p, &container);
     assert_eq!(p["capabilities"]["effective"], json!([]));
 }

@@ -233,12 +233,11 @@ fn exec(cli: &Cli, args: &[String]) -> Result<i32> {
         })?;
     let pid = container_pid(cli, id);
     let vm = pid.and_then(booted_vm);
-    if let Some(caps) = vm
+    let container_caps = vm
         .as_ref()
-        .and_then(|vm| vm.container.process.capabilities.as_ref())
-    {
-        runvm_config::exec_caps_from_container(&mut process, caps);
-    }
+        .and_then(|vm| vm.container.process.capabilities.clone())
+        .unwrap_or_default();
+    runvm_config::exec_caps_from_container(&mut process, &container_caps);
     let (rewritten, spec) = runvm_config::rewrite_exec_process(process)?;
     if let Some(pid) = pid {
         // A working directory only the guest has (a --tmpfs, a disk) is

@@ -57,12 +57,20 @@ pub fn virtiofsd_args(cfg: &VmConfig, listen_fd: i32) -> Vec<String> {
         "--xattr".into(),
         format!("--log-level={}", if cfg.debug { "info" } else { "error" }),
     ];
-    let mknod = cfg
+    // A --device outside /dev is made by the agent on the shared root,
+    // through virtiofsd, as runc makes it whatever the capabilities.
+    let device_on_root = cfg
         .container
-        .process
-        .capabilities
-        .as_ref()
-        .is_none_or(|c| c.bounding.iter().any(|n| n == "CAP_MKNOD"));
+        .devices
+        .iter()
+        .any(|d| !d.path.starts_with("/dev/"));
+    let mknod = device_on_root
+        || cfg
+            .container
+            .process
+            .capabilities
+            .as_ref()
+            .is_none_or(|c| c.bounding.iter().any(|n| n == "CAP_MKNOD"));
     if !mknod {
         args.push("--modcaps=-mknod".into());
     }
@@ -475,6 +483,19 @@ mod tests {
             .any(|a| a.starts_with("--modcaps")));
         c.container.process.capabilities = Some(caps(&["CAP_CHOWN"]));
         assert!(virtiofsd_args(&c, 5).contains(&"--modcaps=-mknod".to_string()));
+        // A --device the agent makes outside /dev, on the shared root.
+        c.container.devices.push(runvm_protocol::GuestDevice {
+            path: "/fuse".into(),
+            block: false,
+            major: 10,
+            minor: 229,
+            mode: 0o666,
+            uid: 0,
+            gid: 0,
+        });
+        assert!(!virtiofsd_args(&c, 5)
+            .iter()
+            .any(|a| a.starts_with("--modcaps")));
     }
 
     #[test]

@@ -269,6 +269,12 @@ fn tmpfs() -> Vec<Scenario> {
             "ls -a /home; stat -c '%n %a %u:%g' /home /home/user",
         ),
         sh(
+            "tmpfs_read_only_over_image_dir",
+            "--tmpfs",
+            &["--tmpfs", "/home:ro"],
+            "ls -a /home; stat -c '%n %a %u:%g' /home; touch /home/x",
+        ),
+        sh(
             "mount_tmpfs",
             "--mount",
             &["--mount", "type=tmpfs,destination=/t,tmpfs-size=65536,tmpfs-mode=1770"],
@@ -1102,6 +1108,7 @@ docker exec -w /scratch/none $C pwd; echo "exit $?""#,
             r#"run -d --name $C -u 1000 $IMAGE sh -c 'echo ready; sleep 600' >/dev/null
 wait_log $C ready
 docker exec $C grep ^Cap /proc/self/status
+docker exec -u 0 $C grep ^Cap /proc/self/status
 docker exec $C touch /etc/x; echo "exit $?""#,
         ),
         host(
